@@ -1,0 +1,1 @@
+"""effc IR: types, core data structures, op registry, text form, verifier, interpreter."""

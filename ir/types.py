@@ -1,0 +1,170 @@
+"""Tensor types: element dtypes, shapes with symbolic dims, quantization parameters."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+Dim = Union[int, str]
+"""A dimension: a non-negative int, or a symbol name (``"N"``); ``"?"`` means unknown."""
+
+UNKNOWN_DIM = "?"
+
+
+class DType(enum.Enum):
+    """Element types. The value is the short name used in the text form."""
+
+    f16 = "f16"
+    bf16 = "bf16"
+    f32 = "f32"
+    f64 = "f64"
+    i8 = "i8"
+    i16 = "i16"
+    i32 = "i32"
+    i64 = "i64"
+    u8 = "u8"
+    u16 = "u16"
+    u32 = "u32"
+    u64 = "u64"
+    bool = "bool"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def np(self) -> np.dtype:
+        return _TO_NUMPY[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.f16, DType.bf16, DType.f32, DType.f64)
+
+    @property
+    def is_int(self) -> bool:
+        return not self.is_float and self is not DType.bool
+
+    @property
+    def is_signed(self) -> bool:
+        return self.is_float or self in (DType.i8, DType.i16, DType.i32, DType.i64)
+
+    @property
+    def itemsize(self) -> int:
+        return self.np.itemsize
+
+    @staticmethod
+    def from_numpy(dt: np.dtype | type) -> "DType":
+        dt = np.dtype(dt)
+        for k, v in _TO_NUMPY.items():
+            if v == dt:
+                return k
+        raise ValueError(f"numpy dtype {dt} has no effc dtype")
+
+    @staticmethod
+    def parse(name: str) -> "DType":
+        try:
+            return DType(name)
+        except ValueError:
+            raise ValueError(f"unknown dtype '{name}' (known: {', '.join(d.value for d in DType)})") from None
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # installed with onnx
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+_TO_NUMPY: dict[DType, np.dtype] = {
+    DType.f16: np.dtype(np.float16),
+    DType.bf16: _bfloat16(),
+    DType.f32: np.dtype(np.float32),
+    DType.f64: np.dtype(np.float64),
+    DType.i8: np.dtype(np.int8),
+    DType.i16: np.dtype(np.int16),
+    DType.i32: np.dtype(np.int32),
+    DType.i64: np.dtype(np.int64),
+    DType.u8: np.dtype(np.uint8),
+    DType.u16: np.dtype(np.uint16),
+    DType.u32: np.dtype(np.uint32),
+    DType.u64: np.dtype(np.uint64),
+    DType.bool: np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization: real = scale * (q - zero_point). Per-tensor when axis is None."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if len(self.scale) != len(self.zero_point):
+            raise ValueError("QuantParams: scale and zero_point lengths differ")
+        if self.axis is None and len(self.scale) != 1:
+            raise ValueError("QuantParams: per-tensor quantization takes one scale")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: DType
+    shape: tuple[Dim, ...]
+    quant: QuantParams | None = None
+
+    def __post_init__(self) -> None:
+        for d in self.shape:
+            if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 0):
+                raise ValueError(f"bad dimension {d!r} in shape {self.shape!r}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def numel(self) -> int | None:
+        """Element count, or None when a dim is symbolic."""
+        n = 1
+        for d in self.shape:
+            if not isinstance(d, int):
+                return None
+            n *= d
+        return n
+
+    def nbytes(self) -> int | None:
+        n = self.numel()
+        return None if n is None else n * self.dtype.itemsize
+
+    def with_shape(self, shape: tuple[Dim, ...]) -> "TensorType":
+        return TensorType(self.dtype, tuple(shape), self.quant)
+
+    def with_dtype(self, dtype: DType) -> "TensorType":
+        return TensorType(dtype, self.shape, None)
+
+    def __str__(self) -> str:
+        from .printer import format_type
+
+        return format_type(self)
+
+    @staticmethod
+    def of(array: np.ndarray) -> "TensorType":
+        return TensorType(DType.from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+
+
+def shape_matches(declared: tuple[Dim, ...], actual: tuple[int, ...], bindings: dict[str, int]) -> bool:
+    """Does a concrete shape fit a declared one? Binds symbols consistently in ``bindings``."""
+    if len(declared) != len(actual):
+        return False
+    for d, a in zip(declared, actual):
+        if isinstance(d, int):
+            if d != a:
+                return False
+        elif d != UNKNOWN_DIM:
+            if bindings.setdefault(d, a) != a:
+                return False
+    return True
