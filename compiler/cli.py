@@ -1,0 +1,128 @@
+"""The ``effc`` command line.
+
+Errors a user can meet (EffcError) print one clear message and exit with the error's code
+(2 for bad input); ``--debug`` shows the Python traceback as well."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from effc.ir.errors import EffcError, InputError
+
+EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.onnx"
+
+
+def _model_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help=f"{help_text} (default: the bundled example {EXAMPLE_MODEL.name})")
+
+
+def _resolve_model(arg: str | None) -> Path:
+    if arg is not None:
+        return Path(arg)
+    if not EXAMPLE_MODEL.exists():
+        raise InputError("no model given and the bundled example is not installed; pass a model file")
+    return EXAMPLE_MODEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="effc", description="effc: a graph compiler for trained neural networks")
+    ap.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("dump", help="print a model as effc IR text (or write OUT.effc + OUT.npz)")
+    _model_arg(p, "an .onnx model or .effc IR file")
+    p.add_argument("-o", "--output", help="write the IR here (.effc; weights go to the .npz beside it) or as .onnx")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("info", help="inputs, outputs, op histogram, parameters, MACs, weight bytes")
+    _model_arg(p, "an .onnx model or .effc IR file")
+    p.add_argument("--ops", action="store_true", help="list the ONNX operators effc supports instead")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run a model in the reference interpreter")
+    _model_arg(p, "an .onnx model or .effc IR file")
+    p.add_argument("--inputs", help=".npz keyed by the model's input names (default: seeded random inputs)")
+    p.add_argument("-o", "--output", help=".npz to write, keyed by the model's output names")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from effc.models import load_model, module_text, save_model
+
+    module = load_model(_resolve_model(args.model))
+    if args.output:
+        written = save_model(module, args.output)
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    else:
+        sys.stdout.write(module_text(module))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.ops:
+        from effc.ir.opdef import BY_ONNX
+
+        for name in sorted(BY_ONNX):
+            op = BY_ONNX[name]
+            print(f"{name:<24}{op.name:<26}{op.op_class}")
+        print(f"{len(BY_ONNX)} ONNX operators (plus Constant)")
+        return 0
+    from effc.models import load_model
+    from effc.report import format_info, model_info
+
+    print(format_info(model_info(load_model(_resolve_model(args.model)))))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from effc.ir.interpreter import run_module
+    from effc.models import load_model
+    from effc.tensors import load_npz, random_inputs, save_npz
+
+    module = load_model(_resolve_model(args.model))
+    inputs = load_npz(args.inputs) if args.inputs else random_inputs(module.graph.inputs, args.seed)
+    outputs = run_module(module, inputs)
+    if args.output:
+        save_npz(args.output, outputs)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        for name, arr in outputs.items():
+            flat = ", ".join(f"{x:.6g}" if arr.dtype.kind == "f" else str(x) for x in arr.reshape(-1)[:8])
+            more = ", ..." if arr.size > 8 else ""
+            print(f"{name}: {arr.dtype}{list(arr.shape)} [{flat}{more}]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except EffcError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"effc: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("effc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in effc: say so plainly
+        if args.debug:
+            traceback.print_exc()
+        print(f"effc: internal error: {type(e).__name__}: {e}\n(this is a bug in effc; rerun with --debug "
+              "for the traceback and report it)", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
