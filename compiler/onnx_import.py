@@ -275,7 +275,7 @@ class _Importer:
 
     # -- nodes
     def _const_value(self, array: np.ndarray, hint: str) -> Value:
-        node = self.module.const(array, name=self.graph.names.fresh(hint), inline_limit=INLINE_LIMIT)
+        node = self.module.const(array, name=self.graph.names.suggest(hint), inline_limit=INLINE_LIMIT)
         self.graph.append(node)
         return node.output
 
@@ -309,7 +309,7 @@ class _Importer:
         out_names = list(n.output)
         while out_names and not out_names[-1]:
             out_names.pop()
-        out_names = [x or self.graph.names.fresh(f"{label}_unused") for x in out_names]
+        out_names = [x or self._unused_name(label, i) for i, x in enumerate(out_names)]
         node = Node(op.name, inputs, [TensorType(DType.f32, ())] * len(out_names), attrs,
                     output_names=out_names, loc=n.name or None)
         try:
@@ -339,11 +339,14 @@ class _Importer:
         DType.from_numpy(arr.dtype) if arr.dtype in [d.np for d in DType] else _tensor_dtype(-1, f"node '{label}'")
         if not n.output or not n.output[0]:
             raise ModelError(f"node '{label}' (Constant) has no output")
-        node = self.module.const(arr, inline_limit=INLINE_LIMIT)
-        node.outputs[0].name = n.output[0]
+        node = self.module.const(arr, name=n.output[0], inline_limit=INLINE_LIMIT)
         node.loc = n.name or None
         self.graph.append(node)
         self.values[n.output[0]] = node.output
+
+    def _unused_name(self, label: str, index: int) -> str:
+        """A name for an output the model leaves unnamed (an unused optional output)."""
+        return self.graph.names.suggest(f"{label}_unused{index}")
 
     @staticmethod
     def _check_arity(op: OpDef, n_in: int, n_out: int, fail: Any) -> None:

@@ -112,6 +112,16 @@ class Namespace:
         self._used.add(name)
         return name
 
+    def suggest(self, hint: str) -> str:
+        """An unused name for ``hint`` without reserving it (adding the node reserves it)."""
+        hint = hint or "v"
+        if hint not in self._used:
+            return hint
+        i = self._next.get(hint, 1)
+        while f"{hint}_{i}" in self._used:
+            i += 1
+        return f"{hint}_{i}"
+
     def release(self, name: str) -> None:
         self._used.discard(name)
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .core import Graph, Module, Node
-from .errors import EffcError, InterpreterError
+from .errors import EffcError, InputError, InterpreterError
 from .opdef import get_op
 from .types import TensorType, shape_matches
 
@@ -22,7 +22,7 @@ def run_module(module: Module, inputs: Mapping[str, np.ndarray], *, check_types:
                         check_types=check_types)
     extra = set(inputs) - {v.name for v in module.graph.inputs}
     if extra:
-        raise InterpreterError(f"inputs {sorted(extra)} are not inputs of the model "
+        raise InputError(f"inputs {sorted(extra)} are not inputs of the model "
                                f"(it takes {[v.name for v in module.graph.inputs]})")
     return {v.name: r for v, r in zip(module.graph.outputs, results)}
 
@@ -30,7 +30,7 @@ def run_module(module: Module, inputs: Mapping[str, np.ndarray], *, check_types:
 def _take_input(g: Graph, inputs: Mapping[str, np.ndarray], i: int) -> np.ndarray:
     v = g.inputs[i]
     if v.name not in inputs:
-        raise InterpreterError(f"missing input '{v.name}' ({v.type}); inputs given: {sorted(inputs)}")
+        raise InputError(f"missing input '{v.name}' ({v.type}); inputs given: {sorted(inputs)}")
     return np.asarray(inputs[v.name])
 
 
@@ -39,9 +39,9 @@ def run_graph(g: Graph, args: list[np.ndarray], *, check_types: bool = True) -> 
     bindings: dict[str, int] = {}
     for v, a in zip(g.inputs, args):
         if a.dtype != v.type.dtype.np:
-            raise InterpreterError(f"input '{v.name}' has dtype {a.dtype}, the model wants {v.type.dtype} ({v.type})")
+            raise InputError(f"input '{v.name}' has dtype {a.dtype}, the model wants {v.type.dtype} ({v.type})")
         if not shape_matches(v.type.shape, a.shape, bindings):
-            raise InterpreterError(f"input '{v.name}' has shape {list(a.shape)}, the model wants {v.type}")
+            raise InputError(f"input '{v.name}' has shape {list(a.shape)}, the model wants {v.type}")
         env[id(v)] = a
     for node in g.nodes:
         ins = [None if v is None else env[id(v)] for v in node.inputs]

@@ -1,0 +1,100 @@
+"""The effc command line: dump, info, run, exit codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from effc.cli import main
+from tests.fixtures import REPO, light_dir, ort_run
+
+DIGITS = REPO / "examples" / "digits_cnn.onnx"
+
+
+def test_dump_writes_text_and_weights_and_parses_back(tmp_path, capsys):
+    out = tmp_path / "digits.effc"
+    assert main(["dump", str(DIGITS), "-o", str(out)]) == 0
+    assert out.exists() and out.with_suffix(".npz").exists()
+    text = out.read_text()
+    assert text.startswith("module {") and "graph @" in text and "conv(" in text
+    capsys.readouterr()
+    assert main(["dump", str(out)]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_dump_to_onnx_runs_in_onnxruntime(tmp_path):
+    ir_path = tmp_path / "d.effc"
+    onnx_path = tmp_path / "d.onnx"
+    assert main(["dump", str(DIGITS), "-o", str(ir_path)]) == 0
+    assert main(["dump", str(ir_path), "-o", str(onnx_path)]) == 0
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    x = np.load(REPO / "examples" / "digits_test.npz")["x"]
+    np.testing.assert_allclose(ort_run(onnx_path, {"x": x})["logits"], ort_run(DIGITS, {"x": x})["logits"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_run_with_inputs_file(tmp_path):
+    data = np.load(REPO / "examples" / "digits_test.npz")
+    inp = tmp_path / "in.npz"
+    np.savez(inp, x=data["x"])
+    out = tmp_path / "out.npz"
+    assert main(["run", str(DIGITS), "--inputs", str(inp), "-o", str(out)]) == 0
+    with np.load(out) as z:
+        assert z.files == ["logits"]
+        logits = z["logits"]
+    np.testing.assert_allclose(logits, ort_run(DIGITS, {"x": data["x"]})["logits"], rtol=1e-4, atol=1e-4)
+    assert (logits.argmax(1) == data["labels"]).mean() >= 0.9
+
+
+def test_run_rejects_wrong_input_names(tmp_path, capsys):
+    inp = tmp_path / "in.npz"
+    np.savez(inp, y=np.zeros((1, 1, 8, 8), np.float32))
+    assert main(["run", str(DIGITS), "--inputs", str(inp)]) == 2
+    err = capsys.readouterr().err
+    assert "missing input 'x'" in err
+
+
+def test_info_reports_params_and_macs(capsys):
+    assert main(["info", str(DIGITS)]) == 0
+    out = capsys.readouterr().out
+    m = onnx.load(str(DIGITS))
+    params = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+    assert f"parameters: {params:,}" in out
+    # conv 1->16 @8x8, 16->32 @8x8, 32->32 @4x4 (3x3 kernels) + fc 32->10
+    macs = 8 * 8 * 16 * 9 + 8 * 8 * 32 * 16 * 9 + 4 * 4 * 32 * 32 * 9 + 32 * 10
+    assert f"MACs: {macs:,}" in out
+    assert "conv" in out and "batch_normalization" in out
+
+
+def test_info_ops_lists_supported_operators(capsys):
+    assert main(["info", "--ops"]) == 0
+    out = capsys.readouterr().out
+    for op in ("Conv", "Resize", "QuantizeLinear", "LayerNormalization", "DepthToSpace"):
+        assert op in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, published", [("resnet50", 4.1e9), ("vgg19", 19.6e9), ("bvlc_alexnet", 0.72e9)])
+def test_macs_match_published_figures(name, published):
+    from effc.onnx_import import import_onnx
+    from effc.report import model_info
+
+    macs = model_info(import_onnx(light_dir() / f"light_{name}.onnx")).macs
+    assert abs(macs - published) / published < 0.02, f"{name}: {macs:,} MACs vs published {published:,.0f}"
+
+
+def test_bad_model_exits_2_without_traceback(tmp_path):
+    p = tmp_path / "x.onnx"
+    p.write_text("not a model")
+    r = subprocess.run([sys.executable, "-m", "effc.cli", "run", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(p) in r.stderr
+
+
+def test_default_model_is_the_bundled_example(capsys):
+    assert main(["info"]) == 0
+    default = capsys.readouterr().out
+    assert main(["info", str(DIGITS)]) == 0
+    assert capsys.readouterr().out == default
