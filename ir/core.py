@@ -418,6 +418,14 @@ class Graph:
             self.names.release(v.name)
         self._count -= 1
 
+    def rename(self, value: Value, name: str) -> None:
+        """Give ``value`` a name that is free in this graph."""
+        if value.name == name:
+            return
+        self.names.claim(name)
+        self.names.release(value.name)
+        value.name = name
+
     def values(self) -> Iterator[Value]:
         yield from self.inputs
         for n in self.nodes:
