@@ -24,6 +24,10 @@ class Builder:
         self.insert_before = insert_before
         self.loc = loc
 
+    def insert(self, node: Node) -> Node:
+        """Insert a node built by hand (e.g. one with a body) at the insertion point."""
+        return self._insert(node)
+
     def _insert(self, node: Node) -> Node:
         if self.insert_before is not None:
             return self.graph.insert_before(self.insert_before, node)

@@ -67,7 +67,7 @@ def _check_node(node: Node, seen: set[int], problems: list[str]) -> None:
         if not any(u.node is node and u.index == i for u in v.uses()):
             problems.append(f"{node.describe()}: %{v.name} does not list this node as a user")
     for k in node.attrs:
-        if k not in op.attrs and node.op != "fused":
+        if k not in op.attrs:
             problems.append(f"{node.describe()}: attribute '{k}' is not in the schema of {node.op}")
     for k, spec in op.attrs.items():
         if spec.required and k not in node.attrs:

@@ -252,12 +252,20 @@ def _try_rule(module: Module, rule: Rule, node: Node, push: Callable[[Node], Non
                 for u in new.uses():
                     push(u.node)
         # visit what was created, then drop what died
+        created: list[Node] = []
         n = before.next if before is not None else g.first
         while n is not None and n is not node:
+            created.append(n)
             push(n)
             n = n.next
+        old_names = [o.name for o in node.outputs]
         for dead in [node] + list(reversed(m.matched)):
             _remove_if_dead(g, dead, push)
+        # a value made by this rewrite takes over the replaced value's name, so dumps stay readable
+        made = {id(c) for c in created}
+        for name, new in zip(old_names, new_values):
+            if new.producer is not None and id(new.producer) in made and name not in g.names:
+                g.rename(new, name)
         return True
     return False
 
