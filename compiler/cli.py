@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", action="store_true", help="list the ONNX operators effc supports instead")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("opt", help="run a pass pipeline and write the optimized model")
+    _model_arg(p, "an .onnx model or .effc IR file")
+    p.add_argument("-p", "--pipeline", help="pass pipeline, e.g. 'fold-constants,fold-bn,fuse{max-ops=8}' (default O2)")
+    for level in ("O0", "O1", "O2", "O3"):
+        p.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=f"the {level} pipeline")
+    p.add_argument("-o", "--output", help="write the result (.effc with .npz weights, or .onnx); default: print IR")
+    add_instrument_flags(p)
+    p.set_defaults(func=cmd_opt)
+
     p = sub.add_parser("run", help="run a model in the reference interpreter")
     _model_arg(p, "an .onnx model or .effc IR file")
     p.add_argument("--inputs", help=".npz keyed by the model's input names (default: seeded random inputs)")
@@ -51,6 +60,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
     p.set_defaults(func=cmd_run)
     return ap
+
+
+def add_instrument_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("instruments")
+    g.add_argument("--print-ir-before", action="append", default=[], metavar="PASS", help="print IR before PASS")
+    g.add_argument("--print-ir-after", action="append", default=[], metavar="PASS", help="print IR after PASS")
+    g.add_argument("--print-ir-after-all", action="store_true", help="print IR after every pass")
+    g.add_argument("--print-ir-after-change", action="store_true", help="print IR after passes that changed it")
+    g.add_argument("--dump-ir", metavar="DIR", help="write every step as DIR/NNN_<pass>.effc")
+    g.add_argument("--time-passes", action="store_true", help="print a table of time per pass")
+    g.add_argument("--verify-each", action="store_true", help="run the IR verifier after every pass")
+    g.add_argument("--check-numerics", action="store_true",
+                   help="compare interpreter outputs after every pass; name the first pass that moves them")
+    g.add_argument("--numerics-inputs", metavar="IN.npz", help="inputs for --check-numerics (default: seeded random)")
+    g.add_argument("--rtol", type=float, default=1e-3, help="--check-numerics relative tolerance (default 1e-3)")
+    g.add_argument("--atol", type=float, default=1e-4, help="--check-numerics absolute tolerance (default 1e-4)")
+    g.add_argument("--stop-after-pass", type=int, metavar="N", help="bisection: run only the first N passes")
+    g.add_argument("--reproducer-dir", default="effc-reproducer", metavar="DIR",
+                   help="where a failing pass writes the IR before it and the pipeline (default effc-reproducer)")
+
+
+def optimize_options(args: argparse.Namespace):
+    from effc.optimize import OptimizeOptions
+    from effc.tensors import load_npz
+
+    return OptimizeOptions(
+        print_ir_before=set(args.print_ir_before), print_ir_after=set(args.print_ir_after),
+        print_ir_after_all=args.print_ir_after_all, print_ir_after_change=args.print_ir_after_change,
+        dump_ir=args.dump_ir, time_passes=args.time_passes, verify_each=args.verify_each,
+        check_numerics=args.check_numerics,
+        numerics_inputs=load_npz(args.numerics_inputs) if args.numerics_inputs else None,
+        rtol=args.rtol, atol=args.atol, stop_after_pass=args.stop_after_pass, reproducer_dir=args.reproducer_dir)
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    from effc.models import load_model, module_text, save_model
+    from effc.optimize import optimize
+
+    if args.pipeline and args.level:
+        raise InputError("give either -p PIPELINE or -O<level>, not both")
+    pipeline = args.pipeline if args.pipeline is not None else (args.level or "O2")
+    module = load_model(_resolve_model(args.model))
+    before = len(module.graph)
+    runner = optimize(module, pipeline, optimize_options(args))
+    print(f"effc: {runner.pipeline}: {len(runner.history)} pass runs, {before} -> {len(module.graph)} nodes",
+          file=sys.stderr)
+    if args.output:
+        written = save_model(module, args.output)
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    else:
+        sys.stdout.write(module_text(module))
+    return 0
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
