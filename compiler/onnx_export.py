@@ -37,7 +37,8 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
 
 def _tensor(name: str, arr: np.ndarray) -> TensorProto:
     arr = np.asarray(arr)
-    return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+    # np.ascontiguousarray would turn a 0-d array into a 1-d one
+    return numpy_helper.from_array(np.array(arr, order="C", copy=not arr.flags.c_contiguous), name)
 
 
 def _attr(name: str, kind: str, value: Any) -> onnx.AttributeProto:

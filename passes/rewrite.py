@@ -239,6 +239,7 @@ def _try_rule(module: Module, rule: Rule, node: Node, push: Callable[[Node], Non
         if not all(_can_take_output_name(o, n) for o, n in zip(node.outputs, new_values) if o is not n):
             _remove_new(g, before, node)
             continue
+        old_names = [o.name for o in node.outputs]
         for old, new in zip(node.outputs, new_values):
             if old is new:
                 continue
@@ -258,13 +259,12 @@ def _try_rule(module: Module, rule: Rule, node: Node, push: Callable[[Node], Non
             created.append(n)
             push(n)
             n = n.next
-        old_names = [o.name for o in node.outputs]
         for dead in [node] + list(reversed(m.matched)):
             _remove_if_dead(g, dead, push)
         # a value made by this rewrite takes over the replaced value's name, so dumps stay readable
         made = {id(c) for c in created}
         for name, new in zip(old_names, new_values):
-            if new.producer is not None and id(new.producer) in made and name not in g.names:
+            if new.producer is not None and id(new.producer) in made and name not in g.names and not new.is_graph_output:
                 g.rename(new, name)
         return True
     return False
