@@ -19,6 +19,9 @@ from effc.ir.opdef import REGISTRY
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
 EXPORT_OPSET = 21
+BF16_EXPORT_OPSET = 22
+"""Several ops (Elu, HardSigmoid, Sin, ...) accept bfloat16 only from opset 22; a module that
+uses bf16 is written at 22, whose forms of effc's ops are the same as 21's."""
 EXPORT_IR_VERSION = 10
 
 
@@ -60,6 +63,18 @@ class _Exporter:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
+        self.node_names: set[str] = set()
+
+    def node_name(self, loc: str | None) -> str:
+        """ONNX node names must be unique; a rewrite may give several nodes one source name."""
+        if not loc:
+            return ""
+        name, i = loc, 0
+        while name in self.node_names:
+            i += 1
+            name = f"{loc}_{i}"
+        self.node_names.add(name)
+        return name
 
     def graph(self, g: Graph) -> None:
         for n in g.nodes:
@@ -82,7 +97,7 @@ class _Exporter:
             raise ExportError(f"{n.describe()}: op '{n.op}' has no ONNX form")
         attrs = [_attr(k, op.attrs[k].kind if k in op.attrs else "", v) for k, v in sorted(n.attrs.items())]
         proto = helper.make_node(op.onnx_name, [name_of(v) for v in n.inputs], [name_of(v) for v in n.outputs],
-                                 name=n.loc or "")
+                                 name=self.node_name(n.loc))
         proto.attribute.extend(attrs)
         self.nodes.append(proto)
 
@@ -101,8 +116,15 @@ class _Exporter:
             self.node(inner_node, rename)
 
 
+def _uses_bf16(g: Graph) -> bool:
+    for v in g.values():
+        if v.type.dtype is DType.bf16:
+            return True
+    return any(n.body is not None and _uses_bf16(n.body) for n in g.nodes)
+
+
 def export_onnx(module: Module) -> onnx.ModelProto:
-    """The module as an ONNX ModelProto (opset 21)."""
+    """The module as an ONNX ModelProto (opset 21; 22 when it uses bf16)."""
     g = module.graph
     ex = _Exporter()
     ex.graph(g)
@@ -110,7 +132,8 @@ def export_onnx(module: Module) -> onnx.ModelProto:
     for v in g.outputs:
         outputs.append(_value_info(v))
     graph = helper.make_graph(ex.nodes, g.name, [_value_info(v) for v in g.inputs], outputs, ex.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
+    opset = BF16_EXPORT_OPSET if _uses_bf16(g) else EXPORT_OPSET
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="effc", ir_version=EXPORT_IR_VERSION)
     for k, val in sorted(module.metadata.items()):
         model.metadata_props.add(key=k, value=val)

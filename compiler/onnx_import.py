@@ -30,7 +30,6 @@ from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 INLINE_LIMIT = 16
 """Constants with at most this many elements print inline; larger ones go to the weight store."""
 
-MIN_OPSET = 7
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
@@ -226,9 +225,8 @@ class _Importer:
                 bad.append((n.op_type, label, ""))
         if bad:
             raise UnsupportedOpError(bad)
-        if self.opset and self.opset < MIN_OPSET:
-            raise ModelError(f"model uses ONNX opset {self.opset}; effc reads opset {MIN_OPSET} and newer "
-                             "(upgrade it with onnx.version_converter)")
+        # Opsets before 7 import when every op's legacy form has an upgrade rule; an op
+        # without one reports the form it cannot read.
 
     # -- inputs and initializers
     def _import_inputs(self, g: onnx.GraphProto) -> None:
@@ -293,7 +291,11 @@ class _Importer:
         def fail(msg: str) -> Exception:
             return ModelError(f"node '{label}' ({n.op_type}): {msg}")
 
-        ctx = UpgradeCtx(self.opset, label, raw, inputs, lambda a: self._const_value(np.asarray(a), f"{label}_const"), fail, n.op_type)
+        n_outputs = len(n.output)
+        while n_outputs and not n.output[n_outputs - 1]:
+            n_outputs -= 1
+        ctx = UpgradeCtx(self.opset, label, raw, inputs, lambda a: self._const_value(np.asarray(a), f"{label}_const"),
+                         fail, n.op_type, n_outputs)
         if op.upgrade is not None:
             try:
                 op.upgrade(ctx)

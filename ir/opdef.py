@@ -85,6 +85,8 @@ class UpgradeCtx:
     add_const: Callable[[np.ndarray], Value]
     fail: Callable[[str], Exception]
     op_type: str = ""
+    n_outputs: int = 0
+    """How many outputs the ONNX node names (trailing unnamed ones excluded)."""
 
     def unsupported(self, what: str) -> UnsupportedOpError:
         return UnsupportedOpError([(self.op_type, self.node_name, what)])

@@ -194,8 +194,6 @@ def _split_factors(shape: Sequence[Dim]) -> tuple[int, list[str]]:
             known *= d
         else:
             syms.append(d)
-    if "?" in syms:
-        syms = syms  # unknown dims never cancel; kept as a factor that matches nothing
     return known, syms
 
 

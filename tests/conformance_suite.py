@@ -80,9 +80,18 @@ def _compare(expected: np.ndarray, got: np.ndarray, rtol: float, atol: float, wh
     return ""
 
 
+def _as_array(a) -> np.ndarray:
+    """Test data comes as numpy arrays or, for dtypes numpy lacks, as TensorProto."""
+    if isinstance(a, onnx.TensorProto):
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(a)
+    return np.asarray(a)
+
+
 def _inputs(case, module, data) -> dict[str, np.ndarray]:
     names = [vi.name for vi in case.model.graph.input]
-    return {n: np.asarray(a) for n, a in zip(names, data) if n}
+    return {n: _as_array(a) for n, a in zip(names, data) if n}
 
 
 def run_case(case, *, with_ort: bool = True) -> CaseResult:
@@ -107,9 +116,10 @@ def run_case(case, *, with_ort: bool = True) -> CaseResult:
         try:
             got = run_module(module, feeds)
         except UnsupportedOpError as e:
-            return CaseResult(case.name, ops, "unsupported-form", str(e).splitlines()[-1].strip())
+            return CaseResult(case.name, ops, "unsupported-form", str(e).splitlines()[1].strip())
         except EffcError as e:
             return CaseResult(case.name, ops, "fail", f"interpreter: {e}")
+        outs = [_as_array(o) for o in outs]
         for name, exp in zip(out_names, outs):
             msg = _compare(exp, got[name], case.rtol, case.atol, f"interpreter output '{name}'")
             if msg:
