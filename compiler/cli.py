@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_flags(p)
     p.set_defaults(func=cmd_opt)
 
+    p = sub.add_parser("targets", help="list the targets effc compiles for and what each needs installed")
+    p.set_defaults(func=cmd_targets)
+
     p = sub.add_parser("run", help="run a model in the reference interpreter")
     _model_arg(p, "an .onnx model or .effc IR file")
     p.add_argument("--inputs", help=".npz keyed by the model's input names (default: seeded random inputs)")
@@ -139,6 +142,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     from effc.report import format_info, model_info
 
     print(format_info(model_info(load_model(_resolve_model(args.model)))))
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from effc.targets import list_targets
+
+    for t in list_targets():
+        missing = t.missing_tools()
+        needs = ", ".join(t.requires) or "nothing beyond effc"
+        status = "ready" if not missing else "missing " + ", ".join(missing)
+        if missing and t.debian_packages:
+            status += f" (apt-get install {' '.join(t.debian_packages)})"
+        print(f"{t.name:<16}{t.description:<48}needs: {needs}; {status}")
     return 0
 
 
