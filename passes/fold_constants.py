@@ -1,7 +1,8 @@
 """fold-constants: evaluates, with the ops' numpy reference, every node whose inputs are
 all constants, and every ``shape``/``size`` of a statically shaped value. Whole shape
 subgraphs (Shape → Gather → Unsqueeze → Concat → Reshape) collapse this way, one node at
-a time in order. Results larger than ``max-elements`` stay unfolded."""
+a time in order. Results larger than ``max-elements`` stay unfolded. Afterwards, unknown
+dims that the folded values now determine are filled in."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 from effc.ir.core import Module, Node
 from effc.ir.interpreter import run_node
 from effc.ir.opdef import REGISTRY
+from effc.ir.refine import refine_types
 
 from .base import Pass, PassContext, register_pass
 
@@ -39,6 +41,10 @@ class FoldConstants(Pass):
     name = "fold-constants"
     max_elements: int = 1 << 26
 
+    def __post_init__(self) -> None:
+        if self.max_elements < 0:
+            raise ValueError(f"max-elements must not be negative, got {self.max_elements}")
+
     def run(self, module: Module, ctx: PassContext) -> bool:
         g = module.graph
         changed = False
@@ -60,6 +66,8 @@ class FoldConstants(Pass):
             for value, name in folded:  # the constant takes over the folded value's name
                 g.rename(value, name)
             changed = True
+        if changed:
+            refine_types(g)  # shapes that depended on the folded values may now be known
         return changed
 
     def _evaluate(self, n: Node) -> list[np.ndarray] | None:

@@ -30,12 +30,16 @@ from .rewrite import Any, Const, Match, Op, Rule, apply_rules
 # ----------------------------------------------------------------------------- recognition
 
 
-def _scalar(m: Match, name: str, want: float, rel: float = 1e-3) -> bool:
+def _scalar(m: Match, name: str, want: float, rel: float = 1e-5) -> bool:
+    """The constant ``name`` is ``want`` up to rounding in its dtype (f32 exports carry
+    these constants to ~1e-7; a looser match would rewrite patterns that compute
+    something measurably different, e.g. 0.5004 * x * ...)."""
     v = m.value(name)
     arr = None if v is None else v.const_value
     if arr is None or arr.size != 1 or arr.dtype.kind != "f":
         return False
-    return abs(float(arr.reshape(-1)[0]) - want) <= rel * max(1.0, abs(want))
+    tol = max(rel, 4 * float(np.finfo(arr.dtype).eps))
+    return abs(float(arr.reshape(-1)[0]) - want) <= tol * max(1.0, abs(want))
 
 
 def _gelu_roots(inner: Op) -> list[Op]:
@@ -229,6 +233,10 @@ class Fuse(Pass):
     name = "fuse"
     max_ops: int = 8
     recognize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_ops < 2:
+            raise ValueError(f"max-ops must be at least 2 (a group has two ops or more), got {self.max_ops}")
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         changed = apply_rules(module, RECOGNIZE).total if self.recognize else 0

@@ -161,7 +161,7 @@ def compare_outputs(want: np.ndarray, got: np.ndarray, rtol: float, atol: float)
     i = int(bad[0])
     idx = tuple(int(x) for x in np.unravel_index(i, want.shape)) if want.ndim else ()
     return (f"{bad.size} of {want.size} elements moved; first at index {list(idx)}: "
-            f"{got.reshape(-1)[i]!r}, was {want.reshape(-1)[i]!r}")
+            f"{str(got.reshape(-1)[i])}, was {str(want.reshape(-1)[i])}")  # 0.5, not np.float32(0.5)
 
 
 class Reproducer(Instrument):

@@ -121,7 +121,9 @@ class _Parser:
             self.take("(")
             inner = self.pipeline(")")
             self.take(")")
-            max_iter = int(opts.pop("max-iter", 10))
+            max_iter = _convert("fixpoint", "max-iter", opts.pop("max-iter", "10"), "int")
+            if max_iter < 1:
+                raise PipelineSpecError(f"fixpoint: option 'max-iter' must be at least 1, got {max_iter}")
             if opts:
                 raise PipelineSpecError(f"fixpoint has no option {sorted(opts)[0]} (it takes max-iter)")
             return [Fixpoint(tuple(inner), max_iter)]
@@ -141,7 +143,10 @@ def make_pass(name: str, opts: dict[str, str]) -> Pass:
             known = ", ".join(f.replace("_", "-") for f in fields) or "none"
             raise PipelineSpecError(f"pass '{name}' has no option '{key}' (options: {known})")
         kwargs[fname] = _convert(name, key, raw, fields[fname].type)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a pass's own range checks (__post_init__)
+        raise PipelineSpecError(f"pass '{name}': {e}") from None
 
 
 def _convert(pass_name: str, key: str, raw: str, typ: Any) -> Any:
@@ -157,7 +162,8 @@ def _convert(pass_name: str, key: str, raw: str, typ: Any) -> Any:
             return float(raw)
         return raw
     except ValueError:
-        raise PipelineSpecError(f"pass '{pass_name}': option '{key}' wants a {typ}, got '{raw}'") from None
+        kind = {"int": "an int", "float": "a float", "bool": "true or false"}.get(typ, f"a {typ}")
+        raise PipelineSpecError(f"pass '{pass_name}': option '{key}' wants {kind}, got '{raw}'") from None
 
 
 def parse_pipeline(spec: str) -> Pipeline:
@@ -236,8 +242,13 @@ class PipelineRunner:
             raise PassError(f"pass '{p.spec()}' crashed: {type(e).__name__}: {e}") from e
         record.seconds = time.perf_counter() - start
         self.history.append(record)
-        for inst in self.ctx.instruments:
-            inst.after_pass(module, record, self)
+        try:
+            for inst in self.ctx.instruments:
+                inst.after_pass(module, record, self)
+        except Exception as e:  # a check after the pass failed: the pass is to blame
+            for inst in self.ctx.instruments:
+                inst.on_pass_error(module, record, self, e)
+            raise
         return record.changed
 
 
