@@ -27,6 +27,8 @@ from effc.ir.errors import EffcError, ModelError, ShapeError, UnsupportedOpError
 from effc.ir.opdef import BY_ONNX, OpDef, UpgradeCtx, infer_types
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # effc reports problems itself
+
 INLINE_LIMIT = 16
 """Constants with at most this many elements print inline; larger ones go to the weight store."""
 

@@ -26,13 +26,18 @@ class UnsupportedOpError(InputError):
 
     def __init__(self, ops: list[tuple[str, str, str]]):
         self.ops = list(ops)
-        lines = [f"  {op} (node '{name}')" + (f": {why}" if why else "") for op, name, why in self.ops]
+        lines = [f"  {op} ({_where(name)})" + (f": {why}" if why else "") for op, name, why in self.ops]
         kinds = sorted({op for op, _, _ in self.ops})
         super().__init__(
             f"unsupported op{'s' if len(kinds) > 1 else ''} {', '.join(kinds)} in {len(self.ops)} node(s):\n"
             + "\n".join(lines)
             + "\nrun `effc info --ops` to list the operators effc supports"
         )
+
+
+def _where(name: str) -> str:
+    """A node name, or a ready description such as "graph input 'x'"."""
+    return name if "'" in name else f"node '{name}'"
 
 
 class ParseError(InputError):
