@@ -76,10 +76,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace (or add) the part of bench/RESULTS.md under the heading ``section``."""
     old = RESULTS.read_text() if RESULTS.exists() else "# effc benchmark results\n\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
+    if section in old:
+        head, rest = old.split(section, 1)
         nxt = rest.find("\n## ")
         old = head + (rest[nxt + 1:] if nxt >= 0 else "")
     RESULTS.write_text(old.rstrip() + "\n\n" + text)

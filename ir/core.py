@@ -418,6 +418,33 @@ class Graph:
             self.names.release(v.name)
         self._count -= 1
 
+    def reorder(self, order: list[Node]) -> bool:
+        """Relink the graph's nodes in ``order`` (a permutation of them that keeps every input
+        defined before its use). Returns whether the order changed."""
+        current = list(self.nodes)
+        if len(order) != len(current) or {id(n) for n in order} != {id(n) for n in current}:
+            raise VerificationError("reorder: the new order is not a permutation of the graph's nodes")
+        if all(a is b for a, b in zip(order, current)):
+            return False
+        defined = {id(v) for v in self.inputs}
+        for n in order:
+            for v in n.inputs:
+                if v is not None and id(v) not in defined:
+                    raise VerificationError(f"reorder: {n.describe()} would run before %{v.name} is defined")
+            defined.update(id(o) for o in n.outputs)
+        prev: Node | None = None
+        for n in order:
+            n._prev = prev
+            if prev is None:
+                self._head = n
+            else:
+                prev._next = n
+            prev = n
+        if prev is not None:
+            prev._next = None
+        self._tail = prev
+        return True
+
     def rename(self, value: Value, name: str) -> None:
         """Give ``value`` a name that is free in this graph."""
         if value.name == name:
@@ -458,6 +485,9 @@ class Module:
     producer: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     target: str | None = None
+    memory_plan: Any = field(default=None, repr=False, compare=False)
+    """The arena plan of ``plan-memory`` (an object with ``format()``), dropped when a later
+    pass changes the module."""
 
     @property
     def name(self) -> str:

@@ -271,8 +271,12 @@ def _header(m: Module) -> str:
 
 
 def print_module(m: Module) -> str:
-    """The whole module: header line, blank line, main graph, final newline."""
-    return f"{_header(m)}\n\n{print_graph(m.graph)}\n"
+    """The whole module: header line, blank line, main graph, final newline; then the memory
+    plan as ``//`` comment lines when the module has one (comments parse as nothing)."""
+    text = f"{_header(m)}\n\n{print_graph(m.graph)}\n"
+    if m.memory_plan is not None:
+        text += "\n" + m.memory_plan.format()
+    return text
 
 
 # ----------------------------------------------------------------------------- files

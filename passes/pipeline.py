@@ -241,6 +241,8 @@ class PipelineRunner:
                 raise
             raise PassError(f"pass '{p.spec()}' crashed: {type(e).__name__}: {e}") from e
         record.seconds = time.perf_counter() - start
+        if record.changed and module.memory_plan is not None and p.name != "plan-memory":
+            module.memory_plan = None  # the plan described the module before this pass
         self.history.append(record)
         try:
             for inst in self.ctx.instruments:
