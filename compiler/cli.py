@@ -53,11 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_flags(p)
     p.set_defaults(func=cmd_opt)
 
+    p = sub.add_parser("compile", help="optimize and build a model for a target; writes an artifact folder")
+    _model_arg(p, "an .onnx model or .effc IR file")
+    p.add_argument("--target", "-t", default="x86", help="target name (default x86; `effc targets` lists them)")
+    p.add_argument("-p", "--pipeline", help="pass pipeline (default O2)")
+    for level in ("O0", "O1", "O2", "O3"):
+        p.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=f"the {level} pipeline")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="bind an input's shape, e.g. x=1,1,8,8 (needed for symbolic dims such as a batch N)")
+    p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
+    add_instrument_flags(p)
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("targets", help="list the targets effc compiles for and what each needs installed")
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("run", help="run a model in the reference interpreter")
-    _model_arg(p, "an .onnx model or .effc IR file")
+    p = sub.add_parser("run", help="run a model in the reference interpreter, or a compiled artifact folder")
+    _model_arg(p, "an .onnx model, .effc IR file, or an artifact folder from `effc compile`")
     p.add_argument("--inputs", help=".npz keyed by the model's input names (default: seeded random inputs)")
     p.add_argument("-o", "--output", help=".npz to write, keyed by the model's output names")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
@@ -145,6 +157,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise InputError(f"--input-shape '{spec}': expected NAME=D0,D1,... (e.g. x=1,3,224,224)") from None
+    return shapes
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import effc
+
+    if args.pipeline and args.level:
+        raise InputError("give either -p PIPELINE or -O<level>, not both")
+    pipeline = args.pipeline if args.pipeline is not None else (args.level or "O2")
+    model = _resolve_model(args.model)
+    opts = optimize_options(args)
+    compiled = effc.compile(model, target=args.target, pipeline=pipeline,
+                            input_shapes=parse_input_shapes(args.input_shape), options=opts)
+    out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}"
+    compiled.export(out)
+    print(compiled.report())
+    print(f"wrote {out}/", file=sys.stderr)
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from effc.targets import list_targets
 
@@ -163,9 +205,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from effc.models import load_model
     from effc.tensors import load_npz, random_inputs, save_npz
 
-    module = load_model(_resolve_model(args.model))
-    inputs = load_npz(args.inputs) if args.inputs else random_inputs(module.graph.inputs, args.seed)
-    outputs = run_module(module, inputs)
+    path = _resolve_model(args.model)
+    if path.is_dir():  # a compiled artifact
+        import effc
+
+        compiled = effc.load(path)
+        inputs = load_npz(args.inputs) if args.inputs else random_inputs(compiled.ir.graph.inputs, args.seed)
+        outputs = compiled.run(inputs)
+    else:
+        module = load_model(path)
+        inputs = load_npz(args.inputs) if args.inputs else random_inputs(module.graph.inputs, args.seed)
+        outputs = run_module(module, inputs)
     if args.output:
         save_npz(args.output, outputs)
         print(f"wrote {args.output}", file=sys.stderr)

@@ -1,0 +1,191 @@
+"""The library API: ``effc.compile(model, target=..., pipeline=...)`` returns a
+``CompiledModel`` that runs, reports and exports; ``effc.load(dir)`` reads an exported one.
+
+    import effc
+    cm = effc.compile("examples/digits_cnn.onnx", target="x86", pipeline="O2",
+                      input_shapes={"x": (1, 1, 8, 8)})
+    outputs = cm.run({"x": x})            # {"logits": array}
+    cm.export("build/digits")             # model.so, manifest.json, model.effc/.npz, report.json
+    print(cm.report())
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+import effc
+from effc.ir.core import Module
+from effc.ir.errors import InputError
+from effc.ir.printer import print_module, save_module
+from effc.models import load_model
+from effc.optimize import OptimizeOptions, optimize
+from effc.report import ModelInfo, model_info
+from effc.targets import Target, get_target
+
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+IR_FILE = "model.effc"
+REPORT = "report.json"
+TIMINGS = "timings.json"
+"""Compile times vary run to run, so they live in their own file; every other file of an
+artifact is byte-identical when the same model is compiled twice."""
+
+
+@dataclass
+class CompileReport:
+    model: ModelInfo
+    target: str
+    pipeline: str
+    nodes_before: int
+    nodes_after: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    artifact_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.model
+        return {"target": self.target, "pipeline": self.pipeline, "parameters": m.parameters,
+                "weight_bytes": m.weight_bytes, "macs": m.macs, "macs_by_class": dict(sorted(m.macs_by_class.items())),
+                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "ops_after": dict(sorted(m.op_histogram.items()))}
+
+    def __str__(self) -> str:
+        m = self.model
+        lines = [f"target {self.target}, pipeline {self.pipeline or '(none)'}",
+                 f"  nodes: {self.nodes_before} -> {self.nodes_after}",
+                 f"  parameters: {m.parameters:,}; weight bytes: {m.weight_bytes:,}; MACs: {m.macs:,}"]
+        if self.artifact_bytes is not None:
+            lines.append(f"  artifact: {self.artifact_bytes:,} bytes")
+        if self.seconds:
+            lines.append("  compile time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+                         + f" (total {sum(self.seconds.values()):.2f}s)")
+        return "\n".join(lines)
+
+
+def _source_hash(model: Any) -> str:
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    if isinstance(model, Module):
+        return hashlib.sha256(print_module(model).encode()).hexdigest()
+    return hashlib.sha256(Path(model).read_bytes()).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class CompiledModel:
+    """A model compiled for one target: ``run``, ``export``, ``report``, and ``ir`` (the final module)."""
+
+    def __init__(self, ir: Module, target: Target, pipeline: str, built: Any, report: CompileReport,
+                 source_sha256: str = ""):
+        self.ir = ir
+        self.target = target
+        self.pipeline = pipeline
+        self._built = built
+        self._report = report
+        self.source_sha256 = source_sha256
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on numpy inputs keyed by the model's input names; outputs keyed by output names."""
+        return self._built.run(inputs)
+
+    def report(self) -> CompileReport:
+        return self._report
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.ir.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.ir.graph.outputs]
+
+    def export(self, folder: str | os.PathLike) -> Path:
+        """Write the artifact folder; returns its path."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        files = self._built.export_files(out) if hasattr(self._built, "export_files") else [self._built.export(out / LIBRARY)]
+        save_module(self.ir, out / IR_FILE)
+        report = self._report.to_json()
+        (out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (out / TIMINGS).write_text(json.dumps({k: round(v, 4) for k, v in self._report.seconds.items()}, indent=2) + "\n")
+        artifact_files = sorted({Path(f).name for f in files} | {IR_FILE, REPORT}
+                                | ({Path(IR_FILE).with_suffix(".npz").name} if (out / "model.npz").exists() else set()))
+        manifest = {
+            "effc_version": effc.__version__,
+            "target": {"name": self.target.name, "tvm": self.target.tvm},
+            "pipeline": self.pipeline,
+            "inputs": [{"name": v.name, "dtype": str(v.type.dtype), "shape": list(v.type.shape)} for v in self.ir.graph.inputs],
+            "outputs": [{"name": v.name, "dtype": str(v.type.dtype), "shape": list(v.type.shape)} for v in self.ir.graph.outputs],
+            "source_sha256": self.source_sha256,
+            "files": {name: _file_hash(out / name) for name in artifact_files},
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        self._report.artifact_bytes = sum((out / n).stat().st_size for n in artifact_files)
+        return out
+
+
+def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
+            input_shapes: Mapping[str, Sequence[int]] | None = None,
+            options: OptimizeOptions | None = None) -> CompiledModel:
+    """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
+
+    ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering."""
+    from effc import codegen  # imports tvm: only when compiling
+
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    tgt = get_target(target)
+    source_hash = _source_hash(model)
+    module = load_model(model)
+    seconds["import"] = time.perf_counter() - t
+    nodes_before = len(module.graph)
+    t = time.perf_counter()
+    if input_shapes:
+        codegen.bind_input_shapes(module, dict(input_shapes))
+    opts = options or OptimizeOptions(reproducer_dir=None)
+    opts.target = tgt.name
+    optimize(module, pipeline, opts)
+    seconds["optimize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    built = codegen.build_for_target(module, tgt)
+    seconds["build"] = time.perf_counter() - t
+    report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds)
+    return CompiledModel(module, tgt, pipeline, built, report, source_hash)
+
+
+def load(folder: str | os.PathLike) -> CompiledModel:
+    """An artifact folder written by ``CompiledModel.export`` (or ``effc compile``)."""
+    from effc import codegen
+    from effc.ir.parser import load_module
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{folder}: not an effc artifact folder (no {MANIFEST}); make one with `effc compile`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{manifest_path}: not valid JSON ({e})") from None
+    for name, digest in manifest.get("files", {}).items():
+        f = folder / name
+        if not f.is_file() or _file_hash(f) != digest:
+            raise InputError(f"{folder}: file {name} is missing or does not match its hash in {MANIFEST}; "
+                             "recompile the artifact")
+    tgt = get_target(manifest["target"]["name"])
+    ir = load_module(folder / IR_FILE)
+    built = codegen.load_for_target(folder, tgt, ir)
+    report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).is_file() else {}
+    seconds = json.loads((folder / TIMINGS).read_text()) if (folder / TIMINGS).is_file() else {}
+    info = model_info(ir)
+    rep = CompileReport(info, tgt.name, manifest.get("pipeline", ""), report.get("nodes_before", len(ir.graph)),
+                        len(ir.graph), seconds)
+    return CompiledModel(ir, tgt, manifest.get("pipeline", ""), built, rep, manifest.get("source_sha256", ""))
