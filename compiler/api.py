@@ -112,12 +112,12 @@ class CompiledModel:
         """Write the artifact folder; returns its path."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        files = self._built.export_files(out) if hasattr(self._built, "export_files") else [self._built.export(out / LIBRARY)]
+        files = self._built.export_files(out)
         save_module(self.ir, out / IR_FILE)
         report = self._report.to_json()
         (out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (out / TIMINGS).write_text(json.dumps({k: round(v, 4) for k, v in self._report.seconds.items()}, indent=2) + "\n")
-        artifact_files = sorted({Path(f).name for f in files} | {IR_FILE, REPORT}
+        artifact_files = sorted({Path(f).resolve().relative_to(out.resolve()).as_posix() for f in files} | {IR_FILE, REPORT}
                                 | ({Path(IR_FILE).with_suffix(".npz").name} if (out / "model.npz").exists() else set()))
         manifest = {
             "effc_version": effc.__version__,
@@ -133,13 +133,37 @@ class CompiledModel:
         return out
 
 
+def _static_shapes(module: Module, given: dict[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+    """Shapes for every input with a symbolic dim: the given ones, symbols set to 1 otherwise
+    (the batch of an embedded deployment); say so on stderr."""
+    import sys
+
+    out = dict(given)
+    for v in module.graph.inputs:
+        if v.name not in out and not v.type.is_static:
+            out[v.name] = tuple(d if isinstance(d, int) else 1 for d in v.type.shape)
+            print(f"effc: input '{v.name}' {v.type} bound to {list(out[v.name])} for this target "
+                  f"(choose with --input-shape {v.name}=...)", file=sys.stderr)
+    return out
+
+
+def _c_name(model: Any, module: Module) -> str:
+    """A C identifier for the model's API (``effc_<name>_run``): the file's stem, else the graph's name."""
+    import re
+
+    base = Path(model).stem if isinstance(model, (str, os.PathLike)) else module.graph.name
+    name = re.sub(r"\W", "_", base).strip("_").lower() or "model"
+    return name if not name[0].isdigit() else f"m_{name}"
+
+
 def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             options: OptimizeOptions | None = None) -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
     ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering."""
-    from effc import codegen  # imports tvm: only when compiling
+    from effc.codegen import bind_input_shapes  # imports tvm: only when compiling
+    from effc.codegen.dispatch import STATIC_SHAPE_FAMILIES, build_for_target
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -149,14 +173,17 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     seconds["import"] = time.perf_counter() - t
     nodes_before = len(module.graph)
     t = time.perf_counter()
-    if input_shapes:
-        codegen.bind_input_shapes(module, dict(input_shapes))
+    shapes = dict(input_shapes or {})
+    if tgt.family in STATIC_SHAPE_FAMILIES:
+        shapes = _static_shapes(module, shapes)
+    if shapes:
+        bind_input_shapes(module, shapes)
     opts = options or OptimizeOptions(reproducer_dir=None)
     opts.target = tgt.name
     optimize(module, pipeline, opts)
     seconds["optimize"] = time.perf_counter() - t
     t = time.perf_counter()
-    built = codegen.build_for_target(module, tgt)
+    built = build_for_target(module, tgt, name=_c_name(model, module))
     seconds["build"] = time.perf_counter() - t
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash)
@@ -164,7 +191,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
 
 def load(folder: str | os.PathLike) -> CompiledModel:
     """An artifact folder written by ``CompiledModel.export`` (or ``effc compile``)."""
-    from effc import codegen
+    from effc.codegen.dispatch import load_for_target
     from effc.ir.parser import load_module
 
     folder = Path(folder)
@@ -182,7 +209,7 @@ def load(folder: str | os.PathLike) -> CompiledModel:
                              "recompile the artifact")
     tgt = get_target(manifest["target"]["name"])
     ir = load_module(folder / IR_FILE)
-    built = codegen.load_for_target(folder, tgt, ir)
+    built = load_for_target(folder, tgt, ir)
     report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).is_file() else {}
     seconds = json.loads((folder / TIMINGS).read_text()) if (folder / TIMINGS).is_file() else {}
     info = model_info(ir)

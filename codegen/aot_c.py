@@ -1,0 +1,700 @@
+"""The C text of an AOT program (see ``aot.py``). Files, all generated, all deterministic:
+
+- ``model.h``: the C API, ``int effc_<name>_run(const T* in..., T* out..., void* arena)``,
+  with ``EFFC_<NAME>_ARENA_BYTES`` / ``EFFC_<NAME>_ALIGN`` and per-tensor byte counts;
+- ``model.c``: the driver: one block per kernel call, DLTensor descriptors pointing into
+  the inputs, outputs, arena and weights;
+- ``model_weights.c``: every constant in one ``const`` array of 32-bit words (the bytes in
+  little-endian order; each constant starts on a 64-byte boundary);
+- ``effc_runtime.h`` / ``effc_runtime.c``: the workspace allocator over the arena slice
+  the driver hands each kernel, a serial ``TVMBackendParallelLaunch`` and the call helper
+  (the same for every model: link one copy when several models share a binary);
+- ``effc_tvm_abi.h``: the few DLPack / TVM FFI types and functions the kernels use;
+- ``main.c``: a test harness that reads raw input bytes from files and writes raw outputs;
+- ``Makefile``: how these build (``CC``/``CFLAGS``/``LDFLAGS`` chosen by the target).
+
+effc's own files compile with ``-std=c11 -Wall -Wextra -Werror``; TVM's kernel source
+(C flavour) gets ``-w``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+import effc
+
+from .aot import ALIGN, AotProgram, ArenaPlan, CToolchain, Interface, Schedule, Step, TensorArg
+from .aot_kernels import Kernels
+
+HEADER = "model.h"
+DRIVER = "model.c"
+WEIGHTS = "model_weights.c"
+RUNTIME_H = "effc_runtime.h"
+RUNTIME_C = "effc_runtime.c"
+ABI_H = "effc_tvm_abi.h"
+HARNESS = "main.c"
+MAKEFILE = "Makefile"
+KERNELS_O = "model_kernels.o"
+KERNELS_C = "model_kernels.c"
+
+C_TYPES = {
+    "float32": "float", "float64": "double", "float16": "uint16_t", "bfloat16": "uint16_t",
+    "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
+    "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t",
+}
+"""C element type of a tensor in the API (half floats and bools as their storage bits)."""
+
+_DL_CODES = {"int": "kDLInt", "uint": "kDLUInt", "float": "kDLFloat", "bfloat": "kDLBfloat", "bool": "kDLBool"}
+
+_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float for goto if
+inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
+volatile while arena main""".split())
+
+
+def c_type(dtype: str) -> str:
+    if dtype not in C_TYPES:
+        raise ValueError(f"no C type for tensors of {dtype}")
+    return C_TYPES[dtype]
+
+
+def dl_dtype(dtype: str) -> tuple[str, int]:
+    """(DLDataTypeCode name, bits) as TVM describes ``dtype``."""
+    if dtype == "bool":
+        return "kDLBool", 8
+    for prefix in ("bfloat", "float", "uint", "int"):
+        if dtype.startswith(prefix):
+            return _DL_CODES[prefix], int(dtype[len(prefix):])
+    raise ValueError(f"no DLPack code for {dtype}")
+
+
+def param_names(iface: Interface) -> tuple[list[str], list[str]]:
+    """C parameter names for the inputs and outputs: the value names made identifiers,
+    unique, and clear of C keywords."""
+    import re
+
+    seen: set[str] = set()
+    out: list[list[str]] = [[], []]
+    for k, names in enumerate(([n for n, _ in iface.inputs], [n for n, _ in iface.outputs])):
+        for i, name in enumerate(names):
+            c = re.sub(r"\W", "_", name).strip("_") or f"{'in' if k == 0 else 'out'}{i}"
+            if c[0].isdigit() or c in _C_KEYWORDS or c.startswith(("effc_", "EFFC_")):
+                c = f"v_{c}"
+            base, n = c, 1
+            while c in seen:
+                c, n = f"{base}_{n}", n + 1
+            seen.add(c)
+            out[k].append(c)
+    return out[0], out[1]
+
+
+def _comment(text: str) -> str:
+    return text.replace("*/", "* /")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def weight_layout(weights: list[np.ndarray]) -> tuple[list[int], int]:
+    """Byte offset of each constant in the weights array, and the array's size."""
+    offsets, at = [], 0
+    for w in weights:
+        offsets.append(at)
+        at += (w.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    return offsets, at
+
+
+_ESCAPES = np.array([f"\\x{b:02x}".encode() for b in range(256)], dtype="S4")
+_BYTES_PER_LINE = 32
+
+
+def weights_c(name: str, weights: list[np.ndarray]) -> str:
+    """One byte array; a string literal, which C compilers read ten times faster than a
+    list of numbers (every byte is a two-digit hex escape, so none runs into the next)."""
+    offsets, total = weight_layout(weights)
+    blob = np.zeros(max(total, 1), dtype=np.uint8)
+    for w, off in zip(weights, offsets):
+        blob[off:off + w.nbytes] = np.frombuffer(np.ascontiguousarray(w).tobytes(), dtype=np.uint8)
+    escaped = _ESCAPES[blob].tobytes().decode()
+    step = 4 * _BYTES_PER_LINE
+    lines = "\n".join(f'  "{escaped[i:i + step]}"' for i in range(0, len(escaped), step))
+    index = "\n".join(f" *   {off:>10}  {w.dtype}{list(w.shape)}" for w, off in zip(weights, offsets))
+    return (f"/* Weights of @{name}, generated by effc {effc.__version__}: {len(weights)} constants, {total:,} bytes.\n"
+            f" * Each constant starts on a {ALIGN}-byte boundary, its bytes in the target's order\n"
+            f" * (little-endian). Byte offset, type and shape of each:\n{_comment(index)}\n */\n"
+            f"#include <stdint.h>\n\n#include \"{RUNTIME_H}\"\n\n"
+            f"EFFC_ALIGNED({ALIGN}) const uint8_t effc_{name}_weights[{len(blob)}] =\n{lines};\n")
+
+
+# ----------------------------------------------------------------------------- header
+
+
+def header(name: str, iface: Interface, plan: ArenaPlan, weight_bytes: int, target: dict[str, Any],
+           n_steps: int) -> str:
+    up = name.upper()
+    ins, outs = param_names(iface)
+    in_lines = [f" *   {c}: {t} ({_nbytes_of(t)} bytes)" for c, (_, t) in zip(ins, iface.inputs)]
+    out_lines = [f" *   {c}" for c in outs]
+    params = [f"const {c_type(_relax_dtype(t))}* {c}" for c, (_, t) in zip(ins, iface.inputs)]
+    params += [f"{c_type(_relax_dtype(t))}* {c}" for c, (_, t) in zip(outs, iface.outputs)]
+    sizes = [f"#define EFFC_{up}_INPUT{i}_BYTES {_nbytes_of(t)}u  /* {c} */" for i, (c, (_, t)) in
+             enumerate(zip(ins, iface.inputs))]
+    sizes += [f"#define EFFC_{up}_OUTPUT{i}_BYTES {_nbytes_of(t)}u  /* {c} */" for i, (c, (_, t)) in
+              enumerate(zip(outs, iface.outputs))]
+    out_lines = [f" *   {c}: {t} ({_nbytes_of(t)} bytes)" for c, (_, t) in zip(outs, iface.outputs)]
+    return f"""/* @{name} as an ahead-of-time C program, generated by effc {effc.__version__}. Do not edit.
+ * Kernels: TVM, target {_comment(json.dumps(target, sort_keys=True))}; {n_steps} kernel calls.
+ *
+ * int effc_{name}_run(inputs..., outputs..., void* arena)
+ *   Runs the model once. Every tensor is dense and row-major (C order). The caller owns all
+ *   memory: the inputs (read only), the outputs (written) and the arena, a scratch area of
+ *   EFFC_{up}_ARENA_BYTES bytes that holds every intermediate tensor and every kernel's
+ *   workspace; nothing is allocated. Pass buffers aligned to EFFC_{up}_ALIGN bytes (the
+ *   kernels are compiled for that alignment; the arena must be). Buffers must not overlap.
+ *   Returns 0, or k > 0 when kernel call k failed (it found no room for its workspace:
+ *   an arena too small, i.e. an effc bug).
+ *   Not reentrant: the workspace allocator (effc_runtime.c) keeps state while a kernel runs.
+ *
+ * Inputs:
+{chr(10).join(in_lines)}
+ * Outputs:
+{chr(10).join(out_lines)}
+ * Weights: {weight_bytes:,} bytes of const data (model_weights.c).
+ */
+#ifndef EFFC_{up}_H
+#define EFFC_{up}_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define EFFC_{up}_ARENA_BYTES {plan.arena_bytes}u
+#define EFFC_{up}_ALIGN {ALIGN}u
+#define EFFC_{up}_WEIGHT_BYTES {weight_bytes}u
+#define EFFC_{up}_NUM_INPUTS {len(ins)}
+#define EFFC_{up}_NUM_OUTPUTS {len(outs)}
+{chr(10).join(sizes)}
+
+int effc_{name}_run({", ".join(params + ["void* arena"])});
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* EFFC_{up}_H */
+"""
+
+
+def _relax_dtype(t: Any) -> str:
+    from .relax import relax_dtype
+
+    return relax_dtype(t.dtype)
+
+
+def _nbytes_of(t: Any) -> int:
+    return int(np.prod([int(d) for d in t.shape], dtype=np.int64)) * t.dtype.itemsize
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class _Driver:
+    def __init__(self, name: str, iface: Interface, schedule: Schedule, plan: ArenaPlan, kernels: Kernels):
+        self.name = name
+        self.iface = iface
+        self.schedule = schedule
+        self.plan = plan
+        self.kernels = kernels
+        self.ins, self.outs = param_names(iface)
+        self.weight_offsets, self.weight_bytes = weight_layout(schedule.weights)
+        self.shapes: dict[tuple[int, ...], str] = {}
+
+    def shape(self, dims: tuple[int, ...]) -> str:
+        if dims not in self.shapes:
+            self.shapes[dims] = f"effc_shape{len(self.shapes)}"
+        return self.shapes[dims]
+
+    def where(self, arg: TensorArg) -> tuple[str, str]:
+        """(C pointer expression, comment) for the bytes ``arg`` points at."""
+        kind, index = arg.storage_key
+        if kind == "input":
+            return f"(void*){self.ins[index]}", f"input {self.iface.inputs[index][0]}"
+        if kind == "output":
+            return f"(void*){self.outs[index]}", f"output {self.iface.outputs[index][0]}"
+        if kind == "weight":
+            off = self.weight_offsets[index]
+            return f"(void*)(effc_w + {off})", f"weight {index}"
+        off = self.plan.offsets[index]
+        label = self.schedule.labels.get(arg.storage_key)
+        where = f"arena {off}..{off + self.schedule.storages[arg.storage_key].nbytes}"
+        return f"(void*)(effc_a + {off})", f"%{label} {where}" if label else where
+
+    def tensor(self, arg: TensorArg) -> tuple[str, str]:
+        ptr, what = self.where(arg)
+        code, bits = dl_dtype(arg.dtype)
+        shape = self.shape(arg.shape) if arg.shape else "NULL"
+        return (f"EFFC_TENSOR({ptr}, {shape}, {len(arg.shape)}, {code}, {bits})",
+                f"{what}: {arg.dtype}{list(arg.shape)}")
+
+    def step(self, t: int, step: Step) -> list[str]:
+        n = len(step.args)
+        sym = self.kernels.symbols[step.kernel]
+        tensors = [self.tensor(a) for a in step.args]
+        ws_off, ws_bytes = self.plan.workspace[t]
+        writes = f" -> %{_comment(step.writes)}" if step.writes else ""
+        lines = [f"  {{ /* {t + 1}: {step.kernel}{writes} */",
+                 f"    DLTensor effc_t[{n}] = {{"]
+        lines += [f"      {code},{' ' * max(1, 60 - len(code))}/* {_comment(what)} */" for code, what in tensors]
+        lines += ["    };", f"    TVMFFIAny effc_v[{n}];"]
+        lines.append(f"    effc_workspace_set(effc_a + {ws_off}, {ws_bytes}u);" if ws_bytes else
+                     "    effc_workspace_set(NULL, 0u);")
+        lines += [f"    if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};", "  }"]
+        return lines
+
+    def copies(self) -> list[str]:
+        lines = []
+        for c in self.schedule.copies:
+            ptr, what = self.where(c.source)
+            lines.append(f"  memcpy({self.outs[c.output]}, {ptr}, {c.source.nbytes}u);  /* from {_comment(what)} */")
+        return lines
+
+    def text(self) -> str:
+        name = self.name
+        body: list[str] = []
+        for t, step in enumerate(self.schedule.steps):
+            body += self.step(t, step)
+        body += self.copies()
+        decls = [f"int32_t {self.kernels.symbols[k]}(void* self, void* args, int32_t num_args, void* result);"
+                 for k in sorted({s.kernel for s in self.schedule.steps})]
+        shapes = [f"static const int64_t {v}[{len(k)}] = {{{', '.join(map(str, k))}}};"
+                  for k, v in self.shapes.items()]
+        pointers = self._pointer_setup()
+        params = [f"const {c_type(_relax_dtype(t))}* {c}" for c, (_, t) in zip(self.ins, self.iface.inputs)]
+        params += [f"{c_type(_relax_dtype(t))}* {c}" for c, (_, t) in zip(self.outs, self.iface.outputs)]
+        kernel_file = KERNELS_O if self.kernels.flavor == "llvm" else KERNELS_C
+        return "\n".join([
+            f"/* @{name}: the AOT driver, generated by effc {effc.__version__}. Do not edit.",
+            f" * {len(self.schedule.steps)} kernel calls over an arena of {self.plan.arena_bytes:,} bytes "
+            f"(live peak {self.plan.live_peak:,}; offsets: {self.plan.algorithm}).",
+            f" * Kernels in {kernel_file}; weights in {WEIGHTS}. */",
+            "#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
+            f'#include "{RUNTIME_H}"', f'#include "{HEADER}"', "",
+            *decls, "", *pointers[0],
+            f"extern const uint8_t effc_{name}_weights[];", "",
+            *shapes, "",
+            f"int effc_{name}_run({', '.join(params + ['void* arena'])}) {{",
+            "  uint8_t* effc_a = (uint8_t*)arena;",
+            f"  const uint8_t* effc_w = effc_{name}_weights;",
+            *self._unused(body),
+            *pointers[1],
+            *body,
+            "  effc_workspace_set(NULL, 0u);",
+            "  return 0;", "}", "",
+        ])
+
+    @staticmethod
+    def _unused(body: list[str]) -> list[str]:
+        text = "\n".join(body)
+        return [f"  (void){v};" for v in ("effc_a", "effc_w") if f"{v} + " not in text]
+
+    def _pointer_setup(self) -> tuple[list[str], list[str]]:
+        """LLVM kernels reach the runtime through function pointers the loader would set."""
+        decl = {
+            "__TVMBackendAllocWorkspace": "extern void* (*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int);",
+            "__TVMBackendFreeWorkspace": "extern int (*__TVMBackendFreeWorkspace)(int, int, void*);",
+            "__TVMBackendParallelLaunch": "extern int (*__TVMBackendParallelLaunch)(FTVMParallelLambda, void*, int);",
+            "__TVMBackendParallelBarrier": "extern int (*__TVMBackendParallelBarrier)(int, TVMParallelGroupEnv*);",
+        }
+        syms = self.kernels.pointer_symbols
+        return ([decl[s] for s in syms] + ([""] if syms else []),
+                [f"  {s} = {s[2:]};" for s in syms])
+
+
+def driver_c(name: str, iface: Interface, schedule: Schedule, plan: ArenaPlan, kernels: Kernels) -> str:
+    return _Driver(name, iface, schedule, plan, kernels).text()
+
+
+# ----------------------------------------------------------------------------- harness
+
+
+def harness_c(name: str, iface: Interface) -> str:
+    up = name.upper()
+    ins, outs = param_names(iface)
+    n_in, n_out = len(ins), len(outs)
+    bufs, reads, writes, args = [], [], [], []
+    for i, (c, (_, t)) in enumerate(zip(ins, iface.inputs)):
+        ct = c_type(_relax_dtype(t))
+        bufs.append(f"EFFC_ALIGNED({ALIGN}) static {ct} input{i}[EFFC_{up}_INPUT{i}_BYTES / sizeof({ct}) + 1];")
+        reads.append(f"  if (read_file(argv[{1 + i}], input{i}, EFFC_{up}_INPUT{i}_BYTES) != 0) return 2;")
+        args.append(f"input{i}")
+    for i, (c, (_, t)) in enumerate(zip(outs, iface.outputs)):
+        ct = c_type(_relax_dtype(t))
+        bufs.append(f"EFFC_ALIGNED({ALIGN}) static {ct} output{i}[EFFC_{up}_OUTPUT{i}_BYTES / sizeof({ct}) + 1];")
+        writes.append(f"  if (write_file(argv[{1 + n_in + i}], output{i}, EFFC_{up}_OUTPUT{i}_BYTES) != 0) return 2;")
+        args.append(f"output{i}")
+    usage = " ".join([f"IN{i}" for i in range(n_in)] + [f"OUT{i}" for i in range(n_out)])
+    return f"""/* Test harness for @{name}, generated by effc {effc.__version__}.
+ *   usage: model {usage} [RUNS]
+ * Reads each input as raw bytes (row-major, native byte order) from a file, runs the model
+ * and writes each output the same way. With RUNS > 1 it runs that many times and prints the
+ * processor time per run to stderr. Exit status: 0, 1 (a kernel failed), 2 (bad files/usage).
+ * No heap: the arena and every buffer are static. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "{RUNTIME_H}"
+#include "{HEADER}"
+
+EFFC_ALIGNED({ALIGN}) static uint8_t arena[EFFC_{up}_ARENA_BYTES + 1];
+{chr(10).join(bufs)}
+
+static int read_file(const char* path, void* data, size_t bytes) {{
+  FILE* f = fopen(path, "rb");
+  size_t got;
+  int extra;
+  if (f == NULL) {{
+    fprintf(stderr, "effc: cannot open %s\\n", path);
+    return 1;
+  }}
+  got = fread(data, 1, bytes, f);
+  extra = fgetc(f);
+  fclose(f);
+  if (got != bytes || extra != EOF) {{
+    fprintf(stderr, "effc: %s: expected exactly %lu bytes\\n", path, (unsigned long)bytes);
+    return 1;
+  }}
+  return 0;
+}}
+
+static int write_file(const char* path, const void* data, size_t bytes) {{
+  FILE* f = fopen(path, "wb");
+  size_t put;
+  if (f == NULL) {{
+    fprintf(stderr, "effc: cannot create %s\\n", path);
+    return 1;
+  }}
+  put = fwrite(data, 1, bytes, f);
+  if (fclose(f) != 0 || put != bytes) {{
+    fprintf(stderr, "effc: %s: write failed\\n", path);
+    return 1;
+  }}
+  return 0;
+}}
+
+int main(int argc, char** argv) {{
+  long runs = 1;
+  long r;
+  int status = 0;
+  clock_t start;
+  if (argc != {1 + n_in + n_out} && argc != {2 + n_in + n_out}) {{
+    fprintf(stderr, "usage: %s {usage} [RUNS]\\n", argv[0]);
+    return 2;
+  }}
+  if (argc == {2 + n_in + n_out}) {{
+    runs = strtol(argv[{1 + n_in + n_out}], NULL, 10);
+    if (runs < 1) {{
+      fprintf(stderr, "effc: RUNS must be a positive number\\n");
+      return 2;
+    }}
+  }}
+{chr(10).join(reads)}
+  start = clock();
+  for (r = 0; r < runs && status == 0; ++r) {{
+    status = effc_{name}_run({", ".join(args + ["arena"])});
+  }}
+  if (status != 0) {{
+    fprintf(stderr, "effc: kernel call %d failed\\n", status);
+    return 1;
+  }}
+  if (runs > 1) {{
+    double ms = 1000.0 * (double)(clock() - start) / (double)CLOCKS_PER_SEC / (double)runs;
+    fprintf(stderr, "effc: %ld runs, %.3f ms per run\\n", runs, ms);
+  }}
+{chr(10).join(writes)}
+  return 0;
+}}
+"""
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+RUNTIME_H_TEXT = f"""/* effc's AOT runtime, generated by effc {effc.__version__}: the same for every model.
+ * When several models share one binary, link one copy of effc_runtime.c. */
+#ifndef EFFC_RUNTIME_H
+#define EFFC_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "{ABI_H}"
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EFFC_ALIGNED(n) __attribute__((aligned(n)))
+#else
+#define EFFC_ALIGNED(n) _Alignas(n)
+#endif
+
+/* A kernel's packed entry point, as TVM compiles it. */
+typedef int32_t (*effc_kernel)(void* self, void* args, int32_t num_args, void* result);
+
+/* The slice of the arena the next kernel may take its workspace from (NULL, 0: none). */
+void effc_workspace_set(void* base, size_t bytes);
+
+/* Calls kernel with n tensors (args: room for n packed arguments). Returns its status. */
+int effc_call(effc_kernel kernel, DLTensor* tensors, TVMFFIAny* args, int n);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* EFFC_RUNTIME_H */
+"""
+
+RUNTIME_C_TEXT = f"""/* effc's AOT runtime, generated by effc {effc.__version__}: the functions TVM's kernels
+ * call, without the TVM runtime and without a heap.
+ *
+ * Workspace: before each kernel the driver hands over a slice of the arena that effc planned
+ * for that kernel's step (its allocations, each {ALIGN}-byte aligned, summed). The kernel's
+ * TVMBackendAllocWorkspace calls take memory from it in order; frees release it again (TVM
+ * frees in reverse order; any order is accepted). Running out returns NULL, and the kernel
+ * then fails with -1.
+ * Parallel loops run serially on the calling thread. */
+#include "{RUNTIME_H}"
+
+#define EFFC_MAX_ALLOCS 32
+
+static uint8_t* ws_base;
+static size_t ws_bytes;
+static size_t ws_top;
+static int ws_depth;
+static size_t ws_offset[EFFC_MAX_ALLOCS];
+static uint8_t ws_freed[EFFC_MAX_ALLOCS];
+
+void effc_workspace_set(void* base, size_t bytes) {{
+  ws_base = (uint8_t*)base;
+  ws_bytes = bytes;
+  ws_top = 0;
+  ws_depth = 0;
+}}
+
+void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int dtype_code_hint,
+                               int dtype_bits_hint) {{
+  uint64_t size = (nbytes + {ALIGN - 1}u) & ~(uint64_t){ALIGN - 1}u;
+  void* p;
+  (void)device_type;
+  (void)device_id;
+  (void)dtype_code_hint;
+  (void)dtype_bits_hint;
+  if (ws_base == NULL || ws_depth == EFFC_MAX_ALLOCS || size > (uint64_t)(ws_bytes - ws_top)) {{
+    return NULL;
+  }}
+  p = ws_base + ws_top;
+  ws_offset[ws_depth] = ws_top;
+  ws_freed[ws_depth] = 0;
+  ws_depth += 1;
+  ws_top += (size_t)size;
+  return p;
+}}
+
+int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {{
+  int i;
+  (void)device_type;
+  (void)device_id;
+  for (i = ws_depth - 1; i >= 0; --i) {{
+    if (ws_base + ws_offset[i] == (uint8_t*)ptr && !ws_freed[i]) {{
+      ws_freed[i] = 1;
+      while (ws_depth > 0 && ws_freed[ws_depth - 1]) {{
+        ws_depth -= 1;
+        ws_top = ws_offset[ws_depth];
+      }}
+      return 0;
+    }}
+  }}
+  return -1;
+}}
+
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) {{
+  TVMParallelGroupEnv env;
+  (void)num_task;
+  env.sync_handle = NULL;
+  env.num_task = 1;
+  return flambda(0, &env, cdata);
+}}
+
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv) {{
+  (void)task_id;
+  (void)penv;
+  return 0;
+}}
+
+int effc_call(effc_kernel kernel, DLTensor* tensors, TVMFFIAny* args, int n) {{
+  TVMFFIAny result;
+  int i;
+  for (i = 0; i < n; ++i) {{
+    args[i].type_index = kTVMFFIDLTensorPtr;
+    args[i].zero_padding = 0;
+    args[i].v_int64 = 0;
+    args[i].v_ptr = &tensors[i];
+  }}
+  result.type_index = kTVMFFINone;
+  result.zero_padding = 0;
+  result.v_int64 = 0;
+  return kernel(NULL, args, n, &result);
+}}
+"""
+
+ABI_H_TEXT = f"""/* The part of the DLPack and TVM FFI ABIs that TVM's compiled kernels use, written by
+ * effc {effc.__version__} after dlpack.h (v1) and tvm/ffi/c_api.h, so that the kernels build
+ * and link without TVM's headers and runtime. */
+#ifndef EFFC_TVM_ABI_H
+#define EFFC_TVM_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#ifndef TVM_DLL
+#define TVM_DLL
+#endif
+
+typedef enum {{ kDLCPU = 1 }} DLDeviceType;
+typedef enum {{ kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLOpaqueHandle = 3, kDLBfloat = 4, kDLComplex = 5,
+               kDLBool = 6 }} DLDataTypeCode;
+
+typedef struct {{
+  DLDeviceType device_type;
+  int32_t device_id;
+}} DLDevice;
+
+typedef struct {{
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+}} DLDataType;
+
+typedef struct {{
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+}} DLTensor;
+
+enum {{ kTVMFFINone = 0, kTVMFFIInt = 1, kTVMFFIOpaquePtr = 4, kTVMFFIDLTensorPtr = 7, kTVMFFITensor = 70 }};
+
+typedef struct {{
+  int32_t type_index;
+  union {{
+    uint32_t zero_padding;
+    uint32_t small_str_len;
+  }};
+  union {{
+    int64_t v_int64;
+    double v_float64;
+    void* v_ptr;
+    const char* v_c_str;
+    DLDataType v_dtype;
+    DLDevice v_device;
+    char v_bytes[8];
+    uint64_t v_uint64;
+  }};
+}} TVMFFIAny;
+
+#ifndef __cplusplus
+_Static_assert(sizeof(TVMFFIAny) == 16, "TVMFFIAny is 16 bytes");
+#endif
+
+typedef struct {{
+  void* sync_handle;
+  int32_t num_task;
+}} TVMParallelGroupEnv;
+
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
+
+void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int dtype_code_hint,
+                               int dtype_bits_hint);
+int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr);
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task);
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv);
+
+/* A DLTensor initializer: dense, on the CPU, no byte offset. */
+#define EFFC_TENSOR(data, shape, ndim, code, bits) \\
+  {{ (data), {{ kDLCPU, 0 }}, (ndim), {{ (code), (bits), 1 }}, (int64_t*)(shape), NULL, 0 }}
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* EFFC_TVM_ABI_H */
+"""
+
+
+# ----------------------------------------------------------------------------- program
+
+
+def makefile(name: str, flavor: str, toolchain: CToolchain) -> str:
+    tc = toolchain
+    kernel_rule = "" if flavor == "llvm" else (
+        f"\nmodel_kernels.c.o: {KERNELS_C} {ABI_H}\n\t$(CC) $(KERNEL_CFLAGS) -c {KERNELS_C} -o $@\n")
+    return f"""# Builds the test harness of @{name} (generated by effc {effc.__version__}).
+# effc's files build with -Werror; TVM's kernel source, if any, with its own flags.
+CC = {tc.cc}
+CFLAGS = {" ".join(tc.cflags + tc.warnings)}
+KERNEL_CFLAGS = {" ".join(tc.kernel_cflags)}
+LDFLAGS = {" ".join(tc.ldflags)}
+LDLIBS = {" ".join(tc.ldlibs)}
+OBJS = {" ".join(o for _, o in tc.objects(flavor))}
+
+model.elf: $(OBJS)
+\t$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+%.o: %.c {HEADER} {RUNTIME_H} {ABI_H}
+\t$(CC) $(CFLAGS) -c $< -o $@
+{kernel_rule}
+clean:
+\trm -f $(filter-out {KERNELS_O},$(OBJS)) model.elf
+
+.PHONY: clean
+"""
+
+
+def write_program(name: str, iface: Interface, schedule: Schedule, plan: ArenaPlan, kernels: Kernels,
+                  target: dict[str, Any], toolchain: CToolchain) -> AotProgram:
+    _, weight_bytes = weight_layout(schedule.weights)
+    files: dict[str, bytes] = {
+        HEADER: header(name, iface, plan, weight_bytes, target, len(schedule.steps)).encode(),
+        DRIVER: driver_c(name, iface, schedule, plan, kernels).encode(),
+        WEIGHTS: weights_c(name, schedule.weights).encode(),
+        RUNTIME_H: RUNTIME_H_TEXT.encode(),
+        RUNTIME_C: RUNTIME_C_TEXT.encode(),
+        ABI_H: ABI_H_TEXT.encode(),
+        HARNESS: harness_c(name, iface).encode(),
+        MAKEFILE: makefile(name, kernels.flavor, toolchain).encode(),
+    }
+    if kernels.flavor == "llvm":
+        files[KERNELS_O] = kernels.object_bytes
+    else:
+        files[KERNELS_C] = kernels.c_source.encode()
+    return AotProgram(
+        name=name, interface=iface, flavor=kernels.flavor, files=dict(sorted(files.items())),
+        arena_bytes=plan.arena_bytes, steps=len(schedule.steps),
+        kernel_object=KERNELS_O if kernels.flavor == "llvm" else "",
+        kernel_source=KERNELS_C if kernels.flavor == "c" else "",
+        effc_sources=[DRIVER, WEIGHTS, RUNTIME_C, HARNESS],
+        notes={"arena_bytes": plan.arena_bytes, "live_peak": plan.live_peak, "offsets": plan.algorithm,
+               "weight_bytes": weight_bytes, "kernel_calls": len(schedule.steps),
+               "output_copies": len(schedule.copies)})

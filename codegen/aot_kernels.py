@@ -1,0 +1,143 @@
+"""The kernels of an AOT C program: the PrimFuncs of a lowered module, compiled by TVM
+for a target that links without the TVM runtime.
+
+Two flavours, chosen by the TVM target's kind (see DESIGN.md, Targets):
+- ``llvm`` (aarch64 Linux, x86): one relocatable object. It calls the workspace allocator
+  through the function pointers ``__TVMBackendAllocWorkspace`` / ``__TVMBackendFreeWorkspace``
+  (weak data symbols in the object) that the driver sets before the first kernel runs.
+- ``c`` (Cortex-M): one C source, compiled by the board's gcc. It calls
+  ``TVMBackendAllocWorkspace`` / ``TVMBackendFreeWorkspace`` directly; TVM's runtime headers
+  are replaced by effc's ``effc_tvm_abi.h``.
+
+Both use TVM's packed calling convention, ``int32_t __tvm_ffi_<symbol>(void* self,
+void* args, int32_t num_args, void* result)`` with ``args`` an array of ``TVMFFIAny`` that
+hold ``DLTensor*`` (type index 7). Asserts are compiled out (``tirx.disable_assert``), so a
+kernel reports nothing but an allocation failure (-1), and needs no error symbols.
+
+Workspace: TVM turns each kernel-internal buffer above 1 KiB (padding, conv accumulators)
+into an ``AllocWorkspace`` call with a constant size; smaller ones go on the stack. The
+sizes are read from the lowered TIR here, so the driver can place each kernel's workspace
+in the arena for that kernel's step.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import tvm
+from tvm import tirx
+from tvm.tirx.build import split_host_device_mods, tir_to_runtime
+
+from .relax import LoweringError
+
+WORKSPACE_ALIGN = 64
+"""Each workspace allocation starts on this boundary (TVM's own allocation alignment)."""
+
+_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(([^()]*(?:\([^()]*\))?[^()]*)\)")
+_SIZE = re.compile(r"^\s*\d+\s*,\s*[\w.]+\s*,\s*T\.uint64\((\d+)\)")
+_RUNTIME_SYMBOLS = {"__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace", "__TVMBackendParallelLaunch",
+                    "__TVMBackendParallelBarrier"}
+"""Runtime entry points of an LLVM object that the driver provides (parallel loops run
+serially)."""
+_HELPER_SYMBOLS = {"__extendhfsf2", "__truncsfhf2", "__gnu_h2f_ieee", "__gnu_f2h_ieee",
+                   "__truncdfhf2", "__truncsfbf2", "__extendbfsf2"}
+"""Half-float helpers LLVM defines weakly in the object itself."""
+
+
+@dataclass
+class Kernels:
+    """The compiled kernels of one program."""
+
+    flavor: str
+    """``llvm`` (an object file) or ``c`` (a C source)."""
+    symbols: dict[str, str]
+    """PrimFunc name in the Relax module -> C symbol of its packed entry (``__tvm_ffi_...``)."""
+    workspace: dict[str, list[int]]
+    """PrimFunc name -> the sizes of its workspace allocations, in bytes."""
+    object_bytes: bytes = b""
+    c_source: str = ""
+    pointer_symbols: list[str] = field(default_factory=list)
+    """Runtime function pointers the object declares (the driver sets them)."""
+
+    def workspace_bytes(self, func: str) -> int:
+        """Bytes a call of ``func`` needs: every allocation aligned, all live at once."""
+        return sum(_align(s) for s in self.workspace.get(func, []))
+
+
+def _align(n: int) -> int:
+    return (n + WORKSPACE_ALIGN - 1) // WORKSPACE_ALIGN * WORKSPACE_ALIGN
+
+
+def kernel_flavor(target: Mapping[str, Any]) -> str:
+    kind = target.get("kind")
+    if kind in ("llvm", "c"):
+        return str(kind)
+    raise LoweringError(f"AOT C programs take kernels from TVM targets of kind 'llvm' or 'c'; got '{kind}'")
+
+
+def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any], prefix: str) -> Kernels:
+    """Compile ``prim_funcs`` (name -> PrimFunc) for ``target``; each gets the C symbol
+    ``<prefix>_<name>``, so two programs link into one binary."""
+    flavor = kernel_flavor(target)
+    tvm_target = tvm.target.Target(dict(target))
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", f"{prefix}_{name}") for name, f in sorted(prim_funcs.items())})
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        mod = tirx.transform.BindTarget(tvm_target.with_host(tvm_target))(mod)
+        pipeline, finalize_host, _finalize_device = tirx.get_default_tir_pipeline(tvm_target)
+        mod = pipeline(mod)
+        host, devices = split_host_device_mods(mod)
+        if any(len(d.functions) for d in devices.values()):
+            raise LoweringError("AOT C programs run on the CPU; a kernel was split off for another device")
+        host = finalize_host()(host)
+        workspace = {gv.name_hint: _workspace_sizes(gv.name_hint, f) for gv, f in host.functions.items()}
+        runtime = tir_to_runtime(host, devices, tvm_target)
+    symbols = {name: f"__tvm_ffi_{prefix}_{name}" for name in prim_funcs}
+    if flavor == "c":
+        return Kernels("c", symbols, workspace, c_source=_standalone_c(runtime.inspect_source()))
+    llvm_ir = runtime.inspect_source("ll")
+    _check_llvm_symbols(llvm_ir, set(symbols.values()))
+    with tempfile.TemporaryDirectory(prefix="effc-kernels-") as tmp:
+        path = os.path.join(tmp, "kernels.o")
+        runtime.write_to_file(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    pointers = sorted(s for s in _RUNTIME_SYMBOLS if re.search(rf"@{s}\b", llvm_ir))
+    return Kernels("llvm", symbols, workspace, object_bytes=data, pointer_symbols=pointers)
+
+
+def _workspace_sizes(name: str, func: tirx.PrimFunc) -> list[int]:
+    sizes = []
+    for args in _ALLOC.findall(str(func)):
+        m = _SIZE.match(args)
+        if m is None:
+            raise LoweringError(f"kernel {name} allocates a workspace whose size is only known at run time "
+                                f"({args}); AOT C programs need static shapes")
+        sizes.append(int(m.group(1)))
+    return sizes
+
+
+def _check_llvm_symbols(llvm_ir: str, entries: set[str]) -> None:
+    """The object may only need what the AOT runtime provides (libc and libm aside)."""
+    declared = set(re.findall(r"^@(__\w+) = ", llvm_ir, re.M)) | set(re.findall(r"^declare [^@]*@(__\w+)\(", llvm_ir, re.M))
+    extra = sorted(declared - _RUNTIME_SYMBOLS - _HELPER_SYMBOLS - entries)
+    unknown = [s for s in extra if s.startswith(("__TVM", "__tvm"))]
+    if unknown:
+        raise LoweringError(f"the kernels need TVM runtime functions the AOT C runtime does not provide: {unknown}")
+
+
+_INCLUDES = re.compile(r'^#include "tvm/[^"]+"\n', re.M)
+
+
+def _standalone_c(source: str) -> str:
+    """TVM's C source with its runtime headers replaced by effc's ABI header, and the
+    library context (unused without the TVM runtime) made file-local so that two
+    programs link together."""
+    source = _INCLUDES.sub("", source)
+    source = source.replace('#define TVM_EXPORTS\n', '#define TVM_EXPORTS\n#include "effc_tvm_abi.h"\n', 1)
+    source = source.replace("void* __tvm_ffi__library_ctx = NULL;", "static void* __tvm_ffi__library_ctx = NULL;")
+    if '#include "effc_tvm_abi.h"' not in source:
+        source = '#include "effc_tvm_abi.h"\n' + source
+    return source

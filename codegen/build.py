@@ -1,0 +1,207 @@
+"""Building a lowered module with TVM for an LLVM target and running it in process.
+
+Stages: ``lower_to_relax`` → effc's Relax pipeline (``relax_pipeline``: TVM's dispatch
+and legalization, then ``FuseTIR`` on effc's own fused groups, then TVM's default build
+pipeline) → ``tvm.compile`` → a Relax VM executable. ``Built.export`` writes it as one
+shared library; ``Built.load`` reads one back.
+
+Untuned: the default pipeline applies no schedules on CPU, so kernels are plain loop nests
+(correct, not fast; see DESIGN.md). Builds are deterministic: the same module and target
+give byte-identical libraries.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from effc.ir.core import Module
+from effc.ir.errors import InputError
+from effc.ir.types import DType, TensorType, shape_matches
+
+from .relax import LoweringError, lower_to_relax
+
+TargetDict = Mapping[str, Any]
+
+
+def host_cpu() -> str:
+    """The host CPU as LLVM names it (``znver3``, ``skylake-avx512``), or ``x86-64``."""
+    from tvm.target import codegen
+
+    try:
+        cpu = str(codegen.llvm_get_system_cpu())
+    except Exception:  # an LLVM without host detection
+        return "x86-64"
+    return cpu if cpu and cpu != "generic" else "x86-64"
+
+
+def host_x86_target() -> dict[str, Any]:
+    """The TVM target dict for this x86-64 machine (tuned code would use all cores)."""
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+
+
+def without_avx512(target: TargetDict) -> dict[str, Any]:
+    """``target`` with AVX-512 turned off (``mattr: -avx512f``) when its CPU has it.
+
+    TVM 0.27 with its LLVM 22 miscompiles plain, unscheduled loop nests for AVX-512 CPUs
+    (znver4/znver5, skylake-avx512, x86-64-v4): ``tile`` of f32[3,4,5] by [6,4,2] drops
+    the ``j % 4`` of the middle axis and returns wrong values (tests/test_codegen_x86.py
+    keeps a reproducer). AVX2 code is right. A target whose ``mattr`` names ``+avx512f``
+    itself is left as it is."""
+    out = dict(target)
+    mattr = list(out.get("mattr") or [])
+    if any("avx512" in a for a in mattr) or not str(out.get("mtriple", "x86_64")).startswith("x86_64"):
+        return out
+    from tvm.target import codegen
+
+    if codegen.llvm_cpu_has_features("avx512f", tvm.target.Target(out)):
+        out["mattr"] = mattr + ["-avx512f"]
+    return out
+
+
+_HEAP_LOAD = re.compile(r"\[T\.int64\((\d+)\)\]")
+
+
+@tvm.transform.module_pass(opt_level=0, name="effc.SortShapeFuncStores")
+def sort_shape_func_stores(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Make the build deterministic. VMShapeLower writes the computed symbolic dims
+    (``H[5] = 40 * H[0]``) in hash-map order, which differs between two builds in one
+    process; the stores are independent, so sort them by heap slot."""
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or not gv.name_hint.startswith("shape_func"):
+            continue
+        body = func.body
+        if not isinstance(body, tirx.SeqStmt) or not all(isinstance(st, tirx.BufferStore) for st in body.seq):
+            continue
+        stores = list(body.seq)
+        try:
+            slots = [int(st.indices[0].value) for st in stores]
+        except (AttributeError, IndexError, TypeError):
+            continue
+        reads = {int(i) for st in stores for i in _HEAP_LOAD.findall(str(st.value))}
+        if reads & set(slots) or len(set(slots)) != len(slots) or len({st.buffer.name for st in stores}) != 1:
+            continue  # a store reads another's result: keep TVM's order
+        ordered = [st for _, st in sorted(zip(slots, stores), key=lambda p: p[0])]
+        mod[gv] = func.with_body(tirx.SeqStmt(ordered))
+    return mod
+
+
+def relax_pipeline() -> tvm.transform.Pass:
+    """effc's Relax pipeline. effc already folded constants and chose the fusion groups, so
+    TVM's FoldConstant and FuseOps do not run; FuseTIR turns each of effc's Primitive
+    functions into one PrimFunc."""
+    return tvm.transform.Sequential([
+        relax.transform.DeadCodeElimination(),  # shape arithmetic whose result effc already knew
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseTIR(),
+        relax.get_pipeline("default"),
+        sort_shape_func_stores,
+    ], name="effc_relax_pipeline")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The graph's inputs (names and types) and output names, in calling order."""
+
+    inputs: tuple[tuple[str, TensorType], ...]
+    outputs: tuple[str, ...]
+
+    @staticmethod
+    def of(module: Module) -> "Signature":
+        g = module.graph
+        return Signature(tuple((v.name, v.type) for v in g.inputs), tuple(v.name for v in g.outputs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [{"name": n, "dtype": str(t.dtype), "shape": list(t.shape)} for n, t in self.inputs],
+                "outputs": list(self.outputs)}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> "Signature":
+        inputs = tuple((d["name"], TensorType(DType.parse(d["dtype"]), tuple(d["shape"]))) for d in data["inputs"])
+        return Signature(inputs, tuple(data["outputs"]))
+
+
+class Built:
+    """A compiled model: runs in process with the Relax VM, exports as a shared library."""
+
+    def __init__(self, executable: Any, signature: Signature, target: TargetDict | None = None,
+                 relax_module: tvm.IRModule | None = None):
+        self.executable = executable
+        self.signature = signature
+        self.target = dict(target) if target is not None else None
+        self.relax_module = relax_module
+        """The Relax IRModule after effc's pipeline (None when loaded from a library)."""
+        self.device = tvm.cpu(0)
+        self._vm: relax.VirtualMachine | None = None
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, self.device)
+        return self._vm
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs keyed by graph output name; inputs are checked against the signature."""
+        args = [tvm.runtime.tensor(self._take(inputs, name, t), self.device) for name, t in self.signature.inputs]
+        extra = set(inputs) - {n for n, _ in self.signature.inputs}
+        if extra:
+            raise InputError(f"inputs {sorted(extra)} are not inputs of the model "
+                             f"(it takes {[n for n, _ in self.signature.inputs]})")
+        result = self.vm["main"](*args)
+        outs = [result[i].numpy() for i in range(len(self.signature.outputs))]
+        return dict(zip(self.signature.outputs, outs))
+
+    def _take(self, inputs: Mapping[str, np.ndarray], name: str, t: TensorType) -> np.ndarray:
+        if name not in inputs:
+            raise InputError(f"missing input '{name}' ({t}); inputs given: {sorted(inputs)}")
+        a = np.asarray(inputs[name], order="C")  # (ascontiguousarray would make a scalar 1-D)
+        if a.dtype != t.dtype.np:
+            raise InputError(f"input '{name}' has dtype {a.dtype}, the model wants {t.dtype} ({t})")
+        if not shape_matches(t.shape, a.shape, {}):
+            raise InputError(f"input '{name}' has shape {list(a.shape)}, the model wants {t}")
+        return a
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the executable as one shared library (``.so``); returns its path. The
+        bytes depend only on the module and target (no timestamps or temporary paths)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.executable.export_library(str(path))
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike, signature: Signature) -> "Built":
+        """A library written by ``export``, with the signature it was built for."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        return Built(tvm.runtime.load_module(str(path)), signature)
+
+
+def build(module: Module, target: TargetDict | None = None) -> Built:
+    """Lower ``module`` to Relax and compile it for ``target`` (default: this x86 host).
+
+    Raises UnsupportedOpError or LoweringError before TVM starts when something cannot
+    be lowered."""
+    target = dict(target) if target is not None else host_x86_target()
+    if target.get("kind") != "llvm":
+        raise LoweringError(f"build() compiles for LLVM CPU targets; got target kind '{target.get('kind')}'")
+    target = without_avx512(target)
+    mod = lower_to_relax(module)
+    tvm_target = tvm.target.Target(target)
+    with tvm.transform.PassContext(opt_level=3):
+        with tvm_target:
+            mod = relax_pipeline()(mod)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
+    return Built(executable, Signature.of(module), target, mod)
+

