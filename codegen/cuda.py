@@ -156,6 +156,7 @@ _SERVED: dict[str, bytes] = {}
 """source hash -> the PTX TVM's CUDA runtime gets for it (set just before a module loads)."""
 
 _tvm_cuda_compile: Any = None
+"""The hook TVM registered before effc's (False: none); None until effc's is installed."""
 
 
 def _serve_ptx(code: str) -> bytes:
@@ -174,7 +175,7 @@ def _serve_ptx(code: str) -> bytes:
             sm = tvm.cuda(0).compute_version.replace(".", "")
             target = tvm.target.Target({"kind": "cuda", "arch": f"sm_{sm}"})
         return compile_ptx(code, target)[0].encode() + b"\0"
-    if _tvm_cuda_compile is None:
+    if not _tvm_cuda_compile:
         raise RuntimeError("no PTX for these CUDA kernels: install nvcc, or cuda-bindings for NVRTC")
     return _tvm_cuda_compile(code)
 
@@ -230,6 +231,8 @@ class CudaBuilt(Built):
         """Build stages and their times: ``tvm`` (lowering to the host library), ``nvcc``."""
         self.library = library
         """The ``model.so`` this build was loaded from (None for a fresh build)."""
+        self.folder = library.parent if library is not None else None
+        """The folder this build was loaded from or last exported to (named in error messages)."""
         self.device = tvm.cuda(0)
 
     @property
@@ -243,18 +246,19 @@ class CudaBuilt(Built):
     # -- running
 
     def _require_gpu(self) -> None:
-        where = str(self.library.parent) if self.library is not None else "the exported folder"
         if not tvm.cuda(0).exist:
-            raise NoCudaDeviceError(
-                f"no CUDA GPU on this machine: the artifact was built for {self.arch}; copy {where} to a machine "
-                f"with an NVIDIA GPU and run `effc run {where if self.library is not None else 'DIR'}`")
-        have = tvm.cuda(0).compute_version  # "8.0"
-        have_sm = int(have.replace(".", ""))
-        want_sm = int(re.sub(r"\D", "", self.arch) or 0)
+            if self.folder is not None:
+                todo = f"copy {self.folder} to a machine with an NVIDIA GPU and run `effc run {self.folder}`"
+            else:
+                todo = ("export it (`effc compile MODEL --target=cuda -o DIR`), copy DIR to a machine with an NVIDIA "
+                        "GPU and run `effc run DIR`")
+            raise NoCudaDeviceError(f"no CUDA GPU on this machine: the artifact was built for {self.arch}; {todo}")
+        have_sm = int(tvm.cuda(0).compute_version.replace(".", ""))  # "8.6" -> 86
+        want_sm = int(re.sub(r"\D", "", self.arch) or 0)  # PTX runs on its arch and every later one
         if have_sm < want_sm:
             raise NoCudaDeviceError(
                 f"this GPU ({tvm.cuda(0).device_name}, sm_{have_sm}) is older than the artifact's {self.arch}; "
-                f"compile for it with --target=cuda-sm{have_sm} (see `effc targets`)")
+                f"compile for it with --target=cuda-sm{have_sm} (`effc targets` lists the CUDA targets)")
 
     @property
     def vm(self):
@@ -286,6 +290,7 @@ class CudaBuilt(Built):
         if self.ptx is not None:
             files.append(folder / PTX)
             files[2].write_text(self.ptx)
+        self.folder = folder
         return files
 
 
@@ -295,7 +300,8 @@ def build_cuda(module: Module, target: Target) -> CudaBuilt:
     Raises UnsupportedOpError or LoweringError before TVM starts when something cannot be
     lowered, CudaCompileError when nvcc rejects the kernels."""
     if target.tvm.get("kind") != "cuda":
-        raise LoweringError(f"build_cuda() compiles for CUDA targets; '{target.name}' is a {target.tvm.get('kind')} target")
+        raise LoweringError(f"build_cuda() compiles for CUDA targets; '{target.name}' is a "
+                            f"{target.tvm.get('kind')} target")
     _install_ptx_hook()  # on a GPU machine tvm.compile loads the kernels at once: through nvcc where it exists
     compiled_before = set(_COMPILED)
     start = time.perf_counter()

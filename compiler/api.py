@@ -64,8 +64,9 @@ class CompileReport:
         if self.artifact_bytes is not None:
             lines.append(f"  artifact: {self.artifact_bytes:,} bytes")
         if self.seconds:
-            lines.append("  compile time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
-                         + f" (total {sum(self.seconds.values()):.2f}s)")
+            stages = {k: v for k, v in self.seconds.items() if "." not in k}  # build.* are parts of build
+            parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+            lines.append(f"  compile time: {parts} (total {sum(stages.values()):.2f}s)")
         return "\n".join(lines)
 
 
@@ -168,8 +169,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     tgt = get_target(target)
+    module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
-    module = load_model(model)
     seconds["import"] = time.perf_counter() - t
     nodes_before = len(module.graph)
     t = time.perf_counter()
@@ -185,6 +186,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     t = time.perf_counter()
     built = build_for_target(module, tgt, name=_c_name(model, module))
     seconds["build"] = time.perf_counter() - t
+    seconds.update({f"build.{k}": v for k, v in getattr(built, "seconds", {}).items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash)
 
