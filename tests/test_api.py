@@ -1,0 +1,98 @@
+"""The library API and `effc compile`: compile → run → export → load → run, manifests,
+byte-identical rebuilds, clear errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import effc
+from effc.cli import main
+from effc.ir.errors import InputError, UnsupportedOpError
+from tests.fixtures import REPO, assert_close, ort_run
+
+DIGITS = REPO / "examples" / "digits_cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits_x() -> np.ndarray:
+    return np.load(REPO / "examples" / "digits_test.npz")["x"]
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compile_run_export_load(tmp_path, digits_x):
+    cm = effc.compile(DIGITS, target="x86", pipeline="O2")
+    want = ort_run(DIGITS, {"x": digits_x})["logits"]
+    assert_close(cm.run({"x": digits_x})["logits"], want, "compiled digits")
+    assert cm.input_names == ["x"] and cm.output_names == ["logits"]
+    assert any(n.op == "fused" for n in cm.ir.graph.nodes)
+    rep = cm.report()
+    assert rep.nodes_after < rep.nodes_before and rep.model.macs == 451_904
+    assert set(rep.seconds) >= {"import", "optimize", "build"}
+    out = cm.export(tmp_path / "art")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"]["name"] == "x86" and manifest["pipeline"] == "O2"
+    assert manifest["inputs"] == [{"name": "x", "dtype": "f32", "shape": ["N", 1, 8, 8]}]
+    assert set(manifest["files"]) >= {"model.so", "model.effc", "report.json"}
+    loaded = effc.load(out)
+    assert_close(loaded.run({"x": digits_x})["logits"], want, "loaded digits")
+
+
+def test_same_model_twice_gives_identical_artifacts(tmp_path):
+    for name in ("a", "b"):
+        effc.compile(DIGITS, target="x86").export(tmp_path / name)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert set(a) == set(b)
+    differing = [name for name in a if a[name] != b[name]]
+    assert differing == ["timings.json"]  # compile times are kept apart on purpose
+
+
+def test_tampered_artifact_is_refused(tmp_path):
+    out = effc.compile(DIGITS, target="x86").export(tmp_path / "art")
+    (out / "model.effc").write_text((out / "model.effc").read_text() + "\n// edited\n")
+    with pytest.raises(InputError, match="model.effc is missing or does not match its hash"):
+        effc.load(out)
+    with pytest.raises(InputError, match="not an effc artifact folder"):
+        effc.load(tmp_path)
+
+
+def test_unlowerable_op_is_named_before_any_build():
+    """Every node whose op has no TVM emitter is listed, before TVM starts."""
+    from effc.codegen.relax_ops import EMITTERS
+    from effc.ir.builder import Builder
+    from effc.ir.core import Graph, Module
+    from effc.ir.types import DType, TensorType
+
+    assert "non_zero" not in EMITTERS  # data-dependent output shape: no static lowering
+    m = Module(Graph("g"))
+    x = m.graph.add_input("x", TensorType(DType.f32, (2, 3)))
+    b = Builder(m, loc="the_culprit")
+    y = b.non_zero(b.relu(x))
+    m.graph.set_outputs([y])
+    with pytest.raises(UnsupportedOpError) as e:
+        effc.compile(m, target="x86", pipeline="O0")
+    assert "NonZero (node 'the_culprit'): its output shape depends on the data" in str(e.value)
+    assert [op for op, _, _ in e.value.ops] == ["NonZero"]  # the relu lowers; only the culprit is listed
+
+
+def test_cli_compile_then_run(tmp_path, digits_x):
+    out = tmp_path / "art"
+    assert main(["compile", str(DIGITS), "--target=x86", "-O2", "-o", str(out)]) == 0
+    np.savez(tmp_path / "in.npz", x=digits_x[:3])
+    assert main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
+    got = np.load(tmp_path / "out.npz")["logits"]
+    assert_close(got, ort_run(DIGITS, {"x": digits_x[:3]})["logits"], "effc run on the artifact")
+
+
+def test_cli_compile_bad_target_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "effc.cli", "compile", str(DIGITS), "--target=nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown target 'nope'" in r.stderr and "Traceback" not in r.stderr
