@@ -5,6 +5,7 @@
 | x86 | ``build.build`` (Relax VM executable) | ``model.so`` | in process |
 | arm | ``arm.build_arm`` (AOT C driver + LLVM kernels, static executable) | ``model`` + ``src/`` | qemu-aarch64-static, or natively |
 | cuda | ``cuda.build_cuda`` | ``model.so``, ``kernels.cu``, ``kernels.ptx`` | on a GPU |
+| cortex-m | ``cortex_m.build_cortex_m`` (AOT C driver + TVM C kernels, bare-metal ELF, budgets checked) | ``model.elf``, ``memory.json``, ``src/`` | qemu-system-arm with semihosting |
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from effc.targets import Target
 
 LIBRARY = "model.so"
 
-STATIC_SHAPE_FAMILIES = frozenset({"arm"})
+STATIC_SHAPE_FAMILIES = frozenset({"arm", "cortex-m"})
 """Families whose builds need every shape known (ahead-of-time memory and call plans)."""
 
 
@@ -34,7 +35,11 @@ class _LibraryArtifact:
         return [self.built.export(Path(folder) / LIBRARY)]
 
 
-def build_for_target(module: Module, target: Target, *, name: str | None = None) -> Any:
+def build_for_target(module: Module, target: Target, *, name: str | None = None, sram: int | None = None,
+                     flash: int | None = None) -> Any:
+    """Build for ``target``; ``sram``/``flash`` (bytes) override a board's budgets."""
+    if (sram is not None or flash is not None) and target.family != "cortex-m":
+        raise InputError(f"--sram/--flash apply to microcontroller targets, not '{target.name}'")
     if target.family == "x86":
         from .build import build
 
@@ -47,6 +52,10 @@ def build_for_target(module: Module, target: Target, *, name: str | None = None)
         from .cuda import build_cuda
 
         return build_cuda(module, target)
+    if target.family == "cortex-m":
+        from .cortex_m import build_cortex_m
+
+        return build_cortex_m(module, target, name=name, sram=sram, flash=flash)
     raise InputError(f"target '{target.name}' (family {target.family}) has no builder yet")
 
 
@@ -64,4 +73,8 @@ def load_for_target(folder: Path, target: Target, ir: Module) -> Any:
         from .cuda import load_cuda
 
         return load_cuda(folder, target, ir)
+    if target.family == "cortex-m":
+        from .cortex_m import load_cortex_m
+
+        return load_cortex_m(folder, target, ir)
     raise InputError(f"target '{target.name}' (family {target.family}) has no loader yet")

@@ -48,13 +48,16 @@ class CompileReport:
     nodes_after: int
     seconds: dict[str, float] = field(default_factory=dict)
     artifact_bytes: int | None = None
+    memory: Any = None
+    """Microcontroller builds: flash and SRAM of the linked ELF and arena use per kernel call."""
 
     def to_json(self) -> dict[str, Any]:
         m = self.model
         return {"target": self.target, "pipeline": self.pipeline, "parameters": m.parameters,
                 "weight_bytes": m.weight_bytes, "macs": m.macs, "macs_by_class": dict(sorted(m.macs_by_class.items())),
                 "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
-                "ops_after": dict(sorted(m.op_histogram.items()))}
+                "ops_after": dict(sorted(m.op_histogram.items())),
+                **({"memory": self.memory.to_json()} if self.memory is not None else {})}
 
     def __str__(self) -> str:
         m = self.model
@@ -63,6 +66,8 @@ class CompileReport:
                  f"  parameters: {m.parameters:,}; weight bytes: {m.weight_bytes:,}; MACs: {m.macs:,}"]
         if self.artifact_bytes is not None:
             lines.append(f"  artifact: {self.artifact_bytes:,} bytes")
+        if self.memory is not None:
+            lines.append(str(self.memory))
         if self.seconds:
             stages = {k: v for k, v in self.seconds.items() if "." not in k}  # build.* are parts of build
             parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
@@ -159,10 +164,13 @@ def _c_name(model: Any, module: Module) -> str:
 
 def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
-            options: OptimizeOptions | None = None) -> CompiledModel:
+            options: OptimizeOptions | None = None, sram: int | None = None,
+            flash: int | None = None) -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
-    ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering."""
+    ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering.
+    ``sram``/``flash`` (bytes) override a microcontroller board's budgets; a model that does
+    not fit fails with how much it is over and which tensors peak."""
     from effc.codegen import bind_input_shapes  # imports tvm: only when compiling
     from effc.codegen.dispatch import STATIC_SHAPE_FAMILIES, build_for_target
 
@@ -184,10 +192,11 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     optimize(module, pipeline, opts)
     seconds["optimize"] = time.perf_counter() - t
     t = time.perf_counter()
-    built = build_for_target(module, tgt, name=_c_name(model, module))
+    built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
     seconds["build"] = time.perf_counter() - t
     seconds.update({f"build.{k}": v for k, v in getattr(built, "seconds", {}).items()})
-    report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds)
+    report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
+                           memory=getattr(built, "memory", None))
     return CompiledModel(module, tgt, pipeline, built, report, source_hash)
 
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=f"the {level} pipeline")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="bind an input's shape, e.g. x=1,1,8,8 (needed for symbolic dims such as a batch N)")
+    p.add_argument("--sram", type=_byte_size, metavar="BYTES", help="SRAM budget for a board target, e.g. 256K")
+    p.add_argument("--flash", type=_byte_size, metavar="BYTES", help="flash budget for a board target, e.g. 1M")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
@@ -157,6 +159,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """``262144``, ``256K``, ``1M`` (K = 1024) → bytes."""
+    scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale != 1 else text
+    try:
+        value = int(digits) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (use e.g. 262144, 256K or 1M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return value
+
+
 def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in specs:
@@ -179,7 +194,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = _resolve_model(args.model)
     opts = optimize_options(args)
     compiled = effc.compile(model, target=args.target, pipeline=pipeline,
-                            input_shapes=parse_input_shapes(args.input_shape), options=opts)
+                            input_shapes=parse_input_shapes(args.input_shape), options=opts,
+                            sram=args.sram, flash=args.flash)
     out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}"
     compiled.export(out)
     print(compiled.report())

@@ -27,6 +27,16 @@ class Target:
     debian_packages: tuple[str, ...] = ()
     toolchain: dict[str, str] = field(default_factory=dict)
     fast_dtypes: tuple[str, ...] = ()
+    cpu: tuple[str, ...] = ()
+    """Compiler flags that select the CPU and its FPU (Cortex-M: ``-mcpu=cortex-m4 ...``)."""
+    qemu_machine: str = ""
+    """``qemu-system-arm -M`` machine that runs a build; empty: compiles, but has no runner."""
+    sram_bytes: int | None = None
+    """Boards: the SRAM budget (data, bss, arena, heap and stack must fit)."""
+    flash_bytes: int | None = None
+    """Boards: the flash budget (text, rodata and the initial values of data)."""
+    memory: dict[str, int] = field(default_factory=dict)
+    """Boards: the memory map (``flash_origin``, ``sram_origin``, ``stack_bytes``, ``heap_bytes``)."""
 
     def missing_tools(self) -> list[str]:
         """Required commands not found on PATH (entries with a note in parentheses are optional)."""
@@ -71,10 +81,17 @@ def _make(name: str, family: dict[str, Any], variant: dict[str, Any]) -> Target:
         tvm["mcpu"] = host_cpu()
     if tvm.get("kind") == "llvm" and "num-cores" not in tvm:
         tvm["num-cores"] = os.cpu_count() or 1
+
+    def pick(key: str, default: Any) -> Any:  # a variant's value, else the family's
+        return variant.get(key, family.get(key, default))
+
     return Target(name=name, family=family["family"], description=variant.get("description", family["description"]),
                   tvm=tvm, runner=family["runner"], requires=tuple(family.get("requires", ())),
                   debian_packages=tuple(family.get("debian_packages", ())),
-                  toolchain=dict(family.get("toolchain", {})), fast_dtypes=tuple(family.get("fast_dtypes", ())))
+                  toolchain=dict(family.get("toolchain", {})), fast_dtypes=tuple(family.get("fast_dtypes", ())),
+                  cpu=tuple(pick("cpu", ())), qemu_machine=pick("qemu_machine", ""),
+                  sram_bytes=pick("sram_bytes", None), flash_bytes=pick("flash_bytes", None),
+                  memory={**family.get("memory", {}), **variant.get("memory", {})})
 
 
 def list_targets() -> list[Target]:
