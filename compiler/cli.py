@@ -9,7 +9,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 from effc.ir.errors import EffcError, InputError
 

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from effc.ir.core import Graph, Module, Node, Resource, Value
 from effc.ir.errors import EffcError
 from effc.ir.opdef import REGISTRY
-from effc.ir.types import UNKNOWN_DIM, DType, TensorType
+from effc.ir.types import UNKNOWN_DIM, DType
 
 EXPORT_OPSET = 21
 BF16_EXPORT_OPSET = 22

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, Union
+import typing
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -50,12 +51,12 @@ class Op:
     op: str | tuple[str, ...]
     inputs: tuple["Pattern", ...] = ()
     name: str | None = None
-    attrs: tuple[tuple[str, Any], ...] = ()
+    attrs: tuple[tuple[str, typing.Any], ...] = ()
     shared: bool = False
     exact_arity: bool = True
 
     def __init__(self, op: str | tuple[str, ...], *inputs: "Pattern", name: str | None = None,
-                 attrs: dict[str, Any] | None = None, shared: bool = False, exact_arity: bool = True):
+                 attrs: dict[str, typing.Any] | None = None, shared: bool = False, exact_arity: bool = True):
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "inputs", tuple(inputs))
         object.__setattr__(self, "name", name)
@@ -82,7 +83,7 @@ class Match:
         m.values, m.nodes, m.matched, m.root = dict(self.values), dict(self.nodes), list(self.matched), self.root
         return m
 
-    def __getitem__(self, name: str) -> Any:
+    def __getitem__(self, name: str) -> typing.Any:
         if name in self.nodes:
             return self.nodes[name]
         return self.values[name]
@@ -288,7 +289,7 @@ def _move_graph_output(old: Value, new: Value) -> None:
     old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
-def _remove_if_dead(g: Any, n: Node, push: Callable[[Node], None]) -> None:
+def _remove_if_dead(g: typing.Any, n: Node, push: Callable[[Node], None]) -> None:
     if n.graph is not g:
         return
     if any(v.num_uses or v.is_graph_output for v in n.outputs):
@@ -302,7 +303,7 @@ def _remove_if_dead(g: Any, n: Node, push: Callable[[Node], None]) -> None:
             push(p)
 
 
-def _remove_new(g: Any, before: Node | None, node: Node) -> None:
+def _remove_new(g: typing.Any, before: Node | None, node: Node) -> None:
     """Undo nodes a declined rewrite inserted before ``node``."""
     n = node.prev
     while n is not None and n is not before:

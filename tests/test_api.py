@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
 import effc
 from effc.cli import main
