@@ -39,7 +39,8 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,15 +277,20 @@ class WarmBuilder(PyBuilder):
 
 @derived_object
 class CountTrials(PyMeasureCallback):
-    """Counts measured candidates and moves the progress bar."""
+    """Counts the candidates measured for the kernel being tuned and moves the progress bar."""
 
-    def __init__(self, on_measured):
+    def __init__(self, report: "TuneReport", bar: "_Progress"):
         super().__init__()
-        self.on_measured = on_measured
+        self.report = report
+        self.bar = bar
+        self.kernel: Kernel | None = None
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        ok = sum(1 for r in runner_results if r.error_msg is None and r.run_secs)
-        self.on_measured(len(runner_results), ok)
+        n = len(runner_results)
+        self.report.trials += n
+        if self.kernel is not None:
+            self.kernel.trials += n
+        self.bar.advance(n)
 
 
 # ----------------------------------------------------------------------------- tune
@@ -386,43 +392,43 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
 
 def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapping[str, Any],
                   db: ms.database.Database, db_path: Path, report: TuneReport, progress: bool, seed: int) -> None:
+    """Tune each kernel as its own MetaSchedule task (so one failure stops only that kernel),
+    sharing the builder and runner processes, the cost model and the database."""
     _register_tensor_intrinsics(target_dict)
     target = tvm.target.Target(dict(target_dict))
     cores = int(target_dict["num-cores"])
+    # candidates are measured with the threads the target is tuned for (TVM's own default
+    # is half the cores); the runner process inherits this
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores))
     builder = WarmBuilder(max_workers=cores)
     runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
     cost_model = ms.CostModel.create("xgb", num_tuning_cores=cores)
     bar = _Progress(progress, sum(plan[k.name] for k in work))
-
-    def measured(n: int, _ok: int) -> None:
-        report.trials += n
-        current.trials += n
-        bar.advance(n)
-
-    callbacks = ms.MeasureCallback.create("default") + [CountTrials(measured)]
-    logs = db_path / "logs"
+    counter = CountTrials(report, bar)
+    callbacks = ms.MeasureCallback.create("default") + [counter]
     try:
         with bar:
-            for i, current in enumerate(work, 1):
-                bar.kernel(current.name, i, len(work))
-                budget = plan[current.name]
+            for i, kernel in enumerate(work, 1):
+                bar.kernel(kernel.name, i, len(work))
+                counter.kernel = kernel
+                budget = plan[kernel.name]
                 try:
-                    ctx = ms.TuneContext(mod=current.workload, target=target, space_generator="post-order-apply",
-                                         search_strategy=search_strategy(budget), task_name=current.name,
-                                         rand_state=seed + i, num_threads=cores,
-                                         logger=_task_logger(logs, current.name)).clone()
-                    ms.tune.tune_tasks(tasks=[ctx], task_weights=[float(current.calls)], work_dir=str(db_path),
-                                       max_trials_global=budget, max_trials_per_task=budget,
-                                       num_trials_per_iter=min(budget, 64), builder=builder, runner=runner,
-                                       database=db, cost_model=cost_model, measure_callbacks=callbacks)
-                    valid = db.query_tuning_record(current.workload, target, "main") is not None
-                    current.status = "tuned" if valid else "failed: no candidate built and ran"
+                    with _task_logger(db_path / "logs", kernel) as logger:
+                        ctx = ms.TuneContext(mod=kernel.workload, target=target, space_generator="post-order-apply",
+                                             search_strategy=search_strategy(budget), task_name=kernel.name,
+                                             rand_state=seed + i, num_threads=cores, logger=logger).clone()
+                        ms.tune.tune_tasks(tasks=[ctx], task_weights=[float(kernel.calls)], work_dir=str(db_path),
+                                           max_trials_global=budget, max_trials_per_task=budget,
+                                           num_trials_per_iter=min(budget, 64), builder=builder, runner=runner,
+                                           database=db, cost_model=cost_model, measure_callbacks=callbacks)
+                    valid = db.query_tuning_record(kernel.workload, target, "main") is not None
+                    kernel.status = "tuned" if valid else "failed: no candidate built and ran"
                 except Exception as e:  # keep going: one kernel's failure must not stop the others
-                    current.status = f"failed: {_last_line(e)}"
-                    report.failures.append(f"{current.name}: {e}")
-                    log.warning("tuning %s failed: %s", current.name, e)
-                if not db.has_workload(current.workload):
-                    db.commit_workload(current.workload)  # attempted: a later tune does not retry it
+                    kernel.status = f"failed: {_last_line(e)}"
+                    report.failures.append(f"{kernel.name}: {e}")
+                    log.warning("tuning %s failed: %s", kernel.name, _last_line(e))
+                if not db.has_workload(kernel.workload):
+                    db.commit_workload(kernel.workload)  # attempted: a later tune does not retry it
     finally:
         builder.close()
 
@@ -432,8 +438,8 @@ def search_strategy(budget: int) -> ms.search_strategy.EvolutionarySearch:
     (512 candidates evolved 4 times under the cost model) cost ~50 s per kernel on 2 cores
     before the first measurement; with a handful of trials that buys nothing, since the
     cost model has seen few measurements."""
-    population = int(min(512, max(64, 16 * budget)))
-    iters = 1 if budget <= 16 else 2 if budget <= 64 else 4
+    population = int(min(512, max(64, 8 * budget)))
+    iters = 1 if budget <= 16 else 2 if budget <= 128 else 4
     return ms.search_strategy.EvolutionarySearch(population_size=population, genetic_num_iters=iters,
                                                  init_min_unmeasured=min(50, population // 2))
 
@@ -443,17 +449,23 @@ def _last_line(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def _task_logger(folder: Path, name: str) -> logging.Logger:
-    """MetaSchedule's per-task log, written to ``<db>/logs/<kernel>.log``, not the console."""
+@contextmanager
+def _task_logger(folder: Path, kernel: Kernel) -> Iterator[logging.Logger]:
+    """MetaSchedule's log for one kernel, written to ``<db>/logs/<kernel>-<hash>.log``
+    rather than the console (the hash tells apart same-named kernels of different models)."""
     folder.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(f"effc.tune.metaschedule.{name}")
+    digest = tvm_ffi.structural_hash(kernel.workload) & 0xFFFFFFFF
+    logger = logging.getLogger(f"effc.tune.metaschedule.{kernel.name}-{digest:08x}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.FileHandler(folder / f"{name}.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(handler)
-    return logger
+    handler = logging.FileHandler(folder / f"{kernel.name}-{digest:08x}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 # ----------------------------------------------------------------------------- build

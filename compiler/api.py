@@ -50,6 +50,8 @@ class CompileReport:
     artifact_bytes: int | None = None
     memory: Any = None
     """Microcontroller builds: flash and SRAM of the linked ELF and arena use per kernel call."""
+    tuning: str | None = None
+    """What tuning did (kernels reused, tuned, trials), when it ran."""
 
     def to_json(self) -> dict[str, Any]:
         m = self.model
@@ -68,6 +70,8 @@ class CompileReport:
             lines.append(f"  artifact: {self.artifact_bytes:,} bytes")
         if self.memory is not None:
             lines.append(str(self.memory))
+        if self.tuning:
+            lines.append(f"  tuning: {self.tuning}")
         if self.seconds:
             stages = {k: v for k, v in self.seconds.items() if "." not in k}  # build.* are parts of build
             parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
@@ -153,6 +157,61 @@ def _static_shapes(module: Module, given: dict[str, Sequence[int]]) -> dict[str,
     return out
 
 
+DEFAULT_TUNING_DB = ".effc-tuning"
+
+
+class _TuningLedger:
+    """Trials each model has had in a tuning database, so ``--tune=N`` means N trials in all:
+    compiling the same model again with the same N runs none, a larger N runs the difference.
+    (The MetaSchedule database itself is keyed by kernel and shared by every model.)"""
+
+    def __init__(self, db_dir: Path):
+        self.path = db_dir / "effc-trials.json"
+        self.data: dict[str, int] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @staticmethod
+    def key(module: Module, target: Target) -> str:
+        text = print_module(module) + json.dumps(target.tvm, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> int:
+        return int(self.data.get(key, 0))
+
+    def add(self, key: str, trials: int) -> None:
+        self.data[key] = self.get(key) + trials
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+
+
+def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike | None,
+                 seconds: dict[str, float]) -> tuple[Any, str]:
+    """Tune (when ``trials`` > 0) and build with the database's schedules (x86 only for now)."""
+    from effc.codegen.dispatch import _LibraryArtifact
+    from effc.codegen.tune import build_tuned, tune as run_tuning
+
+    if tgt.family != "x86":
+        raise InputError(f"--tune/--tuning-db work for x86 targets so far, not '{tgt.name}'")
+    if trials < 0:
+        raise InputError(f"--tune takes a number of trials >= 0, got {trials}")
+    db_dir = Path(db) if db is not None else Path(DEFAULT_TUNING_DB)
+    note = f"database {db_dir} applied"
+    spent = _TuningLedger(db_dir)
+    key = spent.key(module, tgt)
+    remaining = trials - spent.get(key)
+    if trials and remaining <= 0:
+        note = f"this model already had {spent.get(key)} trials in {db_dir}; no new trials (raise --tune to continue)"
+    elif trials:
+        t = time.perf_counter()
+        report = run_tuning(module, tgt.tvm, remaining, db_dir)
+        seconds["tune"] = time.perf_counter() - t
+        spent.add(key, remaining)
+        note = str(report)
+    t = time.perf_counter()
+    built = _LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
+    seconds["build"] = time.perf_counter() - t
+    return built, note
+
+
 def _c_name(model: Any, module: Module) -> str:
     """A C identifier for the model's API (``effc_<name>_run``): the file's stem, else the graph's name."""
     import re
@@ -165,12 +224,15 @@ def _c_name(model: Any, module: Module) -> str:
 def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             options: OptimizeOptions | None = None, sram: int | None = None,
-            flash: int | None = None) -> CompiledModel:
+            flash: int | None = None, tune: int = 0, tuning_db: str | os.PathLike | None = None) -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
     ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering.
     ``sram``/``flash`` (bytes) override a microcontroller board's budgets; a model that does
-    not fit fails with how much it is over and which tensors peak."""
+    not fit fails with how much it is over and which tensors peak.
+    ``tune`` > 0 runs that many MetaSchedule trials over the kernels ``tuning_db`` lacks
+    (x86 targets), and the build uses every schedule the database holds; a database given
+    with ``tune=0`` is applied without new trials."""
     from effc.codegen import bind_input_shapes  # imports tvm: only when compiling
     from effc.codegen.dispatch import STATIC_SHAPE_FAMILIES, build_for_target
 
@@ -192,11 +254,15 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     optimize(module, pipeline, opts)
     seconds["optimize"] = time.perf_counter() - t
     t = time.perf_counter()
-    built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
-    seconds["build"] = time.perf_counter() - t
+    tuning_note = None
+    if tune or tuning_db is not None:
+        built, tuning_note = _build_tuned(module, tgt, tune, tuning_db, seconds)  # times tune and build
+    else:
+        built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
+        seconds["build"] = time.perf_counter() - t
     seconds.update({f"build.{k}": v for k, v in getattr(built, "seconds", {}).items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
-                           memory=getattr(built, "memory", None))
+                           memory=getattr(built, "memory", None), tuning=tuning_note)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash)
 
 

@@ -60,11 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=f"the {level} pipeline")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="bind an input's shape, e.g. x=1,1,8,8 (needed for symbolic dims such as a batch N)")
+    p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                   help="MetaSchedule trials over the kernels the tuning database lacks (x86; default 0)")
+    p.add_argument("--tuning-db", metavar="DIR", help="persistent tuning database, reused across models and runs "
+                   "(default .effc-tuning when --tune is given)")
     p.add_argument("--sram", type=_byte_size, metavar="BYTES", help="SRAM budget for a board target, e.g. 256K")
     p.add_argument("--flash", type=_byte_size, metavar="BYTES", help="flash budget for a board target, e.g. 1M")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("bench", help="median latency against onnxruntime and plain TVM (needs the source checkout)")
+    _model_arg(p, "an .onnx model")
+    p.add_argument("--target", "-t", default="x86", help="target (default x86)")
+    p.add_argument("--trials", type=int, default=0, help="also build tuned with this many trials (default 0)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("targets", help="list the targets effc compiles for and what each needs installed")
     p.set_defaults(func=cmd_targets)
@@ -194,11 +205,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     opts = optimize_options(args)
     compiled = effc.compile(model, target=args.target, pipeline=pipeline,
                             input_shapes=parse_input_shapes(args.input_shape), options=opts,
-                            sram=args.sram, flash=args.flash)
+                            sram=args.sram, flash=args.flash, tune=args.tune, tuning_db=args.tuning_db)
     out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}"
     compiled.export(out)
     print(compiled.report())
     print(f"wrote {out}/", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.is_file():
+        raise InputError("effc bench runs bench/run.py from a source checkout of effc; it is not installed here")
+    spec = importlib.util.spec_from_file_location("effc_bench_run", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.bench_model(_resolve_model(args.model), target=args.target, trials=args.trials, threads=args.threads)
+    for key, value in row.items():
+        print(f"{key:<28}{value}")
     return 0
 
 

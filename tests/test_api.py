@@ -94,3 +94,21 @@ def test_cli_compile_bad_target_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "effc.cli", "compile", str(DIGITS), "--target=nope"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown target 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_tuning_database_is_reused_by_a_second_compile(tmp_path, digits_x):
+    """--tune=N is N trials per model in all: compiling again runs none and adds no records."""
+    from effc.codegen.tune import open_database
+    from effc.targets import get_target
+
+    db = tmp_path / "db"
+    first = effc.compile(DIGITS, target="x86", input_shapes={"x": (1, 1, 8, 8)}, tune=6, tuning_db=db)
+    assert "tuned with 6 trials" in first.report().tuning
+    records = len(open_database(db, get_target("x86").tvm))
+    assert records > 0
+    second = effc.compile(DIGITS, target="x86", input_shapes={"x": (1, 1, 8, 8)}, tune=6, tuning_db=db)
+    assert "no new trials" in second.report().tuning and "tune" not in second.report().seconds
+    assert len(open_database(db, get_target("x86").tvm)) == records
+    want = ort_run(DIGITS, {"x": digits_x[:1]})["logits"]
+    assert_close(second.run({"x": digits_x[:1]})["logits"], want, "tuned digits")
