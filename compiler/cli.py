@@ -122,7 +122,7 @@ def optimize_options(args: argparse.Namespace):
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
-    from effc.models import load_model, module_text, save_model
+    from effc.models import load_model
     from effc.optimize import optimize
 
     if args.pipeline and args.level:
@@ -133,8 +133,14 @@ def cmd_opt(args: argparse.Namespace) -> int:
     runner = optimize(module, pipeline, optimize_options(args))
     print(f"effc: {runner.pipeline}: {len(runner.history)} pass runs, {before} -> {len(module.graph)} nodes",
           file=sys.stderr)
-    if args.output:
-        written = save_model(module, args.output)
+    return _write_or_print(module, args.output)
+
+
+def _write_or_print(module, output: str | None) -> int:
+    from effc.models import module_text, save_model
+
+    if output:
+        written = save_model(module, output)
         print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     else:
         sys.stdout.write(module_text(module))
@@ -142,15 +148,9 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from effc.models import load_model, module_text, save_model
+    from effc.models import load_model
 
-    module = load_model(_resolve_model(args.model))
-    if args.output:
-        written = save_model(module, args.output)
-        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    else:
-        sys.stdout.write(module_text(module))
-    return 0
+    return _write_or_print(load_model(_resolve_model(args.model)), args.output)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

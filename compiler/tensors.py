@@ -30,12 +30,13 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     np.savez(Path(path), **arrays)
 
 
-def random_inputs(inputs: list[Value], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for a graph: floats ~ N(0,1), ints in [0, 10), bools random."""
+def random_inputs(inputs: list[Value], seed: int = 0, symbol_size: int = DEFAULT_SYMBOL_SIZE) -> dict[str, np.ndarray]:
+    """Seeded inputs for a graph: floats ~ N(0,1), ints in [0, 10), bools random; symbolic
+    dims take ``symbol_size``."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for v in inputs:
-        shape = tuple(d if isinstance(d, int) else DEFAULT_SYMBOL_SIZE for d in v.type.shape)
+        shape = tuple(d if isinstance(d, int) else symbol_size for d in v.type.shape)
         dt = v.type.dtype
         if dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.np)

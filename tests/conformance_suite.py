@@ -46,10 +46,13 @@ def case_ops(case) -> tuple[str, ...]:
 
 def main_op(case) -> str:
     """The op a case is about: the only one, or the one the case is named after."""
-    ops = case_ops(case)
+    return _named_op(case.name, case_ops(case))
+
+
+def _named_op(name: str, ops: tuple[str, ...]) -> str:
     if len(ops) == 1:
         return ops[0]
-    flat = case.name.replace("_", "").lower()
+    flat = name.replace("_", "").lower()
     for op in sorted(ops, key=len, reverse=True):
         if flat.startswith("test" + op.lower()):
             return op
@@ -165,9 +168,6 @@ def run_all(op_filter: set[str] | None = None, *, with_ort: bool = True) -> list
 
 
 def summary_table(results: list[CaseResult], cases_by_name: dict | None = None) -> str:
-    per_op: dict[str, Counter] = defaultdict(Counter)
-    for r in results:
-        per_op["+".join(r.ops) if r.status in ("unsupported",) else r.ops[0] if len(r.ops) == 1 else "(multi-op)"]
     totals = Counter(r.status for r in results)
     claimed = sorted(BY_ONNX)
     by_main: dict[str, Counter] = defaultdict(Counter)
@@ -183,14 +183,7 @@ def summary_table(results: list[CaseResult], cases_by_name: dict | None = None) 
 
 
 def _main_of(r: CaseResult) -> str:
-    ops = r.ops
-    if len(ops) == 1:
-        return ops[0]
-    flat = r.name.replace("_", "").lower()
-    for op in sorted(ops, key=len, reverse=True):
-        if flat.startswith("test" + op.lower()):
-            return op
-    return ops[0]
+    return _named_op(r.name, r.ops)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from effc import tensors
+
 from effc.ir.core import Module, Value
 from effc.ir.parser import parse_module
-from effc.ir.types import DType
+
 from effc.ir.verifier import verify_module
 from effc.passes import PassContext, run_pipeline
 from effc.passes.instruments import VerifyEach
@@ -83,19 +85,8 @@ def run_case(case: Case) -> tuple[Module, Module]:
 
 
 def random_inputs(inputs: list[Value], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: floats ~ N(0,1), ints in [0, 10), bools; symbolic dims are SYMBOL_SIZE."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for v in inputs:
-        shape = tuple(d if isinstance(d, int) else SYMBOL_SIZE for d in v.type.shape)
-        dt = v.type.dtype
-        if dt.is_float:
-            out[v.name] = rng.standard_normal(shape).astype(dt.np)
-        elif dt is DType.bool:
-            out[v.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            out[v.name] = rng.integers(0, 10, shape).astype(dt.np)
-    return out
+    """Seeded inputs (effc.tensors.random_inputs) with symbolic dims set to SYMBOL_SIZE."""
+    return tensors.random_inputs(inputs, seed, SYMBOL_SIZE)
 
 
 def write_expect(case: Case, output: str) -> bool:
