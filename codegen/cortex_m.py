@@ -306,6 +306,8 @@ class CortexMBuilt:
         self.seconds: dict[str, float] = {}
         self.last_run_seconds: float | None = None
         """Wall time of the last qemu run (start-up included)."""
+        self.plan_svg: str | None = None
+        """A picture of the arena plan (None when loaded from a folder)."""
 
     @property
     def signature(self):
@@ -354,6 +356,9 @@ class CortexMBuilt:
         if self.memory is not None:
             (folder / MEMORY).write_text(json.dumps(self.memory.to_json(), indent=2, sort_keys=True) + "\n")
             paths.append(folder / MEMORY)
+        if self.plan_svg is not None:
+            (folder / PLAN_PICTURE).write_text(self.plan_svg)
+            paths.append(folder / PLAN_PICTURE)
         for name, data in sorted(self.sources.items()):
             (folder / SOURCES / name).write_bytes(data)
             paths.append(folder / SOURCES / name)
@@ -361,6 +366,9 @@ class CortexMBuilt:
 
 
 # ----------------------------------------------------------------------------- build
+
+
+PLAN_PICTURE = "memory_plan.svg"
 
 
 def _target(target: Target | str | None) -> Target:
@@ -413,7 +421,20 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     program.notes.update({"flash": mem.flash, "sram": mem.sram})
     built = CortexMBuilt(data, program.interface, tgt, mem, program.files, program)
     built.seconds = seconds
+    built.plan_svg = _plan_picture(schedule, plan, cname, tgt)
     return built
+
+
+def _plan_picture(schedule: Schedule, plan: ArenaPlan, name: str, target: Target) -> str:
+    """The deployed arena plan: each tensor's lifetime against its offset, workspaces in grey."""
+    from .plan_svg import Rect, arena_svg
+
+    rects = [Rect(schedule.labels.get(("arena", i), f"t{i}"), first, last, plan.offsets[i],
+                  schedule.storages[("arena", i)].nbytes) for i, (first, last) in sorted(plan.lifetimes.items())]
+    rects += [Rect(f"workspace of {schedule.steps[t].kernel}", t, t, off, size, workspace=True)
+              for t, (off, size) in enumerate(plan.workspace) if size]
+    title = f"effc_{name} on {target.name}: arena {plan.arena_bytes:,} B ({plan.algorithm}), live peak {plan.live_peak:,} B"
+    return arena_svg(rects, plan.arena_bytes, len(schedule.steps), title)
 
 
 def load_cortex_m(folder: str | os.PathLike, target: Target | str | None, ir_module: Module) -> CortexMBuilt:

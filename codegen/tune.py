@@ -138,6 +138,8 @@ class Kernel:
     trials: int = 0
     """Trials measured for it in this ``tune`` call."""
     best_us: float | None = None
+    records: int = 0
+    """Valid tuning records (measured candidates) the database holds for it, from any run."""
     """The best measured latency in the database, in microseconds (None: none valid)."""
 
 
@@ -385,6 +387,8 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
         _tune_kernels(work, plan, target, db, db_path, report, progress, seed)
     for k in kernels:
         k.best_us = _best_us(db, k.workload, tvm_target)
+        if db.has_workload(k.workload):
+            k.records = len(db.get_top_k(db.commit_workload(k.workload), 1 << 30))
     report.records_after = len(db)
     report.seconds = time.perf_counter() - t0
     return report

@@ -168,6 +168,27 @@ def test_export_load_run(tmp_path):
     assert _built(again).memory.sram == _built(cm).memory.sram
 
 
+def test_plan_picture_shows_every_tensor_and_workspace(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    cm = _compiled("mobilenet_tiny")
+    cm.export(tmp_path)
+    svg = ET.parse(tmp_path / "memory_plan.svg").getroot()
+    rects = [e for e in svg.iter() if e.tag.endswith("rect")][1:]  # the first is the frame
+    mem = _built(cm).memory
+    tips = [next(c for c in r if c.tag.endswith("title")).text for r in rects]
+    assert any(t.startswith("workspace of ") for t in tips)  # TVM's conv scratch shows up
+    assert f"arena {mem.arena - 1:,} B" in next(e.text for e in svg.iter() if e.tag.endswith("text"))
+    live: dict[int, int] = {}
+    for tip in tips:
+        size, offset, first, last = (int(x.replace(",", "")) for x in
+                                     re.findall(r"([\d,]+) B at offset ([\d,]+), steps (\d+)\.\.(\d+)", tip)[0])
+        assert 0 <= offset and offset + size <= mem.arena - 1  # inside the arena
+        for step in range(first, last + 1):
+            live[step] = live.get(step, 0) + size
+    assert max(live.values()) == mem.live_peak  # the picture holds exactly the planned tensors
+
+
 def test_cli_compile_and_run(tmp_path):
     np.savez(tmp_path / "in.npz", **_feeds("mnist_conv"))
     out = tmp_path / "mnist-m4"
