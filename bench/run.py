@@ -298,7 +298,7 @@ def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Re
     tuned.extra = {"tune_s": tune_s, "trials": report.trials, "kernels": len(report.kernels),
                    "reused": report.count("reused"), "tuned": report.count("tuned"),
                    "untuned": report.count("no budget") + report.count("failed") + report.count("skipped"),
-                   "db_trials": sum(k.records for k in report.kernels),
+                   "db_trials": sum(k.trials_total for k in report.kernels),
                    "failed": report.count("failed")}
     return out + [(tuned, run)]
 
@@ -413,9 +413,8 @@ def table(rows: list[dict[str, Any]], s: Settings, seconds: float, heading: str 
              "about 2 being this benchmark alone. "
              f"Tuned: MetaSchedule, at most {s.trials} trials "
              "per model over the kernels the shared database lacked (kernels tuned for an earlier model are reused, "
-             "so later models may run fewer trials; \"in database\" counts the valid measured candidates of the "
-             "model's "
-             "kernels from every run, \"+ tuning\" the seconds this run spent in `tune`, including reuse checks); "
+             "so later models may run fewer trials; \"in database\" counts the trials spent on the model's kernels "
+             "by every run, \"+ tuning\" the seconds this run spent in `tune`, including reuse checks); "
              "plain TVM is untuned. Ratios below 1 mean effc is faster. "
              f"Run took {seconds / 60:.1f} min. `python bench/run.py` regenerates this section.", "",
              "| model | ORT ms | plain TVM ms | effc ms | effc tuned ms | effc/ORT | effc/TVM | tuned/ORT | tuned/TVM "

@@ -13,6 +13,9 @@ Inside it a kernel is the workload ``normalize_mod(prim_func)`` (the PrimFunc as
 buffer shapes and dtypes and the attributes count; the names of the function, its
 parameters and the model do not. TVM's own lookup ignores the target, so the target is
 the folder (``target_key``: kind, CPU, core count and a hash of the whole target dict).
+After a tune that measured anything the database is compacted to each kernel's best
+record (loading parses every record); ``trials.json`` beside it counts the trials each
+kernel has had, keyed by the same structural hash.
 
 Reuse: a kernel whose workload the database already holds is not tuned again (its best
 record is applied, or the default schedule if every candidate failed), so a second
@@ -114,11 +117,74 @@ def target_key(target: TargetDict) -> str:
     return f"{t['kind']}-{cpu}-{t['num-cores']}c-{digest}"
 
 
-def open_database(db_dir: str | os.PathLike, target: TargetDict) -> ms.database.JSONDatabase:
-    """The tuning database for ``target`` under ``db_dir`` (created when missing)."""
-    path = Path(db_dir) / target_key(target)
+KEEP_RECORDS_PER_KERNEL = 1
+"""After a tune that measured something, the database keeps only each kernel's best
+record (and every kernel attempted, valid record or not). Loading a JSONDatabase parses
+every record (~5 ms each here: 8 s for the ~1,700 of the benchmark's models); a kernel in
+the database is never tuned again, so the rest would only slow every compile down."""
+
+_OPEN: dict[Path, tuple[tuple[int, ...], ms.database.JSONDatabase]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    out: list[int] = []
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        try:
+            st = (path / name).stat()
+            out += [st.st_size, st.st_mtime_ns]
+        except FileNotFoundError:
+            out += [-1, -1]
+    return tuple(out)
+
+
+def database_path(db_dir: str | os.PathLike, target: TargetDict | None) -> Path:
+    """The folder of ``target``'s database under ``db_dir``."""
+    return Path(db_dir) / target_key(target)
+
+
+def open_database(db_dir: str | os.PathLike, target: TargetDict | None) -> ms.database.JSONDatabase:
+    """The tuning database for ``target`` under ``db_dir`` (created when missing). Opened
+    once per process while its files do not change underneath (``tune`` then
+    ``build_tuned`` share it)."""
+    path = database_path(db_dir, target).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+    cached = _OPEN.get(path)
+    if cached is not None and cached[0] == _stamp(path):
+        return cached[1]
+    db = ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+    _OPEN[path] = (_stamp(path), db)
+    return db
+
+
+def _remember(path: Path, db: ms.database.JSONDatabase) -> None:
+    """``db`` is up to date with its files (it wrote them itself)."""
+    _OPEN[path.resolve()] = (_stamp(path), db)
+
+
+def compact_database(db_dir: str | os.PathLike, target: TargetDict | None,
+                     keep: int = KEEP_RECORDS_PER_KERNEL) -> ms.database.JSONDatabase:
+    """Rewrite ``target``'s database with only the best ``keep`` valid records per kernel
+    (every kernel stays, so failed ones still count as attempted); returns it reopened."""
+    path = database_path(db_dir, target).resolve()
+    old = open_database(db_dir, target)
+    fresh = path.with_name(path.name + ".compacting")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    new = ms.database.JSONDatabase(work_dir=str(fresh), module_equality="structural")
+    with open(path / "database_workload.json") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            mod = ms.database.Workload.from_json(json.loads(line)).mod
+            workload = new.commit_workload(mod)
+            for rec in old.get_top_k(old.commit_workload(mod), keep):
+                new.commit_tuning_record(ms.database.TuningRecord(rec.trace, workload, rec.run_secs, rec.target,
+                                                                  rec.args_info))
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        os.replace(fresh / name, path / name)
+    shutil.rmtree(fresh, ignore_errors=True)
+    _OPEN.pop(path, None)
+    return open_database(db_dir, target)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -138,8 +204,10 @@ class Kernel:
     trials: int = 0
     """Trials measured for it in this ``tune`` call."""
     best_us: float | None = None
-    records: int = 0
-    """Valid tuning records (measured candidates) the database holds for it, from any run."""
+    trials_total: int = 0
+    """Trials measured for it by every ``tune`` into this database (``trials.json`` beside
+    the database; MetaSchedule's own files keep only the best record, see
+    ``KEEP_RECORDS_PER_KERNEL``)."""
     """The best measured latency in the database, in microseconds (None: none valid)."""
 
 
@@ -322,6 +390,27 @@ class TuneReport:
                 f"{self.count('skipped')} skipped; {self.seconds:.1f} s; database {self.db_path}")
 
 
+def _workload_key(workload: tvm.IRModule) -> str:
+    return f"{tvm_ffi.structural_hash(workload) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _trial_totals(db_path: Path, tuned_now: list[Kernel]) -> dict[str, int]:
+    """Trials measured per kernel over every run (``trials.json``), with ``tuned_now`` added."""
+    path = db_path / "trials.json"
+    try:
+        totals = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError):
+        totals = {}
+    if tuned_now:
+        for k in tuned_now:
+            key = _workload_key(k.workload)
+            totals[key] = totals.get(key, 0) + k.trials
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(totals, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    return totals
+
+
 def _best_us(db: ms.database.Database, workload: tvm.IRModule, target: tvm.target.Target) -> float | None:
     rec = db.query_tuning_record(workload, target, "main")
     if rec is None or not rec.run_secs:
@@ -371,7 +460,7 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     tvm_target = tvm.target.Target(target)
     kernels = kernels_of(kernel_module(module, target))
     db = open_database(db_dir, target)
-    db_path = Path(db_dir) / target_key(target)
+    db_path = database_path(db_dir, target)
     records_before = len(db)
     for k in kernels:
         if k.status == "pending" and db.has_workload(k.workload):
@@ -384,11 +473,16 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     work = [k for k in todo if k.name in plan]
     report = TuneReport(kernels, 0, trials, 0.0, db_path, records_before, records_before)
     if work:
-        _tune_kernels(work, plan, target, db, db_path, report, progress, seed)
+        try:
+            _tune_kernels(work, plan, target, db, db_path, report, progress, seed)
+        finally:
+            _remember(db_path, db)
+        if report.trials:
+            db = compact_database(db_dir, target)
+    totals = _trial_totals(db_path, [k for k in kernels if k.trials])
     for k in kernels:
         k.best_us = _best_us(db, k.workload, tvm_target)
-        if db.has_workload(k.workload):
-            k.records = len(db.get_top_k(db.commit_workload(k.workload), 1 << 30))
+        k.trials_total = totals.get(_workload_key(k.workload), 0)
     report.records_after = len(db)
     report.seconds = time.perf_counter() - t0
     return report

@@ -59,6 +59,9 @@ def test_tuned_build_matches_untuned_and_interpreter(tuned_db):
     assert report.trials > 0, report
     assert report.count("tuned") >= 1, [(k.name, k.status) for k in report.kernels]
     assert not report.failures
+    # the database keeps each kernel's best record; trials.json counts what each kernel had
+    assert report.records_after == report.count("tuned")
+    assert all(k.trials_total == k.trials for k in report.kernels)
     x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
     tuned = build_tuned(module, None, db).run({"x": x})
     untuned = build(module).run({"x": x})
