@@ -270,6 +270,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # TVM's thread pool uses half the cores unless told otherwise, and reads this once
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
