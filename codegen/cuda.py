@@ -246,7 +246,7 @@ class CudaBuilt(Built):
     # -- running
 
     def _require_gpu(self) -> None:
-        if not tvm.cuda(0).exist:
+        if not gpu_present():
             if self.folder is not None:
                 todo = f"copy {self.folder} to a machine with an NVIDIA GPU and run `effc run {self.folder}`"
             else:
@@ -292,6 +292,11 @@ class CudaBuilt(Built):
             files[2].write_text(self.ptx)
         self.folder = folder
         return files
+
+
+def gpu_present() -> bool:
+    """Whether this machine has a CUDA GPU TVM can run on."""
+    return bool(tvm.cuda(0).exist)
 
 
 def build_cuda(module: Module, target: Target) -> CudaBuilt:
