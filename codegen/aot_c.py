@@ -349,7 +349,7 @@ def harness_c(name: str, iface: Interface) -> str:
 #include "{RUNTIME_H}"
 #include "{HEADER}"
 
-EFFC_ALIGNED({ALIGN}) static uint8_t arena[EFFC_{up}_ARENA_BYTES + 1];
+EFFC_ALIGNED({ALIGN}) static uint8_t arena[EFFC_{up}_ARENA_BYTES > 0 ? EFFC_{up}_ARENA_BYTES : 1];
 {chr(10).join(bufs)}
 
 static int read_file(const char* path, void* data, size_t bytes) {{

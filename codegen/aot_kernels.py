@@ -14,10 +14,15 @@ void* args, int32_t num_args, void* result)`` with ``args`` an array of ``TVMFFI
 hold ``DLTensor*`` (type index 7). Asserts are compiled out (``tirx.disable_assert``), so a
 kernel reports nothing but an allocation failure (-1), and needs no error symbols.
 
-Workspace: TVM turns each kernel-internal buffer above 1 KiB (padding, conv accumulators)
-into an ``AllocWorkspace`` call with a constant size; smaller ones go on the stack. The
-sizes are read from the lowered TIR here, so the driver can place each kernel's workspace
-in the arena for that kernel's step.
+Workspace: TVM turns each kernel-internal buffer above 1 KiB into an ``AllocWorkspace``
+call with a constant size; smaller ones go on the stack. Legalized kernels have two kinds:
+a padded copy of the input (``pad_temp``) and the full result of a reduction (a conv's or a
+matmul's accumulators) that an epilogue (bias, activation) then reads. ``fold_scratch``
+removes both before lowering: padding and other elementwise stages are inlined into their
+readers (the kernel tests the bounds instead of reading a padded copy), and each epilogue
+moves inside the reduction's loop nest, right after the reduction of one output element,
+so its accumulator shrinks to one element on the stack. What remains is read from the
+lowered TIR, so the driver can place each kernel's workspace in the arena for its step.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.tirx.build import split_host_device_mods, tir_to_runtime
 
 from .relax import LoweringError
@@ -78,12 +83,54 @@ def kernel_flavor(target: Mapping[str, Any]) -> str:
     raise LoweringError(f"AOT C programs take kernels from TVM targets of kind 'llvm' or 'c'; got '{kind}'")
 
 
-def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any], prefix: str) -> Kernels:
+def fold_scratch(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` without its full-size intermediate buffers where TIR's schedule primitives
+    allow (see the module docstring); a stage that cannot move stays as it was, so the
+    result computes the same values in the same order per output element."""
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    scratch = {b.name for b in sch.get(sch.get_sblock("root")).alloc_buffers}
+
+    def stages() -> list[Any]:
+        return sch.get_child_blocks(sch.get_sblock("root"))
+
+    def writes_scratch(block: Any) -> bool:
+        return all(w.source.name in scratch for w in sch.get(block).writes)
+
+    for block in stages():
+        if writes_scratch(block):
+            try:
+                sch.compute_inline(block)  # spatial stages only: reductions raise and stay
+            except s_tir.ScheduleError:
+                pass
+    for block in stages():
+        if not writes_scratch(block):
+            continue
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        spatial = next((i for i, k in enumerate(kinds) if k != _DATA_PAR), len(kinds))
+        loops = sch.get_loops(block)
+        if spatial == 0 or len(loops) != len(kinds):
+            continue
+        for consumer in sch.get_consumers(block):
+            try:
+                sch.reverse_compute_at(consumer, loops[spatial - 1])
+            except s_tir.ScheduleError:
+                pass
+    return sch.mod["main"]
+
+
+_DATA_PAR = 0
+"""``IterVar.iter_type`` of a spatial (data-parallel) block axis."""
+
+
+def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any], prefix: str, *,
+                  lean: bool = True) -> Kernels:
     """Compile ``prim_funcs`` (name -> PrimFunc) for ``target``; each gets the C symbol
-    ``<prefix>_<name>``, so two programs link into one binary."""
+    ``<prefix>_<name>``, so two programs link into one binary. ``lean``: ``fold_scratch``
+    first."""
     flavor = kernel_flavor(target)
     tvm_target = tvm.target.Target(dict(target))
-    mod = tvm.IRModule({name: f.with_attr("global_symbol", f"{prefix}_{name}") for name, f in sorted(prim_funcs.items())})
+    mod = tvm.IRModule({name: (fold_scratch(f) if lean else f).with_attr("global_symbol", f"{prefix}_{name}")
+                        for name, f in sorted(prim_funcs.items())})
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         mod = tirx.transform.BindTarget(tvm_target.with_host(tvm_target))(mod)
         pipeline, finalize_host, _finalize_device = tirx.get_default_tir_pipeline(tvm_target)
