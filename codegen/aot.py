@@ -393,6 +393,11 @@ class CToolchain:
     """Debian packages that provide ``cc`` (named when it is missing)."""
     warnings: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror")
 
+    @property
+    def ar(self) -> str:
+        """The archiver of the same toolchain (``aarch64-linux-gnu-gcc`` -> ``aarch64-linux-gnu-ar``)."""
+        return self.cc[:-3] + "ar" if self.cc.endswith("gcc") else "ar"
+
     def objects(self, flavor: str) -> list[tuple[str, str]]:
         """(source, object) pairs of a program; the LLVM kernels come as an object already."""
         from . import aot_c
@@ -457,11 +462,12 @@ def emit_program(module: Module, target: Mapping[str, Any], toolchain: CToolchai
 
 
 def compile_program(program: AotProgram, toolchain: CToolchain, folder: str | Path, output: str = "model",
-                    extra_files: Mapping[str, bytes] | None = None) -> Path:
+                    extra_files: Mapping[str, bytes] | None = None, library: str = "") -> Path:
     """Write the program's sources to ``folder`` and build ``folder/output`` with ``toolchain``
     (one compiler process per file, in parallel). ``extra_files`` (a board's startup code,
     its linker script) are written beside them; the ``.c`` ones are compiled like effc's
-    own files and linked first. Returns the executable's path."""
+    own files and linked first. ``library``: also archive every object but the test
+    harness into ``folder/library``. Returns the executable's path."""
     cc = toolchain.require()
     folder = Path(folder)
     program.write_sources(folder)
@@ -481,6 +487,11 @@ def compile_program(program: AotProgram, toolchain: CToolchain, folder: str | Pa
             _check_tool(cmd, proc)
     link = [cc, *toolchain.ldflags, "-o", output, *[o for _, o in pairs], *toolchain.ldlibs]
     _check_tool(link, _run_tool(link, folder))
+    if library:
+        from .aot_c import library_objects
+
+        archive = [toolchain.ar, "rcsD", library, *library_objects(toolchain, program.flavor)]
+        _check_tool(archive, _run_tool(archive, folder))
     return folder / output
 
 

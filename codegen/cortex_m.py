@@ -45,7 +45,7 @@ from . import aot_c
 from .aot import (AotProgram, ArenaPlan, CToolchain, Interface, Schedule, ToolchainError, c_identifier,
                   compile_program, lower_for_aot, plan_arena, read_schedule)
 from .aot_kernels import build_kernels
-from .arm import RunError, check_inputs
+from .native import RunError, check_inputs
 
 EXECUTABLE = "model.elf"
 SOURCES = "src"

@@ -3,7 +3,8 @@
 | family | builder | artifact | runs |
 |---|---|---|---|
 | x86 | ``build.build`` (Relax VM executable) | ``model.so`` | in process |
-| arm | ``arm.build_arm`` (AOT C driver + LLVM kernels, static executable) | ``model`` + ``src/`` | qemu-aarch64-static, or natively |
+| x86, ``--runtime=aot`` | ``native.build_native`` (AOT C driver + LLVM kernels) | ``libmodel.a``, ``model.h``, ``model.elf`` + ``src/`` | natively |
+| arm (AOT only) | ``native.build_native`` (AOT C driver + LLVM kernels) | ``libmodel.a``, ``model.h``, ``model.elf`` + ``src/`` | qemu-aarch64-static, or natively |
 | cuda | ``cuda.build_cuda`` | ``model.so``, ``kernels.cu``, ``kernels.ptx`` | on a GPU |
 | cortex-m | ``cortex_m.build_cortex_m`` (AOT C driver + TVM C kernels, bare-metal ELF, budgets checked) | ``model.elf``, ``memory.json``, ``src/`` | qemu-system-arm with semihosting |
 """
@@ -18,8 +19,29 @@ from effc.targets import Target
 
 LIBRARY = "model.so"
 
-STATIC_SHAPE_FAMILIES = frozenset({"arm", "cortex-m"})
-"""Families whose builds need every shape known (ahead-of-time memory and call plans)."""
+RUNTIMES = {"x86": ("vm", "aot"), "arm": ("aot",), "cuda": ("vm",), "cortex-m": ("aot",)}
+"""What runs a build, per family, the default first: ``vm`` (TVM's Relax VM in a shared
+library) or ``aot`` (effc's runtime-free C driver, a static arena, no heap)."""
+
+
+def runtime_for(target: Target, runtime: str | None) -> str:
+    """The runtime a build of ``target`` uses: ``runtime``, or the family's default;
+    InputError when the family has no such runtime."""
+    allowed = RUNTIMES.get(target.family, ("vm",))
+    if runtime is None:
+        return allowed[0]
+    if runtime not in allowed:
+        why = {"cuda": "kernels on a GPU are launched by the TVM runtime",
+               "arm": "arm builds are runtime-free static programs",
+               "cortex-m": "microcontrollers have no TVM runtime"}.get(target.family, "")
+        raise InputError(f"target '{target.name}' builds with --runtime={' or '.join(allowed)}, not '{runtime}'"
+                         + (f" ({why})" if why else ""))
+    return runtime
+
+
+def needs_static_shapes(target: Target, runtime: str | None) -> bool:
+    """AOT builds need every shape known (ahead-of-time memory and call plans)."""
+    return runtime_for(target, runtime) == "aot"
 
 
 class _LibraryArtifact:
@@ -36,18 +58,20 @@ class _LibraryArtifact:
 
 
 def build_for_target(module: Module, target: Target, *, name: str | None = None, sram: int | None = None,
-                     flash: int | None = None) -> Any:
-    """Build for ``target``; ``sram``/``flash`` (bytes) override a board's budgets."""
+                     flash: int | None = None, runtime: str | None = None) -> Any:
+    """Build for ``target`` with ``runtime`` (default: the family's); ``sram``/``flash``
+    (bytes) override a board's budgets."""
     if (sram is not None or flash is not None) and target.family != "cortex-m":
         raise InputError(f"--sram/--flash apply to microcontroller targets, not '{target.name}'")
+    runtime = runtime_for(target, runtime)
+    if target.family in ("x86", "arm") and runtime == "aot":
+        from .native import build_native
+
+        return build_native(module, target, name=name)
     if target.family == "x86":
         from .build import build
 
         return _LibraryArtifact(build(module, target.tvm))
-    if target.family == "arm":
-        from .arm import build_arm
-
-        return build_arm(module, target, name=name)
     if target.family == "cuda":
         from .cuda import build_cuda
 
@@ -59,16 +83,17 @@ def build_for_target(module: Module, target: Target, *, name: str | None = None,
     raise InputError(f"target '{target.name}' (family {target.family}) has no builder yet")
 
 
-def load_for_target(folder: Path, target: Target, ir: Module) -> Any:
+def load_for_target(folder: Path, target: Target, ir: Module, runtime: str | None = None) -> Any:
     folder = Path(folder)
+    runtime = runtime_for(target, runtime)
+    if target.family in ("x86", "arm") and runtime == "aot":
+        from .native import load_native
+
+        return load_native(folder, target, ir)
     if target.family == "x86":
         from .build import Built, Signature
 
         return _LibraryArtifact(Built.load(folder / LIBRARY, Signature.of(ir)))
-    if target.family == "arm":
-        from .arm import load_arm
-
-        return load_arm(folder, target, ir)
     if target.family == "cuda":
         from .cuda import load_cuda
 

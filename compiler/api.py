@@ -52,10 +52,15 @@ class CompileReport:
     """Microcontroller builds: flash and SRAM of the linked ELF and arena use per kernel call."""
     tuning: str | None = None
     """What tuning did (kernels reused, tuned, trials), when it ran."""
+    runtime: str = ""
+    arena_bytes: int | None = None
+    """AOT builds: the static arena the C API asks the caller for."""
 
     def to_json(self) -> dict[str, Any]:
         m = self.model
-        return {"target": self.target, "pipeline": self.pipeline, "parameters": m.parameters,
+        return {"target": self.target, "pipeline": self.pipeline, "runtime": self.runtime,
+                **({"arena_bytes": self.arena_bytes} if self.arena_bytes is not None else {}),
+                "parameters": m.parameters,
                 "weight_bytes": m.weight_bytes, "macs": m.macs, "macs_by_class": dict(sorted(m.macs_by_class.items())),
                 "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
                 "ops_after": dict(sorted(m.op_histogram.items())),
@@ -63,11 +68,14 @@ class CompileReport:
 
     def __str__(self) -> str:
         m = self.model
-        lines = [f"target {self.target}, pipeline {self.pipeline or '(none)'}",
+        runtime = f" (runtime {self.runtime})" if self.runtime else ""
+        lines = [f"target {self.target}{runtime}, pipeline {self.pipeline or '(none)'}",
                  f"  nodes: {self.nodes_before} -> {self.nodes_after}",
                  f"  parameters: {m.parameters:,}; weight bytes: {m.weight_bytes:,}; MACs: {m.macs:,}"]
         if self.artifact_bytes is not None:
             lines.append(f"  artifact: {self.artifact_bytes:,} bytes")
+        if self.arena_bytes is not None and self.memory is None:
+            lines.append(f"  arena: {self.arena_bytes:,} bytes (static; the caller passes it to the C API)")
         if self.memory is not None:
             lines.append(str(self.memory))
         if self.tuning:
@@ -95,10 +103,12 @@ class CompiledModel:
     """A model compiled for one target: ``run``, ``export``, ``report``, and ``ir`` (the final module)."""
 
     def __init__(self, ir: Module, target: Target, pipeline: str, built: Any, report: CompileReport,
-                 source_sha256: str = ""):
+                 source_sha256: str = "", runtime: str = ""):
         self.ir = ir
         self.target = target
         self.pipeline = pipeline
+        self.runtime = runtime
+        """``vm`` (TVM runtime) or ``aot`` (effc's runtime-free C driver)."""
         self._built = built
         self._report = report
         self.source_sha256 = source_sha256
@@ -133,6 +143,7 @@ class CompiledModel:
             "effc_version": effc.__version__,
             "target": {"name": self.target.name, "tvm": self.target.tvm},
             "pipeline": self.pipeline,
+            "runtime": self.runtime,
             "inputs": [{"name": v.name, "dtype": str(v.type.dtype), "shape": list(v.type.shape)} for v in self.ir.graph.inputs],
             "outputs": [{"name": v.name, "dtype": str(v.type.dtype), "shape": list(v.type.shape)} for v in self.ir.graph.outputs],
             "source_sha256": self.source_sha256,
@@ -224,7 +235,8 @@ def _c_name(model: Any, module: Module) -> str:
 def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             options: OptimizeOptions | None = None, sram: int | None = None,
-            flash: int | None = None, tune: int = 0, tuning_db: str | os.PathLike | None = None) -> CompiledModel:
+            flash: int | None = None, tune: int = 0, tuning_db: str | os.PathLike | None = None,
+            runtime: str | None = None) -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
     ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering.
@@ -232,20 +244,27 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     not fit fails with how much it is over and which tensors peak.
     ``tune`` > 0 runs that many MetaSchedule trials over the kernels ``tuning_db`` lacks
     (x86 targets), and the build uses every schedule the database holds; a database given
-    with ``tune=0`` is applied without new trials."""
+    with ``tune=0`` is applied without new trials.
+    ``runtime``: ``vm`` (TVM's Relax VM in a shared library; x86 and cuda) or ``aot``
+    (effc's C driver over a static arena, no runtime, no heap: ``libmodel.a`` + ``model.h``;
+    the only runtime of arm and Cortex-M targets, on request for x86). Default: the
+    target's first."""
     from effc.codegen import bind_input_shapes  # imports tvm: only when compiling
-    from effc.codegen.dispatch import STATIC_SHAPE_FAMILIES, build_for_target
+    from effc.codegen.dispatch import build_for_target, needs_static_shapes, runtime_for
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     tgt = get_target(target)
+    runtime = runtime_for(tgt, runtime)
+    if runtime == "aot" and (tune or tuning_db is not None):
+        raise InputError("--tune/--tuning-db apply to --runtime=vm builds so far, not --runtime=aot")
     module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
     seconds["import"] = time.perf_counter() - t
     nodes_before = len(module.graph)
     t = time.perf_counter()
     shapes = dict(input_shapes or {})
-    if tgt.family in STATIC_SHAPE_FAMILIES:
+    if needs_static_shapes(tgt, runtime):
         shapes = _static_shapes(module, shapes)
     if shapes:
         bind_input_shapes(module, shapes)
@@ -258,12 +277,13 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     if tune or tuning_db is not None:
         built, tuning_note = _build_tuned(module, tgt, tune, tuning_db, seconds)  # times tune and build
     else:
-        built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
+        built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash, runtime=runtime)
         seconds["build"] = time.perf_counter() - t
     seconds.update({f"build.{k}": v for k, v in getattr(built, "seconds", {}).items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
-                           memory=getattr(built, "memory", None), tuning=tuning_note)
-    return CompiledModel(module, tgt, pipeline, built, report, source_hash)
+                           memory=getattr(built, "memory", None), tuning=tuning_note, runtime=runtime,
+                           arena_bytes=program.arena_bytes if (program := getattr(built, "program", None)) else None)
+    return CompiledModel(module, tgt, pipeline, built, report, source_hash, runtime)
 
 
 def load(folder: str | os.PathLike) -> CompiledModel:
@@ -286,10 +306,13 @@ def load(folder: str | os.PathLike) -> CompiledModel:
                              "recompile the artifact")
     tgt = get_target(manifest["target"]["name"])
     ir = load_module(folder / IR_FILE)
-    built = load_for_target(folder, tgt, ir)
+    from effc.codegen.dispatch import runtime_for
+
+    runtime = runtime_for(tgt, manifest.get("runtime") or None)
+    built = load_for_target(folder, tgt, ir, runtime)
     report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).is_file() else {}
     seconds = json.loads((folder / TIMINGS).read_text()) if (folder / TIMINGS).is_file() else {}
     info = model_info(ir)
     rep = CompileReport(info, tgt.name, manifest.get("pipeline", ""), report.get("nodes_before", len(ir.graph)),
-                        len(ir.graph), seconds)
-    return CompiledModel(ir, tgt, manifest.get("pipeline", ""), built, rep, manifest.get("source_sha256", ""))
+                        len(ir.graph), seconds, runtime=runtime, arena_bytes=report.get("arena_bytes"))
+    return CompiledModel(ir, tgt, manifest.get("pipeline", ""), built, rep, manifest.get("source_sha256", ""), runtime)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default .effc-tuning when --tune is given)")
     p.add_argument("--sram", type=_byte_size, metavar="BYTES", help="SRAM budget for a board target, e.g. 256K")
     p.add_argument("--flash", type=_byte_size, metavar="BYTES", help="flash budget for a board target, e.g. 1M")
+    p.add_argument("--runtime", choices=["vm", "aot"],
+                   help="vm: TVM's runtime in a shared library (x86, cuda); aot: runtime-free C, libmodel.a + model.h "
+                        "over a static arena (the only choice for arm and cortex-m; x86 on request)")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
@@ -205,8 +208,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     opts = optimize_options(args)
     compiled = effc.compile(model, target=args.target, pipeline=pipeline,
                             input_shapes=parse_input_shapes(args.input_shape), options=opts,
-                            sram=args.sram, flash=args.flash, tune=args.tune, tuning_db=args.tuning_db)
-    out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}"
+                            sram=args.sram, flash=args.flash, tune=args.tune, tuning_db=args.tuning_db,
+                            runtime=args.runtime)
+    suffix = f"-{args.runtime}" if args.runtime else ""
+    out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}{suffix}"
     compiled.export(out)
     print(compiled.report())
     print(f"wrote {out}/", file=sys.stderr)

