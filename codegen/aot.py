@@ -14,18 +14,22 @@ Stages (``emit_program``):
    graph inputs, graph outputs, weights and arena tensors. A tensor that becomes a graph
    output is written straight into the caller's output buffer; an output that is a graph
    input, a weight or a second name of the same tensor is copied at the end.
-3. ``plan_arena``: each arena tensor lives from the step that writes it to the last step
-   that reads it; each kernel's workspace (``aot_kernels``) lives for its step. Offsets
-   come from effc's planner (``passes.memory_plan_offsets.assign_offsets``: greedy by
-   size, best fit, breadth, hill climbing; the smallest arena wins).
-4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM (asserts off).
-5. ``aot_c``: the C files (``model.h``/``model.c``/``model_weights.c``/runtime/harness).
+3. ``aot_inplace.split_channels``: depthwise convolutions and pools whose input dies at
+   their step run in place, channel by channel (TinyEngine's rule, with one-channel kernels).
+4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM (asserts off), with no
+   full-size scratch buffers (``fold_scratch``).
+5. ``plan_arena``: each arena tensor lives from the step that writes it to the last step
+   that reads it; an in-place output shares its input's block; each kernel's workspace and
+   each split step's one-channel scratch live for their step. Offsets come from effc's
+   planner (``passes.memory_plan_offsets.assign_offsets``: greedy by size, best fit,
+   breadth, hill climbing; the smallest arena wins).
+6. ``aot_c``: the C files (``model.h``/``model.c``/``model_weights.c``/runtime/harness).
 
-Why Relax's call list and not effc's memory plan (``plan_memory``): after lowering, one
-effc node is not always one kernel (a reshape is no kernel at all; some emitters emit
-several Relax ops, and so several kernels), and TVM's kernels decide their own scratch
-buffers; the plan's in-place and concat-slice sharing assume effc's kernels. The offsets
-algorithm is effc's all the same.
+Why Relax's call list and not effc's memory plan (``plan_memory``) itself: after lowering,
+one effc node is not always one kernel (a reshape is no kernel at all; some emitters emit
+several Relax ops, and so several kernels). The sharing rules the deployed kernels honour
+(views, channel-wise in place) are applied to that call list, and the offsets algorithm is
+effc's, so on chains of single-kernel layers the arena equals the plan's.
 """
 from __future__ import annotations
 
@@ -171,6 +175,12 @@ class Schedule:
     prim_funcs: dict[str, tirx.PrimFunc]
     labels: dict[tuple[str, int], str] = field(default_factory=dict)
     """The effc value name an arena or output storage holds (for comments)."""
+    splits: dict[int, Any] = field(default_factory=dict)
+    """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
+
+    def kernel_at(self, t: int) -> str:
+        """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
+        return self.splits[t].kernel if t in self.splits else self.steps[t].kernel
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -335,10 +345,16 @@ class ArenaPlan:
     lifetimes: dict[int, tuple[int, int]]
     algorithm: str
     live_peak: int
+    scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Split steps: (offset, bytes) of the one-channel scratch the driver copies from."""
+    inplace: dict[int, int] = field(default_factory=dict)
+    """Arena tensor -> the tensor whose bytes it overwrites in place (split steps)."""
 
 
 def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
-    """Offsets for the arena tensors and the kernels' workspaces (see the module docstring)."""
+    """Offsets for the arena tensors, the kernels' workspaces and the split steps' scratch
+    (see the module docstring). A split step's output shares its input's block: same base,
+    the input up to the step, the output from it."""
     n_steps = len(schedule.steps)
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -351,24 +367,67 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
     for c in schedule.copies:
         if c.source.storage_key[0] == "arena":
             last[c.source.storage_key[1]] = n_steps  # read by the copies after the last step
-    tensors = sorted(first)
-    blocks = [Block([(first[i], last[i], 0, align_up(schedule.storages[("arena", i)].nbytes, ALIGN))]) for i in tensors]
-    ws_steps = [t for t, s in enumerate(schedule.steps) if kernels.workspace_bytes(s.kernel)]
-    blocks += [Block([(t, t, 0, align_up(kernels.workspace_bytes(schedule.steps[t].kernel), ALIGN))]) for t in ws_steps]
+    inplace = {schedule.steps[t].args[-1].storage_key[1]: _arena_index(schedule, split.source)
+               for t, split in schedule.splits.items()}
+    root = {i: i for i in first}
+    for i in sorted(first):
+        if i in inplace:
+            root[i] = root[inplace[i]]
+    groups: dict[int, list[int]] = {}
+    for i in sorted(first):
+        groups.setdefault(root[i], []).append(i)
+    size = {i: align_up(schedule.storages[("arena", i)].nbytes, ALIGN) for i in first}
+    blocks = [Block([(first[i], last[i], 0, size[i]) for i in members]) for members in groups.values()]
+    extra: list[tuple[str, int, int]] = []
+    for t in range(n_steps):
+        if kernels.workspace_bytes(schedule.kernel_at(t)):
+            extra.append(("workspace", t, kernels.workspace_bytes(schedule.kernel_at(t))))
+        if t in schedule.splits:
+            extra.append(("scratch", t, schedule.splits[t].out_channel_bytes))
+    blocks += [Block([(t, t, 0, align_up(n, ALIGN))]) for _, t, n in extra]
     live = [0] * (n_steps + 1)
     for b in blocks:
-        f, l, lo, hi = b.rects[0]
-        for t in range(f, l + 1):
-            live[t] += hi - lo
+        for t in range(b.span[0], b.span[1] + 1):
+            live[t] += max((hi for f, l, _, hi in b.rects if f <= t <= l), default=0)
     if not blocks:
         return ArenaPlan(0, {}, [(0, 0)] * n_steps, {}, "none", 0)
     placed = assign_offsets(blocks, ALIGN, floor=max(live))
-    offsets = {i: placed.bases[k] for k, i in enumerate(tensors)}
+    offsets = {i: placed.bases[g] for g, members in enumerate(groups.values()) for i in members}
     workspace = [(0, 0)] * n_steps
-    for k, t in enumerate(ws_steps):
-        workspace[t] = (placed.bases[len(tensors) + k], kernels.workspace_bytes(schedule.steps[t].kernel))
-    return ArenaPlan(placed.arena, offsets, workspace, {i: (first[i], last[i]) for i in tensors},
-                     placed.algorithm, max(live))
+    scratch = {}
+    for k, (what, t, n) in enumerate(extra):
+        if what == "workspace":
+            workspace[t] = (placed.bases[len(groups) + k], n)
+        else:
+            scratch[t] = (placed.bases[len(groups) + k], n)
+    return ArenaPlan(placed.arena, offsets, workspace, {i: (first[i], last[i]) for i in first},
+                     placed.algorithm, max(live), scratch, inplace)
+
+
+def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
+    """The deployed plan's invariants, checked apart from how it was made: every tensor,
+    workspace and scratch lies inside the arena on an aligned offset, and no two of them
+    that are live at the same step share a byte, except an output written in place over
+    its input at the step that does it, at the input's own offset. AotError otherwise."""
+    items = [(f"%{schedule.labels.get(('arena', i), i)}", i, f, l, plan.offsets[i],
+              schedule.storages[("arena", i)].nbytes) for i, (f, l) in sorted(plan.lifetimes.items())]
+    items += [(f"workspace of step {t + 1}", None, t, t, off, n) for t, (off, n) in enumerate(plan.workspace) if n]
+    items += [(f"scratch of step {t + 1}", None, t, t, off, n) for t, (off, n) in sorted(plan.scratch.items())]
+    for name, _, _, _, off, n in items:
+        if off % ALIGN or off < 0 or off + n > plan.arena_bytes:
+            raise AotError(f"arena plan: {name} at {off}..{off + n} is unaligned or outside the {plan.arena_bytes}-byte arena")
+    for k, (a, i, f1, l1, o1, n1) in enumerate(items):
+        for b, j, f2, l2, o2, n2 in items[k + 1:]:
+            if f1 > l2 or f2 > l1 or o1 + n1 <= o2 or o2 + n2 <= o1:
+                continue
+            handover = (plan.inplace.get(j) == i and l1 == f2) or (plan.inplace.get(i) == j and l2 == f1)
+            if not (handover and o1 == o2):
+                raise AotError(f"arena plan: {a} ({o1}..{o1 + n1}, steps {f1 + 1}..{l1 + 1}) overlaps {b} "
+                               f"({o2}..{o2 + n2}, steps {f2 + 1}..{l2 + 1})")
+
+
+def _arena_index(schedule: Schedule, label: str) -> int:
+    return next(k[1] for k, v in schedule.labels.items() if v == label and k[0] == "arena")
 
 
 # ----------------------------------------------------------------------------- program
@@ -446,19 +505,27 @@ class AotProgram:
         return paths
 
 
-def emit_program(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None) -> AotProgram:
-    """``module`` (optimized, static shapes) as an AOT C program for ``target`` (a TVM target
-    dict of kind ``llvm`` or ``c``); ``toolchain`` goes into its Makefile."""
+def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None
+         ) -> tuple[AotProgram, Schedule, ArenaPlan]:
+    """``emit_program``, also returning the schedule and the arena plan (for reports)."""
     from . import aot_c
+    from .aot_inplace import split_channels
 
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
-    mod = lower_for_aot(module, target)
-    schedule = read_schedule(mod, iface)
+    schedule = read_schedule(lower_for_aot(module, target), iface)
+    schedule.splits = split_channels(schedule, module, target)
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}")
     plan = plan_arena(schedule, kernels)
-    return aot_c.write_program(name, iface, schedule, plan, kernels, dict(target), toolchain)
+    check_arena(schedule, plan)
+    return aot_c.write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan
+
+
+def emit_program(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None) -> AotProgram:
+    """``module`` (optimized, static shapes) as an AOT C program for ``target`` (a TVM target
+    dict of kind ``llvm`` or ``c``); ``toolchain`` goes into its Makefile."""
+    return emit(module, target, toolchain, name)[0]
 
 
 def compile_program(program: AotProgram, toolchain: CToolchain, folder: str | Path, output: str = "model",

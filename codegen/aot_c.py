@@ -241,17 +241,35 @@ class _Driver:
 
     def step(self, t: int, step: Step) -> list[str]:
         n = len(step.args)
-        sym = self.kernels.symbols[step.kernel]
-        tensors = [self.tensor(a) for a in step.args]
+        split = self.schedule.splits.get(t)
+        kernel = self.schedule.kernel_at(t)
+        sym = self.kernels.symbols[kernel]
+        args = step.args if split is None else [
+            TensorArg(a.storage_key, (a.shape[0], 1, *a.shape[2:]) if stride and a.storage_key[0] == "arena" else
+                      _one_channel_weight(a, stride), a.dtype) for a, stride in zip(step.args, split.strides)]
+        tensors = [self.tensor(a) for a in args]
         ws_off, ws_bytes = self.plan.workspace[t]
         writes = f" -> %{_comment(step.writes)}" if step.writes else ""
-        lines = [f"  {{ /* {t + 1}: {step.kernel}{writes} */",
+        how = "" if split is None else f", in place over %{_comment(split.source)}, {split.channels} channels one by one"
+        lines = [f"  {{ /* {t + 1}: {kernel}{writes}{how} */",
                  f"    DLTensor effc_t[{n}] = {{"]
         lines += [f"      {code},{' ' * max(1, 60 - len(code))}/* {_comment(what)} */" for code, what in tensors]
         lines += ["    };", f"    TVMFFIAny effc_v[{n}];"]
         lines.append(f"    effc_workspace_set(effc_a + {ws_off}, {ws_bytes}u);" if ws_bytes else
                      "    effc_workspace_set(NULL, 0u);")
-        lines += [f"    if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};", "  }"]
+        if split is None:
+            lines += [f"    if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};", "  }"]
+            return lines
+        s_off, _ = self.plan.scratch[t]
+        out = self.where(step.args[-1])[0]
+        lines += [f"    uint8_t* effc_y = (uint8_t*){out};",
+                  f"    effc_t[{n - 1}].data = effc_a + {s_off};  /* one output channel, copied below */",
+                  f"    for (int64_t effc_c = 0; effc_c < {split.channels}; ++effc_c) {{",
+                  f"      if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};",
+                  f"      memcpy(effc_y + effc_c * {split.out_channel_bytes}, effc_a + {s_off}, {split.out_channel_bytes}u);"]
+        lines += [f"      effc_t[{k}].data = (uint8_t*)effc_t[{k}].data + {stride};"
+                  for k, stride in enumerate(split.strides[:-1]) if stride]
+        lines += ["    }", "  }"]
         return lines
 
     def copies(self) -> list[str]:
@@ -268,7 +286,7 @@ class _Driver:
             body += self.step(t, step)
         body += self.copies()
         decls = [f"int32_t {self.kernels.symbols[k]}(void* self, void* args, int32_t num_args, void* result);"
-                 for k in sorted({s.kernel for s in self.schedule.steps})]
+                 for k in sorted({self.schedule.kernel_at(t) for t in range(len(self.schedule.steps))})]
         shapes = [f"static const int64_t {v}[{len(k)}] = {{{', '.join(map(str, k))}}};"
                   for k, v in self.shapes.items()]
         pointers = self._pointer_setup()
@@ -311,6 +329,14 @@ class _Driver:
         syms = self.kernels.pointer_symbols
         return ([decl[s] for s in syms] + ([""] if syms else []),
                 [f"  {s} = {s[2:]};" for s in syms])
+
+
+def _one_channel_weight(arg: TensorArg, stride: int) -> tuple[int, ...]:
+    """A per-channel weight's shape for one channel (its first non-1 axis becomes 1)."""
+    if not stride:
+        return arg.shape
+    axis = next(i for i, d in enumerate(arg.shape) if d != 1)
+    return (*arg.shape[:axis], 1, *arg.shape[axis + 1:])
 
 
 def driver_c(name: str, iface: Interface, schedule: Schedule, plan: ArenaPlan, kernels: Kernels) -> str:
@@ -710,4 +736,5 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: ArenaPl
         effc_sources=[DRIVER, WEIGHTS, RUNTIME_C, HARNESS],
         notes={"arena_bytes": plan.arena_bytes, "live_peak": plan.live_peak, "offsets": plan.algorithm,
                "weight_bytes": weight_bytes, "kernel_calls": len(schedule.steps),
+               "in_place": sorted(split.source for split in schedule.splits.values()),
                "output_copies": len(schedule.copies)})

@@ -42,9 +42,9 @@ from effc.ir.errors import EffcError, InputError
 from effc.targets import Target, get_target
 
 from . import aot_c
-from .aot import (AotProgram, ArenaPlan, CToolchain, Interface, Schedule, ToolchainError, c_identifier,
-                  compile_program, lower_for_aot, plan_arena, read_schedule)
-from .aot_kernels import build_kernels
+from .aot import (ALIGN, AotProgram, ArenaPlan, CToolchain, Interface, Schedule, ToolchainError, c_identifier,
+                  compile_program, emit)
+from effc.passes.memory_plan_offsets import align_up
 from .native import RunError, check_inputs
 
 EXECUTABLE = "model.elf"
@@ -200,13 +200,26 @@ class MemoryReport:
 
 
 def arena_use(schedule: Schedule, plan: ArenaPlan) -> list[StepUse]:
-    """The tensors (and kernel workspace) the arena holds at each kernel call."""
+    """The tensors (and kernel workspace, one-channel scratch) the arena holds at each kernel
+    call, each rounded up to the arena's alignment as the plan reserves it; an output written
+    in place over its input is counted once, as the larger of the two."""
     out = []
     for t, step in enumerate(schedule.steps):
-        live = [(_label(schedule, i), schedule.storages[("arena", i)].nbytes)
-                for i, (first, last) in sorted(plan.lifetimes.items()) if first <= t <= last]
+        live = []
+        for i, (first, last) in sorted(plan.lifetimes.items()):
+            if not first <= t <= last or (i in plan.inplace and first == t):
+                continue
+            size = align_up(schedule.storages[("arena", i)].nbytes, ALIGN)
+            over = [o for o, src in plan.inplace.items() if src == i and plan.lifetimes[o][0] == t]
+            if over:
+                size = max(size, *(align_up(schedule.storages[("arena", o)].nbytes, ALIGN) for o in over))
+                live.append((f"{_label(schedule, i)} -> {', '.join(_label(schedule, o) for o in over)} in place", size))
+            else:
+                live.append((_label(schedule, i), size))
         if plan.workspace[t][1]:
-            live.append((f"workspace of {step.kernel}", plan.workspace[t][1]))
+            live.append((f"workspace of {schedule.kernel_at(t)}", align_up(plan.workspace[t][1], ALIGN)))
+        if t in plan.scratch:
+            live.append((f"one-channel scratch of {schedule.kernel_at(t)}", align_up(plan.scratch[t][1], ALIGN)))
         live.sort(key=lambda x: -x[1])
         out.append(StepUse(t + 1, step.kernel, step.writes, sum(n for _, n in live), live))
     return out
@@ -377,18 +390,6 @@ def _target(target: Target | str | None) -> Target:
     return get_target(target) if isinstance(target, str) else target
 
 
-def _emit(module: Module, target: Target, toolchain: CToolchain, name: str
-          ) -> tuple[AotProgram, Schedule, ArenaPlan]:
-    """``aot.emit_program``'s stages, keeping the schedule and the arena plan for the
-    budget check and the per-call arena report."""
-    iface = Interface.of(module)
-    schedule = read_schedule(lower_for_aot(module, target.tvm), iface)
-    kernels = build_kernels(schedule.prim_funcs, target.tvm, f"effc_{name}")
-    plan = plan_arena(schedule, kernels)
-    program = aot_c.write_program(name, iface, schedule, plan, kernels, dict(target.tvm), toolchain)
-    return program, schedule, plan
-
-
 def build_cortex_m(module: Module, target: Target | str | None = None, *, name: str | None = None,
                    sram: int | None = None, flash: int | None = None) -> CortexMBuilt:
     """Build ``module`` (optimized, static shapes) into a Cortex-M ELF and check that it fits.
@@ -401,7 +402,7 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     cname = c_identifier(name or module.name)
-    program, schedule, plan = _emit(module, tgt, toolchain, cname)
+    program, schedule, plan = emit(module, tgt.tvm, toolchain, cname)
     seconds["emit"] = time.perf_counter() - t
     board = {STARTUP: startup_c(program.interface).encode(), LINKER_SCRIPT: linker_script(cname, tgt).encode()}
     program.files = dict(sorted({**program.files, **board, aot_c.MAKEFILE: makefile(program, toolchain).encode()}.items()))
@@ -429,10 +430,16 @@ def _plan_picture(schedule: Schedule, plan: ArenaPlan, name: str, target: Target
     """The deployed arena plan: each tensor's lifetime against its offset, workspaces in grey."""
     from .plan_svg import Rect, arena_svg
 
-    rects = [Rect(schedule.labels.get(("arena", i), f"t{i}"), first, last, plan.offsets[i],
-                  schedule.storages[("arena", i)].nbytes) for i, (first, last) in sorted(plan.lifetimes.items())]
-    rects += [Rect(f"workspace of {schedule.steps[t].kernel}", t, t, off, size, workspace=True)
+    def label(i: int) -> str:
+        name = schedule.labels.get(("arena", i), f"t{i}")
+        return f"{name} (in place over {label(plan.inplace[i])})" if i in plan.inplace else name
+
+    rects = [Rect(label(i), first, last, plan.offsets[i], schedule.storages[("arena", i)].nbytes)
+             for i, (first, last) in sorted(plan.lifetimes.items())]
+    rects += [Rect(f"workspace of {schedule.kernel_at(t)}", t, t, off, size, workspace=True)
               for t, (off, size) in enumerate(plan.workspace) if size]
+    rects += [Rect(f"one-channel scratch of {schedule.kernel_at(t)}", t, t, off, size, workspace=True)
+              for t, (off, size) in sorted(plan.scratch.items())]
     title = f"effc_{name} on {target.name}: arena {plan.arena_bytes:,} B ({plan.algorithm}), live peak {plan.live_peak:,} B"
     return arena_svg(rects, plan.arena_bytes, len(schedule.steps), title)
 

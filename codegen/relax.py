@@ -5,7 +5,8 @@ Stages, in order:
    every shape is known; all problems are reported at once, before anything is built.
 2. each ``fused`` node becomes one private Relax function with ``Primitive=True``, shaped
    like the groups TVM's own ``FuseOps`` makes (tensor constants are parameters, never
-   constants inside the function), so ``FuseTIR`` turns it into exactly one PrimFunc;
+   constants inside the function), so ``FuseTIR`` turns it into exactly one PrimFunc; so
+   does a lone conv/gemm with a bias (``GROUPED_ALONE``);
 3. ``main`` takes the graph inputs, calls those functions and the emitters in graph order,
    and returns a tuple of the graph outputs.
 
@@ -351,12 +352,30 @@ def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
     for node in g.nodes:
         if node.op == "const":
             continue
-        if node.op == "fused":
-            if fused is None:
-                raise LoweringError(f"{node.describe()}: nested fused groups are not supported")
+        if fused is not None and id(node) in fused:
             fused[id(node)](scope, node)
             continue
+        if node.op == "fused":
+            raise LoweringError(f"{node.describe()}: nested fused groups are not supported")
         _lower_node(scope, node, emitters)
+
+
+GROUPED_ALONE = {"conv", "conv_transpose", "gemm"}
+"""Ops whose emitters emit several Relax ops (a conv and its bias add; a gemm's transposes,
+scaling and bias): a node of them outside any fused group is lowered as a group of its
+own, so it becomes one kernel, not a kernel per op with a full-size tensor between them."""
+
+
+def _alone_body(node: Node) -> Graph | None:
+    """A one-node body for ``node`` when it is lowered as its own group, else None."""
+    if node.op not in GROUPED_ALONE or sum(v is not None for v in node.inputs) < 3:
+        return None
+    body = Graph(f"{node.op}_group")
+    ins = [None if v is None else body.add_input(f"in{i}", v.type) for i, v in enumerate(node.inputs)]
+    inner = body.append(Node(node.op, ins, [o.type for o in node.outputs], node.attrs,
+                             output_names=[f"out{i}" for i in range(len(node.outputs))]))
+    body.set_outputs(list(inner.outputs))
+    return body
 
 
 def _fused_name(node: Node) -> str:
@@ -389,10 +408,13 @@ def _is_const_like(scope: Scope, v: Value) -> bool:
     return scope.const_value(v) is not None
 
 
-def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Mapping[str, Any]) -> _FusedFunction:
-    """The group's body as a private ``Primitive`` function, the shape FuseOps gives its
-    groups: data parameters first, then the constants it uses."""
-    body = node.body
+def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Mapping[str, Any],
+                 body: Graph | None = None) -> _FusedFunction:
+    """The group's body (``node.body``, or ``body`` for a node grouped alone) as a private
+    ``Primitive`` function, the shape FuseOps gives its groups: data parameters first,
+    then the constants it uses."""
+    alone = body is not None
+    body = body or node.body
     assert body is not None
     # A builder of its own, the function added whole at the end: the constant parameters
     # are known only once the body is lowered, and a GlobalVar keeps the type it was
@@ -408,7 +430,7 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
         p = relax.Var(identifier(bv.name), scope.tensor_type(bv.type))
         scope.env[id(bv)] = p
         params.append(p)
-    name = _fused_name(node)
+    name = identifier(node.op) if alone else _fused_name(node)
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
             _lower_graph_body(scope, body, emitters)
@@ -436,6 +458,8 @@ def lower_to_relax(module: Module, *, func_name: str = "main") -> tvm.IRModule:
     for n in g.nodes:
         if n.op == "fused":
             fused[id(n)] = _build_fused(bb, main, n, EMITTERS).call
+        elif (alone := _alone_body(n)) is not None:
+            fused[id(n)] = _build_fused(bb, main, n, EMITTERS, alone).call
 
     params = [relax.Var(identifier(v.name), main.tensor_type(v.type)) for v in g.inputs]
     for v, p in zip(g.inputs, params):

@@ -161,6 +161,24 @@ def test_export_load_run(tmp_path):
     assert _built(again).memory.sram == _built(cm).memory.sram
 
 
+@pytest.mark.parametrize("name, in_place, deployed", [("mnist_conv", 2, 25_920), ("digits_cnn", 2, 12_288),
+                                                     ("mobilenet_tiny", 9, 229_376)])
+def test_deployed_arena_is_effc_plan(name, in_place, deployed):
+    """The ELF's arena is what ``plan-memory`` plans for the same graph: pools and depthwise
+    convolutions run in place channel by channel, kernels need no scratch. mnist's is
+    smaller by the graph input, which the caller owns (plan: 28,224 B)."""
+    from effc.passes.memory_plan import plan_memory
+
+    built = _built(_compiled(name))
+    plan = plan_memory(_module(name))
+    assert built.memory.arena == built.program.arena_bytes == deployed
+    assert len(built.program.notes["in_place"]) == in_place
+    if name == "mnist_conv":
+        assert plan.arena_bytes == 28_224 and plan.tensor("Input3").size == 3_136
+    else:
+        assert plan.arena_bytes == deployed
+
+
 def test_fold_scratch_removes_every_kernel_workspace():
     """TVM's legalized kernels pad into a copy of the input and keep a conv's whole result
     before its epilogue; ``fold_scratch`` inlines the padding and moves each epilogue under
@@ -179,6 +197,7 @@ def test_fold_scratch_removes_every_kernel_workspace():
 
 
 def test_plan_picture_shows_every_tensor(tmp_path):
+    """Depthwise outputs written over their inputs overlap them in the picture."""
     import xml.etree.ElementTree as ET
 
     cm = _compiled("mobilenet_tiny")
@@ -195,8 +214,10 @@ def test_plan_picture_shows_every_tensor(tmp_path):
                                      re.findall(r"([\d,]+) B at offset ([\d,]+), steps (\d+)\.\.(\d+)", tip)[0])
         assert 0 <= offset and offset + size <= mem.arena  # inside the arena
         for step in range(first, last + 1):
-            live[step] = live.get(step, 0) + size
-    assert max(live.values()) == mem.live_peak  # the picture holds exactly the planned tensors
+            live.setdefault(step, set()).update(range(offset // 64, (offset + size + 63) // 64))
+    # the picture holds exactly the planned tensors: per step, the 64-byte lines they cover
+    assert max(len(lines) for lines in live.values()) * 64 == mem.live_peak
+    assert sum(" (in place over " in t for t in tips) == 9  # the depthwise convolutions
 
 
 def test_cli_compile_and_run(tmp_path):

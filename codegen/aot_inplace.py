@@ -1,0 +1,247 @@
+"""TinyEngine's in-place channel-wise layers in AOT programs: a depthwise convolution
+(channel multiplier 1) or a pooling layer whose input dies at its step writes its output
+over that input, one channel at a time, through a scratch of one output channel.
+
+This is the planner's ``channel-wise`` sharing rule (``passes/memory_plan_rules.py``) made
+real with TVM's kernels. TVM compiles a kernel for the whole tensor, so the driver calls a
+kernel compiled for ONE channel instead, ``C`` times:
+
+    for c in 0..C-1:
+        kernel_c1(x + c * x_channel, w + c * w_channel, ..., scratch)
+        memcpy(y + c * y_channel, scratch, y_channel)
+
+with ``y`` at the same arena offset as ``x``. Output channel ``c`` ends at
+``(c + 1) * y_channel <= (c + 1) * x_channel``: it only covers input channels already
+consumed, so no channel is read after it is overwritten.
+
+The one-channel kernel comes from effc itself: the node is copied into a one-node module
+with channel count 1 (``group`` 1, every per-channel constant sliced to channel 0), lowered
+the same way, and its arguments are matched one by one with the full kernel's: the data
+and every per-channel weight advance by one channel per call (a weight slice must be
+contiguous, and the sliced bytes must equal the one-channel module's weight), a shared
+weight stays. Anything that does not match keeps the whole-tensor kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from effc.ir.core import Graph, Module, Node, Value
+from effc.ir.opdef import REGISTRY, infer_types
+from effc.ir.types import TensorType
+from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, scratch_inplace
+
+if TYPE_CHECKING:
+    from .aot import Schedule, Step
+
+SLICED_INPUTS = {"conv": (1, 2)}
+"""Inputs of a channel-wise op that hold one slice per channel along axis 0 (conv weight, bias)."""
+
+
+@dataclass
+class ChannelSplit:
+    """How the driver runs one step channel by channel."""
+
+    kernel: str
+    """The one-channel kernel (a PrimFunc of the schedule)."""
+    channels: int
+    strides: list[int]
+    """Per argument: bytes its pointer advances per channel (0: the same bytes every call)."""
+    out_channel_bytes: int
+    source: str
+    """The effc value read in place (the data input)."""
+
+
+# ----------------------------------------------------------------------------- one-channel module
+
+
+def _one_channel(t: TensorType) -> TensorType:
+    return TensorType(t.dtype, (t.shape[0], 1, *t.shape[2:]))
+
+
+def _slice_axis(value: Value, users: list[tuple[Node, int]], out_rank: int, channels: int) -> int | None:
+    """The axis along which a constant holds one slice per channel; -1: shared by all
+    channels; None: cannot tell (no split)."""
+    shape = value.type.shape
+    axes = set()
+    for user, index in users:
+        if index in SLICED_INPUTS.get(user.op, ()):
+            axes.add(0)
+        elif "elementwise" in REGISTRY[user.op].traits:
+            axis = len(shape) - (out_rank - 1)  # numpy broadcasting against N,C,...
+            axes.add(axis if 0 <= axis < len(shape) and shape[axis] != 1 else -1)
+        else:
+            return None
+    if len(axes) != 1:
+        return None
+    axis = axes.pop()
+    if axis >= 0 and (shape[axis] != channels or any(int(d) != 1 for d in shape[:axis])):
+        return None
+    return axis
+
+
+def _users(graph: Graph, value: Value) -> list[tuple[Node, int]]:
+    return [(n, i) for n in graph.nodes for i, v in enumerate(n.inputs) if v is value]
+
+
+def _copy_node(graph: Graph, node: Node, inputs: list[Value | None]) -> Node:
+    attrs = dict(node.attrs)
+    if node.op == "conv":
+        attrs["group"] = 1
+    copy = Node(node.op, inputs, [o.type for o in node.outputs], attrs, output_names=[o.name for o in node.outputs],
+                body=node.body)
+    for v, t in zip(copy.outputs, infer_types(copy)):
+        v.type = t
+    return graph.append(copy)
+
+
+def _sliced_const(module: Module, node: Node, axis: int) -> Node:
+    array = node.output.const_value
+    if axis >= 0:
+        array = np.ascontiguousarray(np.take(array, [0], axis=axis))
+    return module.const(array, name=node.output.name)
+
+
+def channel_module(node: Node, data_index: int) -> Module | None:
+    """``node`` for one channel: a module whose input is channel 0 of input ``data_index``."""
+    x = node.input(data_index)
+    out_rank = node.outputs[0].type.rank
+    channels = int(x.type.shape[1])
+    g = Graph(f"{node.outputs[0].name}_c1")
+    m = Module(g)
+    x1 = g.add_input(x.name, _one_channel(x.type))
+    ins: list[Value | None] = []
+    for i, v in enumerate(node.inputs):
+        if i == data_index or v is None:
+            ins.append(x1 if i == data_index else None)
+            continue
+        if v.producer is None or v.producer.op != "const":
+            return None
+        users = [(node, i)] if node.body is None else _users(node.body, node.body.inputs[i])
+        axis = _slice_axis(v, users, out_rank, channels)
+        if axis is None:
+            return None
+        ins.append(g.append(_sliced_const(m, v.producer, axis)).output)
+    if node.body is None:
+        top = _copy_node(g, node, ins)
+    else:
+        body = Graph(node.body.name)
+        mapping: dict[int, Value | None] = {}
+        for bi, v in zip(node.body.inputs, ins):
+            mapping[id(bi)] = body.add_input(bi.name, v.type) if v is not None else None
+        for n in node.body.nodes:
+            if n.op == "const":
+                axis = _slice_axis(n.output, _users(node.body, n.output), out_rank, channels)
+                if axis is None:
+                    return None
+                c = body.append(_sliced_const(m, n, axis))
+            else:
+                c = _copy_node(body, n, [None if v is None else mapping[id(v)] for v in n.inputs])
+            mapping.update({id(o): co for o, co in zip(n.outputs, c.outputs)})
+        body.set_outputs([mapping[id(o)] for o in node.body.outputs])
+        top = g.append(Node("fused", ins, [o.type for o in body.outputs], node.attrs,
+                            output_names=[node.outputs[0].name], body=body))
+    if top.outputs[0].type != _one_channel(node.outputs[0].type):
+        return None
+    g.set_outputs([top.outputs[0]])
+    return m
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def channelwise_node(node: Node) -> int | None:
+    """The data input index of a node the driver may run in place channel by channel."""
+    found = scratch_inplace(node)
+    if found is None:
+        return None
+    first = node.body.first if node.body is not None else node
+    if first.op != "conv" and first.op not in CHANNELWISE_POOLS:
+        return None  # lrn and transpose need effc's own kernels
+    return found[0]
+
+
+def match_channel_kernel(full: "Step", one: "Step", full_weights: list[np.ndarray],
+                         one_weights: list[np.ndarray], channels: int) -> list[int] | None:
+    """Per argument of ``full``, the bytes its pointer advances per channel, when the
+    one-channel step ``one`` takes the same arguments sliced to one channel; else None."""
+    if len(full.args) != len(one.args):
+        return None
+    strides = []
+    for a, b in zip(full.args, one.args):
+        if a.dtype != b.dtype or len(a.shape) != len(b.shape):
+            return None
+        kind = b.storage_key[0]
+        if kind in ("input", "output"):
+            if a.storage_key[0] != "arena" or a.shape != (b.shape[0], channels, *b.shape[2:]):
+                return None
+            strides.append(b.nbytes)
+            continue
+        if kind != "weight" or a.storage_key[0] != "weight":
+            return None
+        wa, wb = full_weights[a.storage_key[1]], one_weights[b.storage_key[1]]
+        if a.shape == b.shape and channels > 1:
+            if not np.array_equal(wa, wb):
+                return None
+            strides.append(0)
+            continue
+        axes = [i for i, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q]
+        if len(axes) != 1 or a.shape[axes[0]] != channels or b.shape[axes[0]] != 1 \
+                or any(d != 1 for d in a.shape[:axes[0]]):
+            return None
+        if not np.array_equal(np.take(wa.reshape(a.shape), [0], axis=axes[0]).reshape(wb.shape), wb):
+            return None
+        strides.append(b.nbytes)
+    return strides
+
+
+def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, Any]) -> dict[int, ChannelSplit]:
+    """Steps (by index) to run in place channel by channel; adds their one-channel kernels
+    to ``schedule.prim_funcs``."""
+    from .aot import Interface, lower_for_aot, read_schedule
+
+    from .relax import identifier
+
+    values = {identifier(v.name): v for v in module.graph.values()}
+    last_read: dict[tuple[str, int], int] = {}
+    for t, step in enumerate(schedule.steps):
+        for a in step.args[:-1]:
+            last_read[a.storage_key] = t
+    for c in schedule.copies:
+        last_read[c.source.storage_key] = len(schedule.steps)
+    by_label = {label: key for key, label in schedule.labels.items()}  # Relax identifiers
+    found: dict[int, ChannelSplit] = {}
+    for t, step in enumerate(schedule.steps):
+        value = values.get(step.writes)
+        node = value.producer if value is not None else None
+        index = channelwise_node(node) if node is not None else None
+        if index is None or step.args[-1].storage_key[0] != "arena":
+            continue
+        x = node.input(index)
+        key = by_label.get(identifier(x.name))
+        if key is None or key[0] != "arena" or last_read.get(key) != t or \
+                sum(a.storage_key == key for a in step.args) != 1:
+            continue  # the input must die here, read once by this kernel
+        one = channel_module(node, index)
+        if one is None:
+            continue
+        one_schedule = read_schedule(lower_for_aot(one, target), Interface.of(one))
+        if len(one_schedule.steps) != 1 or one_schedule.copies:
+            continue
+        channels = int(x.type.shape[1])
+        one_step = one_schedule.steps[0]
+        strides = match_channel_kernel(step, one_step, schedule.weights, one_schedule.weights, channels)
+        if strides is None or [a.storage_key for a, b in zip(step.args, one_step.args)
+                               if b.storage_key[0] == "input"] != [key]:
+            continue
+        name = f"{step.kernel}_c1"
+        if name not in schedule.prim_funcs:
+            schedule.prim_funcs[name] = one_schedule.prim_funcs[one_schedule.steps[0].kernel]
+        found[t] = ChannelSplit(name, channels, strides, strides[-1], identifier(x.name))
+    still_used = {s.kernel for t, s in enumerate(schedule.steps) if t not in found}
+    for t in found:
+        if schedule.steps[t].kernel not in still_used:
+            schedule.prim_funcs.pop(schedule.steps[t].kernel, None)  # no whole-tensor call is left
+    return found
