@@ -14,8 +14,9 @@ Stages (``emit_program``):
    graph inputs, graph outputs, weights and arena tensors. A tensor that becomes a graph
    output is written straight into the caller's output buffer; an output that is a graph
    input, a weight or a second name of the same tensor is copied at the end.
-3. ``aot_inplace.split_channels``: depthwise convolutions and pools whose input dies at
-   their step run in place, channel by channel (TinyEngine's rule, with one-channel kernels).
+3. ``aot_inplace``: depthwise convolutions and pools whose input dies at their step run
+   in place, channel by channel (TinyEngine's rule, with one-channel kernels); a kernel that
+   reads a dying input element by element (a residual add) writes its output over it.
 4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM (asserts off), with no
    full-size scratch buffers (``fold_scratch``).
 5. ``plan_arena``: each arena tensor lives from the step that writes it to the last step
@@ -177,6 +178,9 @@ class Schedule:
     """The effc value name an arena or output storage holds (for comments)."""
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
+    inplace: dict[int, int] = field(default_factory=dict)
+    """Arena tensor -> the arena tensor whose bytes it takes over at the step that writes it
+    (split steps, and kernels that read that input element by element)."""
 
     def kernel_at(self, t: int) -> str:
         """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
@@ -367,8 +371,7 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
     for c in schedule.copies:
         if c.source.storage_key[0] == "arena":
             last[c.source.storage_key[1]] = n_steps  # read by the copies after the last step
-    inplace = {schedule.steps[t].args[-1].storage_key[1]: _arena_index(schedule, split.source)
-               for t, split in schedule.splits.items()}
+    inplace = dict(schedule.inplace)
     root = {i: i for i in first}
     for i in sorted(first):
         if i in inplace:
@@ -424,10 +427,6 @@ def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
             if not (handover and o1 == o2):
                 raise AotError(f"arena plan: {a} ({o1}..{o1 + n1}, steps {f1 + 1}..{l1 + 1}) overlaps {b} "
                                f"({o2}..{o2 + n2}, steps {f2 + 1}..{l2 + 1})")
-
-
-def _arena_index(schedule: Schedule, label: str) -> int:
-    return next(k[1] for k, v in schedule.labels.items() if v == label and k[0] == "arena")
 
 
 # ----------------------------------------------------------------------------- program
@@ -509,13 +508,14 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
          ) -> tuple[AotProgram, Schedule, ArenaPlan]:
     """``emit_program``, also returning the schedule and the arena plan (for reports)."""
     from . import aot_c
-    from .aot_inplace import split_channels
+    from .aot_inplace import pointwise_inplace, split_channels
 
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
     schedule = read_schedule(lower_for_aot(module, target), iface)
     schedule.splits = split_channels(schedule, module, target)
+    schedule.inplace.update(pointwise_inplace(schedule, module))
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}")
     plan = plan_arena(schedule, kernels)
     check_arena(schedule, plan)

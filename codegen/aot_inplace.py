@@ -31,7 +31,7 @@ import numpy as np
 from effc.ir.core import Graph, Module, Node, Value
 from effc.ir.opdef import REGISTRY, infer_types
 from effc.ir.types import TensorType
-from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, scratch_inplace
+from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, pointwise_inputs, scratch_inplace
 
 if TYPE_CHECKING:
     from .aot import Schedule, Step
@@ -197,32 +197,82 @@ def match_channel_kernel(full: "Step", one: "Step", full_weights: list[np.ndarra
     return strides
 
 
+class _Steps:
+    """What the sharing rules need to know of a schedule: the effc node behind each step
+    (by the value it writes), where each effc value lives, and when each storage is last read."""
+
+    def __init__(self, schedule: "Schedule", module: Module):
+        from .relax import identifier
+
+        self.identifier = identifier
+        self.values = {identifier(v.name): v for v in module.graph.values()}
+        self.by_label = {label: key for key, label in schedule.labels.items()}  # Relax identifiers
+        self.last_read: dict[tuple[str, int], int] = {}
+        for t, step in enumerate(schedule.steps):
+            for a in step.args[:-1]:
+                self.last_read[a.storage_key] = t
+        for c in schedule.copies:
+            self.last_read[c.source.storage_key] = len(schedule.steps)
+
+    def node(self, step: "Step") -> Node | None:
+        value = self.values.get(step.writes)
+        return value.producer if value is not None else None
+
+    def storage(self, v: Value) -> tuple[str, int] | None:
+        return self.by_label.get(self.identifier(v.name))
+
+    def dies_at(self, key: tuple[str, int] | None, t: int, step: "Step") -> bool:
+        """``key`` is an arena tensor read by step ``t`` once and never after."""
+        return (key is not None and key[0] == "arena" and self.last_read.get(key) == t
+                and sum(a.storage_key == key for a in step.args) == 1)
+
+
+def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
+    """Output arena tensor -> input arena tensor it may overwrite: the step's effc node reads
+    that input element by element only (``pointwise_inputs``: elementwise ops, a conv's
+    residual add), the input dies at the step, has the output's shape and dtype, and every
+    arena tensor the kernel reads is an input of that node (one node, one kernel)."""
+    info = _Steps(schedule, module)
+    sources, outputs = set(schedule.inplace.values()), set(schedule.inplace)  # each overwritten once
+    found: dict[int, int] = {}
+    for t, step in enumerate(schedule.steps):
+        out = step.args[-1]
+        node = info.node(step)
+        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs:
+            continue
+        inputs = {info.storage(v) for v in node.inputs if v is not None}
+        if any(a.storage_key[0] == "arena" and a.storage_key not in inputs for a in step.args[:-1]):
+            continue
+        for i in pointwise_inputs(node):
+            key = info.storage(node.input(i))
+            arg = next((a for a in step.args[:-1] if a.storage_key == key), None)
+            if arg is None or key[1] in sources or not info.dies_at(key, t, step) or \
+                    (arg.shape, arg.dtype) != (out.shape, out.dtype) or \
+                    schedule.storages[key].nbytes != schedule.storages[out.storage_key].nbytes:
+                continue
+            found[out.storage_key[1]] = key[1]
+            sources.add(key[1])
+            outputs.add(out.storage_key[1])
+            break
+    return found
+
+
 def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, Any]) -> dict[int, ChannelSplit]:
     """Steps (by index) to run in place channel by channel; adds their one-channel kernels
-    to ``schedule.prim_funcs``."""
+    to ``schedule.prim_funcs`` and their outputs to ``schedule.inplace``."""
     from .aot import Interface, lower_for_aot, read_schedule
 
-    from .relax import identifier
-
-    values = {identifier(v.name): v for v in module.graph.values()}
-    last_read: dict[tuple[str, int], int] = {}
-    for t, step in enumerate(schedule.steps):
-        for a in step.args[:-1]:
-            last_read[a.storage_key] = t
-    for c in schedule.copies:
-        last_read[c.source.storage_key] = len(schedule.steps)
-    by_label = {label: key for key, label in schedule.labels.items()}  # Relax identifiers
+    info = _Steps(schedule, module)
+    identifier = info.identifier
     found: dict[int, ChannelSplit] = {}
     for t, step in enumerate(schedule.steps):
-        value = values.get(step.writes)
-        node = value.producer if value is not None else None
+        node = info.node(step)
         index = channelwise_node(node) if node is not None else None
         if index is None or step.args[-1].storage_key[0] != "arena":
             continue
         x = node.input(index)
-        key = by_label.get(identifier(x.name))
-        if key is None or key[0] != "arena" or last_read.get(key) != t or \
-                sum(a.storage_key == key for a in step.args) != 1:
+        key = info.storage(x)
+        if not info.dies_at(key, t, step):
             continue  # the input must die here, read once by this kernel
         one = channel_module(node, index)
         if one is None:
@@ -240,6 +290,7 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
         if name not in schedule.prim_funcs:
             schedule.prim_funcs[name] = one_schedule.prim_funcs[one_schedule.steps[0].kernel]
         found[t] = ChannelSplit(name, channels, strides, strides[-1], identifier(x.name))
+        schedule.inplace[step.args[-1].storage_key[1]] = key[1]
     still_used = {s.kernel for t, s in enumerate(schedule.steps) if t not in found}
     for t in found:
         if schedule.steps[t].kernel not in still_used:

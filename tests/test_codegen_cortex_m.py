@@ -217,7 +217,7 @@ def test_plan_picture_shows_every_tensor(tmp_path):
             live.setdefault(step, set()).update(range(offset // 64, (offset + size + 63) // 64))
     # the picture holds exactly the planned tensors: per step, the 64-byte lines they cover
     assert max(len(lines) for lines in live.values()) * 64 == mem.live_peak
-    assert sum(" (in place over " in t for t in tips) == 9  # the depthwise convolutions
+    assert sum(" (in place over " in t for t in tips) == 12  # 9 depthwise convolutions, 3 residual adds
 
 
 def test_cli_compile_and_run(tmp_path):
