@@ -14,14 +14,18 @@ Stages (``emit_program``):
    graph inputs, graph outputs, weights and arena tensors. A tensor that becomes a graph
    output is written straight into the caller's output buffer; an output that is a graph
    input, a weight or a second name of the same tensor is copied at the end.
-3. ``aot_inplace``: depthwise convolutions and pools whose input dies at their step run
-   in place, channel by channel (TinyEngine's rule, with one-channel kernels); a kernel that
-   reads a dying input element by element (a residual add) writes its output over it.
+3. ``aot_inplace``: a concat along an axis with only 1s before it copies nothing (each
+   producer writes into its slice of the output; the call is dropped); depthwise
+   convolutions and pools whose input dies at their step run in place, channel by channel
+   (TinyEngine's rule, with one-channel kernels); a kernel that reads a dying input element
+   by element (a residual add) writes its output over it.
 4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM (asserts off), with no
    full-size scratch buffers (``fold_scratch``).
 5. ``plan_arena``: each arena tensor lives from the step that writes it to the last step
-   that reads it; an in-place output shares its input's block; each kernel's workspace and
-   each split step's one-channel scratch live for their step. Offsets come from effc's
+   that reads it (a concat input as long as the concat's output); an in-place output shares
+   its input's block, a concat input sits inside its output's; each kernel's workspace and
+   each split step's one-channel scratch live for their step. ``check_arena`` then checks
+   the result on its own terms. Offsets come from effc's
    planner (``passes.memory_plan_offsets.assign_offsets``: greedy by size, best fit,
    breadth, hill climbing; the smallest arena wins).
 6. ``aot_c``: the C files (``model.h``/``model.c``/``model_weights.c``/runtime/harness).
@@ -29,8 +33,10 @@ Stages (``emit_program``):
 Why Relax's call list and not effc's memory plan (``plan_memory``) itself: after lowering,
 one effc node is not always one kernel (a reshape is no kernel at all; some emitters emit
 several Relax ops, and so several kernels). The sharing rules the deployed kernels honour
-(views, channel-wise in place) are applied to that call list, and the offsets algorithm is
-effc's, so on chains of single-kernel layers the arena equals the plan's.
+(views, pointwise and channel-wise in place, concat slices) are applied to that call list
+and the offsets algorithm is effc's, so the arena equals the plan's where every rule the
+plan used is one of these (``bench/deployed_arena.py``); LRN and transpose in place need
+kernels of effc's own and are not used here.
 """
 from __future__ import annotations
 
@@ -181,6 +187,8 @@ class Schedule:
     inplace: dict[int, int] = field(default_factory=dict)
     """Arena tensor -> the arena tensor whose bytes it takes over at the step that writes it
     (split steps, and kernels that read that input element by element)."""
+    slices: dict[tuple[str, int], tuple[tuple[str, int], int]] = field(default_factory=dict)
+    """Concat input storage -> (the concat's output storage, byte offset in it)."""
 
     def kernel_at(self, t: int) -> str:
         """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
@@ -372,15 +380,28 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
         if c.source.storage_key[0] == "arena":
             last[c.source.storage_key[1]] = n_steps  # read by the copies after the last step
     inplace = dict(schedule.inplace)
-    root = {i: i for i in first}
-    for i in sorted(first):
-        if i in inplace:
-            root[i] = root[inplace[i]]
+
+    def place(i: int) -> tuple[int, int]:
+        """(the tensor whose block holds ``i``, ``i``'s byte offset in that block)."""
+        if ("arena", i) in schedule.slices:
+            (_, owner), at = schedule.slices[("arena", i)]
+            r, o = place(owner)
+            return r, o + at
+        return place(inplace[i]) if i in inplace else (i, 0)
+
+    def end(i: int) -> int:
+        """A concat input lives as long as the concat's output (and its owners) does."""
+        key = ("arena", i)
+        return max(last[i], end(schedule.slices[key][0][1])) if key in schedule.slices else last[i]
+
+    last = {i: end(i) for i in last}
+    root = {i: place(i)[0] for i in first}
+    rel = {i: place(i)[1] for i in first}
     groups: dict[int, list[int]] = {}
     for i in sorted(first):
         groups.setdefault(root[i], []).append(i)
     size = {i: align_up(schedule.storages[("arena", i)].nbytes, ALIGN) for i in first}
-    blocks = [Block([(first[i], last[i], 0, size[i]) for i in members]) for members in groups.values()]
+    blocks = [Block([(first[i], last[i], rel[i], rel[i] + size[i]) for i in members]) for members in groups.values()]
     extra: list[tuple[str, int, int]] = []
     for t in range(n_steps):
         if kernels.workspace_bytes(schedule.kernel_at(t)):
@@ -395,7 +416,7 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
     if not blocks:
         return ArenaPlan(0, {}, [(0, 0)] * n_steps, {}, "none", 0)
     placed = assign_offsets(blocks, ALIGN, floor=max(live))
-    offsets = {i: placed.bases[g] for g, members in enumerate(groups.values()) for i in members}
+    offsets = {i: placed.bases[g] + rel[i] for g, members in enumerate(groups.values()) for i in members}
     workspace = [(0, 0)] * n_steps
     scratch = {}
     for k, (what, t, n) in enumerate(extra):
@@ -410,8 +431,10 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
 def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
     """The deployed plan's invariants, checked apart from how it was made: every tensor,
     workspace and scratch lies inside the arena on an aligned offset, and no two of them
-    that are live at the same step share a byte, except an output written in place over
-    its input at the step that does it, at the input's own offset. AotError otherwise."""
+    that are live at the same step share a byte, except a concat input at its offset inside
+    the concat's output, and an output written in place over its input (or over the concat
+    the input is a slice of) from the step that does it, at that input's offset. AotError
+    otherwise."""
     items = [(f"%{schedule.labels.get(('arena', i), i)}", i, f, l, plan.offsets[i],
               schedule.storages[("arena", i)].nbytes) for i, (f, l) in sorted(plan.lifetimes.items())]
     items += [(f"workspace of step {t + 1}", None, t, t, off, n) for t, (off, n) in enumerate(plan.workspace) if n]
@@ -419,12 +442,39 @@ def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
     for name, _, _, _, off, n in items:
         if off % ALIGN or off < 0 or off + n > plan.arena_bytes:
             raise AotError(f"arena plan: {name} at {off}..{off + n} is unaligned or outside the {plan.arena_bytes}-byte arena")
+
+    for (_, x), ((_, y), at) in sorted(schedule.slices.items()):
+        if plan.offsets[x] != plan.offsets[y] + at:
+            raise AotError(f"arena plan: concat input %{schedule.labels.get(('arena', x), x)} is at {plan.offsets[x]}, "
+                           f"not at {plan.offsets[y]} + {at} inside %{schedule.labels.get(('arena', y), y)}")
+
+    def within(x: int | None, y: int | None) -> bool:
+        """``x`` is a concat input (of a concat input ...) of ``y``, at its place inside it."""
+        if x is None or y is None:
+            return False
+        at, cur = 0, x
+        while ("arena", cur) in schedule.slices:
+            (_, cur), step = schedule.slices[("arena", cur)]
+            at += step
+            if cur == y:
+                return plan.offsets[x] == plan.offsets[y] + at
+        return False
+
+    def owner(x: int | None) -> int | None:
+        """The outermost concat output ``x`` is a slice of (``x`` itself if none)."""
+        while x is not None and ("arena", x) in schedule.slices:
+            x = schedule.slices[("arena", x)][0][1]
+        return x
+
     for k, (a, i, f1, l1, o1, n1) in enumerate(items):
         for b, j, f2, l2, o2, n2 in items[k + 1:]:
             if f1 > l2 or f2 > l1 or o1 + n1 <= o2 or o2 + n2 <= o1:
                 continue
-            handover = (plan.inplace.get(j) == i and l1 == f2) or (plan.inplace.get(i) == j and l2 == f1)
-            if not (handover and o1 == o2):
+            if within(i, j) or within(j, i):
+                continue
+            # an in-place output over a tensor (or over the concat a slice belongs to), from its step on
+            if not ((plan.inplace.get(j) == owner(i) and l1 == f2 and o2 == plan.offsets.get(owner(i)))
+                    or (plan.inplace.get(i) == owner(j) and l2 == f1 and o1 == plan.offsets.get(owner(j)))):
                 raise AotError(f"arena plan: {a} ({o1}..{o1 + n1}, steps {f1 + 1}..{l1 + 1}) overlaps {b} "
                                f"({o2}..{o2 + n2}, steps {f2 + 1}..{l2 + 1})")
 
@@ -508,12 +558,13 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
          ) -> tuple[AotProgram, Schedule, ArenaPlan]:
     """``emit_program``, also returning the schedule and the arena plan (for reports)."""
     from . import aot_c
-    from .aot_inplace import pointwise_inplace, split_channels
+    from .aot_inplace import concat_in_place, pointwise_inplace, split_channels
 
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
     schedule = read_schedule(lower_for_aot(module, target), iface)
+    concat_in_place(schedule, module)  # drops steps: before the rules that index them
     schedule.splits = split_channels(schedule, module, target)
     schedule.inplace.update(pointwise_inplace(schedule, module))
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}")

@@ -31,7 +31,7 @@ import numpy as np
 from effc.ir.core import Graph, Module, Node, Value
 from effc.ir.opdef import REGISTRY, infer_types
 from effc.ir.types import TensorType
-from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, pointwise_inputs, scratch_inplace
+from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, concat_slice_offsets, pointwise_inputs, scratch_inplace
 
 if TYPE_CHECKING:
     from .aot import Schedule, Step
@@ -227,6 +227,40 @@ class _Steps:
                 and sum(a.storage_key == key for a in step.args) == 1)
 
 
+def concat_in_place(schedule: "Schedule", module: Module) -> int:
+    """Copy-free concatenation: when a ``concat`` joins along an axis with only 1s before
+    it, input ``j`` is a contiguous byte range of the output; each producer then writes
+    straight into that range (``schedule.slices``) and the concat's kernel call is dropped.
+    Each input must be an arena tensor of its own, written by an earlier step and read by
+    the concat once. Returns the number of calls dropped."""
+    info = _Steps(schedule, module)
+    writer: dict[tuple[str, int], list[int]] = {}
+    for t, step in enumerate(schedule.steps):
+        writer.setdefault(step.args[-1].storage_key, []).append(t)
+    drop = []
+    for t, step in enumerate(schedule.steps):
+        node = info.node(step)
+        offsets = concat_slice_offsets(node) if node is not None else None
+        out = step.args[-1].storage_key
+        if offsets is None or out[0] != "arena" or len(step.args) != len(node.inputs) + 1:
+            continue
+        keys = [info.storage(v) for v in node.inputs]
+        if any(k is None or k[0] != "arena" or k in schedule.slices or k == out for k in keys) or len(set(keys)) != len(keys):
+            continue
+        if any(a.storage_key != k or a.nbytes != schedule.storages[k].nbytes or writer.get(k, [t])[0] >= t
+               for a, k in zip(step.args, keys)):
+            continue
+        for k, at in zip(keys, offsets):
+            schedule.slices[k] = (out, at)
+        drop.append(t)
+    for t in reversed(drop):
+        del schedule.steps[t]
+    used = {s.kernel for s in schedule.steps}
+    for name in [n for n in schedule.prim_funcs if n not in used]:
+        del schedule.prim_funcs[name]
+    return len(drop)
+
+
 def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
     """Output arena tensor -> input arena tensor it may overwrite: the step's effc node reads
     that input element by element only (``pointwise_inputs``: elementwise ops, a conv's
@@ -238,7 +272,8 @@ def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
     for t, step in enumerate(schedule.steps):
         out = step.args[-1]
         node = info.node(step)
-        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs:
+        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs \
+                or out.storage_key in schedule.slices:
             continue
         inputs = {info.storage(v) for v in node.inputs if v is not None}
         if any(a.storage_key[0] == "arena" and a.storage_key not in inputs for a in step.args[:-1]):
@@ -246,7 +281,7 @@ def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
         for i in pointwise_inputs(node):
             key = info.storage(node.input(i))
             arg = next((a for a in step.args[:-1] if a.storage_key == key), None)
-            if arg is None or key[1] in sources or not info.dies_at(key, t, step) or \
+            if arg is None or key[1] in sources or key in schedule.slices or not info.dies_at(key, t, step) or \
                     (arg.shape, arg.dtype) != (out.shape, out.dtype) or \
                     schedule.storages[key].nbytes != schedule.storages[out.storage_key].nbytes:
                 continue
@@ -268,11 +303,11 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
         index = channelwise_node(node) if node is not None else None
-        if index is None or step.args[-1].storage_key[0] != "arena":
+        if index is None or step.args[-1].storage_key[0] != "arena" or step.args[-1].storage_key in schedule.slices:
             continue
         x = node.input(index)
         key = info.storage(x)
-        if not info.dies_at(key, t, step):
+        if not info.dies_at(key, t, step) or key in schedule.slices:
             continue  # the input must die here, read once by this kernel
         one = channel_module(node, index)
         if one is None:

@@ -360,15 +360,16 @@ def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
         _lower_node(scope, node, emitters)
 
 
-GROUPED_ALONE = {"conv", "conv_transpose", "gemm"}
+GROUPED_ALONE = {"conv": 3, "conv_transpose": 3, "gemm": 3, "lrn": 1}
 """Ops whose emitters emit several Relax ops (a conv and its bias add; a gemm's transposes,
-scaling and bias): a node of them outside any fused group is lowered as a group of its
-own, so it becomes one kernel, not a kernel per op with a full-size tensor between them."""
+scaling and bias; LRN's square, window sum, power and divide), with the inputs a node
+needs for that: a node of them outside any fused group is lowered as a group of its own,
+so it becomes one kernel, not a kernel per op with a full-size tensor between them."""
 
 
 def _alone_body(node: Node) -> Graph | None:
     """A one-node body for ``node`` when it is lowered as its own group, else None."""
-    if node.op not in GROUPED_ALONE or sum(v is not None for v in node.inputs) < 3:
+    if sum(v is not None for v in node.inputs) < GROUPED_ALONE.get(node.op, len(node.inputs) + 1):
         return None
     body = Graph(f"{node.op}_group")
     ins = [None if v is None else body.add_input(f"in{i}", v.type) for i, v in enumerate(node.inputs)]
