@@ -879,13 +879,19 @@ def _check_static_axis(node: Node, const: ConstOf) -> str | None:
     return None
 
 
-@emitter("gather_elements", check=_check_static_axis, moves_data=True)
-def _gather_elements(e: Emit):
+def _element_indices(e: Emit) -> tuple[int, relax.Expr]:
+    """(axis, indices with negatives wrapped) of GatherElements/ScatterElements."""
     xt = e.in_type(0)
     axis = e.attrs["axis"] % xt.rank
     idx, static = _index_operand(e, 1, xt.shape[axis])
     if not static:
         idx = _wrap_negative(e, idx, xt.shape[axis], e.in_type(1).dtype)
+    return axis, idx
+
+
+@emitter("gather_elements", check=_check_static_axis, moves_data=True)
+def _gather_elements(e: Emit):
+    axis, idx = _element_indices(e)
     return R.gather_elements(e.x(0), idx, axis=axis)
 
 
@@ -894,11 +900,7 @@ _SCATTER_REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "max": "max
 
 @emitter("scatter_elements", check=_check_static_axis, moves_data=True)
 def _scatter_elements(e: Emit):
-    xt = e.in_type(0)
-    axis = e.attrs["axis"] % xt.rank
-    idx, static = _index_operand(e, 1, xt.shape[axis])
-    if not static:
-        idx = _wrap_negative(e, idx, xt.shape[axis], e.in_type(1).dtype)
+    axis, idx = _element_indices(e)
     return R.scatter_elements(e.x(0), idx, e.x(2), axis=axis, reduction=_SCATTER_REDUCTIONS[e.attrs["reduction"]])
 
 

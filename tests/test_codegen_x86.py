@@ -23,7 +23,7 @@ from effc.ir.interpreter import run_module
 from effc.ir.types import DType, TensorType
 from effc.models import load_model
 from effc.optimize import optimize
-from tests.fixtures import FIXTURES, assert_close, ort_run
+from tests.fixtures import FIXTURES, assert_close, assert_mnist_inputs_checked, ort_run
 
 LEVELS = {"O0": "fold-constants,dce", "O2": "O2"}
 
@@ -119,13 +119,7 @@ def test_exported_library_loads_and_runs(tmp_path):
 
 
 def test_run_checks_inputs():
-    _, built, feeds = _compiled(BY_NAME["mnist_conv"], "O2")
-    with pytest.raises(InputError, match="missing input 'Input3'"):
-        built.run({})
-    with pytest.raises(InputError, match="dtype float64"):
-        built.run({"Input3": feeds["Input3"].astype(np.float64)})
-    with pytest.raises(InputError, match="shape"):
-        built.run({"Input3": np.zeros((1, 1, 28, 27), np.float32)})
+    assert_mnist_inputs_checked(_compiled(BY_NAME["mnist_conv"], "O2")[1].run)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -35,11 +35,16 @@ def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 
 def unary(name: str, onnx_name: str, fn: Callable[[np.ndarray, dict], np.ndarray], *,
           attrs: dict | None = None, float_only: bool = True, traits: tuple[str, ...] = (),
-          op_class: str = "elementwise", min_opset: int = 1, upgrade=None) -> OpDef:
-    """An elementwise op of one input whose output has the input's type."""
+          op_class: str = "elementwise", min_opset: int = 1, upgrade=None,
+          check: Callable[[InferCtx], Any] | None = None) -> OpDef:
+    """An elementwise op of one input whose output has the input's type (``fn`` sees the
+    input array; its result is cast back to the input dtype). ``check`` validates the input
+    type (default: a float, unless ``float_only`` is off)."""
 
     def infer(ctx: InferCtx) -> list[TensorType]:
-        if float_only:
+        if check is not None:
+            check(ctx)
+        elif float_only:
             require_float(ctx)
         return same_as_input(ctx)
 

@@ -106,20 +106,9 @@ def erf(x: np.ndarray) -> np.ndarray:
 def _unary(name: str, onnx_name: str, fn: Callable[[np.ndarray, dict], np.ndarray], allowed: Sequence[DType], *,
            attrs: dict | None = None, op_class: str = "elementwise", traits: tuple[str, ...] = (),
            min_opset: int = 1, upgrade: Callable[[UpgradeCtx], None] | None = _drop_consumed_inputs) -> OpDef:
-    """A same-type elementwise op of one input over the given dtypes (``fn`` sees the input
-    array; its result is cast back to the input dtype)."""
-
-    def infer(ctx: InferCtx) -> list[TensorType]:
-        _check_dtype(ctx, 0, allowed)
-        return same_as_input(ctx)
-
-    def ref(ins: list, a: dict, n: int) -> list:
-        x = ins[0]
-        return [np.asarray(fn(x, a)).astype(x.dtype, copy=False)]
-
-    return register(OpDef(name, onnx_name, ("X",), ("Y",), infer, ref, attrs=attrs or {},
-                          traits=frozenset(("elementwise",) + traits), op_class=op_class,
-                          min_opset=min_opset, upgrade=upgrade))
+    """``unary`` over the given dtypes, dropping inputs older opsets had."""
+    return unary(name, onnx_name, fn, attrs=attrs, op_class=op_class, traits=traits, min_opset=min_opset,
+                 upgrade=upgrade, check=lambda ctx: _check_dtype(ctx, 0, allowed))
 
 
 def _float_fn(f: Callable[..., np.ndarray]) -> Callable[[np.ndarray, dict], np.ndarray]:

@@ -917,13 +917,19 @@ _reg("pad", "Pad", ("data", "pads", "constant_value?", "axes?"), ("output",), _i
 # ----------------------------------------------------------------------------- depth/space
 
 
-def _infer_depth_to_space(ctx: InferCtx) -> list[TensorType]:
+def _blocks(ctx: InferCtx) -> tuple[TensorType, int]:
+    """The 4-D input and the positive blocksize of DepthToSpace/SpaceToDepth."""
     t = ctx.type(0)
     b = ctx.attrs["blocksize"]
     if t.rank != 4:
         raise ctx.fail(f"input must be 4-D [N,C,H,W], got {list(t.shape)}")
     if b < 1:
         raise ctx.fail(f"blocksize must be positive, got {b}")
+    return t, b
+
+
+def _infer_depth_to_space(ctx: InferCtx) -> list[TensorType]:
+    t, b = _blocks(ctx)
     if ctx.attrs["mode"] not in ("DCR", "CRD"):
         raise ctx.fail(f"mode '{ctx.attrs['mode']}' is not DCR or CRD")
     n, c, h, w = t.shape
@@ -952,12 +958,7 @@ def _upgrade_space_to_depth(ctx: UpgradeCtx) -> None:
 
 
 def _infer_space_to_depth(ctx: InferCtx) -> list[TensorType]:
-    t = ctx.type(0)
-    b = ctx.attrs["blocksize"]
-    if t.rank != 4:
-        raise ctx.fail(f"input must be 4-D [N,C,H,W], got {list(t.shape)}")
-    if b < 1:
-        raise ctx.fail(f"blocksize must be positive, got {b}")
+    t, b = _blocks(ctx)
     n, c, h, w = t.shape
     for name, d in (("height", h), ("width", w)):
         if is_known(d) and d % b:
