@@ -181,7 +181,8 @@ class Schedule:
     weights: list[np.ndarray]
     prim_funcs: dict[str, tirx.PrimFunc]
     labels: dict[tuple[str, int], str] = field(default_factory=dict)
-    """The effc value name an arena or output storage holds (for comments)."""
+    """The effc value an arena or output storage holds, by name (for comments, and for the
+    sharing rules, which look the value's node up)."""
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
     inplace: dict[int, int] = field(default_factory=dict)
@@ -216,7 +217,12 @@ class _Reader:
     """Walks ``main`` once, binding each Relax var to a TensorArg (or a tuple of them)."""
 
     def __init__(self, mod: tvm.IRModule):
+        from .relax import VALUE_NAMES
+
         self.mod = mod
+        names = mod.attrs[VALUE_NAMES] if mod.attrs is not None and VALUE_NAMES in mod.attrs else {}
+        self.names: dict[str, str] = {str(k): str(v) for k, v in names.items()}
+        """Relax var name -> effc value name (from ``lower_to_relax``)."""
         self.env: dict[Any, Any] = {}
         self.storages: dict[tuple[str, int], Storage] = {}
         self.weights: list[np.ndarray] = []
@@ -261,8 +267,8 @@ class _Reader:
             self.env[var] = self.value(value.tuple_value)[value.index]
         else:
             self.env[var] = self.value(value)
-            if isinstance(value, relax.Var) and isinstance(self.env[var], TensorArg):
-                self.labels.setdefault(self.env[var].storage_key, var.name)  # the effc value's name
+            if isinstance(value, relax.Var) and isinstance(self.env[var], TensorArg) and var.name in self.names:
+                self.labels.setdefault(self.env[var].storage_key, self.names[var.name])  # the effc value's name
 
     def call_op(self, var: relax.Var, call: relax.Call) -> TensorArg:
         name = call.op.name

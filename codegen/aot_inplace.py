@@ -112,6 +112,7 @@ def channel_module(node: Node, data_index: int) -> Module | None:
     g = Graph(f"{node.outputs[0].name}_c1")
     m = Module(g)
     x1 = g.add_input(x.name, _one_channel(x.type))
+    body_input = {i: k for k, i in enumerate(i for i, v in enumerate(node.inputs) if v is not None)}
     ins: list[Value | None] = []
     for i, v in enumerate(node.inputs):
         if i == data_index or v is None:
@@ -119,7 +120,7 @@ def channel_module(node: Node, data_index: int) -> Module | None:
             continue
         if v.producer is None or v.producer.op != "const":
             return None
-        users = [(node, i)] if node.body is None else _users(node.body, node.body.inputs[i])
+        users = [(node, i)] if node.body is None else _users(node.body, node.body.inputs[body_input[i]])
         axis = _slice_axis(v, users, out_rank, channels)
         if axis is None:
             return None
@@ -129,8 +130,8 @@ def channel_module(node: Node, data_index: int) -> Module | None:
     else:
         body = Graph(node.body.name)
         mapping: dict[int, Value | None] = {}
-        for bi, v in zip(node.body.inputs, ins):
-            mapping[id(bi)] = body.add_input(bi.name, v.type) if v is not None else None
+        for bi, v in zip(node.body.inputs, [v for v in ins if v is not None]):
+            mapping[id(bi)] = body.add_input(bi.name, v.type)
         for n in node.body.nodes:
             if n.op == "const":
                 axis = _slice_axis(n.output, _users(node.body, n.output), out_rank, channels)
@@ -202,11 +203,8 @@ class _Steps:
     (by the value it writes), where each effc value lives, and when each storage is last read."""
 
     def __init__(self, schedule: "Schedule", module: Module):
-        from .relax import identifier
-
-        self.identifier = identifier
-        self.values = {identifier(v.name): v for v in module.graph.values()}
-        self.by_label = {label: key for key, label in schedule.labels.items()}  # Relax identifiers
+        self.values = module.graph.value_map()
+        self.by_label = {label: key for key, label in schedule.labels.items()}
         self.last_read: dict[tuple[str, int], int] = {}
         for t, step in enumerate(schedule.steps):
             for a in step.args[:-1]:
@@ -219,7 +217,7 @@ class _Steps:
         return value.producer if value is not None else None
 
     def storage(self, v: Value) -> tuple[str, int] | None:
-        return self.by_label.get(self.identifier(v.name))
+        return self.by_label.get(v.name)
 
     def dies_at(self, key: tuple[str, int] | None, t: int, step: "Step") -> bool:
         """``key`` is an arena tensor read by step ``t`` once and never after."""
@@ -298,7 +296,6 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
     from .aot import Interface, lower_for_aot, read_schedule
 
     info = _Steps(schedule, module)
-    identifier = info.identifier
     found: dict[int, ChannelSplit] = {}
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
@@ -324,7 +321,7 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
         name = f"{step.kernel}_c1"
         if name not in schedule.prim_funcs:
             schedule.prim_funcs[name] = one_schedule.prim_funcs[one_schedule.steps[0].kernel]
-        found[t] = ChannelSplit(name, channels, strides, strides[-1], identifier(x.name))
+        found[t] = ChannelSplit(name, channels, strides, strides[-1], x.name)
         schedule.inplace[step.args[-1].storage_key[1]] = key[1]
     still_used = {s.kernel for t, s in enumerate(schedule.steps) if t not in found}
     for t in found:

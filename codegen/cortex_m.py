@@ -39,6 +39,7 @@ import numpy as np
 
 from effc.ir.core import Module
 from effc.ir.errors import EffcError, InputError
+from effc.ir.printer import format_name
 from effc.targets import Target, get_target
 
 from . import aot_c
@@ -194,7 +195,7 @@ class MemoryReport:
                  f"+ statics {self.statics:,} [heap {self.heap:,}])"]
         if self.steps:
             lines.append("arena use per kernel call:")
-            lines += [f"  {s.step:3d} {s.kernel}{' -> %' + s.writes if s.writes else ''}: {s.live_bytes:,} B"
+            lines += [f"  {s.step:3d} {s.kernel}{' -> ' + format_name('%', s.writes) if s.writes else ''}: {s.live_bytes:,} B"
                       for s in self.steps]
         return "\n".join(lines)
 
@@ -227,7 +228,7 @@ def arena_use(schedule: Schedule, plan: ArenaPlan) -> list[StepUse]:
 
 def _label(schedule: Schedule, index: int) -> str:
     name = schedule.labels.get(("arena", index))
-    return f"%{name}" if name else f"arena tensor {index}"
+    return format_name("%", name) if name else f"arena tensor {index}"
 
 
 def _tool(target: Target, key: str, default: str) -> str:
@@ -279,7 +280,7 @@ def check_budgets(mem: MemoryReport, schedule: Schedule, overridden: set[str] = 
                f"{_has(mem.target, 'sram' in overridden)} {mem.sram_budget:,} B: {mem.sram - mem.sram_budget:,} B over")
         peak = mem.peak
         if peak is not None:
-            what = peak.kernel + (f" -> %{peak.writes}" if peak.writes else "")
+            what = peak.kernel + (f" -> {format_name('%', peak.writes)}" if peak.writes else "")
             tensors = ", ".join(f"{n} ({b:,} B)" for n, b in peak.tensors[:6])
             more = f" and {len(peak.tensors) - 6} more" if len(peak.tensors) > 6 else ""
             msg += (f"; the arena peaks at step {peak.step} of {len(mem.steps)} ({what}) with {peak.live_bytes:,} B "

@@ -67,6 +67,15 @@ class Scope:
         self.env: dict[int, relax.Expr] = {}
         self.known: dict[int, np.ndarray] = {}
         self._constants: dict[Any, relax.Expr] = {}
+        self.names: dict[str, str] = {}
+        """Relax var name -> the effc value it holds. The BlockBuilder renames a var whose
+        name is taken (by a function, say), so a var's name alone does not tell."""
+
+    def bind(self, v: Value, r: relax.Expr) -> None:
+        """``v`` lowered to ``r``."""
+        self.env[id(v)] = r
+        if isinstance(r, relax.Var):
+            self.names.setdefault(r.name, v.name)
 
     def dim(self, d: int | str) -> int | tirx.Var:
         if isinstance(d, int):
@@ -344,7 +353,7 @@ def _lower_node(scope: Scope, node: Node, emitters: Mapping[str, Any]) -> None:
         if wide and v.type.dtype in _HALF and str(r.ty.dtype) == "float32":
             r = scope.bb.emit(relax.op.astype(r, relax_dtype(v.type.dtype)), identifier(v.name))
         _check_result(scope, node, v, r)
-        scope.env[id(v)] = r
+        scope.bind(v, r)
 
 
 def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
@@ -359,6 +368,9 @@ def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
             raise LoweringError(f"{node.describe()}: nested fused groups are not supported")
         _lower_node(scope, node, emitters)
 
+
+VALUE_NAMES = "effc_value_names"
+"""IRModule attribute of ``lower_to_relax``'s result: ``main``'s var names -> effc value names."""
 
 GROUPED_ALONE = {"conv": 3, "conv_transpose": 3, "gemm": 3, "lrn": 1}
 """Ops whose emitters emit several Relax ops (a conv and its bias add; a gemm's transposes,
@@ -397,12 +409,12 @@ class _FusedFunction:
         call = scope.bb.emit(relax.Call(self.gv, args), identifier(node.outputs[0].name))
         if len(node.outputs) == 1:
             _check_result(scope, node, node.outputs[0], call)
-            scope.env[id(node.outputs[0])] = call
+            scope.bind(node.outputs[0], call)
             return
         for i, v in enumerate(node.outputs):
             item = scope.bb.emit(relax.TupleGetItem(call, i), identifier(v.name))
             _check_result(scope, node, v, item)
-            scope.env[id(v)] = item
+            scope.bind(v, item)
 
 
 def _is_const_like(scope: Scope, v: Value) -> bool:
@@ -464,13 +476,13 @@ def lower_to_relax(module: Module, *, func_name: str = "main") -> tvm.IRModule:
 
     params = [relax.Var(identifier(v.name), main.tensor_type(v.type)) for v in g.inputs]
     for v, p in zip(g.inputs, params):
-        main.env[id(v)] = p
+        main.bind(v, p)
     with bb.function(func_name, params):
         with bb.dataflow():
             _lower_graph_body(main, g, EMITTERS, fused)
             out = bb.emit_output(relax.Tuple([main.value(v) for v in g.outputs]))
         bb.emit_func_output(out)
-    return bb.finalize()
+    return bb.finalize().with_attr(VALUE_NAMES, main.names)
 
 
 # ----------------------------------------------------------------------------- static shapes

@@ -89,8 +89,8 @@ def test_mobilenet_tiny_does_not_fit_nrf52840():
         effc.compile(BY_NAME["mobilenet_tiny"].path(), target="nrf52840")
     msg = str(err.value)
     m = re.search(r"does not fit nrf52840: needs ([\d,]+) B SRAM \(arena ([\d,]+) \+ stack 8,192 \+ statics ([\d,]+)\), "
-                  r"the board has 262,144 B: ([\d,]+) B over; the arena peaks at step \d+ of \d+ \(\w+ -> %\w+\) "
-                  r"with [\d,]+ B live: .*%\w+ \([\d,]+ B\)", msg)
+                  r"the board has 262,144 B: ([\d,]+) B over; the arena peaks at step \d+ of \d+ \(\w+ -> %\S+\) "
+                  r"with [\d,]+ B live: .*%\"[/\w.]+\" \([\d,]+ B\)", msg)
     assert m, msg
     need, arena, statics, over = (int(g.replace(",", "")) for g in m.groups())
     assert need == arena + 8192 + statics and over == need - 262144
