@@ -1,8 +1,8 @@
 """Ahead-of-time C programs: an effc module as kernels plus a plain C driver, with every
 activation in one caller-provided arena and the weights in ``const`` arrays. No TVM
-runtime, no malloc. Shared by the 64-bit ARM target (``arm.py``: LLVM kernels, a static
-Linux executable under qemu-aarch64) and the microcontroller flow (kernels from TVM's C
-target, built by arm-none-eabi-gcc).
+runtime, no malloc. Shared by the runtime-free Linux builds (``native.py``: LLVM kernels,
+``libmodel.a`` and a static executable for aarch64, run under qemu-aarch64, or x86-64)
+and the microcontroller flow (kernels from TVM's C target, built by arm-none-eabi-gcc).
 
 Stages (``emit_program``):
 1. ``lower_for_aot``: ``lower_to_relax``, then effc's fusion passes (``FuseTIR`` on
