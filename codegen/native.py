@@ -32,7 +32,7 @@ from effc.ir.errors import EffcError, InputError
 from effc.ir.types import shape_matches
 from effc.targets import Target, get_target
 
-from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit_program
+from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit
 from .aot_c import HEADER
 
 EXECUTABLE = "model.elf"
@@ -172,14 +172,28 @@ def _target(target: Target | str | None) -> Target:
     return tgt
 
 
-def build_native(module: Module, target: Target | str | None = None, *, name: str | None = None) -> NativeBuilt:
+def build_native(module: Module, target: Target | str | None = None, *, name: str | None = None,
+                 tuning_db: str | os.PathLike | None = None) -> NativeBuilt:
     """Emit the AOT C program of ``module`` (optimized; static shapes) and compile it into
     ``libmodel.a`` and a static executable for ``target`` (default ``arm``). ``name`` goes
-    into the C API (``effc_<name>_run``; default: the graph's name)."""
+    into the C API (``effc_<name>_run``; default: the graph's name). ``tuning_db`` (x86):
+    the kernels a MetaSchedule database under it holds get its schedules."""
     tgt = _target(target)
     toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
-    program = emit_program(module, tgt.tvm, toolchain, name)
+    tvm_target, database = dict(tgt.tvm), None
+    if tgt.family == "x86":
+        from .build import without_avx512
+
+        tvm_target = without_avx512(tvm_target)  # as the VM build: see build.without_avx512
+    if tuning_db is not None:
+        if tgt.family != "x86":
+            raise InputError(f"--tune/--tuning-db work for x86 targets so far, not '{tgt.name}'")
+        from .tune import open_database, tuning_target
+
+        tvm_target = tuning_target(tgt.tvm)
+        database = open_database(tuning_db, tvm_target)
+    program = emit(module, tvm_target, toolchain, name, database)[0]
     with tempfile.TemporaryDirectory(prefix="effc-native-build-") as tmp:
         exe = compile_program(program, toolchain, tmp, output=EXECUTABLE, library=LIBRARY)
         data, lib = exe.read_bytes(), (Path(tmp) / LIBRARY).read_bytes()

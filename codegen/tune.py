@@ -98,6 +98,12 @@ def _llvm_target(target: TargetDict | None) -> dict[str, Any]:
     return without_avx512(target)
 
 
+def tuning_target(target: TargetDict | None) -> dict[str, Any]:
+    """The target dict tuning measures on and tuned builds compile for (records are kept,
+    and looked up, per this dict)."""
+    return _llvm_target(target)
+
+
 def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:
     """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``)."""
     make_kernels, _ = _pipeline_halves()

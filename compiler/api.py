@@ -195,9 +195,10 @@ class _TuningLedger:
 
 
 def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike | None,
-                 seconds: dict[str, float]) -> tuple[Any, str]:
+                 seconds: dict[str, float], runtime: str, name: str) -> tuple[Any, str]:
     """Tune (when ``trials`` > 0) and build with the database's schedules (x86 only for now)."""
     from effc.codegen.dispatch import _LibraryArtifact
+    from effc.codegen.native import build_native
     from effc.codegen.tune import build_tuned, tune as run_tuning
 
     if tgt.family != "x86":
@@ -218,7 +219,11 @@ def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike
         spent.add(key, remaining)
         note = str(report)
     t = time.perf_counter()
-    built = _LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
+    if runtime == "aot":
+        built = build_native(module, tgt, name=name, tuning_db=db_dir)
+        note += f"; {built.program.notes['tuned_kernels']} of the AOT program's kernels use tuned schedules"
+    else:
+        built = _LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
     seconds["build"] = time.perf_counter() - t
     return built, note
 
@@ -256,8 +261,6 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     t = time.perf_counter()
     tgt = get_target(target)
     runtime = runtime_for(tgt, runtime)
-    if runtime == "aot" and (tune or tuning_db is not None):
-        raise InputError("--tune/--tuning-db apply to --runtime=vm builds so far, not --runtime=aot")
     module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
     seconds["import"] = time.perf_counter() - t
@@ -275,7 +278,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     t = time.perf_counter()
     tuning_note = None
     if tune or tuning_db is not None:
-        built, tuning_note = _build_tuned(module, tgt, tune, tuning_db, seconds)  # times tune and build
+        built, tuning_note = _build_tuned(module, tgt, tune, tuning_db, seconds, runtime,
+                                          _c_name(model, module))  # times tune and build
     else:
         built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash, runtime=runtime)
         seconds["build"] = time.perf_counter() - t
