@@ -3,16 +3,16 @@ own VM build, one thread each, in one run.
 
 The AOT program runs its kernels serially (its ``TVMBackendParallelLaunch`` is a loop), so
 every system gets one thread here: ORT ``intra_op_num_threads=1``, ``TVM_NUM_THREADS=1``.
-ORT, plain TVM and effc (Relax VM, untuned) are timed in turns as in ``run.py`` (median
-of up to ``--reps`` runs); the AOT program is the static executable ``effc compile
+ORT, plain TVM and effc (Relax VM) are timed in turns as in ``run.py`` (median of up to
+50 runs); the AOT program is the static executable ``effc compile
 --runtime=aot`` writes, run ``--runs`` times in one process by its own harness, which
 prints the processor time per run (one thread: the same as wall time). Every system's
 outputs are checked against ORT. Untuned, the AOT kernels are the memory-lean ones
 (``fold_scratch``: padding read in place, epilogues fused into the reduction loop). Tuned:
 effc's VM build and the AOT program both take their schedules from the tuning database
-``run.py`` fills (``--tuning-db``, default ``bench/_work/tuning-db``); no trials run here,
-so the tuned columns show what that database holds (empty on a fresh checkout: run
-``bench/run.py`` first).
+``run.py`` fills (``--tuning-db``, default ``bench/_work/tuning-db``), and ``--trials``
+more per model go to the AOT program's own kernels it lacks (the one-channel kernels of
+in-place layers). On a fresh checkout the database is empty: run ``bench/run.py`` first.
 
     python bench/aot_latency.py             # prints the table and updates bench/RESULTS.md
 """
@@ -46,7 +46,11 @@ def _aot(case, runs: int, want, tuning_db: Path | None):
 
 def measure(case, s: Settings, runs: int) -> dict:
     from effc.codegen import build
-    from effc.codegen.tune import build_tuned
+    from effc.codegen.tune import build_tuned, tune
+
+    if s.trials > 0:  # the AOT program's own kernels (one-channel ones) the database lacks
+        report = tune(_effc_module(case), s.target, s.trials, s.db_dir, progress=False, aot=True)
+        print(f"{case.name}: AOT tuning: {report}", file=sys.stderr)
 
     ort, want, ort_run = bench_ort(case, s)
     tvm_res, tvm_run = bench_plain_tvm(case, s, want)
@@ -68,7 +72,7 @@ def measure(case, s: Settings, runs: int) -> dict:
     return row
 
 
-def table(rows: list[dict], runs: int, seconds: float) -> str:
+def table(rows: list[dict], runs: int, seconds: float, trials: int) -> str:
     def r(a, b):
         return "" if a is None or b is None else f"{a / b:.2f}"
 
@@ -78,8 +82,8 @@ def table(rows: list[dict], runs: int, seconds: float) -> str:
              f"compile --target=x86 --runtime=aot [--tuning-db]`, {runs} runs in one process, processor time per "
              f"run. Untuned: TVM's default schedules (the AOT kernels memory-lean); tuned: the schedules of "
              f"`bench/_work/tuning-db` as `bench/run.py` left it (256 trials per model), for the VM build and the "
-             f"AOT program alike (kernels the database lacks, e.g. the one-channel kernels of in-place layers, "
-             f"stay untuned). Every system's outputs match onnxruntime. Ratios below 1: AOT is faster. Run took "
+             f"AOT program alike, plus at most {trials} trials per model for AOT kernels the database lacked (the "
+             f"one-channel kernels of in-place layers); kernels still without a record stay untuned. Every system's outputs match onnxruntime. Ratios below 1: AOT is faster. Run took "
              f"{seconds / 60:.1f} min. `python bench/aot_latency.py` regenerates this section.", "",
              "| model | ORT ms | plain TVM ms | effc VM ms | effc AOT ms | VM tuned ms | AOT tuned ms | AOT/VM | "
              "AOT tuned/VM tuned | AOT tuned/ORT | tuned kernels | arena B (tuned) |",
@@ -99,19 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runs", type=int, default=50, help="AOT runs in one process (default 50)")
     ap.add_argument("--tuning-db", type=Path, default=DEFAULT_DB, help="database for the tuned columns")
+    ap.add_argument("--trials", type=int, default=128,
+                    help="trials per model for AOT kernels the database lacks (default 128; 0: none)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
     set_threads(1)
     from effc.targets import get_target
 
-    s = Settings(get_target("x86").tvm, threads=1, trials=0, db_dir=args.tuning_db)
+    s = Settings(get_target("x86").tvm, threads=1, trials=args.trials, db_dir=args.tuning_db)
     start = time.perf_counter()
     rows = [measure(case, s, args.runs) for case in fixture_cases(args.models.split(","))]
     bad = [row["model"] for row in rows if not row["ok"]]
     if bad:
         print(f"outputs differ from onnxruntime: {bad}", file=sys.stderr)
         return 1
-    text = table(rows, args.runs, time.perf_counter() - start)
+    text = table(rows, args.runs, time.perf_counter() - start, args.trials)
     print(text)
     if not args.no_write:
         node_counts.write_section(text, SECTION)

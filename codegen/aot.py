@@ -413,7 +413,7 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
         if kernels.workspace_bytes(schedule.kernel_at(t)):
             extra.append(("workspace", t, kernels.workspace_bytes(schedule.kernel_at(t))))
         if t in schedule.splits:
-            extra.append(("scratch", t, schedule.splits[t].out_channel_bytes))
+            extra.append(("scratch", t, schedule.splits[t].scratch_layout(ALIGN)[1]))
     blocks += [Block([(t, t, 0, align_up(n, ALIGN))]) for _, t, n in extra]
     live = [0] * (n_steps + 1)
     for b in blocks:
@@ -560,20 +560,28 @@ class AotProgram:
         return paths
 
 
+def program_schedule(module: Module, target: Mapping[str, Any]) -> Schedule:
+    """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
+    stages before the kernels are compiled)."""
+    from .aot_inplace import concat_in_place, pointwise_inplace, split_channels
+
+    schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
+    concat_in_place(schedule, module)  # drops steps: before the rules that index them
+    schedule.splits = split_channels(schedule, module, target)
+    schedule.inplace.update(pointwise_inplace(schedule, module))
+    return schedule
+
+
 def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None,
          database: Any = None) -> tuple[AotProgram, Schedule, ArenaPlan]:
     """``emit_program``, also returning the schedule and the arena plan (for reports).
     ``database``: a MetaSchedule database whose schedules the kernels it holds get."""
     from . import aot_c
-    from .aot_inplace import concat_in_place, pointwise_inplace, split_channels
 
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
-    schedule = read_schedule(lower_for_aot(module, target), iface)
-    concat_in_place(schedule, module)  # drops steps: before the rules that index them
-    schedule.splits = split_channels(schedule, module, target)
-    schedule.inplace.update(pointwise_inplace(schedule, module))
+    schedule = program_schedule(module, target)
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database)
     plan = plan_arena(schedule, kernels)
     check_arena(schedule, plan)

@@ -261,14 +261,21 @@ class _Driver:
             lines += [f"    if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};", "  }"]
             return lines
         s_off, _ = self.plan.scratch[t]
+        at, _ = split.scratch_layout(ALIGN)
         out = self.where(step.args[-1])[0]
         lines += [f"    uint8_t* effc_y = (uint8_t*){out};",
-                  f"    effc_t[{n - 1}].data = effc_a + {s_off};  /* one output channel, copied below */",
-                  f"    for (int64_t effc_c = 0; effc_c < {split.channels}; ++effc_c) {{",
-                  f"      if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};",
+                  f"    effc_t[{n - 1}].data = effc_a + {s_off};  /* one output channel, copied below */"]
+        for k, off in zip(split.staged, at[1:]):
+            lines.append(f"    const uint8_t* effc_s{k} = (const uint8_t*)effc_t[{k}].data;  /* staged: "
+                         f"{split.strides[k]}-byte slices are not {ALIGN}-byte aligned */")
+            lines.append(f"    effc_t[{k}].data = effc_a + {s_off + off};")
+        lines += [f"    for (int64_t effc_c = 0; effc_c < {split.channels}; ++effc_c) {{"]
+        lines += [f"      memcpy(effc_a + {s_off + off}, effc_s{k} + effc_c * {split.strides[k]}, {split.strides[k]}u);"
+                  for k, off in zip(split.staged, at[1:])]
+        lines += [f"      if (effc_call({sym}, effc_t, effc_v, {n}) != 0) return {t + 1};",
                   f"      memcpy(effc_y + effc_c * {split.out_channel_bytes}, effc_a + {s_off}, {split.out_channel_bytes}u);"]
         lines += [f"      effc_t[{k}].data = (uint8_t*)effc_t[{k}].data + {stride};"
-                  for k, stride in enumerate(split.strides[:-1]) if stride]
+                  for k, stride in enumerate(split.strides[:-1]) if stride and k not in split.staged]
         lines += ["    }", "  }"]
         return lines
 

@@ -23,7 +23,7 @@ weight stays. Anything that does not match keeps the whole-tensor kernel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -52,6 +52,18 @@ class ChannelSplit:
     out_channel_bytes: int
     source: str
     """The effc value read in place (the data input)."""
+    staged: list[int] = field(default_factory=list)
+    """Arguments whose per-channel slices do not start on the kernels' alignment (a 3x3
+    weight slice is 36 bytes): the driver copies each slice into the scratch first, since
+    TVM compiles kernels for aligned buffers (vector loads that fault otherwise)."""
+
+    def scratch_layout(self, align: int) -> tuple[list[int], int]:
+        """Offsets in the scratch of the output channel, then of each staged slice; total bytes."""
+        at, offsets = 0, []
+        for size in [self.out_channel_bytes] + [self.strides[k] for k in self.staged]:
+            offsets.append(at)
+            at += (size + align - 1) // align * align
+        return offsets, at
 
 
 # ----------------------------------------------------------------------------- one-channel module
@@ -321,7 +333,10 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
         name = f"{step.kernel}_c1"
         if name not in schedule.prim_funcs:
             schedule.prim_funcs[name] = one_schedule.prim_funcs[one_schedule.steps[0].kernel]
-        found[t] = ChannelSplit(name, channels, strides, strides[-1], x.name)
+        from .aot import ALIGN
+
+        staged = [k for k, stride in enumerate(strides[:-1]) if stride % ALIGN]
+        found[t] = ChannelSplit(name, channels, strides, strides[-1], x.name, staged)
         schedule.inplace[step.args[-1].storage_key[1]] = key[1]
     still_used = {s.kernel for t, s in enumerate(schedule.steps) if t not in found}
     for t in found:

@@ -235,17 +235,33 @@ def _flops(workload: tvm.IRModule) -> float:
         return 0.0
 
 
-def kernels_of(mod: tvm.IRModule) -> list[Kernel]:
-    """The distinct PrimFuncs of a kernel module, heaviest (FLOPs x calls) first."""
+def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.IRModule, dict[str, int]]:
+    """The PrimFuncs the AOT program of ``module`` calls, and how often each is called (a
+    one-channel kernel once per channel)."""
+    from .aot import program_schedule
+
+    schedule = program_schedule(module, _llvm_target(target))
     calls: dict[str, int] = {}
+    for t in range(len(schedule.steps)):
+        split = schedule.splits.get(t)
+        name = schedule.kernel_at(t)
+        calls[name] = calls.get(name, 0) + (split.channels if split is not None else 1)
+    return tvm.IRModule(dict(schedule.prim_funcs)), calls
 
-    def count(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
-            calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
 
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, count)
+def kernels_of(mod: tvm.IRModule, calls: dict[str, int] | None = None) -> list[Kernel]:
+    """The distinct PrimFuncs of a kernel module, heaviest (FLOPs x calls) first. ``calls``:
+    how often each is called (default: counted from the module's Relax functions)."""
+    if calls is None:
+        calls = {}
+
+        def count(expr: relax.Expr) -> None:
+            if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
+                calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
+
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func.body, count)
     found: dict[int, list[Kernel]] = {}
     out: list[Kernel] = []
     for gv, func in sorted(mod.functions.items(), key=lambda kv: kv[0].name_hint):
@@ -456,15 +472,16 @@ class _Progress:
 
 
 def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | os.PathLike, progress: bool = True,
-         *, seed: int = 0) -> TuneReport:
+         *, seed: int = 0, aot: bool = False) -> TuneReport:
     """Tune the kernels of ``module`` that the database under ``db_dir`` lacks, with at most
     about ``trials`` measured candidates in all (see the module docstring for what is tuned
-    and how the database is keyed). Returns a report; never raises for a kernel that fails
-    to tune."""
+    and how the database is keyed). ``aot``: the kernels of its AOT program instead (the
+    same, less the concats it drops, plus the one-channel kernels of in-place layers,
+    weighted by their calls). Returns a report; never raises for a kernel that fails to tune."""
     t0 = time.perf_counter()
     target = _llvm_target(target)
     tvm_target = tvm.target.Target(target)
-    kernels = kernels_of(kernel_module(module, target))
+    kernels = kernels_of(*aot_kernels(module, target)) if aot else kernels_of(kernel_module(module, target))
     db = open_database(db_dir, target)
     db_path = database_path(db_dir, target)
     records_before = len(db)

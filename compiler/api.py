@@ -181,8 +181,10 @@ class _TuningLedger:
         self.data: dict[str, int] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     @staticmethod
-    def key(module: Module, target: Target) -> str:
-        text = print_module(module) + json.dumps(target.tvm, sort_keys=True)
+    def key(module: Module, target: Target, runtime: str = "vm") -> str:
+        """Per model, target and runtime (an AOT program has kernels of its own: one-channel
+        ones for in-place layers)."""
+        text = print_module(module) + json.dumps(target.tvm, sort_keys=True) + ("" if runtime == "vm" else runtime)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> int:
@@ -208,13 +210,13 @@ def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike
     db_dir = Path(db) if db is not None else Path(DEFAULT_TUNING_DB)
     note = f"database {db_dir} applied"
     spent = _TuningLedger(db_dir)
-    key = spent.key(module, tgt)
+    key = spent.key(module, tgt, runtime)
     remaining = trials - spent.get(key)
     if trials and remaining <= 0:
         note = f"this model already had {spent.get(key)} trials in {db_dir}; no new trials (raise --tune to continue)"
     elif trials:
         t = time.perf_counter()
-        report = run_tuning(module, tgt.tvm, remaining, db_dir)
+        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=runtime == "aot")
         seconds["tune"] = time.perf_counter() - t
         spent.add(key, remaining)
         note = str(report)
