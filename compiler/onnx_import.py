@@ -57,6 +57,29 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPro
     return proto, path.parent
 
 
+def check_text_fields(msg: Any, path: str = "model") -> None:
+    """Every string field of ``msg`` (recursively) is text. protobuf hands a string that is
+    not valid UTF-8 back as bytes (a corrupted file does that); ModelError names the field."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in msg.ListFields():
+        items = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for v in items:
+                if isinstance(v, bytes):
+                    raise ModelError(f"{path}.{field.name} is not valid UTF-8 text ({v[:40]!r}); "
+                                     "the file is corrupted or was not written by an ONNX exporter")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            for i, v in enumerate(items):
+                name = getattr(v, "name", "")
+                label = name if isinstance(name, str) and name else (str(i) if field.is_repeated else "")
+                check_text_fields(v, f"{path}.{field.name}" + (f"[{label!r}]" if label else ""))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for k, v in (value.items() if hasattr(value, "items") else []):
+                if isinstance(k, bytes) or isinstance(v, bytes):
+                    raise ModelError(f"{path}.{field.name} holds text that is not valid UTF-8")
+
+
 def _tensor_dtype(elem_type: int, what: str) -> DType:
     try:
         npdt = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
@@ -480,4 +503,5 @@ def coerce_attr(kind: str, v: Any, fail: Any) -> Any:
 def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> Module:
     """Read an ONNX model (path or ModelProto) into an effc Module."""
     proto, base = load_onnx(model)
+    check_text_fields(proto)
     return _Importer(proto, base).run()

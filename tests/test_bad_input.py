@@ -3,6 +3,7 @@ never another exception."""
 from __future__ import annotations
 
 import copy
+import os
 import random
 import subprocess
 import sys
@@ -180,9 +181,15 @@ def _import_and_run(model_or_path) -> None:
         pass
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = int(os.environ.get("EFFC_FUZZ", "0"))
+
+
+@settings(max_examples=FUZZ or 120, deadline=None, derandomize=not FUZZ,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_byte_mutations_of_a_model(tmp_path_factory, data):
+    """A fixed corpus (``derandomize``), so CI is reproducible; ``EFFC_FUZZ=N`` in the
+    environment draws N fresh random examples instead."""
     raw = bytearray(DIGITS.read_bytes())
     for _ in range(data.draw(st.integers(1, 8))):
         i = data.draw(st.integers(0, len(raw) - 1))
@@ -191,6 +198,19 @@ def test_byte_mutations_of_a_model(tmp_path_factory, data):
     p = tmp_path_factory.mktemp("mut") / "m.onnx"
     p.write_bytes(bytes(raw[:cut]))
     _import_and_run(p)
+
+
+@pytest.mark.parametrize("field, word", [("producer_name", b"pytorch"), ("graph", b"main_graph"),
+                                         ("output", b"/features/features.0/Conv_output_0")])
+def test_text_that_is_not_utf8_names_the_field(tmp_path, field, word):
+    """protobuf hands back a string field holding invalid UTF-8 as bytes; found by the byte
+    mutations above (a TypeError before)."""
+    data = DIGITS.read_bytes()
+    i = data.find(word)
+    p = tmp_path / "m.onnx"
+    p.write_bytes(data[:i] + b"\x80" + data[i + 1:])
+    with pytest.raises(ModelError, match=rf"{field}.* is not valid UTF-8 text"):
+        load_model(p)
 
 
 def _mutate_proto(m: onnx.ModelProto, rng: random.Random) -> None:
