@@ -195,6 +195,11 @@ class Schedule:
         """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
         return self.splits[t].kernel if t in self.splits else self.steps[t].kernel
 
+    def prune_kernels(self) -> None:
+        """Forget the PrimFuncs no step calls any more."""
+        used = {self.kernel_at(t) for t in range(len(self.steps))}
+        self.prim_funcs = {n: f for n, f in self.prim_funcs.items() if n in used}
+
 
 def dtype_bytes(dtype: str) -> int:
     t = tvm.runtime.DataType(dtype)
@@ -365,8 +370,6 @@ class ArenaPlan:
     live_peak: int
     scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Split steps: (offset, bytes) of the one-channel scratch the driver copies from."""
-    inplace: dict[int, int] = field(default_factory=dict)
-    """Arena tensor -> the tensor whose bytes it overwrites in place (split steps)."""
 
 
 def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
@@ -385,7 +388,7 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
     for c in schedule.copies:
         if c.source.storage_key[0] == "arena":
             last[c.source.storage_key[1]] = n_steps  # read by the copies after the last step
-    inplace = dict(schedule.inplace)
+    inplace = schedule.inplace
 
     def place(i: int) -> tuple[int, int]:
         """(the tensor whose block holds ``i``, ``i``'s byte offset in that block)."""
@@ -431,7 +434,7 @@ def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
         else:
             scratch[t] = (placed.bases[len(groups) + k], n)
     return ArenaPlan(placed.arena, offsets, workspace, {i: (first[i], last[i]) for i in first},
-                     placed.algorithm, max(live), scratch, inplace)
+                     placed.algorithm, max(live), scratch)
 
 
 def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
@@ -479,8 +482,10 @@ def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
             if within(i, j) or within(j, i):
                 continue
             # an in-place output over a tensor (or over the concat a slice belongs to), from its step on
-            if not ((plan.inplace.get(j) == owner(i) and l1 == f2 and o2 == plan.offsets.get(owner(i)))
-                    or (plan.inplace.get(i) == owner(j) and l2 == f1 and o1 == plan.offsets.get(owner(j)))):
+            handover = i is not None and j is not None and (
+                (schedule.inplace.get(j) == owner(i) and l1 == f2 and o2 == plan.offsets[owner(i)])
+                or (schedule.inplace.get(i) == owner(j) and l2 == f1 and o1 == plan.offsets[owner(j)]))
+            if not handover:
                 raise AotError(f"arena plan: {a} ({o1}..{o1 + n1}, steps {f1 + 1}..{l1 + 1}) overlaps {b} "
                                f"({o2}..{o2 + n2}, steps {f2 + 1}..{l2 + 1})")
 
@@ -567,8 +572,9 @@ def program_schedule(module: Module, target: Mapping[str, Any]) -> Schedule:
 
     schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
     concat_in_place(schedule, module)  # drops steps: before the rules that index them
-    schedule.splits = split_channels(schedule, module, target)
-    schedule.inplace.update(pointwise_inplace(schedule, module))
+    split_channels(schedule, module, target)
+    pointwise_inplace(schedule, module)
+    schedule.prune_kernels()
     return schedule
 
 

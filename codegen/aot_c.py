@@ -744,6 +744,6 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: ArenaPl
         notes={"arena_bytes": plan.arena_bytes, "live_peak": plan.live_peak, "offsets": plan.algorithm,
                "weight_bytes": weight_bytes, "kernel_calls": len(schedule.steps),
                "in_place": sorted(split.source for split in schedule.splits.values()),
-               "overwrites": len(schedule.inplace), "concat_inputs_in_place": len(schedule.slices),
+               "concat_inputs_in_place": len(schedule.slices),
                "tuned_kernels": len(kernels.tuned), "kernel_names": sorted(kernels.symbols),
                "output_copies": len(schedule.copies)})

@@ -48,14 +48,18 @@ class ChannelSplit:
     """The one-channel kernel (a PrimFunc of the schedule)."""
     channels: int
     strides: list[int]
-    """Per argument: bytes its pointer advances per channel (0: the same bytes every call)."""
-    out_channel_bytes: int
+    """Per argument: bytes its pointer advances per channel (0: the same bytes every call);
+    the last is the output's."""
     source: str
     """The effc value read in place (the data input)."""
     staged: list[int] = field(default_factory=list)
     """Arguments whose per-channel slices do not start on the kernels' alignment (a 3x3
     weight slice is 36 bytes): the driver copies each slice into the scratch first, since
     TVM compiles kernels for aligned buffers (vector loads that fault otherwise)."""
+
+    @property
+    def out_channel_bytes(self) -> int:
+        return self.strides[-1]
 
     def scratch_layout(self, align: int) -> tuple[list[int], int]:
         """Offsets in the scratch of the output channel, then of each staged slice; total bytes."""
@@ -244,9 +248,9 @@ def concat_in_place(schedule: "Schedule", module: Module) -> int:
     Each input must be an arena tensor of its own, written by an earlier step and read by
     the concat once. Returns the number of calls dropped."""
     info = _Steps(schedule, module)
-    writer: dict[tuple[str, int], list[int]] = {}
+    first_write: dict[tuple[str, int], int] = {}
     for t, step in enumerate(schedule.steps):
-        writer.setdefault(step.args[-1].storage_key, []).append(t)
+        first_write.setdefault(step.args[-1].storage_key, t)
     drop = []
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
@@ -257,7 +261,7 @@ def concat_in_place(schedule: "Schedule", module: Module) -> int:
         keys = [info.storage(v) for v in node.inputs]
         if any(k is None or k[0] != "arena" or k in schedule.slices or k == out for k in keys) or len(set(keys)) != len(keys):
             continue
-        if any(a.storage_key != k or a.nbytes != schedule.storages[k].nbytes or writer.get(k, [t])[0] >= t
+        if any(a.storage_key != k or a.nbytes != schedule.storages[k].nbytes or first_write.get(k, t) >= t
                for a, k in zip(step.args, keys)):
             continue
         for k, at in zip(keys, offsets):
@@ -265,20 +269,18 @@ def concat_in_place(schedule: "Schedule", module: Module) -> int:
         drop.append(t)
     for t in reversed(drop):
         del schedule.steps[t]
-    used = {s.kernel for s in schedule.steps}
-    for name in [n for n in schedule.prim_funcs if n not in used]:
-        del schedule.prim_funcs[name]
     return len(drop)
 
 
-def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
-    """Output arena tensor -> input arena tensor it may overwrite: the step's effc node reads
-    that input element by element only (``pointwise_inputs``: elementwise ops, a conv's
-    residual add), the input dies at the step, has the output's shape and dtype, and every
-    arena tensor the kernel reads is an input of that node (one node, one kernel)."""
+def pointwise_inplace(schedule: "Schedule", module: Module) -> int:
+    """Outputs written over an input (``schedule.inplace``: output arena tensor -> input
+    arena tensor) where the step's effc node reads that input element by element only
+    (``pointwise_inputs``: elementwise ops, a conv's residual add), the input dies at the
+    step, has the output's shape and dtype, and every arena tensor the kernel reads is an
+    input of that node (one node, one kernel). Returns how many."""
     info = _Steps(schedule, module)
     sources, outputs = set(schedule.inplace.values()), set(schedule.inplace)  # each overwritten once
-    found: dict[int, int] = {}
+    found = 0
     for t, step in enumerate(schedule.steps):
         out = step.args[-1]
         node = info.node(step)
@@ -295,20 +297,22 @@ def pointwise_inplace(schedule: "Schedule", module: Module) -> dict[int, int]:
                     (arg.shape, arg.dtype) != (out.shape, out.dtype) or \
                     schedule.storages[key].nbytes != schedule.storages[out.storage_key].nbytes:
                 continue
-            found[out.storage_key[1]] = key[1]
+            schedule.inplace[out.storage_key[1]] = key[1]
             sources.add(key[1])
             outputs.add(out.storage_key[1])
+            found += 1
             break
     return found
 
 
-def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, Any]) -> dict[int, ChannelSplit]:
-    """Steps (by index) to run in place channel by channel; adds their one-channel kernels
-    to ``schedule.prim_funcs`` and their outputs to ``schedule.inplace``."""
-    from .aot import Interface, lower_for_aot, read_schedule
+def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, Any]) -> int:
+    """Steps to run in place channel by channel (``schedule.splits``); adds their one-channel
+    kernels to ``schedule.prim_funcs`` and their outputs to ``schedule.inplace``. Returns how
+    many."""
+    from .aot import ALIGN, Interface, lower_for_aot, read_schedule
 
     info = _Steps(schedule, module)
-    found: dict[int, ChannelSplit] = {}
+    found = 0
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
         index = channelwise_node(node) if node is not None else None
@@ -331,15 +335,9 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
                                if b.storage_key[0] == "input"] != [key]:
             continue
         name = f"{step.kernel}_c1"
-        if name not in schedule.prim_funcs:
-            schedule.prim_funcs[name] = one_schedule.prim_funcs[one_schedule.steps[0].kernel]
-        from .aot import ALIGN
-
+        schedule.prim_funcs.setdefault(name, one_schedule.prim_funcs[one_step.kernel])
         staged = [k for k, stride in enumerate(strides[:-1]) if stride % ALIGN]
-        found[t] = ChannelSplit(name, channels, strides, strides[-1], x.name, staged)
+        schedule.splits[t] = ChannelSplit(name, channels, strides, x.name, staged)
         schedule.inplace[step.args[-1].storage_key[1]] = key[1]
-    still_used = {s.kernel for t, s in enumerate(schedule.steps) if t not in found}
-    for t in found:
-        if schedule.steps[t].kernel not in still_used:
-            schedule.prim_funcs.pop(schedule.steps[t].kernel, None)  # no whole-tensor call is left
+        found += 1
     return found

@@ -46,7 +46,7 @@ from . import aot_c
 from .aot import (ALIGN, AotProgram, ArenaPlan, CToolchain, Interface, Schedule, ToolchainError, c_identifier,
                   compile_program, emit)
 from effc.passes.memory_plan_offsets import align_up
-from .native import RunError, check_inputs
+from .native import RunError, check_inputs, read_outputs
 
 EXECUTABLE = "model.elf"
 SOURCES = "src"
@@ -208,10 +208,10 @@ def arena_use(schedule: Schedule, plan: ArenaPlan) -> list[StepUse]:
     for t, step in enumerate(schedule.steps):
         live = []
         for i, (first, last) in sorted(plan.lifetimes.items()):
-            if not first <= t <= last or (i in plan.inplace and first == t):
+            if not first <= t <= last or (i in schedule.inplace and first == t):
                 continue
             size = align_up(schedule.storages[("arena", i)].nbytes, ALIGN)
-            over = [o for o, src in plan.inplace.items() if src == i and plan.lifetimes[o][0] == t]
+            over = [o for o, src in schedule.inplace.items() if src == i and plan.lifetimes[o][0] == t]
             if over:
                 size = max(size, *(align_up(schedule.storages[("arena", o)].nbytes, ALIGN) for o in over))
                 live.append((f"{_label(schedule, i)} -> {', '.join(_label(schedule, o) for o in over)} in place", size))
@@ -346,8 +346,7 @@ class CortexMBuilt:
             log = (proc.stderr + proc.stdout).strip()
             if proc.returncode != 0 or "effc:" in log or not all(p.is_file() for p in outs):
                 raise RunError(f"{EXECUTABLE} failed under {' '.join(cmd[:3])} (exit {proc.returncode}): {log[-2000:]}")
-            return {name: np.frombuffer(p.read_bytes(), dtype=t.dtype.np).reshape([int(d) for d in t.shape]).copy()
-                    for p, (name, t) in zip(outs, self.interface.outputs)}
+            return read_outputs(self.interface, outs)
 
     def _qemu_command(self) -> list[str]:
         machine = self.target.qemu_machine
@@ -433,7 +432,7 @@ def _plan_picture(schedule: Schedule, plan: ArenaPlan, name: str, target: Target
 
     def label(i: int) -> str:
         name = schedule.labels.get(("arena", i), f"t{i}")
-        return f"{name} (in place over {label(plan.inplace[i])})" if i in plan.inplace else name
+        return f"{name} (in place over {label(schedule.inplace[i])})" if i in schedule.inplace else name
 
     rects = [Rect(label(i), first, last, plan.offsets[i], schedule.storages[("arena", i)].nbytes)
              for i, (first, last) in sorted(plan.lifetimes.items())]

@@ -125,8 +125,7 @@ class NativeBuilt:
                 raise RunError(f"{EXECUTABLE} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
             m = re.search(r"([0-9.]+) ms per run", proc.stderr)
             self.last_ms_per_run = float(m.group(1)) if m else None
-            return {name: np.frombuffer(p.read_bytes(), dtype=t.dtype.np).reshape([int(d) for d in t.shape]).copy()
-                    for p, (name, t) in zip(outs, self.interface.outputs)}
+            return read_outputs(self.interface, outs)
 
     def export_files(self, folder: str | os.PathLike) -> list[Path]:
         """Write ``model.elf``, ``libmodel.a`` with ``model.h``, and ``src/`` (the C project)
@@ -163,6 +162,12 @@ def check_inputs(iface: Interface, inputs: Mapping[str, np.ndarray]) -> list[np.
             raise InputError(f"input '{name}' has shape {list(a.shape)}, the model wants {t}")
         out.append(np.ascontiguousarray(a))
     return out
+
+
+def read_outputs(iface: Interface, paths: list[Path]) -> dict[str, np.ndarray]:
+    """The raw output files a harness wrote, as arrays keyed by output name."""
+    return {name: np.frombuffer(p.read_bytes(), dtype=t.dtype.np).reshape([int(d) for d in t.shape]).copy()
+            for p, (name, t) in zip(paths, iface.outputs)}
 
 
 def _target(target: Target | str | None) -> Target:
@@ -215,4 +220,5 @@ def load_native(folder: str | os.PathLike, target: Target | str | None, ir_modul
                        library=lib.read_bytes() if lib.is_file() else b"")
 
 
-__all__ = ["NativeBuilt", "RunError", "build_native", "check_inputs", "load_native", "native_toolchain"]
+__all__ = ["NativeBuilt", "RunError", "build_native", "check_inputs", "load_native", "native_toolchain",
+           "read_outputs"]

@@ -6,7 +6,7 @@ Stages, in order:
 2. each ``fused`` node becomes one private Relax function with ``Primitive=True``, shaped
    like the groups TVM's own ``FuseOps`` makes (tensor constants are parameters, never
    constants inside the function), so ``FuseTIR`` turns it into exactly one PrimFunc; so
-   does a lone conv/gemm with a bias (``GROUPED_ALONE``);
+   does a lone conv/gemm with a bias, or an LRN (``GROUPED_ALONE``);
 3. ``main`` takes the graph inputs, calls those functions and the emitters in graph order,
    and returns a tuple of the graph outputs.
 
@@ -381,7 +381,7 @@ so it becomes one kernel, not a kernel per op with a full-size tensor between th
 
 def _alone_body(node: Node) -> Graph | None:
     """A one-node body for ``node`` when it is lowered as its own group, else None."""
-    if sum(v is not None for v in node.inputs) < GROUPED_ALONE.get(node.op, len(node.inputs) + 1):
+    if node.op not in GROUPED_ALONE or sum(v is not None for v in node.inputs) < GROUPED_ALONE[node.op]:
         return None
     body = Graph(f"{node.op}_group")
     ins = [None if v is None else body.add_input(f"in{i}", v.type) for i, v in enumerate(node.inputs)]

@@ -88,9 +88,10 @@ def _pipeline_halves() -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
             tvm.transform.Sequential(passes[cut:], name="effc_lower_kernels"))
 
 
-def _llvm_target(target: TargetDict | None) -> dict[str, Any]:
+def tuning_target(target: TargetDict | None) -> dict[str, Any]:
     """The target as ``build()`` compiles for it (AVX-512 off where LLVM miscompiles), with
-    ``num-cores``, which MetaSchedule needs."""
+    ``num-cores``, which MetaSchedule needs: tuning measures on it, tuned builds compile
+    for it, and database records are kept and looked up per this dict."""
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"tuning supports LLVM CPU targets; got target kind '{target.get('kind')}'")
@@ -98,17 +99,11 @@ def _llvm_target(target: TargetDict | None) -> dict[str, Any]:
     return without_avx512(target)
 
 
-def tuning_target(target: TargetDict | None) -> dict[str, Any]:
-    """The target dict tuning measures on and tuned builds compile for (records are kept,
-    and looked up, per this dict)."""
-    return _llvm_target(target)
-
-
 def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:
     """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``)."""
     make_kernels, _ = _pipeline_halves()
     mod = lower_to_relax(module)
-    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(_llvm_target(target)):
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(tuning_target(target)):
         return make_kernels(mod)
 
 
@@ -117,7 +112,7 @@ def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRMod
 
 def target_key(target: TargetDict) -> str:
     """The database folder name for ``target``: readable parts plus a hash of the dict."""
-    t = _llvm_target(target)
+    t = tuning_target(target)
     digest = hashlib.sha256(json.dumps(t, sort_keys=True, default=str).encode()).hexdigest()[:10]
     cpu = t.get("mcpu") or t.get("mtriple", "cpu").split("-")[0]
     return f"{t['kind']}-{cpu}-{t['num-cores']}c-{digest}"
@@ -240,7 +235,7 @@ def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.I
     one-channel kernel once per channel)."""
     from .aot import program_schedule
 
-    schedule = program_schedule(module, _llvm_target(target))
+    schedule = program_schedule(module, tuning_target(target))
     calls: dict[str, int] = {}
     for t in range(len(schedule.steps)):
         split = schedule.splits.get(t)
@@ -479,7 +474,7 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     same, less the concats it drops, plus the one-channel kernels of in-place layers,
     weighted by their calls). Returns a report; never raises for a kernel that fails to tune."""
     t0 = time.perf_counter()
-    target = _llvm_target(target)
+    target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
     kernels = kernels_of(*aot_kernels(module, target)) if aot else kernels_of(kernel_module(module, target))
     db = open_database(db_dir, target)
@@ -596,7 +591,7 @@ def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.Path
     """``build()`` with the best schedules from the database applied to the kernels it holds
     (``MetaScheduleApplyDatabase`` between ``FuseTIR`` and TVM's default pipeline); kernels
     it lacks keep the default schedule. The database is only read."""
-    target = _llvm_target(target)
+    target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
     make_kernels, lower_kernels = _pipeline_halves()
     mod = lower_to_relax(module)

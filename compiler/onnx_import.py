@@ -69,15 +69,11 @@ def check_text_fields(msg: Any, path: str = "model") -> None:
                 if isinstance(v, bytes):
                     raise ModelError(f"{path}.{field.name} is not valid UTF-8 text ({v[:40]!r}); "
                                      "the file is corrupted or was not written by an ONNX exporter")
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:  # onnx.proto has no map fields
             for i, v in enumerate(items):
                 name = getattr(v, "name", "")
                 label = name if isinstance(name, str) and name else (str(i) if field.is_repeated else "")
                 check_text_fields(v, f"{path}.{field.name}" + (f"[{label!r}]" if label else ""))
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            for k, v in (value.items() if hasattr(value, "items") else []):
-                if isinstance(k, bytes) or isinstance(v, bytes):
-                    raise ModelError(f"{path}.{field.name} holds text that is not valid UTF-8")
 
 
 def _tensor_dtype(elem_type: int, what: str) -> DType:

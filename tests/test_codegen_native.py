@@ -274,13 +274,13 @@ def test_arena_plan_passes_its_checker_and_a_corrupted_one_does_not():
     module, _ = _optimized(BY_NAME["mnist_conv"])
     target = get_target("arm").tvm
     schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
-    schedule.splits = split_channels(schedule, module, target)
+    split_channels(schedule, module, target)
     plan = plan_arena(schedule, build_kernels(schedule.prim_funcs, target, "effc_test"))
     check_arena(schedule, plan)
-    assert plan.arena_bytes == plan.live_peak and len(plan.inplace) == 2  # both pools in place
+    assert plan.arena_bytes == plan.live_peak and len(schedule.inplace) == 2  # both pools in place
     a, b = next((i, j) for i in plan.lifetimes for j in plan.lifetimes  # live together, not in place
                 if i < j and plan.lifetimes[i][1] >= plan.lifetimes[j][0] and plan.lifetimes[j][1] >= plan.lifetimes[i][0]
-                and plan.inplace.get(j) != i)
+                and schedule.inplace.get(j) != i)
     bad = dataclasses.replace(plan, offsets={**plan.offsets, b: plan.offsets[a]})
     with pytest.raises(AotError, match="arena plan: %.* overlaps %"):
         check_arena(schedule, bad)
