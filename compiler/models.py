@@ -19,11 +19,13 @@ from effc.onnx_import import import_onnx
 ModelLike = "str | os.PathLike | onnx.ModelProto | Module"
 
 
-def load_model(model: str | os.PathLike | onnx.ModelProto | Module) -> Module:
-    """A Module from a path (.onnx or .effc), an ONNX ModelProto, or a Module (returned as is)."""
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | Module) -> Module:
+    """A Module from a path (.onnx or .effc), an ONNX ModelProto or its serialized bytes, or
+    a Module (returned as is). A model given in memory has no folder, so it cannot use
+    external data: effc reads external data only from inside the model file's folder."""
     if isinstance(model, Module):
         return model
-    if isinstance(model, onnx.ModelProto):
+    if isinstance(model, (onnx.ModelProto, bytes, bytearray)):
         return import_onnx(model)
     path = Path(model)
     suffix = path.suffix.lower()

@@ -1,8 +1,9 @@
 """ONNX → effc IR.
 
 The model is read with ``onnx`` (external data stays on disk and is read lazily, only from
-inside the model's folder), checked for structural faults (undefined or duplicate names,
-cycles), walked with onnx-graphsurgeon, and each node is mapped through the op registry:
+inside the model's folder), its opset and every attribute are checked by the ONNX checker's
+rules, the graph is checked for structural faults (undefined or duplicate names, cycles),
+and each node is mapped through the op registry:
 the op's ``upgrade`` hook turns older opset forms into the IR's form, attributes are
 checked against the op's schema, and output types come from the op's ``infer`` rule,
 cross-checked against any shapes the model declares.
@@ -11,37 +12,43 @@ Every unsupported op in a model is listed in one ``UnsupportedOpError``.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from effc.ir import ops as _ops  # noqa: F401  (fills the registry)
 from effc.ir.core import Graph, Module, Node, Resource, Value
 from effc.ir.errors import EffcError, ModelError, ShapeError, UnsupportedOpError
 from effc.ir.opdef import BY_ONNX, OpDef, UpgradeCtx, infer_types
-from effc.ir.types import UNKNOWN_DIM, DType, TensorType
-
-gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # effc reports problems itself
+from effc.ir.types import UNKNOWN_DIM, DType, TensorType, tensor_nbytes
 
 INLINE_LIMIT = 16
 """Constants with at most this many elements print inline; larger ones go to the weight store."""
 
 ONNX_DOMAINS = ("", "ai.onnx")
 
+NEWEST_OPSET = 28
+"""The newest ONNX opset effc reads: the one its op forms and upgrade rules are checked
+against (ONNX 1.23's node test suite). A newer opset may have changed an op's meaning."""
+
 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    """Read a model without pulling external data into memory."""
+def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """Read a model without pulling external data into memory. Returns the proto and the
+    model file's folder (None for a model given in memory)."""
     if isinstance(model, onnx.ModelProto):
         return model, None
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _parse_bytes(bytes(model)), None
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
@@ -55,6 +62,17 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPro
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelError(f"{path}: not an ONNX model (no graph); is the file truncated or another format?")
     return proto, path.parent
+
+
+def _parse_bytes(data: bytes) -> onnx.ModelProto:
+    """A ModelProto from serialized bytes, with effc's error for anything unreadable."""
+    try:
+        proto = onnx.ModelProto.FromString(data)
+    except Exception as e:  # protobuf's DecodeError
+        raise ModelError(f"the model bytes are not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not proto.HasField("graph"):
+        raise ModelError("the model bytes are not an ONNX model (no graph)")
+    return proto
 
 
 def check_text_fields(msg: Any, path: str = "model") -> None:
@@ -85,46 +103,177 @@ def _tensor_dtype(elem_type: int, what: str) -> DType:
         raise UnsupportedOpError([("dtype " + name, what, "effc has no such element type")]) from None
 
 
-def _external_loader(t: onnx.TensorProto, base: Path | None) -> Any:
-    """A lazy loader for a tensor stored outside the model file, confined to ``base``."""
-    info = {e.key: e.value for e in t.external_data}
-    loc = info.get("location")
-    if not loc:
-        raise ModelError(f"initializer '{t.name}': external data without a location")
-    if base is None:
-        raise ModelError(f"initializer '{t.name}': external data '{loc}' but the model was not loaded from a file")
-    root = base.resolve()
-    target = (root / loc).resolve()
-    if os.path.isabs(loc) or not target.is_relative_to(root):
-        raise ModelError(f"initializer '{t.name}': external data location '{loc}' escapes the model's folder {root}; refused")
-    if not target.is_file():
-        raise ModelError(f"initializer '{t.name}': external data file '{loc}' not found next to the model")
-    dtype = _tensor_dtype(t.data_type, f"initializer '{t.name}'").np
+# ----------------------------------------------------------------------------- tensors and external data
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a model came from. External data is read only from files inside ``folder``
+    (the model file's folder, symlinks resolved); a model given as a ModelProto or bytes
+    has no folder, so it cannot have external data."""
+
+    label: str
+    folder: Path | None
+
+
+def _tensor_shape(t: onnx.TensorProto, itemsize: int, what: str) -> tuple[int, ...]:
+    """The tensor's dims, refused when negative or when their byte size overflows int64."""
     shape = tuple(int(d) for d in t.dims)
-    offset = int(info.get("offset", 0))
-    count = int(np.prod(shape, dtype=np.int64))
-    length = int(info.get("length", count * dtype.itemsize))
-    if length < count * dtype.itemsize or offset + count * dtype.itemsize > target.stat().st_size:
-        raise ModelError(f"initializer '{t.name}': external data in '{loc}' is shorter than its shape {list(shape)} needs")
+    try:
+        tensor_nbytes(shape, itemsize)
+    except ValueError as e:
+        raise ModelError(f"{what}: {e}; the model is corrupted") from None
+    return shape
+
+
+def _external_file(t: onnx.TensorProto, src: _Source, what: str) -> tuple[Path, int, int]:
+    """The checked ``(file, offset, byte count)`` of a tensor stored outside the model.
+
+    The location must be a relative path without ``..`` that resolves (symlinks followed)
+    to a regular file inside the model's folder; offset and length must be whole numbers
+    that fit the file and the tensor's shape. Nothing is resolved against the current
+    directory, and onnx's own ``basepath`` key is ignored."""
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    where = f"{what} (tensor '{t.name}') of {src.label}"
+    if not loc:
+        raise ModelError(f"{where}: stored in an external file but has no 'location' entry")
+    if src.folder is None:
+        raise ModelError(f"{where}: its data is in the external file '{loc}', but the model was given in "
+                         "memory (a ModelProto or bytes), so there is no folder to read it from; pass the "
+                         "model's path instead, or load the data first with "
+                         "onnx.load_external_data_for_model(model, folder)")
+    _check_location(loc, src.folder, where)
+    try:
+        real = (src.folder / loc).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte
+        raise ModelError(f"{where}: external data file '{loc}' not found in the model's folder {src.folder}") from None
+    if not real.is_relative_to(src.folder):
+        raise ModelError(f"{where}: external data file '{loc}' is a link that escapes the model's folder "
+                         f"{src.folder} (to {real}); refused: put the data itself next to the model")
+    try:
+        regular, size = real.is_file(), real.stat().st_size
+    except OSError as e:
+        raise ModelError(f"{where}: cannot read external data file '{loc}' ({e.strerror})") from None
+    if not regular:
+        raise ModelError(f"{where}: external data '{loc}' is not a regular file")
+    dtype = _tensor_dtype(t.data_type, what)
+    nbytes = math.prod(_tensor_shape(t, dtype.itemsize, where)) * dtype.itemsize
+    offset = _byte_count(info, "offset", 0, where)
+    length = _byte_count(info, "length", nbytes, where)
+    if length != nbytes:
+        raise ModelError(f"{where}: external data length {length} does not match its shape "
+                         f"{list(t.dims)} of {dtype} ({nbytes} bytes)")
+    if offset + nbytes > size:
+        raise ModelError(f"{where}: external data needs bytes {offset} to {offset + nbytes} of '{loc}', "
+                         f"but the file has {size}")
+    return real, offset, nbytes
+
+
+def _check_location(loc: str, folder: Path, where: str) -> None:
+    """Refuse locations that name a place outside the folder before touching the disk."""
+    posix, win = PurePosixPath(loc), PureWindowsPath(loc)
+    if posix.is_absolute() or win.anchor:
+        raise ModelError(f"{where}: external data location '{loc}' is an absolute path and escapes "
+                         f"the model's folder {folder}; refused: locations are relative to the model's folder")
+    if ".." in posix.parts or ".." in win.parts:
+        raise ModelError(f"{where}: external data location '{loc}' uses '..' and escapes the model's folder "
+                         f"{folder}; refused: keep the data file in the model's folder")
+
+
+def _byte_count(info: dict[str, str], key: str, default: int, where: str) -> int:
+    """An ``offset`` or ``length`` entry: decimal digits only (``int()`` would take '-64',
+    '+5', ' 7' or '1_0')."""
+    if key not in info:
+        return default
+    v = info[key]
+    if not (v.isascii() and v.isdigit()):
+        raise ModelError(f"{where}: external data {key} {v!r} is not a non-negative whole number of bytes")
+    return int(v)
+
+
+def _external_loader(t: onnx.TensorProto, src: _Source, what: str) -> Any:
+    """A lazy loader (memory-mapped) for a tensor stored outside the model file. The file
+    is checked now, and checked again when the data is read."""
+    _external_file(t, src, what)
+    dtype = _tensor_dtype(t.data_type, what).np
+    shape = tuple(int(d) for d in t.dims)
 
     def load() -> np.ndarray:
-        return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
+        path, offset, nbytes = _external_file(t, src, what)
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        try:
+            data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nbytes // dtype.itemsize,))
+        except OSError as e:
+            raise ModelError(f"{what} (tensor '{t.name}'): cannot read external data file '{path}' ({e})") from None
+        return data.reshape(shape)
 
     return load
 
 
-def _tensor_loader(t: onnx.TensorProto, base: Path | None) -> Any:
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return _external_loader(t, base)
-    _tensor_dtype(t.data_type, f"initializer '{t.name}'")
+def _inline_loader(t: onnx.TensorProto, src: _Source, what: str) -> Any:
+    """A loader for a tensor held in the model file; the amount of data is checked now,
+    against the shape, so a corrupted shape is refused before anything is decoded."""
+    dtype = _tensor_dtype(t.data_type, what)
+    shape = _tensor_shape(t, dtype.itemsize, what)
+    numel = math.prod(shape)
+    if t.HasField("raw_data"):
+        held, need, unit = len(t.raw_data), numel * dtype.itemsize, "bytes of raw_data"
+    else:
+        field = onnx.helper.tensor_dtype_to_field(t.data_type)
+        held, need, unit = len(getattr(t, field)), numel, f"values in {field}"
+    if held != need:
+        raise ModelError(f"{what} (tensor '{t.name}'): its shape {list(shape)} of {dtype} needs {need} {unit}, "
+                         f"it holds {held}; the model is corrupted")
 
     def load() -> np.ndarray:
         try:
-            return numpy_helper.to_array(t)
-        except Exception as e:
-            raise ModelError(f"initializer '{t.name}': cannot decode its data ({e})") from None
+            return np.asarray(numpy_helper.to_array(t)).astype(dtype.np, copy=False)
+        except Exception as e:  # a form numpy_helper cannot read
+            raise ModelError(f"{what} (tensor '{t.name}'): cannot decode its data ({type(e).__name__}: {e})") from None
 
     return load
+
+
+def _tensor_loader(t: onnx.TensorProto, src: _Source, what: str) -> Any:
+    """A zero-argument loader for any tensor of the model, wherever its data lives."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        if any(len(getattr(t, f)) for f in _DATA_FIELDS):
+            raise ModelError(f"{what} (tensor '{t.name}') is stored externally but also holds data in the "
+                             "model file; the model is corrupted")
+        return _external_loader(t, src, what)
+    return _inline_loader(t, src, what)
+
+
+_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "raw_data", "double_data", "uint64_data")
+
+
+def _check_external_data(proto: onnx.ModelProto, src: _Source) -> None:
+    """Check every external-data reference in the model (initializers, sparse tensors,
+    tensors in attributes, subgraphs, functions) before anything is imported, so a
+    reference out of the model's folder is refused even where effc would not read it."""
+    for t, path in _tensors_in(proto, "model"):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _external_file(t, src, path)
+
+
+def _tensors_in(msg: Any, path: str) -> Iterable[tuple[onnx.TensorProto, str]]:
+    """Every TensorProto under ``msg``, with the field path that leads to it."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in msg.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        items = value if field.is_repeated else [value]
+        for i, v in enumerate(items):
+            name = getattr(v, "name", "")
+            label = f"[{name!r}]" if isinstance(name, str) and name else (f"[{i}]" if field.is_repeated else "")
+            sub = f"{path}.{field.name}{label}"
+            if isinstance(v, onnx.TensorProto):
+                yield v, sub
+            else:
+                yield from _tensors_in(v, sub)
 
 
 # ----------------------------------------------------------------------------- structure checks
@@ -199,10 +348,10 @@ def _toposort(g: onnx.GraphProto, producer: dict[str, int]) -> list[onnx.NodePro
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, base: Path | None):
+    def __init__(self, proto: onnx.ModelProto, src: _Source):
         self.proto = proto
-        self.base = base
-        self.opset = _default_opset(proto)
+        self.src = src
+        self.opset = _onnx_opset(proto, src.label)
         self.graph = Graph(_graph_name(proto.graph.name))
         self.module = Module(self.graph, opset=self.opset,
                              producer=" ".join(x for x in (proto.producer_name, proto.producer_version) if x),
@@ -218,15 +367,8 @@ class _Importer:
         for vi in list(g.value_info) + list(g.output):
             self.declared[vi.name] = vi
         self._import_inputs(g)
-        try:
-            gs_graph = gs.import_onnx(self.proto)
-        except EffcError:
-            raise
-        except Exception as e:
-            raise ModelError(f"cannot read the model's graph: {type(e).__name__}: {e}") from None
-        gs_nodes = {id_key(n): n for n in gs_graph.nodes}
         for i, n in enumerate(order):
-            self._import_node(n, gs_nodes.get(_proto_key(n)), i)
+            self._import_node(n, i)
         outs = []
         for o in g.output:
             v = self.values[o.name]
@@ -253,15 +395,7 @@ class _Importer:
     def _import_inputs(self, g: onnx.GraphProto) -> None:
         inits = {t.name for t in g.initializer}
         for t in g.initializer:
-            dtype = _tensor_dtype(t.data_type, f"initializer '{t.name}'")
-            shape = tuple(int(d) for d in t.dims)
-            count = int(np.prod(shape, dtype=np.int64))
-            loader = _tensor_loader(t, self.base)
-            if count <= INLINE_LIMIT and t.data_location != onnx.TensorProto.EXTERNAL:
-                value: Any = np.asarray(loader()).astype(dtype.np, copy=False)
-            else:
-                value = Resource(self.module.weights.add(t.name, loader), self.module.weights)
-            node = Node("const", [], [TensorType(dtype, shape)], {"value": value}, output_names=[t.name])
+            node = self._tensor_const(t, t.name, f"initializer '{t.name}'")
             self.graph.append(node)
             self.values[t.name] = node.output
         if g.sparse_initializer:
@@ -290,7 +424,24 @@ class _Importer:
                 dims.append(d.dim_param)
             else:
                 dims.append(UNKNOWN_DIM)
+        try:  # the known dims alone must fit in memory
+            tensor_nbytes([d for d in dims if isinstance(d, int)], dtype.itemsize)
+        except ValueError as e:
+            raise ModelError(f"{what}: {e}; the model is corrupted") from None
         return TensorType(dtype, tuple(dims))
+
+    def _tensor_const(self, t: onnx.TensorProto, name: str, what: str) -> Node:
+        """A ``const`` node for a TensorProto: small inline data is decoded now, the rest
+        (and all external data) is read lazily through the weight store."""
+        dtype = _tensor_dtype(t.data_type, what)
+        loader = _tensor_loader(t, self.src, what)
+        shape = tuple(int(d) for d in t.dims)
+        if math.prod(shape) <= INLINE_LIMIT and t.data_location != onnx.TensorProto.EXTERNAL:
+            value: Any = loader()
+        else:
+            key = self.module.weights.unique_key(name)
+            value = Resource(self.module.weights.add(key, loader), self.module.weights)
+        return Node("const", [], [TensorType(dtype, shape)], {"value": value}, output_names=[name])
 
     # -- nodes
     def _const_value(self, array: np.ndarray, hint: str) -> Value:
@@ -298,14 +449,14 @@ class _Importer:
         self.graph.append(node)
         return node.output
 
-    def _import_node(self, n: onnx.NodeProto, gn: gs.Node | None, index: int) -> None:
+    def _import_node(self, n: onnx.NodeProto, index: int) -> None:
         label = _node_label(n, index)
-        if gn is None:
-            raise ModelError(f"node '{label}' ({n.op_type}) was lost while reading the graph")
-        raw = {k: _raw_attr(v) for k, v in gn.attrs.items()}
+        where = f"node '{label}' ({n.op_type})"
+        attrs = _attributes(n, where)
         if n.op_type == "Constant":
-            self._import_constant(n, raw, label)
+            self._import_constant(n, attrs, label)
             return
+        raw = {k: self._attr_value(a, kind, f"{where} attribute '{k}'") for k, (a, kind) in attrs.items()}
         op = BY_ONNX[n.op_type]
         inputs = [self.values[x] if x else None for x in n.input]
 
@@ -347,22 +498,37 @@ class _Importer:
             if name in self.declared:
                 self._refine(v, self.declared[name], f"value '{name}' of node '{label}' ({n.op_type})")
 
-    def _import_constant(self, n: onnx.NodeProto, raw: dict[str, Any], label: str) -> None:
-        if len(raw) != 1:
-            raise ModelError(f"node '{label}' (Constant) must have exactly one value attribute, has {sorted(raw)}")
-        key, val = next(iter(raw.items()))
-        conv = {"value": lambda v: v, "value_float": lambda v: np.array(v, np.float32),
-                "value_floats": lambda v: np.array(v, np.float32), "value_int": lambda v: np.array(v, np.int64),
-                "value_ints": lambda v: np.array(v, np.int64)}
-        if key not in conv:
-            raise UnsupportedOpError([("Constant", label, f"attribute '{key}' (only numeric tensors are supported)")])
-        arr = conv[key](val)
-        if not isinstance(arr, np.ndarray) or arr.dtype == object:
-            raise ModelError(f"node '{label}' (Constant): attribute '{key}' has the wrong type")
-        DType.from_numpy(arr.dtype) if arr.dtype in [d.np for d in DType] else _tensor_dtype(-1, f"node '{label}'")
+    def _attr_value(self, a: onnx.AttributeProto, kind: int, what: str) -> Any:
+        """An attribute's value as plain Python/numpy; tensors are decoded (read from inside
+        the model's folder when external)."""
+        A = onnx.AttributeProto
+        if kind == A.TENSOR:
+            return np.array(_tensor_loader(a.t, self.src, what)())
+        if kind == A.TENSORS:
+            return [np.array(_tensor_loader(t, self.src, f"{what}[{i}]")()) for i, t in enumerate(a.tensors)]
+        return _plain_attr_value(a, kind, what)
+
+    def _import_constant(self, n: onnx.NodeProto, attrs: dict[str, tuple[onnx.AttributeProto, int]],
+                         label: str) -> None:
+        if len(attrs) != 1:
+            raise ModelError(f"node '{label}' (Constant) must have exactly one value attribute, has {sorted(attrs)}")
         if not n.output or not n.output[0]:
             raise ModelError(f"node '{label}' (Constant) has no output")
-        node = self.module.const(arr, name=n.output[0], inline_limit=INLINE_LIMIT)
+        key, (a, kind) = next(iter(attrs.items()))
+        what = f"node '{label}' (Constant) attribute '{key}'"
+        kinds = {"value": onnx.AttributeProto.TENSOR, "value_float": onnx.AttributeProto.FLOAT,
+                 "value_floats": onnx.AttributeProto.FLOATS, "value_int": onnx.AttributeProto.INT,
+                 "value_ints": onnx.AttributeProto.INTS}
+        if key not in kinds:
+            raise UnsupportedOpError([("Constant", label, f"attribute '{key}' (only numeric tensors are supported)")])
+        if kind != kinds[key]:
+            raise ModelError(f"{what} must be {onnx.AttributeProto.AttributeType.Name(kinds[key])}, "
+                             f"is {onnx.AttributeProto.AttributeType.Name(kind)}")
+        if key == "value":
+            node = self._tensor_const(a.t, n.output[0], what)
+        else:
+            arr = np.array(_plain_attr_value(a, kind, what), np.float32 if "float" in key else np.int64)
+            node = self.module.const(arr, name=n.output[0], inline_limit=INLINE_LIMIT)
         node.loc = n.name or None
         self.graph.append(node)
         self.values[n.output[0]] = node.output
@@ -399,6 +565,8 @@ class _Importer:
         for i, d in enumerate(dims):
             have = new[i]
             if d.HasField("dim_value"):
+                if d.dim_value < 0:
+                    raise ModelError(f"{what}: the model declares a negative dimension {d.dim_value}")
                 if isinstance(have, int) and have != d.dim_value:
                     raise ModelError(f"{what}: the model declares shape "
                                      f"{[x.dim_value if x.HasField('dim_value') else x.dim_param for x in dims]} "
@@ -410,40 +578,95 @@ class _Importer:
         v.type = TensorType(v.type.dtype, tuple(new), v.type.quant)
 
 
-def id_key(n: gs.Node) -> tuple:
-    return (n.op, n.name, tuple(t.name for t in n.outputs))
-
-
-def _proto_key(n: onnx.NodeProto) -> tuple:
-    return (n.op_type, n.name, tuple(x for x in n.output))
-
-
 def _strip_node(msg: str) -> str:
     return msg.split(": ", 1)[1] if msg.count(": ") and " node " in msg.split(": ", 1)[0] else msg
 
 
-def _default_opset(proto: onnx.ModelProto) -> int:
-    for o in proto.opset_import:
-        if o.domain in ONNX_DOMAINS:
-            return int(o.version)
-    return 0
+def _onnx_opset(proto: onnx.ModelProto, model: str) -> int:
+    """The model's ONNX opset, by the ONNX checker's rules: IR version 3 on must import the
+    ONNX domain, IR versions 1 and 2 have no imports and mean opset 1. Unlike the checker,
+    an opset newer than NEWEST_OPSET is refused: effc cannot know what its ops mean."""
+    found = sorted({int(o.version) for o in proto.opset_import if o.domain in ONNX_DOMAINS})
+    if len(found) > 1:
+        raise ModelError(f"{model} imports the ONNX operator set twice, as opsets {found}; keep one "
+                         "opset_import entry for the domain ''")
+    if not found:
+        if not proto.opset_import and 1 <= proto.ir_version < 3:
+            return 1
+        if proto.opset_import and not any(n.domain in ONNX_DOMAINS for n in proto.graph.node):
+            return 0  # only custom-domain ops: they are reported as unsupported
+        raise ModelError(f"{model} has no opset_import for the ONNX domain '' (required from IR version 3), so "
+                         "effc cannot tell which version of each operator it uses; add the opset it was exported "
+                         f"at, e.g. model.opset_import.append(onnx.helper.make_opsetid('', 17)) "
+                         f"(effc reads opsets 1 to {NEWEST_OPSET})")
+    version = found[0]
+    if version < 1:
+        raise ModelError(f"{model} imports ONNX opset {version}, which does not exist (ONNX opsets start at 1); "
+                         f"set its opset_import to the opset it was exported at (effc reads opsets 1 to {NEWEST_OPSET})")
+    if version > NEWEST_OPSET:
+        raise ModelError(f"{model} imports ONNX opset {version}, newer than effc knows (effc reads opsets 1 to "
+                         f"{NEWEST_OPSET}; an op may mean something else in a newer one): re-export the model at "
+                         f"opset {NEWEST_OPSET} or lower, e.g. torch.onnx.export(..., opset_version=21)")
+    return version
 
 
 def _graph_name(name: str) -> str:
     return name or "main"
 
 
-def _raw_attr(v: Any) -> Any:
-    """gs attribute values → plain Python/numpy."""
-    if isinstance(v, gs.Constant):
-        return np.asarray(v.values)
-    if isinstance(v, gs.Tensor):
-        raise ValueError("tensor attribute without a value")
-    if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
-    if isinstance(v, (list, tuple)):
-        return [x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x for x in v]
-    return v
+_A = onnx.AttributeProto
+_ATTR_FIELDS = (("f", _A.FLOAT), ("i", _A.INT), ("s", _A.STRING), ("t", _A.TENSOR), ("g", _A.GRAPH),
+                ("sparse_tensor", _A.SPARSE_TENSOR), ("tp", _A.TYPE_PROTO))
+_ATTR_LISTS = (("floats", _A.FLOATS), ("ints", _A.INTS), ("strings", _A.STRINGS), ("tensors", _A.TENSORS),
+               ("graphs", _A.GRAPHS), ("sparse_tensors", _A.SPARSE_TENSORS), ("type_protos", _A.TYPE_PROTOS))
+
+
+def _attributes(n: onnx.NodeProto, where: str) -> dict[str, tuple[onnx.AttributeProto, int]]:
+    """The node's attributes by name with their types, checked as the ONNX checker does: a
+    name, given once, a type, and at most one value field, the one the type names. An
+    attribute the checker refuses would otherwise be skipped or misread."""
+    out: dict[str, tuple[onnx.AttributeProto, int]] = {}
+    for a in n.attribute:
+        if not a.name:
+            raise ModelError(f"{where} has an attribute without a name; the model is corrupted")
+        what = f"{where} attribute '{a.name}'"
+        if a.name in out:
+            raise ModelError(f"{what} is given twice; keep one")
+        if a.ref_attr_name:
+            raise ModelError(f"{what} refers to the function attribute '{a.ref_attr_name}', which only a node "
+                             "inside a function body may do")
+        used = [k for f, k in _ATTR_FIELDS if a.HasField(f)] + [k for f, k in _ATTR_LISTS if len(getattr(a, f))]
+        if len(used) > 1:
+            raise ModelError(f"{what} holds more than one value ({', '.join(_A.AttributeType.Name(k) for k in used)}); "
+                             "the model is corrupted")
+        kind = a.type
+        if kind == _A.UNDEFINED:
+            raise ModelError(f"{what} has no type (AttributeProto.type is unset; the ONNX checker refuses "
+                             "this); re-export the model, or rebuild the attribute with onnx.helper.make_attribute")
+        if used and used[0] != kind:
+            raise ModelError(f"{what} is declared {_A.AttributeType.Name(kind)} but holds a "
+                             f"{_A.AttributeType.Name(used[0])}; the model is corrupted")
+        out[a.name] = (a, kind)
+    return out
+
+
+def _plain_attr_value(a: onnx.AttributeProto, kind: int, what: str) -> Any:
+    """A non-tensor attribute value as plain Python: numbers, str, lists of them. Graphs,
+    sparse tensors and type protos come back as their protos (no effc op takes them)."""
+
+    def text(b: bytes) -> str:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"{what} is not valid UTF-8 text ({b[:40]!r}); the model is corrupted") from None
+
+    plain = {_A.FLOAT: lambda: float(a.f), _A.INT: lambda: int(a.i), _A.STRING: lambda: text(a.s),
+             _A.FLOATS: lambda: [float(x) for x in a.floats], _A.INTS: lambda: [int(x) for x in a.ints],
+             _A.STRINGS: lambda: [text(x) for x in a.strings]}
+    if kind in plain:
+        return plain[kind]()
+    field = {k: f for f, k in _ATTR_FIELDS + _ATTR_LISTS}[kind]
+    return getattr(a, field)
 
 
 def _convert_attrs(op: OpDef, raw: dict[str, Any], fail: Any) -> dict[str, Any]:
@@ -496,8 +719,11 @@ def coerce_attr(kind: str, v: Any, fail: Any) -> Any:
     raise fail(f"has unknown kind {kind}")
 
 
-def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> Module:
-    """Read an ONNX model (path or ModelProto) into an effc Module."""
-    proto, base = load_onnx(model)
+def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Module:
+    """Read an ONNX model (path, serialized bytes or ModelProto) into an effc Module."""
+    proto, folder = load_onnx(model)
     check_text_fields(proto)
-    return _Importer(proto, base).run()
+    src = _Source(f"model {os.fspath(model)}" if folder is not None else "the in-memory model",
+                  folder.resolve() if folder is not None else None)
+    _check_external_data(proto, src)
+    return _Importer(proto, src).run()

@@ -12,6 +12,24 @@ Dim = Union[int, str]
 
 UNKNOWN_DIM = "?"
 
+MAX_ADDRESSABLE_BYTES = 2**63 - 1
+"""No tensor can be larger: byte sizes and offsets are int64 in ONNX, numpy and every runtime."""
+
+
+def tensor_nbytes(shape: "tuple[int, ...] | list[int]", itemsize: int) -> int:
+    """The exact byte size of a static shape, in Python ints (``np.prod`` with int64 wraps:
+    2**32 x 2**32 gives 0). ValueError for a negative dim or a size over MAX_ADDRESSABLE_BYTES,
+    so a corrupted shape is refused instead of turning into a small or negative size."""
+    n = itemsize
+    for d in shape:
+        if d < 0:
+            raise ValueError(f"negative dimension {d} in shape {list(shape)}")
+        n *= d
+    if n > MAX_ADDRESSABLE_BYTES:
+        raise ValueError(f"shape {list(shape)} of {itemsize}-byte elements is {n} bytes, "
+                         f"more than any machine can address (2**63)")
+    return n
+
 
 class DType(enum.Enum):
     """Element types. The value is the short name used in the text form."""
