@@ -53,13 +53,13 @@ import tvm
 from tvm import relax, tirx
 
 from effc.ir.core import Module
-from effc.ir.errors import EffcError
+from effc.ir.errors import EffcError, IndexOutOfRangeError
 from effc.ir.types import TensorType
 from effc.passes.memory_plan_offsets import Block, align_up, assign_offsets
 
 from .aot_kernels import Kernels, build_kernels, kernel_flavor
 from .build import Signature
-from .relax import lower_to_relax
+from .relax import INDEX_CHECKS, lower_to_relax
 
 ALIGN = 64
 """Alignment of the arena, of every tensor in it and of every weight. TVM's kernels are
@@ -114,7 +114,7 @@ def aot_relax_passes() -> tvm.transform.Pass:
 
 def lower_for_aot(module: Module, target: Mapping[str, Any]) -> tvm.IRModule:
     _check_static(module)
-    mod = lower_to_relax(module)
+    mod = lower_to_relax(module, labels_in_result=False)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)):
         return aot_relax_passes()(mod)
 
@@ -136,7 +136,7 @@ class Storage:
     """Bytes a DLTensor points into."""
 
     kind: str
-    """``input``, ``output``, ``weight`` or ``arena``."""
+    """``input``, ``output``, ``weight``, ``arena`` or ``status`` (an index check's result)."""
     index: int
     """Input/output position, weight number, or arena tensor number."""
     nbytes: int
@@ -190,6 +190,10 @@ class Schedule:
     (split steps, and kernels that read that input element by element)."""
     slices: dict[tuple[str, int], tuple[tuple[str, int], int]] = field(default_factory=dict)
     """Concat input storage -> (the concat's output storage, byte offset in it)."""
+    checks: list[tuple[TensorArg, str]] = field(default_factory=list)
+    """Index checks: (int64[3] status ``[bad, first bad index, axis length]`` in a
+    ``status`` storage of its own, the checked node's description), in graph order. The
+    driver reads them after the last kernel call and fails the run on the first bad one."""
 
     def kernel_at(self, t: int) -> str:
         """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
@@ -319,14 +323,36 @@ def read_schedule(mod: tvm.IRModule, iface: Interface) -> Schedule:
     result = reader.value(body.body)
     if isinstance(result, TensorArg):
         result = (result,)
-    if len(result) != len(iface.outputs):
-        raise AotError(f"internal: main returns {len(result)} values, the graph has {len(iface.outputs)} outputs")
+    n_out = len(iface.outputs)
+    labels = [str(x) for x in mod.attrs[INDEX_CHECKS]] if mod.attrs is not None and INDEX_CHECKS in mod.attrs else []
+    if len(result) != n_out + len(labels):
+        raise AotError(f"internal: main returns {len(result)} values, the graph has {n_out} outputs "
+                       f"and {len(labels)} index checks")
     for step in reader.steps:
         step.writes = reader.labels.get(step.args[-1].storage_key, "")
-    copies = _home_outputs(reader, list(result))
+    checks = _home_checks(reader, list(result[n_out:]), labels)
+    copies = _home_outputs(reader, list(result[:n_out]))
     used = {s.kernel for s in reader.steps}
     prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and gv.name_hint in used}
-    return Schedule(reader.steps, copies, reader.storages, reader.weights, prims, reader.labels)
+    return Schedule(reader.steps, copies, reader.storages, reader.weights, prims, reader.labels, checks=checks)
+
+
+def _home_checks(reader: _Reader, statuses: list[TensorArg], labels: list[str]) -> list[tuple[TensorArg, str]]:
+    """Move each index check's status out of the arena into a ``status`` storage of its
+    own (the driver keeps it in a static buffer), so no later tensor reuses its bytes
+    before the driver reads it."""
+    checks = []
+    for k, (arg, label) in enumerate(zip(statuses, labels)):
+        key, home = arg.storage_key, ("status", k)
+        if key[0] != "arena" or any(a is not arg and a.storage_key == key for a in statuses):
+            raise AotError(f"internal: the status of index check {k} ({label}) is not a tensor of its own")
+        reader.storages[home] = Storage("status", k, arg.nbytes)
+        del reader.storages[key]
+        for step in reader.steps:
+            step.args = [TensorArg(home, a.shape, a.dtype) if a.storage_key == key else a for a in step.args]
+        reader.labels.pop(key, None)
+        checks.append((TensorArg(home, arg.shape, arg.dtype), label))
+    return checks
 
 
 def _home_outputs(reader: _Reader, results: list[TensorArg]) -> list[Copy]:
@@ -493,8 +519,21 @@ def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
 # ----------------------------------------------------------------------------- program
 
 
+_INDEX_FAILURE = re.compile(r"effc: index out of range: (.*): index (-?\d+) is out of range for an axis of "
+                            r"length (\d+)")
+
+
+def index_failure(log: str) -> IndexOutOfRangeError | None:
+    """The error a test harness reported with exit status 3 (``aot_c.harness_c``): the
+    same IndexOutOfRangeError, naming the node, as the Relax VM build raises."""
+    m = _INDEX_FAILURE.search(log)
+    return None if m is None else IndexOutOfRangeError(m.group(1), int(m.group(2)), int(m.group(3)))
+
+
 def c_identifier(name: str) -> str:
-    out = re.sub(r"\W", "_", name).strip("_").lower() or "model"
+    """A model name as the ASCII C identifier in ``effc_<name>_run`` (always prefixed, so
+    it cannot clash with C's own names)."""
+    out = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_").lower() or "model"
     return out if not out[0].isdigit() else f"m_{out}"
 
 

@@ -19,6 +19,7 @@ effc's own files compile with ``-std=c11 -Wall -Wextra -Werror``; TVM's kernel s
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import effc
 
 from .aot import ALIGN, AotProgram, ArenaPlan, CToolchain, Interface, Schedule, Step, TensorArg
 from .aot_kernels import Kernels
+from .relax import c_reserved
 
 HEADER = "model.h"
 DRIVER = "model.c"
@@ -48,11 +50,6 @@ C_TYPES = {
 
 _DL_CODES = {"int": "kDLInt", "uint": "kDLUInt", "float": "kDLFloat", "bfloat": "kDLBfloat", "bool": "kDLBool"}
 
-_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float for goto if
-inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
-volatile while arena main""".split())
-
-
 def c_type(dtype: str) -> str:
     if dtype not in C_TYPES:
         raise ValueError(f"no C type for tensors of {dtype}")
@@ -70,16 +67,15 @@ def dl_dtype(dtype: str) -> tuple[str, int]:
 
 
 def param_names(iface: Interface) -> tuple[list[str], list[str]]:
-    """C parameter names for the inputs and outputs: the value names made identifiers,
-    unique, and clear of C keywords."""
-    import re
-
+    """C parameter names for the inputs and outputs: the value names made ASCII
+    identifiers, clear of C's reserved names (``relax.c_reserved``: prefixed ``v_``), and unique
+    (names equal after that get ``_1``, ``_2``, ...)."""
     seen: set[str] = set()
     out: list[list[str]] = [[], []]
     for k, names in enumerate(([n for n, _ in iface.inputs], [n for n, _ in iface.outputs])):
         for i, name in enumerate(names):
-            c = re.sub(r"\W", "_", name).strip("_") or f"{'in' if k == 0 else 'out'}{i}"
-            if c[0].isdigit() or c in _C_KEYWORDS or c.startswith(("effc_", "EFFC_")):
+            c = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or f"{'in' if k == 0 else 'out'}{i}"
+            if c[0].isdigit() or c_reserved(c):
                 c = f"v_{c}"
             base, n = c, 1
             while c in seen:
@@ -90,7 +86,18 @@ def param_names(iface: Interface) -> tuple[list[str], list[str]]:
 
 
 def _comment(text: str) -> str:
-    return text.replace("*/", "* /")
+    return text.replace("*/", "* /").replace("??", "? ?").replace("\n", " ").replace("\\", "/")
+
+
+_C_STRING_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                           b" _-.,:;/'()[]{}<>=+*&^%$#@!~|")
+
+
+def _c_string(text: str) -> str:
+    """``text`` as a C string literal: its UTF-8 bytes, every byte outside a plain safe
+    set as an octal escape (so no quote, backslash, trigraph or newline in a node name
+    can end the literal)."""
+    return '"' + "".join(chr(b) if b in _C_STRING_SAFE else f"\\{b:03o}" for b in text.encode()) + '"'
 
 
 # ----------------------------------------------------------------------------- weights
@@ -153,8 +160,17 @@ def header(name: str, iface: Interface, plan: ArenaPlan, weight_bytes: int, targ
  *   workspace; nothing is allocated. Pass buffers aligned to EFFC_{up}_ALIGN bytes (the
  *   kernels are compiled for that alignment; the arena must be). Buffers must not overlap.
  *   Returns 0, or k > 0 when kernel call k failed (it found no room for its workspace:
- *   an arena too small, i.e. an effc bug).
+ *   an arena too small, i.e. an effc bug), or EFFC_{up}_INDEX_OUT_OF_RANGE when an index
+ *   input (Gather, GatherElements, ScatterElements) held an index outside its axis: the
+ *   kernels clamp every index, so nothing was read or written outside a tensor, but the
+ *   outputs are not the model's; effc_{name}_error() says which node and which index.
  *   Not reentrant: the workspace allocator (effc_runtime.c) keeps state while a kernel runs.
+ *
+ * const char* effc_{name}_error(void)
+ *   After a run that failed: what failed, e.g. "Gather node 'embed': index 50 is out of
+ *   range for an axis of length 50"; "" after a run that succeeded.
+ * int64_t effc_{name}_error_index(void)
+ *   After EFFC_{up}_INDEX_OUT_OF_RANGE: the offending index value.
  *
  * Inputs:
 {chr(10).join(in_lines)}
@@ -176,9 +192,12 @@ extern "C" {{
 #define EFFC_{up}_WEIGHT_BYTES {weight_bytes}u
 #define EFFC_{up}_NUM_INPUTS {len(ins)}
 #define EFFC_{up}_NUM_OUTPUTS {len(outs)}
+#define EFFC_{up}_INDEX_OUT_OF_RANGE (-1)
 {chr(10).join(sizes)}
 
 int effc_{name}_run({", ".join(params + ["void* arena"])});
+const char* effc_{name}_error(void);
+int64_t effc_{name}_error_index(void);
 
 #ifdef __cplusplus
 }}
@@ -227,6 +246,8 @@ class _Driver:
         if kind == "weight":
             off = self.weight_offsets[index]
             return f"(void*)(effc_w + {off})", f"weight {index}"
+        if kind == "status":
+            return f"(void*)effc_status[{index}]", f"index check {index}"
         off = self.plan.offsets[index]
         label = self.schedule.labels.get(arg.storage_key)
         where = f"arena {off}..{off + self.schedule.storages[arg.storage_key].nbytes}"
@@ -292,6 +313,7 @@ class _Driver:
         for t, step in enumerate(self.schedule.steps):
             body += self.step(t, step)
         body += self.copies()
+        body += self.index_checks()
         decls = [f"int32_t {self.kernels.symbols[k]}(void* self, void* args, int32_t num_args, void* result);"
                  for k in sorted({self.schedule.kernel_at(t) for t in range(len(self.schedule.steps))})]
         shapes = [f"static const int64_t {v}[{len(k)}] = {{{', '.join(map(str, k))}}};"
@@ -310,8 +332,10 @@ class _Driver:
             *decls, "", *pointers[0],
             f"extern const uint8_t effc_{name}_weights[];", "",
             *shapes, "",
+            *self.error_api(),
             f"int effc_{name}_run({', '.join(params + ['void* arena'])}) {{",
             "  uint8_t* effc_a = (uint8_t*)arena;",
+            "  effc_error_text[0] = '\\0';",
             f"  const uint8_t* effc_w = effc_{name}_weights;",
             *self._unused(body),
             *pointers[1],
@@ -319,6 +343,59 @@ class _Driver:
             "  effc_workspace_set(NULL, 0u);",
             "  return 0;", "}", "",
         ])
+
+    def index_checks(self) -> list[str]:
+        """After the last kernel: fail the run on the first index check that found a bad
+        index (the kernels clamped it, so they stayed inside every tensor)."""
+        lines = []
+        for k, (_, label) in enumerate(self.schedule.checks):
+            lines += [f"  if (effc_status[{k}][0] != 0) {{  /* {_comment(label)} */",
+                      f"    effc_index_error({_c_string(label)}, effc_status[{k}][1], effc_status[{k}][2]);",
+                      f"    return EFFC_{self.name.upper()}_INDEX_OUT_OF_RANGE;", "  }"]
+        return lines
+
+    def error_api(self) -> list[str]:
+        """``effc_<name>_error``/``_error_index`` and, with index checks, their static
+        status buffers and the message formatter (no stdio: it runs on microcontrollers)."""
+        name, checks = self.name, self.schedule.checks
+        size = max([len(label.encode()) for _, label in checks], default=0) + 96
+        lines = [f"static char effc_error_text[{size}];", "static int64_t effc_error_value;",
+                 f"const char* effc_{name}_error(void) {{ return effc_error_text; }}",
+                 f"int64_t effc_{name}_error_index(void) {{ return effc_error_value; }}", ""]
+        if not checks:
+            return lines
+        return lines + [
+            f"EFFC_ALIGNED({ALIGN}) static int64_t effc_status[{len(checks)}][{ALIGN // 8}];",
+            "",
+            "static size_t effc_put(size_t at, const char* s) {",
+            "  while (*s != '\\0' && at + 1 < sizeof effc_error_text) effc_error_text[at++] = *s++;",
+            "  effc_error_text[at] = '\\0';",
+            "  return at;",
+            "}",
+            "",
+            "static size_t effc_put_i64(size_t at, int64_t v) {",
+            "  char digits[24];",
+            "  char* d = digits + sizeof digits - 1;",
+            "  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;",
+            "  *d = '\\0';",
+            "  do {",
+            "    *--d = (char)('0' + (int)(u % 10u));",
+            "    u /= 10u;",
+            "  } while (u != 0u);",
+            "  if (v < 0) *--d = '-';",
+            "  return effc_put(at, d);",
+            "}",
+            "",
+            "static void effc_index_error(const char* node, int64_t index, int64_t length) {",
+            "  size_t at = effc_put(0, node);",
+            "  effc_error_value = index;",
+            "  at = effc_put(at, \": index \");",
+            "  at = effc_put_i64(at, index);",
+            "  at = effc_put(at, \" is out of range for an axis of length \");",
+            "  effc_put_i64(at, length);",
+            "}",
+            "",
+        ]
 
     @staticmethod
     def _unused(body: list[str]) -> list[str]:
@@ -353,14 +430,76 @@ def driver_c(name: str, iface: Interface, schedule: Schedule, plan: ArenaPlan, k
 # ----------------------------------------------------------------------------- harness
 
 
-def harness_c(name: str, iface: Interface) -> str:
+_FILE_IO = r"""
+static int read_file(const char* path, void* data, size_t bytes) {
+  FILE* f = fopen(path, "rb");
+  size_t got;
+  int extra;
+  if (f == NULL) {
+    fprintf(stderr, "effc: cannot open %s\n", path);
+    return 1;
+  }
+  got = fread(data, 1, bytes, f);
+  extra = fgetc(f);
+  fclose(f);
+  if (got != bytes || extra != EOF) {
+    fprintf(stderr, "effc: %s: expected exactly %lu bytes\n", path, (unsigned long)bytes);
+    return 1;
+  }
+  return 0;
+}
+
+static int write_file(const char* path, const void* data, size_t bytes) {
+  FILE* f = fopen(path, "wb");
+  size_t put;
+  if (f == NULL) {
+    fprintf(stderr, "effc: cannot create %s\n", path);
+    return 1;
+  }
+  put = fwrite(data, 1, bytes, f);
+  if (fclose(f) != 0 || put != bytes) {
+    fprintf(stderr, "effc: %s: write failed\n", path);
+    return 1;
+  }
+  return 0;
+}
+
+"""
+"""The host harness's I/O: each input from a file, each output to one."""
+
+_BOARD_IO = r"""
+/* Board I/O: the inputs are in place before reset; no file is opened. */
+extern void effc_board_write(const void* data, size_t bytes);
+
+static int read_file(const char* label, void* data, size_t bytes) {
+  (void)label, (void)data, (void)bytes;
+  return 0;
+}
+
+static int write_file(const char* label, const void* data, size_t bytes) {
+  fprintf(stderr, "\neffc-out %s %lu\n", label, (unsigned long)bytes);
+  effc_board_write(data, bytes);
+  return 0;
+}
+
+"""
+"""The board harness's I/O (see ``harness_c``)."""
+
+
+def harness_c(name: str, iface: Interface, board: bool = False) -> str:
+    """The test harness ``main.c``. On a host (``board=False``) it reads and writes files.
+    On a board (Cortex-M, ``board=True``) it opens nothing: the runner places each input in
+    its buffer (section ``.effc_inputs``, which reset leaves alone) before the core starts,
+    and each output goes out through ``effc_board_write`` (the board port's UART) after the
+    line ``effc-out LABEL BYTES``; the host reaches no file of the board's choosing."""
     up = name.upper()
     ins, outs = param_names(iface)
     n_in, n_out = len(ins), len(outs)
     bufs, reads, writes, args = [], [], [], []
     for i, (c, (_, t)) in enumerate(zip(ins, iface.inputs)):
         ct = c_type(_relax_dtype(t))
-        bufs.append(f"EFFC_ALIGNED({ALIGN}) static {ct} input{i}[EFFC_{up}_INPUT{i}_BYTES / sizeof({ct}) + 1];")
+        place = ' __attribute__((section(".effc_inputs")))' if board else ""
+        bufs.append(f"EFFC_ALIGNED({ALIGN}) static {ct} input{i}[EFFC_{up}_INPUT{i}_BYTES / sizeof({ct}) + 1]{place};")
         reads.append(f"  if (read_file(argv[{1 + i}], input{i}, EFFC_{up}_INPUT{i}_BYTES) != 0) return 2;")
         args.append(f"input{i}")
     for i, (c, (_, t)) in enumerate(zip(outs, iface.outputs)):
@@ -373,7 +512,8 @@ def harness_c(name: str, iface: Interface) -> str:
  *   usage: model {usage} [RUNS]
  * Reads each input as raw bytes (row-major, native byte order) from a file, runs the model
  * and writes each output the same way. With RUNS > 1 it runs that many times and prints the
- * processor time per run to stderr. Exit status: 0, 1 (a kernel failed), 2 (bad files/usage).
+ * processor time per run to stderr. Exit status: 0, 1 (a kernel failed), 2 (bad files/usage),
+ * 3 (an index input out of range: "effc: index out of range: <what>" on stderr).
  * No heap: the arena and every buffer are static. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,40 +524,7 @@ def harness_c(name: str, iface: Interface) -> str:
 
 EFFC_ALIGNED({ALIGN}) static uint8_t arena[EFFC_{up}_ARENA_BYTES > 0 ? EFFC_{up}_ARENA_BYTES : 1];
 {chr(10).join(bufs)}
-
-static int read_file(const char* path, void* data, size_t bytes) {{
-  FILE* f = fopen(path, "rb");
-  size_t got;
-  int extra;
-  if (f == NULL) {{
-    fprintf(stderr, "effc: cannot open %s\\n", path);
-    return 1;
-  }}
-  got = fread(data, 1, bytes, f);
-  extra = fgetc(f);
-  fclose(f);
-  if (got != bytes || extra != EOF) {{
-    fprintf(stderr, "effc: %s: expected exactly %lu bytes\\n", path, (unsigned long)bytes);
-    return 1;
-  }}
-  return 0;
-}}
-
-static int write_file(const char* path, const void* data, size_t bytes) {{
-  FILE* f = fopen(path, "wb");
-  size_t put;
-  if (f == NULL) {{
-    fprintf(stderr, "effc: cannot create %s\\n", path);
-    return 1;
-  }}
-  put = fwrite(data, 1, bytes, f);
-  if (fclose(f) != 0 || put != bytes) {{
-    fprintf(stderr, "effc: %s: write failed\\n", path);
-    return 1;
-  }}
-  return 0;
-}}
-
+{_BOARD_IO if board else _FILE_IO}
 int main(int argc, char** argv) {{
   long runs = 1;
   long r;
@@ -438,6 +545,10 @@ int main(int argc, char** argv) {{
   start = clock();
   for (r = 0; r < runs && status == 0; ++r) {{
     status = effc_{name}_run({", ".join(args + ["arena"])});
+  }}
+  if (status == EFFC_{up}_INDEX_OUT_OF_RANGE) {{
+    fprintf(stderr, "effc: index out of range: %s\\n", effc_{name}_error());
+    return 3;
   }}
   if (status != 0) {{
     fprintf(stderr, "effc: kernel call %d failed\\n", status);

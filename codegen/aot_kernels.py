@@ -23,6 +23,10 @@ readers (the kernel tests the bounds instead of reading a padded copy), and each
 moves inside the reduction's loop nest, right after the reduction of one output element,
 so its accumulator shrinks to one element on the stack. What remains is read from the
 lowered TIR, so the driver can place each kernel's workspace in the arena for its step.
+
+NaN and infinities: every kernel goes through ``ieee_minmax`` (float max/min propagate
+NaN; max/min reductions start from -inf/+inf), so Relu, Clip, pools and reductions keep a
+NaN as onnxruntime and numpy do; ``ieee_minmax_pass`` does the same for the Relax VM.
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.tirx.build import split_host_device_mods, tir_to_runtime
 
@@ -124,6 +130,77 @@ _DATA_PAR = 0
 """``IterVar.iter_type`` of a spatial (data-parallel) block axis."""
 
 
+# ----------------------------------------------------------------------------- IEEE max/min
+
+
+def _is_ieee_float(dtype: Any) -> bool:
+    """float16/32/64: the types whose max/min ``ieee_minmax`` rewrites (bfloat16 is left
+    as TVM lowers it: not tested here)."""
+    return str(dtype) in ("float16", "float32", "float64")
+
+
+def _nan_propagating(e: Any) -> Any:
+    """``max(a, b)`` / ``min(a, b)`` on floats as a select that gives NaN when either
+    operand is NaN (IEEE 754-2019 ``maximum``/``minimum``, numpy's ``np.maximum``, and what
+    onnxruntime's Relu, Clip, Max and Min give).
+
+    TVM emits ``Max(a, b)`` as ``a > b ? a : b`` (LLVM and C alike), so NaN survives only
+    when it is ``a``: ``relu(NaN) = max(NaN, 0)`` gave 0, ``clip(NaN, 0, 6)`` gave 6, and a
+    max-reduction or max-pool kept NaN only when it came last. This form reads NaN from
+    either side: ``b`` when ``b`` is NaN or wins, else ``a`` (NaN itself when ``a`` is NaN).
+    """
+    if not _is_ieee_float(e.ty.dtype):
+        return e
+    a, b = e.a, e.b
+    b_wins = tirx.LT(a, b) if isinstance(e, tirx.Max) else tirx.LT(b, a)
+    return tirx.Select(tirx.Or(tirx.isnan(b), b_wins), b, a)
+
+
+def _infinite_identity(block: Any) -> Any:
+    """A float max- (min-) reduction starts from -inf (+inf), the identity of max (min),
+    instead of TVM's lowest (highest) finite value: a max over values that are all -inf is
+    -inf (numpy, onnxruntime's MaxPool and ReduceMax), not -3.4e38. A max-pool's padding
+    keeps TVM's lowest finite value, as effc's reference does."""
+    init, body = block.init, block.body
+    if not (isinstance(init, tirx.BufferStore) and isinstance(body, tirx.BufferStore)
+            and isinstance(init.value, tirx.FloatImm) and isinstance(body.value, (tirx.Max, tirx.Min))
+            and _is_ieee_float(init.value.ty.dtype)):
+        return block
+    info = np.finfo(str(init.value.ty.dtype))
+    want_max = isinstance(body.value, tirx.Max)
+    if init.value.value != float(info.min if want_max else info.max):
+        return block
+    inf = tirx.FloatImm(str(init.value.ty.dtype), -np.inf if want_max else np.inf)
+    new_init = tirx.BufferStore(init.buffer, inf, init.indices)
+    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, new_init,
+                        block.alloc_buffers, block.match_buffers, block.annotations)
+
+
+def ieee_minmax(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with IEEE NaN and infinity semantics for float max/min: every ``Max``/``Min``
+    propagates NaN, and max/min reductions start from -inf/+inf (see ``_nan_propagating``,
+    ``_infinite_identity``). Covers everything TVM lowers to max/min: Relu, Clip,
+    HardSigmoid/HardSwish, Max/Min, MaxPool, ReduceMax/Min, Softmax's row maximum and the
+    activation epilogues of fused conv/gemm kernels. Run it on scheduled (or unscheduled)
+    kernels, after a tuning database was applied (its keys are the kernels before it).
+    Integer max/min (index arithmetic) are left alone."""
+    func = tvm_ffi.structural_map(func, [(s_tir.SBlock, _infinite_identity)])
+    return tvm_ffi.structural_map(func, [(tirx.Max, _nan_propagating), (tirx.Min, _nan_propagating)])
+
+
+@tvm.transform.module_pass(opt_level=0, name="effc.IeeeMinMax")
+def ieee_minmax_pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """``ieee_minmax`` on every PrimFunc of ``mod``, when the current target is a CPU
+    (``llvm``, ``c``) or none; GPU kernels are left alone (their cross-thread reductions
+    must keep the plain max/min TVM recognizes). The Relax VM build runs it after effc's
+    Relax pipeline, after any tuning database was applied."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name not in ("llvm", "c"):
+        return mod
+    funcs = {gv: ieee_minmax(f) if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def apply_database(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any],
                    database: Any) -> dict[str, tirx.PrimFunc]:
     """The kernels a MetaSchedule database holds a schedule for, scheduled by it."""
@@ -148,7 +225,7 @@ def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, 
     flavor = kernel_flavor(target)
     tvm_target = tvm.target.Target(dict(target))
     tuned = apply_database(prim_funcs, target, database) if database is not None else {}
-    mod = tvm.IRModule({name: (tuned.get(name) or (fold_scratch(f) if lean else f)).with_attr(
+    mod = tvm.IRModule({name: ieee_minmax(tuned.get(name) or (fold_scratch(f) if lean else f)).with_attr(
         "global_symbol", f"{prefix}_{name}") for name, f in sorted(prim_funcs.items())})
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         mod = tirx.transform.BindTarget(tvm_target.with_host(tvm_target))(mod)
@@ -206,4 +283,15 @@ def _standalone_c(source: str) -> str:
     source = source.replace("void* __tvm_ffi__library_ctx = NULL;", "static void* __tvm_ffi__library_ctx = NULL;")
     if '#include "effc_tvm_abi.h"' not in source:
         source = '#include "effc_tvm_abi.h"\n' + source
-    return source
+    return _C_INFINITY + source
+
+
+_C_INFINITY = """#include <math.h>
+#ifndef inff
+#define inff INFINITY /* TVM's C printer writes a float32 infinity as `inff` (`-inff`) */
+#endif
+"""
+"""Lets the kernels' infinite constants compile: the -inf/+inf a max/min reduction or pool
+starts from (``ieee_minmax``), ReduceMax of an all -inf set. Nothing here or in the
+toolchains' flags may assume finite math (-ffast-math, -ffinite-math-only): NaN and the
+infinities must pass through the kernels as IEEE 754 says."""

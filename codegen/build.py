@@ -26,7 +26,8 @@ from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.types import DType, TensorType, shape_matches
 
-from .relax import LoweringError, lower_to_relax
+from .aot_kernels import ieee_minmax_pass
+from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_relax
 
 TargetDict = Mapping[str, Any]
 
@@ -106,6 +107,7 @@ def relax_pipeline() -> tvm.transform.Pass:
         relax.transform.FuseTIR(),
         relax.get_pipeline("default"),
         sort_shape_func_stores,
+        ieee_minmax_pass,  # NaN kept through max/min (relu, clip, pools, reductions) on CPUs
     ], name="effc_relax_pipeline")
 
 
@@ -158,7 +160,9 @@ class Built:
             raise InputError(f"inputs {sorted(extra)} are not inputs of the model "
                              f"(it takes {[n for n, _ in self.signature.inputs]})")
         result = self.vm["main"](*args)
-        outs = [result[i].numpy() for i in range(len(self.signature.outputs))]
+        n = len(self.signature.outputs)
+        _raise_index_failure(result, n)
+        outs = [result[i].numpy() for i in range(n)]
         return dict(zip(self.signature.outputs, outs))
 
     def _take(self, inputs: Mapping[str, np.ndarray], name: str, t: TensorType) -> np.ndarray:
@@ -188,16 +192,36 @@ class Built:
         return Built(tvm.runtime.load_module(str(path)), signature)
 
 
-def build(module: Module, target: TargetDict | None = None) -> Built:
+def _raise_index_failure(result: Any, n_outputs: int) -> None:
+    """Raise IndexOutOfRangeError for the first failed index check ``main`` returned after
+    its ``n_outputs`` outputs (``relax.CHECK_FIELDS`` fields each, in graph order). The
+    kernels clamped the indices, so nothing was read or written outside a tensor."""
+    for k in range(n_outputs, len(result) - CHECK_FIELDS + 1, CHECK_FIELDS):
+        status = _peek(result[k])
+        if status[0]:  # the label is read only then
+            raise index_check_failure(status, result[k + 1].numpy())
+
+
+def _peek(t: Any) -> np.ndarray:
+    """A small result tensor's values: a zero-copy view on the CPU (``.numpy()`` costs
+    ~10 us a call, which would be most of what a check costs), a copy from a GPU."""
+    try:
+        return np.from_dlpack(t)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return t.numpy()
+
+
+def build(module: Module, target: TargetDict | None = None, *, index_checks: bool = True) -> Built:
     """Lower ``module`` to Relax and compile it for ``target`` (default: this x86 host).
 
     Raises UnsupportedOpError or LoweringError before TVM starts when something cannot
-    be lowered."""
+    be lowered. ``index_checks=False`` builds without the run-time index checks (only to
+    measure what they cost: bench/bounds_checks.py)."""
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"build() compiles for LLVM CPU targets; got target kind '{target.get('kind')}'")
     target = without_avx512(target)
-    mod = lower_to_relax(module)
+    mod = lower_to_relax(module, index_checks=index_checks)
     tvm_target = tvm.target.Target(target)
     with tvm.transform.PassContext(opt_level=3):
         with tvm_target:

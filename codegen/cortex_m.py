@@ -1,10 +1,12 @@
 """Arm Cortex-M microcontrollers: an effc module as a bare-metal ELF, checked against the
-board's SRAM and flash, and run under ``qemu-system-arm`` with semihosting.
+board's SRAM and flash, and run under ``qemu-system-arm`` with no way to the host's files.
 
 ``build_cortex_m(module, target, sram=None, flash=None)``:
 1. emits the AOT C program (``aot.py``: TVM's C kernels, effc's driver with one static
    arena, ``const`` weights, the file-reading harness);
-2. adds the board port (``cortex_m/startup.c``: vectors, reset, FPU on, semihosting;
+2. swaps in the board harness (no files: inputs placed before reset, outputs on the UART)
+   and adds the board port (``cortex_m/startup.c``: vectors, reset, FPU and UART on, the
+   system calls of newlib's stdio, the end of a run as a reset request; no semihosting;
    ``cortex_m/link.ld``: flash and SRAM at the board's addresses, heap and stack reserved)
    and a Makefile, and builds with ``arm-none-eabi-gcc -O2 -ffunction-sections
    -fdata-sections -Wl,--gc-sections`` (effc's files with -Wall -Wextra -Werror);
@@ -15,8 +17,10 @@ board's SRAM and flash, and run under ``qemu-system-arm`` with semihosting.
    CLI's ``--sram``/``--flash``): ``BudgetError`` says by how much it is over and, for
    SRAM, which step of the arena plan peaks with which tensors.
 
-``CortexMBuilt.run(inputs)`` runs the ELF on the target's qemu machine (files through
-semihosting, in a scratch folder) and returns the outputs; ``memory`` holds the numbers
+``CortexMBuilt.run(inputs)`` runs the ELF on the target's qemu machine and returns the
+outputs: semihosting is off, qemu's loader writes each input (raw bytes) at its buffer's
+address, read from the ELF's symbols, and the outputs and messages come back over the
+board's UART on qemu's stdout, ending with ``effc-exit STATUS``; ``memory`` holds the numbers
 above and the arena in use at every kernel call. ``export_files`` writes ``model.elf``,
 ``memory.json`` and the C project under ``src/`` (``make -C src`` rebuilds the ELF);
 ``load_cortex_m`` reads them back.
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -44,7 +50,7 @@ from effc.targets import Target, get_target
 
 from . import aot_c
 from .aot import (ALIGN, AotProgram, ArenaPlan, CToolchain, Interface, Schedule, ToolchainError, c_identifier,
-                  compile_program, emit)
+                  compile_program, emit, index_failure)
 from effc.passes.memory_plan_offsets import align_up
 from .native import RunError, check_inputs, read_outputs
 
@@ -69,13 +75,14 @@ class BudgetError(EffcError):
 
 def cortex_m_toolchain(target: Target) -> CToolchain:
     """arm-none-eabi-gcc for the target's core: sections per function and per object, so
-    that the link drops what nothing calls; newlib-nano with semihosting for the harness."""
+    that the link drops what nothing calls; newlib-nano, whose system calls the board port
+    (``cortex_m/startup.c``) supplies: no semihosting, so no host file is in reach."""
     cpu = target.cpu or ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard")
     sections = ("-ffunction-sections", "-fdata-sections")
     return CToolchain(cc=target.toolchain.get("cc", "arm-none-eabi-gcc"),
                       cflags=("-std=c11", "-O2", *cpu, *sections),
                       kernel_cflags=("-std=c11", "-O2", "-w", *cpu, *sections),
-                      ldflags=(*cpu, "--specs=nano.specs", "--specs=rdimon.specs", "-nostartfiles",
+                      ldflags=(*cpu, "--specs=nano.specs", "-nostartfiles",
                                "-Wl,--gc-sections", "-T", LINKER_SCRIPT),
                       packages=PACKAGES)
 
@@ -90,9 +97,17 @@ def _fill(text: str, values: Mapping[str, Any]) -> str:
     return text
 
 
-def startup_c(iface: Interface) -> str:
+UART_BASES = {"mps2-an386": 0x40004000, "mps2-an500": 0x40004000, "mps3-an547": 0x59303000}
+"""The CMSDK APB UART0 that qemu connects to its first ``-serial``, by qemu machine (mps3-an547:
+its Secure alias, the core starts Secure). Boards not listed get no UART (their port brings
+its own ``effc_board_write``)."""
+
+
+def startup_c(iface: Interface, target: Target | None = None) -> str:
+    """The board port, with the harness's labels (its argv) and the target's UART."""
     files = [f"in{i}.bin" for i in range(len(iface.inputs))] + [f"out{j}.bin" for j in range(len(iface.outputs))]
-    return _fill(_board_file(STARTUP), {"ARGV": ", ".join(f'"{f}"' for f in files)})
+    uart = target.memory.get("uart_base", UART_BASES.get(target.qemu_machine, 0)) if target is not None else 0
+    return _fill(_board_file(STARTUP), {"ARGV": ", ".join(f'"{f}"' for f in files), "UART_BASE": f"0x{uart:08X}"})
 
 
 def linker_script(name: str, target: Target) -> str:
@@ -104,16 +119,21 @@ def linker_script(name: str, target: Target) -> str:
         "HEAP_BYTES": mem.get("heap_bytes", 4096), "STACK_BYTES": mem.get("stack_bytes", 8192)})
 
 
+def _shell(flags: tuple[str, ...]) -> str:
+    """Flags for a Makefile variable that make hands to the shell (``-Dx=f()`` stays one word)."""
+    return " ".join(shlex.quote(f) for f in flags)
+
+
 def makefile(program: AotProgram, toolchain: CToolchain) -> str:
     tc = toolchain
     objs = [STARTUP[:-2] + ".o"] + [o for _, o in tc.objects(program.flavor)]
     return f"""# Builds {EXECUTABLE} of @{program.name} for a Cortex-M (generated by effc).
 # effc's files build with -Werror; TVM's kernel source with its own flags.
 CC = {tc.cc}
-CFLAGS = {" ".join(tc.cflags + tc.warnings)}
-KERNEL_CFLAGS = {" ".join(tc.kernel_cflags)}
-LDFLAGS = {" ".join(tc.ldflags)}
-LDLIBS = {" ".join(tc.ldlibs)}
+CFLAGS = {_shell(tc.cflags + tc.warnings)}
+KERNEL_CFLAGS = {_shell(tc.kernel_cflags)}
+LDFLAGS = {_shell(tc.ldflags)}
+LDLIBS = {_shell(tc.ldlibs)}
 OBJS = {" ".join(objs)}
 
 {EXECUTABLE}: $(OBJS) {LINKER_SCRIPT}
@@ -256,7 +276,8 @@ def measure_elf(elf: Path, target: Target, program_name: str) -> dict[str, int]:
             symbols[parts[3]] = int(parts[1], 16)
     flash_other = sum(sections.get(s, 0) for s in (".ARM.extab", ".ARM.exidx", ".init_array", ".fini_array"))
     return {"text": sections.get(".text", 0) + flash_other, "rodata": sections.get(".rodata", 0),
-            "data": sections.get(".data", 0), "bss": sections.get(".bss", 0), "heap": sections.get(".heap", 0),
+            "data": sections.get(".data", 0), "bss": sections.get(".bss", 0) + sections.get(".effc_inputs", 0),
+            "heap": sections.get(".heap", 0),
             "stack": sections.get(".stack", 0), "arena": symbols.get("arena", 0),
             "weights": symbols.get(f"effc_{program_name}_weights", 0)}
 
@@ -334,17 +355,22 @@ class CortexMBuilt:
         with tempfile.TemporaryDirectory(prefix="effc-cortex-m-") as tmp:
             folder = Path(tmp)
             (folder / EXECUTABLE).write_bytes(self.executable)
+            buffers = input_buffers(self.executable)
             for i, a in enumerate(arrays):
-                (folder / f"in{i}.bin").write_bytes(a.tobytes())
+                cmd += _load_input(folder, i, a.tobytes(), buffers)
             start = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise RunError(f"{EXECUTABLE} did not finish within {timeout:g} s under {' '.join(cmd[:3])}") from None
+            proc = run_qemu(cmd, folder, timeout)
             self.last_run_seconds = time.perf_counter() - start
-            outs = [folder / f"out{j}.bin" for j in range(len(self.interface.outputs))]
-            log = (proc.stderr + proc.stdout).strip()
-            if proc.returncode != 0 or "effc:" in log or not all(p.is_file() for p in outs):
+            outs = []
+            for j in range(len(self.interface.outputs)):
+                if f"out{j}.bin" in proc.outputs:
+                    (folder / f"out{j}.bin").write_bytes(proc.outputs[f"out{j}.bin"])
+                outs.append(folder / f"out{j}.bin")
+            log = proc.log.strip()
+            failure = index_failure(log)
+            if failure is not None:
+                raise failure
+            if proc.returncode != 0 or "effc:" in log or not _outputs_complete(self.interface, outs):
                 raise RunError(f"{EXECUTABLE} failed under {' '.join(cmd[:3])} (exit {proc.returncode}): {log[-2000:]}")
             return read_outputs(self.interface, outs)
 
@@ -352,12 +378,9 @@ class CortexMBuilt:
         machine = self.target.qemu_machine
         if not machine:
             raise RunError(f"target {self.target.name} is a board with no qemu model; flash {EXECUTABLE} to the board "
-                           "(its harness needs a semihosting debugger), or compile for cortex-m4/cortex-m7 to run in qemu")
-        if shutil.which("qemu-system-arm") is None:
-            raise ToolchainError("running a Cortex-M build needs qemu-system-arm, which is not on PATH; install it "
-                                 "(Debian/Ubuntu: apt-get install qemu-system-arm)")
-        return ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "none",
-                "-semihosting-config", "enable=on,target=native", "-kernel", EXECUTABLE]
+                           "(its harness prints to the board's UART; a board without a known UART needs its own "
+                           "effc_board_write), or compile for cortex-m4/cortex-m7 to run in qemu")
+        return qemu_command(machine)
 
     def export_files(self, folder: str | os.PathLike) -> list[Path]:
         """Write ``model.elf``, ``memory.json`` and ``src/`` (the C project); returns the paths."""
@@ -376,6 +399,123 @@ class CortexMBuilt:
             (folder / SOURCES / name).write_bytes(data)
             paths.append(folder / SOURCES / name)
         return paths
+
+
+# ----------------------------------------------------------------------------- qemu
+
+
+INPUT_SECTION = ".effc_inputs"
+"""The section of the harness's input buffers: filled by qemu's loader, not cleared by reset."""
+
+
+def qemu_command(machine: str) -> list[str]:
+    """qemu-system-arm for ``machine``, with nothing of the host in the guest's reach:
+    semihosting off (the guest cannot open, create or delete host files, nor run host
+    commands), no network, no default devices or monitor, the first UART on qemu's stdout
+    (the harness's only way out), and a guest reset request ends qemu (``-no-reboot``). The
+    caller adds one ``-device loader`` per input (``_load_input``)."""
+    if shutil.which("qemu-system-arm") is None:
+        raise ToolchainError("running a Cortex-M build needs qemu-system-arm, which is not on PATH; install it "
+                             "(Debian/Ubuntu: apt-get install qemu-system-arm)")
+    return ["qemu-system-arm", "-M", machine, "-display", "none", "-nodefaults", "-nic", "none", "-monitor", "none",
+            "-chardev", "stdio,id=effc-uart,signal=off", "-serial", "chardev:effc-uart",
+            "-semihosting-config", "enable=off", "-no-reboot", "-kernel", EXECUTABLE]
+
+
+def _load_input(folder: Path, index: int, data: bytes, buffers: Mapping[str, tuple[int, int]]) -> list[str]:
+    """qemu arguments that place input ``index`` in its buffer before reset. ``force-raw``:
+    the bytes are data, never an ELF or hex image qemu would load elsewhere."""
+    name = f"input{index}"
+    if name not in buffers:
+        raise RunError(f"{EXECUTABLE} has no buffer {name} in {INPUT_SECTION}; it was built by an older effc: "
+                       "recompile it (`effc compile --target=cortex-m4`)")
+    addr, size = buffers[name]
+    if len(data) > size:
+        raise RunError(f"{EXECUTABLE}: input {index} has {len(data):,} bytes, its buffer {size:,}; recompile the model "
+                       "for this input shape")
+    if not data:
+        return []
+    (folder / f"in{index}.bin").write_bytes(data)
+    return ["-device", f"loader,file=in{index}.bin,addr=0x{addr:08x},force-raw=on"]
+
+
+def input_buffers(elf: bytes) -> dict[str, tuple[int, int]]:
+    """``name -> (address, bytes)`` of the symbols in ``.effc_inputs`` of a 32-bit
+    little-endian ELF, read from its symbol table (so an ELF rebuilt with ``make -C src``
+    runs too). RunError when the file is not such an ELF."""
+    try:
+        if elf[:6] != b"\x7fELF\x01\x01":
+            raise ValueError("not a 32-bit little-endian ELF")
+        shoff = struct.unpack_from("<I", elf, 0x20)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x2E)
+        sections = [struct.unpack_from("<10I", elf, shoff + k * shentsize) for k in range(shnum)]
+
+        def string(table: int, offset: int) -> str:
+            start = sections[table][4] + offset
+            return elf[start:elf.index(b"\0", start)].decode("ascii", "replace")
+
+        wanted = {k for k in range(shnum) if string(shstrndx, sections[k][0]) == INPUT_SECTION}
+        out = {}
+        for sym in (k for k in range(shnum) if sections[k][1] == 2):  # SHT_SYMTAB
+            _, _, _, _, offset, size, link, *_ = sections[sym]
+            for pos in range(offset, offset + size, 16):
+                st_name, value, nbytes, _, _, shndx = struct.unpack_from("<IIIBBH", elf, pos)
+                if shndx in wanted:
+                    out[string(link, st_name)] = (value, nbytes)
+        return out
+    except (ValueError, IndexError, struct.error) as e:
+        raise RunError(f"{EXECUTABLE} is not a Cortex-M ELF effc can run ({e}); recompile the model") from None
+
+
+@dataclass
+class QemuRun:
+    """What a run under qemu said: the guest's exit status (``effc-exit``; qemu's own, or 1,
+    when the guest never got there), its text, and each output's bytes by label."""
+
+    returncode: int
+    log: str
+    outputs: dict[str, bytes]
+
+
+def run_qemu(cmd: list[str], folder: Path, timeout: float) -> QemuRun:
+    """Run ``cmd`` in ``folder`` and split what the UART carried into text and outputs."""
+    try:
+        proc = subprocess.run(cmd, cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"{EXECUTABLE} did not finish within {timeout:g} s under {' '.join(cmd[:3])}") from None
+    text, outputs, status = parse_uart(proc.stdout)
+    log = text + proc.stderr.decode("utf-8", "replace")
+    return QemuRun(status if status is not None else (proc.returncode or 1), log, outputs)
+
+
+def parse_uart(stream: bytes) -> tuple[str, dict[str, bytes], int | None]:
+    """(text, outputs by label, exit status or None) of the harness's UART stream: text
+    lines, each output as ``effc-out LABEL BYTES`` and exactly that many raw bytes, and
+    ``effc-exit STATUS`` at the end."""
+    text, outputs, pos = [], {}, 0
+    while True:
+        found = [(k, m) for m in (b"\neffc-out ", b"\neffc-exit ") if (k := stream.find(m, pos)) >= 0]
+        if not found:
+            text.append(stream[pos:])
+            return b"".join(text).decode("utf-8", "replace"), outputs, None
+        k, marker = min(found)
+        text.append(stream[pos:k + 1])
+        eol = stream.find(b"\n", k + len(marker))
+        fields = stream[k + len(marker):eol if eol >= 0 else len(stream)].split()
+        if marker == b"\neffc-exit ":
+            status = int(fields[0]) if len(fields) == 1 and fields[0].isdigit() else None
+            return b"".join(text).decode("utf-8", "replace"), outputs, status
+        if eol < 0 or len(fields) != 2 or not fields[1].isdigit():
+            text.append(stream[k + 1:])
+            return b"".join(text).decode("utf-8", "replace"), outputs, None
+        size = int(fields[1])
+        outputs[fields[0].decode("ascii", "replace")] = stream[eol + 1:eol + 1 + size]
+        pos = eol + 1 + size
+
+
+def _outputs_complete(iface: Interface, paths: list[Path]) -> bool:
+    """Every output came back whole: its file holds exactly its type's bytes."""
+    return all(p.is_file() and p.stat().st_size == (t.nbytes() or 0) for p, (_, t) in zip(paths, iface.outputs))
 
 
 # ----------------------------------------------------------------------------- build
@@ -404,7 +544,8 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     cname = c_identifier(name or module.name)
     program, schedule, plan = emit(module, tgt.tvm, toolchain, cname)
     seconds["emit"] = time.perf_counter() - t
-    board = {STARTUP: startup_c(program.interface).encode(), LINKER_SCRIPT: linker_script(cname, tgt).encode()}
+    board = {STARTUP: startup_c(program.interface, tgt).encode(), LINKER_SCRIPT: linker_script(cname, tgt).encode(),
+             aot_c.HARNESS: aot_c.harness_c(cname, program.interface, board=True).encode()}
     program.files = dict(sorted({**program.files, **board, aot_c.MAKEFILE: makefile(program, toolchain).encode()}.items()))
     program.effc_sources = [*program.effc_sources, STARTUP]
     t = time.perf_counter()

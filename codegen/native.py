@@ -32,7 +32,7 @@ from effc.ir.errors import EffcError, InputError
 from effc.ir.types import shape_matches
 from effc.targets import Target, get_target
 
-from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit
+from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit, index_failure
 from .aot_c import HEADER
 
 EXECUTABLE = "model.elf"
@@ -122,6 +122,9 @@ class NativeBuilt:
             except subprocess.TimeoutExpired:
                 raise RunError(f"{EXECUTABLE} did not finish within {timeout:g} s ({' '.join(cmd[:2])} ...)") from None
             if proc.returncode != 0:
+                failure = index_failure(proc.stderr) if proc.returncode == 3 else None
+                if failure is not None:
+                    raise failure
                 raise RunError(f"{EXECUTABLE} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
             m = re.search(r"([0-9.]+) ms per run", proc.stderr)
             self.last_ms_per_run = float(m.group(1)) if m else None

@@ -28,7 +28,7 @@ import tvm.sym
 from tvm import relax, tirx
 
 from effc.ir.core import Graph, Module, Node, Value
-from effc.ir.errors import EffcError, InputError, UnsupportedOpError
+from effc.ir.errors import EffcError, IndexOutOfRangeError, InputError, UnsupportedOpError
 from effc.ir.opdef import REGISTRY, infer_types, node_attrs
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
@@ -48,10 +48,40 @@ def relax_dtype(dtype: DType) -> str:
     return RELAX_DTYPES[dtype]
 
 
+C_RESERVED = frozenset("""
+auto break case char const continue default do double else enum extern float for goto if inline int long
+register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while
+bool true false nullptr alignas alignof constexpr static_assert thread_local typeof typeof_unqual noreturn
+complex imaginary asm fortran
+NULL offsetof memcpy memset memmove memcmp strlen errno stdin stdout stderr assert main argc argv
+clock fprintf printf fopen fread fwrite fclose fgetc strtol exit abort malloc free
+linux unix i386 arena args self result num_args
+""".split())
+"""Names a C identifier made from a value name must not take: keywords (C89 to C23), what
+the headers the generated files include declare or define in lower case (``memcpy`` as a
+parameter would hide the function the driver calls; ``stdin``, ``errno`` are macros),
+GNU's predefined ``linux``/``unix``, names the harness and driver use, and the parameters
+of TVM's C kernels (``args``). Upper-case names, ``*_t`` names and the DLPack/TVM ABI's
+names are refused by rule (``c_reserved``)."""
+
+_RESERVED_PREFIXES = ("effc_", "EFFC_", "DL", "kDL", "TVM", "kTVM", "FTVM", "__")
+
+
+def c_reserved(name: str) -> bool:
+    """Whether ``name`` could clash with a keyword, a type, a macro or a function the
+    generated C sees: upper-case names may be macros (``NULL``, ``EOF``, ``INT8_MAX``),
+    ``_t`` names are typedefs (``uint8_t``, ``size_t``; POSIX reserves the suffix), ``E``
+    and a capital are errno macros, ``DL*``/``TVM*`` are the kernels' ABI (``DLTensor``)."""
+    return (name in C_RESERVED or name.endswith("_t") or re.fullmatch(r"[A-Z0-9_]+", name) is not None
+            or re.match(r"E[A-Z0-9]|_[A-Z_]", name) is not None or name.startswith(_RESERVED_PREFIXES))
+
+
 def identifier(name: str) -> str:
-    """A value name as a Relax/TIR identifier (``/enc/Add_output_0`` → ``_enc_Add_output_0``)."""
-    out = re.sub(r"\W", "_", name)
-    return out if out and not out[0].isdigit() else f"v_{out}"
+    """A value name as a Relax/TIR identifier (``/enc/Add_output_0`` → ``_enc_Add_output_0``).
+    TVM's C codegen (Cortex-M kernels) declares the buffers under these names, so they are
+    ASCII and clear of C's reserved names (``NULL`` → ``v_NULL``)."""
+    out = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    return out if out and not out[0].isdigit() and not c_reserved(out) else f"v_{out}"
 
 
 # ----------------------------------------------------------------------------- scopes
@@ -70,6 +100,13 @@ class Scope:
         self.names: dict[str, str] = {}
         """Relax var name -> the effc value it holds. The BlockBuilder renames a var whose
         name is taken (by a function, say), so a var's name alone does not tell."""
+        self.index_checks = True
+        """Index ops clamp their run-time indices into range (False: the unchecked lowering,
+        kept only to measure what the checks cost, bench/bounds_checks.py)."""
+        self.checks: list[tuple[relax.Expr, str]] | None = None
+        """Index checks of this function: (int64[3] status ``[bad, first bad index, axis
+        length]``, the node's description); None where a check cannot be returned (a fused
+        group's function: its indices are still clamped)."""
 
     def bind(self, v: Value, r: relax.Expr) -> None:
         """``v`` lowered to ``r``."""
@@ -456,16 +493,24 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     return _FusedFunction(bb.add_func(func, name), scope.const_args)
 
 
-def lower_to_relax(module: Module, *, func_name: str = "main") -> tvm.IRModule:
+def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: bool = True,
+                   labels_in_result: bool = True) -> tvm.IRModule:
     """The module as a Relax IRModule whose ``main`` takes the graph inputs in order and
-    returns a tuple of the graph outputs. Raises UnsupportedOpError / LoweringError before
-    building anything."""
+    returns a tuple of the graph outputs, then ``CHECK_FIELDS`` fields per run-time index
+    check (``index_check_results``). Raises UnsupportedOpError / LoweringError before
+    building anything. ``index_checks=False`` drops the checks (only to measure them);
+    ``labels_in_result=False`` returns only each check's status (the AOT C driver names
+    the node from the ``INDEX_CHECKS`` attribute instead)."""
+    from .limits import check_tensor_sizes
     from .relax_ops import EMITTERS
 
+    check_tensor_sizes(module)  # before TVM allocates anything: a tensor too large is the user's error
     check_lowerable(module)
     g = module.graph
     bb = relax.BlockBuilder()
     main = Scope(bb)
+    main.index_checks = index_checks
+    main.checks = [] if index_checks else None
 
     fused: dict[int, Callable[[Scope, Node], None]] = {}
     for n in g.nodes:
@@ -480,9 +525,40 @@ def lower_to_relax(module: Module, *, func_name: str = "main") -> tvm.IRModule:
     with bb.function(func_name, params):
         with bb.dataflow():
             _lower_graph_body(main, g, EMITTERS, fused)
-            out = bb.emit_output(relax.Tuple([main.value(v) for v in g.outputs]))
+            results = [main.value(v) for v in g.outputs] + _check_fields(main, labels_in_result)
+            out = bb.emit_output(relax.Tuple(results))
         bb.emit_func_output(out)
-    return bb.finalize().with_attr(VALUE_NAMES, main.names)
+    mod = bb.finalize().with_attr(VALUE_NAMES, main.names)
+    return mod.with_attr(INDEX_CHECKS, [label for _, label in main.checks or []])
+
+
+CHECK_FIELDS = 2
+"""Fields ``main`` returns per index check, after the graph outputs: the int64[3] status
+``[bad, first bad index, axis length]`` and the node's description as a uint8 constant
+(so a library loaded without its IR still names the node)."""
+
+
+INDEX_CHECKS = "effc_index_checks"
+"""IRModule attribute of ``lower_to_relax``'s result: the checked nodes' descriptions, in
+the order of their statuses in ``main``'s result."""
+
+
+def _check_fields(scope: Scope, labels: bool) -> list[relax.Expr]:
+    fields: list[relax.Expr] = []
+    for status, label in scope.checks or []:
+        fields.append(status)
+        if labels:
+            fields.append(relax.const(np.frombuffer(label.encode(), dtype=np.uint8), "uint8"))
+    return fields
+
+
+def index_check_failure(status: np.ndarray, label: bytes | np.ndarray) -> IndexOutOfRangeError | None:
+    """The error one check's returned fields describe, or None when it passed."""
+    status = np.asarray(status).reshape(-1)
+    if not status[0]:
+        return None
+    return IndexOutOfRangeError(bytes(np.asarray(label, dtype=np.uint8)).decode(errors="replace"),
+                                int(status[1]), int(status[2]))
 
 
 # ----------------------------------------------------------------------------- static shapes
@@ -494,23 +570,38 @@ def bind_input_shapes(module: Module, shapes: Mapping[str, Sequence[int]]) -> No
     Symbols (``N``) and unknown dims (``?``) in the named inputs take the given sizes;
     dims the model fixes must match. Afterwards run ``fold-constants`` (any -O pipeline
     does) so shape computations on now-static values collapse into constants."""
+    from effc.ir.errors import ShapeError
+    from effc.ir.refine import symbol_sizes
+
     g = module.graph
     by_name = {v.name: v for v in g.inputs}
     unknown = sorted(set(shapes) - set(by_name))
     if unknown:
         raise InputError(f"--input-shape names {unknown}, which are not inputs of @{g.name} "
                          f"(it takes {', '.join(f'{v.name}: {v.type}' for v in g.inputs)})")
+    given: dict[str, tuple[int, ...]] = {}
     for name, dims in shapes.items():
         v = by_name[name]
-        dims = tuple(int(d) for d in dims)
+        try:
+            dims = tuple(int(d) for d in dims)
+        except (TypeError, ValueError):
+            raise InputError(f"--input-shape {name}={dims!r}: dims must be whole numbers (the input is {v.type})") from None
         if len(dims) != v.type.rank or any(d < 0 for d in dims):
             raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the input is {v.type} "
                              f"(rank {v.type.rank})")
         for want, got in zip(v.type.shape, dims):
             if isinstance(want, int) and want != got:
                 raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the model fixes {v.type}")
+        given[name] = dims
+    sizes = symbol_sizes(g.inputs, given)  # InputError: one symbol, two sizes
+    for v in g.inputs:  # inputs not named take the sizes of the symbols they share
+        dims = given.get(v.name, tuple(sizes.get(d, d) if isinstance(d, str) else d for d in v.type.shape))
         v.type = v.type.with_shape(dims)
-    _reinfer(g)
+    try:
+        _reinfer(g)
+    except ShapeError as e:  # the model cannot take these shapes: the user's shapes, not effc's bug
+        given_text = " ".join(f"{n}={','.join(map(str, d))}" for n, d in given.items())
+        raise InputError(f"--input-shape {given_text}: @{g.name} cannot take these shapes: {e}") from None
 
 
 def _reinfer(g: Graph) -> None:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tvm import relax
+from tvm import relax, te, tirx
 
 from effc.ir.core import Node, Value
+from effc.ir.errors import IndexOutOfRangeError
 from effc.ir.opdef import node_attrs, run_ref
 from effc.ir.ops.nn import _transpose_geometry, _window_geometry
 from effc.ir.types import DType
@@ -287,6 +288,8 @@ def _gelu(e: Emit):
 
 @emitter("softmax")
 def _softmax(e: Emit):
+    # NaN/inf: a row holding NaN or +inf, or only -inf, comes out all NaN, as onnxruntime's
+    # does, once the row maximum propagates NaN (aot_kernels.ieee_minmax)
     return R.nn.softmax(e.x(0), axis=e.attrs["axis"])
 
 
@@ -624,7 +627,9 @@ def _global_average_pool(e: Emit):
 
 @emitter("global_max_pool")
 def _global_max_pool(e: Emit):
-    return R.max(e.x(0), axis=list(range(2, e.in_type(0).rank)), keepdims=True)
+    # a channel of only -inf pools to -inf (onnxruntime gives -3.4e38 there, its max's
+    # starting value: not a value of the input); NaN propagates (see aot_kernels.ieee_minmax)
+    return _extremum(e, e.x(0), list(range(2, e.in_type(0).rank)), True, R.max, -np.inf)
 
 
 @emitter("lrn")
@@ -706,12 +711,19 @@ def _extremum(e: Emit, x: relax.Expr, axes: list[int], keep: bool, fn, inf: floa
     dt = e.in_type(0).dtype
     if not dt.is_float:
         return r
-    finite_seen = R.max(R.astype(R.not_equal(x, e.scalar(inf, dt)), "int8"), axes, keep)
+    # not `x != inf`: TVM compiles != on floats as an ordered compare, false for NaN
+    finite_seen = R.max(R.astype(R.logical_not(R.equal(x, e.scalar(inf, dt))), "int8"), axes, keep)
     return R.where(R.equal(finite_seen, e.scalar(0, DType.i8)), e.scalar(inf, dt), r)
 
 
 def _log_sum_exp(e: Emit, x: relax.Expr, axes: list[int], keep: bool) -> relax.Expr:
+    """log(sum(exp(x - m))) + m with m the maximum, or 0 where the maximum is infinite:
+    +inf in the set gives +inf and an all -inf set -inf (as onnxruntime and effc's
+    reference), where shifting by an infinite m would give inf - inf = NaN."""
     m = e.emit(R.max(x, axes, True))
+    dt = e.in_type(0).dtype
+    if dt.is_float:  # finite: m - m == 0 (R.isfinite does not compile for C targets: fabs)
+        m = e.emit(R.where(R.equal(R.subtract(m, m), e.scalar(0, dt)), m, e.scalar(0, dt)))
     s = R.log(R.sum(R.exp(R.subtract(x, m)), axes, keep))
     return R.add(s, m if keep else R.squeeze(m, axes))
 
@@ -733,11 +745,38 @@ for _name, _fn in _REDUCE.items():
     EMITTERS[_name] = Emitter(_reduction(_fn), _needs_const(1, what="axes"))
 
 
+def _nan_first(e: Emit, x: relax.Expr, fn, axis: int, keep: bool) -> relax.Expr:
+    """``fn`` (argmax/argmin) that points at the first NaN along ``axis`` when there is one,
+    as numpy and effc's reference do, so ``x[ArgMax(x)]`` is ``ReduceMax(x)`` (NaN).
+
+    onnxruntime is not followed here: its ArgMax/ArgMin (and its ReduceMax/Min) give the
+    NaN only when it is the first element and skip it anywhere else (``[1, NaN, 3]`` ->
+    2, ``[NaN, 1, 3]`` -> 0), so its answer depends on where the NaN sits: a bug, not a
+    semantics. TVM's argmax compares with ``>`` and is order-dependent the same way."""
+    dt = e.in_type(0).dtype
+    if not dt.is_float:
+        return fn(x, axis, keep)
+    nan = e.emit(R.astype(R.isnan(x), "int8"))
+    has_nan = R.greater(R.max(nan, [axis], keep), e.scalar(0, DType.i8))
+    idx = e.emit(fn(x, axis, keep))
+    # TVM's argmax (argmin) starts from (-1, lowest (highest) finite value) and keeps it on
+    # ties: a set of only -inf (+inf) gave index -1. Then the answer is the first element
+    # that is not that infinity, or 0 when there is none.
+    inf = -np.inf if fn is R.argmax else np.inf
+    not_inf = R.astype(R.logical_not(R.equal(x, e.scalar(inf, dt))), "int8")
+    idx = R.where(R.less(idx, e.scalar(0, DType.i64)), R.argmax(not_inf, axis, keep), idx)
+    return R.where(has_nan, R.argmax(nan, axis, keep), idx)
+
+
 def _arg_reduce(e: Emit):
     a = e.attrs
     xt = e.in_type(0)
     axis = a["axis"] % xt.rank
-    fn = R.argmax if e.node.op == "arg_max" else R.argmin
+    argf = R.argmax if e.node.op == "arg_max" else R.argmin
+
+    def fn(v, ax, keep):
+        return _nan_first(e, v, argf, ax, keep)
+
     x = e.x(0)
     if a["select_last_index"]:
         idx = fn(R.flip(x, axis), axis, bool(a["keepdims"]))
@@ -845,22 +884,116 @@ def _slice(e: Emit):
     return R.strided_slice(e.x(0), b_axes, begins, stops, strides)
 
 
-def _index_operand(e: Emit, i: int, dim, check_range: bool = True) -> tuple[relax.Expr, bool]:
-    """Indices with negatives wrapped (known ones at compile time); returns (expr, static)."""
+def _const_indices(e: Emit, i: int, dim: int) -> relax.Expr | None:
+    """Input ``i``'s indices when known at compile time, negatives wrapped; an index out of
+    range is refused here, naming the node (onnxruntime refuses it too), so none is
+    checked at run time."""
     c = e.const(i)
-    if c is not None and isinstance(dim, int):
-        idx = np.asarray(c).astype(np.int64)
-        idx = np.where(idx < 0, idx + dim, idx)
-        return e.constant(idx.astype(e.in_type(i).dtype.np)), True
-    return e.x(i), False
+    if c is None or not isinstance(dim, int):
+        return None
+    idx = np.asarray(c).astype(np.int64)
+    bad = idx[(idx < -dim) | (idx >= dim)]
+    if bad.size:
+        raise IndexOutOfRangeError(e.node.describe(), int(bad.reshape(-1)[0]), dim, where="constant indices of ",
+                                   fix="the model itself is wrong (onnxruntime refuses it too): fix its indices")
+    idx = np.where(idx < 0, idx + dim, idx)
+    return e.constant(idx.astype(e.in_type(i).dtype.np))
+
+
+def _safe(v: tirx.PrimExpr, n: tirx.PrimExpr) -> tirx.PrimExpr:
+    """One index made safe: widened to int64, a negative one wrapped (ONNX), then clamped
+    into [0, n), so a kernel that uses it stays inside the axis whatever the input holds
+    (the check kernel reports the bad ones)."""
+    v, n = v.astype("int64"), n.astype("int64")
+    w = tirx.Select(v < 0, v + n, v)
+    return tirx.max(tirx.min(w, n - 1), tirx.const(0, "int64"))
+
+
+def _check_kernel(idx: te.Tensor, n: int | te.Tensor) -> te.Tensor:
+    """One kernel: int64[3] ``[bad, first bad index, n]`` over all of ``idx`` (row-major
+    first). A min-reduction finds the first bad position (``numel`` when none, also for
+    empty indices); the value is read only when there is one."""
+    dims = list(idx.shape)
+    length = (n[0] if isinstance(n, te.Tensor) else tirx.const(n, "int64")).astype("int64")
+    numel = tirx.const(1, "int64")
+    for d in dims:
+        numel = numel * d.astype("int64")
+    axes = [te.reduce_axis((0, d), name=f"k{j}") for j, d in enumerate(dims)]
+    pos = tirx.const(0, "int64")
+    for d, k in zip(dims, axes):
+        pos = pos * d.astype("int64") + k.var.astype("int64")
+    if axes:
+        v = idx(*[k.var for k in axes]).astype("int64")
+        bad = tirx.Or(v < -length, v >= length)
+        first = te.compute((1,), lambda _: te.min(tirx.Select(bad, pos, numel), axis=axes), name="first_bad")
+    else:
+        v = idx().astype("int64")
+        bad = tirx.Or(v < -length, v >= length)
+        first = te.compute((1,), lambda _: tirx.Select(bad, tirx.const(0, "int64"), numel), name="first_bad")
+
+    def at(p: tirx.PrimExpr) -> tirx.PrimExpr:
+        """``idx`` at row-major position ``p``."""
+        ix = []
+        for d in reversed(dims):
+            ix.append(tirx.floormod(p, d.astype("int64")))
+            p = tirx.floordiv(p, d.astype("int64"))
+        return idx(*reversed(ix)).astype("int64")
+
+    def status(k):
+        found = first[0] < numel
+        value = tirx.if_then_else(found, at(tirx.min(first[0], numel - 1)), tirx.const(0, "int64"))
+        return tirx.Select(k == 0, found.astype("int64"), tirx.Select(k == 1, value, length))
+
+    return te.compute((3,), status, name="index_status")
+
+
+def _record_check(e: Emit, i: int, axis: int) -> None:
+    """Adds the check of input ``i``'s indices against data's ``axis`` to the function's
+    checks (``Scope.checks``), which ``main`` returns for the runtime to raise from."""
+    if e.scope.checks is None:
+        return
+    dim = e.in_type(0).shape[axis]
+    if isinstance(dim, int):
+        status = e.bb.emit_te(lambda t: _check_kernel(t, dim), e.x(i), primfunc_name_hint="index_check")
+    else:
+        n = R.strided_slice(R.shape_to_tensor(R.shape_of(e.x(0))), [0], [axis], [axis + 1])
+        status = e.bb.emit_te(_check_kernel, e.x(i), e.emit(n), primfunc_name_hint="index_check")
+    e.scope.checks.append((status, e.node.describe()))
+
+
+def _checked_take(x: te.Tensor, idx: te.Tensor, axis: int) -> te.Tensor:
+    """Gather along ``axis`` with every index made safe inside the same loop (one kernel)."""
+    r = len(idx.shape)
+    shape = list(x.shape[:axis]) + list(idx.shape) + list(x.shape[axis + 1:])
+
+    def f(*i):
+        return x(*i[:axis], _safe(idx(*i[axis:axis + r]), x.shape[axis]), *i[axis + r:])
+
+    return te.compute(shape, f, name="checked_take")
+
+
+def _checked_gather_elements(x: te.Tensor, idx: te.Tensor, axis: int) -> te.Tensor:
+    def f(*i):
+        return x(*i[:axis], _safe(idx(*i), x.shape[axis]), *i[axis + 1:])
+
+    return te.compute(list(idx.shape), f, name="checked_gather_elements")
+
+
+def _safe_indices(idx: te.Tensor, n: int) -> te.Tensor:
+    return te.compute(list(idx.shape), lambda *i: _safe(idx(*i), tirx.const(n, "int64")), name="safe_indices")
 
 
 @emitter("gather", moves_data=True)
 def _gather(e: Emit):
     xt = e.in_type(0)
     axis = e.attrs["axis"] % xt.rank
-    idx, static = _index_operand(e, 1, xt.shape[axis])
-    return R.take(e.x(0), idx, axis=axis, mode="fast" if static else "wrap")
+    idx = _const_indices(e, 1, xt.shape[axis])
+    if idx is not None:
+        return R.take(e.x(0), idx, axis=axis, mode="fast")
+    if not e.scope.index_checks:  # the unchecked lowering (bench/bounds_checks.py)
+        return R.take(e.x(0), e.x(1), axis=axis, mode="wrap")
+    _record_check(e, 1, axis)
+    return e.bb.emit_te(_checked_take, e.x(0), e.x(1), axis, primfunc_name_hint="checked_take")
 
 
 def _wrap_negative(e: Emit, idx: relax.Expr, dim, dtype: DType) -> relax.Expr:
@@ -880,17 +1013,28 @@ def _check_static_axis(node: Node, const: ConstOf) -> str | None:
 
 
 def _element_indices(e: Emit) -> tuple[int, relax.Expr]:
-    """(axis, indices with negatives wrapped) of GatherElements/ScatterElements."""
+    """(axis, indices with negatives wrapped, run-time ones clamped and checked) of
+    ScatterElements (and GatherElements with constant indices): TVM's kernels for them do
+    no bounds checks."""
     xt = e.in_type(0)
     axis = e.attrs["axis"] % xt.rank
-    idx, static = _index_operand(e, 1, xt.shape[axis])
-    if not static:
-        idx = _wrap_negative(e, idx, xt.shape[axis], e.in_type(1).dtype)
-    return axis, idx
+    idx = _const_indices(e, 1, xt.shape[axis])
+    if idx is not None:
+        return axis, idx
+    if not e.scope.index_checks:  # the unchecked lowering (bench/bounds_checks.py)
+        return axis, _wrap_negative(e, e.x(1), xt.shape[axis], e.in_type(1).dtype)
+    _record_check(e, 1, axis)
+    return axis, e.bb.emit_te(_safe_indices, e.x(1), int(xt.shape[axis]), primfunc_name_hint="safe_indices")
 
 
 @emitter("gather_elements", check=_check_static_axis, moves_data=True)
 def _gather_elements(e: Emit):
+    xt = e.in_type(0)
+    axis = e.attrs["axis"] % xt.rank
+    if e.const(1) is None and e.scope.index_checks:
+        _record_check(e, 1, axis)
+        return e.bb.emit_te(_checked_gather_elements, e.x(0), e.x(1), axis,
+                            primfunc_name_hint="checked_gather_elements")
     axis, idx = _element_indices(e)
     return R.gather_elements(e.x(0), idx, axis=axis)
 

@@ -59,3 +59,19 @@ class ShapeError(EffcError):
 
 class InterpreterError(EffcError):
     """The reference interpreter could not run a module on the given inputs."""
+
+
+class IndexOutOfRangeError(InputError):
+    """A run-time index (Gather, GatherElements, ScatterElements) is outside its axis.
+
+    Compiled code never reads or writes outside a tensor: it clamps every index, checks it,
+    and reports the first bad one here. ``node`` names the node as ``Node.describe`` does,
+    ``index`` is the offending value (None when the runtime could not say)."""
+
+    def __init__(self, node: str, index: int | None, axis_len: int | None = None, where: str = "",
+                 fix: str = "check the model's inputs (e.g. token ids against the vocabulary size)"):
+        self.node, self.index, self.axis_len = node, index, axis_len
+        valid = f" (valid: {-axis_len}..{axis_len - 1})" if axis_len is not None else ""
+        value = f"index {index}" if index is not None else "an index"
+        super().__init__(f"{where}{node}: {value} is out of range for an axis of length "
+                         f"{axis_len if axis_len is not None else '?'}{valid}; {fix}")

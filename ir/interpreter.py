@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .core import Graph, Module, Node
-from .errors import EffcError, InputError, InterpreterError
+from .errors import EffcError, IndexOutOfRangeError, InputError, InterpreterError
 from .opdef import get_op
 from .types import TensorType, shape_matches
 
@@ -60,6 +60,8 @@ def run_node(node: Node, ins: list[np.ndarray | None]) -> list[np.ndarray]:
     try:
         with np.errstate(all="ignore"):
             outs = op.ref(ins, op.with_defaults(node.attrs), len(node.outputs))
+    except IndexOutOfRangeError as e:
+        raise IndexOutOfRangeError(node.describe(), e.index, e.axis_len) from None
     except EffcError:
         raise
     except Exception as e:

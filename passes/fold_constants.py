@@ -1,8 +1,11 @@
 """fold-constants: evaluates, with the ops' numpy reference, every node whose inputs are
 all constants, and every ``shape``/``size`` of a statically shaped value. Whole shape
 subgraphs (Shape → Gather → Unsqueeze → Concat → Reshape) collapse this way, one node at
-a time in order. Results larger than ``max-elements`` stay unfolded. Afterwards, unknown
-dims that the folded values now determine are filled in."""
+a time in order. Results larger than ``max-elements`` elements or ``max-bytes`` bytes stay
+unfolded (the limits bound what folding allocates: a ``ConstantOfShape`` of 10^12 elements
+is left to the size check before lowering, which says what is too large), and so does a
+node whose evaluation runs out of memory anyway. Afterwards, unknown dims that the folded
+values now determine are filled in."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from effc.ir.core import Module, Node
+from effc.ir.errors import InterpreterError
 from effc.ir.interpreter import run_node
 from effc.ir.opdef import REGISTRY
 from effc.ir.refine import refine_types
@@ -40,10 +44,13 @@ def _static_shape_value(n: Node) -> np.ndarray | None:
 class FoldConstants(Pass):
     name = "fold-constants"
     max_elements: int = 1 << 26
+    max_bytes: int = 1 << 28
 
     def __post_init__(self) -> None:
         if self.max_elements < 0:
             raise ValueError(f"max-elements must not be negative, got {self.max_elements}")
+        if self.max_bytes < 0:
+            raise ValueError(f"max-bytes must not be negative, got {self.max_bytes}")
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         g = module.graph
@@ -81,7 +88,14 @@ class FoldConstants(Pass):
         if op is None or "no_fold" in op.traits:
             return None
         for v in n.outputs:
-            count = v.type.numel()
-            if count is None or count > self.max_elements:
+            count, nbytes = v.type.numel(), v.type.nbytes()
+            if count is None or count > self.max_elements or nbytes > self.max_bytes:
                 return None
-        return run_node(n, [None if v is None else v.const_value for v in n.inputs])
+        try:
+            return run_node(n, [None if v is None else v.const_value for v in n.inputs])
+        except MemoryError:
+            return None
+        except InterpreterError as e:
+            if isinstance(e.__cause__, MemoryError):  # a temporary larger than the result: leave it to run time
+                return None
+            raise

@@ -1,6 +1,7 @@
 """Cortex-M: models compiled through ``effc.compile(..., target="cortex-m4")`` into bare-metal
 ELFs (TVM's C kernels, effc's AOT driver, arm-none-eabi-gcc), run under qemu-system-arm
-with semihosting and compared with onnxruntime; memory measured from the linked ELF and
+(semihosting off: inputs placed in RAM by qemu's loader, outputs over the UART) and compared
+with onnxruntime; memory measured from the linked ELF and
 checked against board budgets.
 
 Every model is compiled at O2 for batch 1 and must match onnxruntime on the original model

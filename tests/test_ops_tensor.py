@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from effc.ir.errors import InterpreterError, ModelError, UnsupportedOpError
+from effc.ir.errors import IndexOutOfRangeError, ModelError, UnsupportedOpError
 from effc.ir.interpreter import run_module
 from effc.ir.opdef import BY_ONNX, REGISTRY
 from effc.ir.parser import parse_module
@@ -493,7 +493,7 @@ def test_gather_index_out_of_range_at_run_time():
     model = _model([helper.make_node("Gather", ["x", "i"], ["y"])], [("x", F32, [3]), ("i", I64, [1])],
                    [("y", F32, None)], 13)
     module = import_onnx(model)
-    with pytest.raises(InterpreterError, match="out of range"):
+    with pytest.raises(IndexOutOfRangeError, match="index 3 is out of range for an axis of length 3"):
         run_module(module, {"x": _rand(3), "i": np.array([3])})
 
 

@@ -144,6 +144,12 @@ def _gelu_infer_check(ctx: InferCtx) -> list[TensorType]:
 
 # ----------------------------------------------------------------------------- activations
 
+# NaN and infinities (issue 9): Relu, LeakyRelu, HardSigmoid, HardSwish, Clip, Max and Min
+# propagate NaN (np.maximum/np.minimum, never np.fmax/np.fmin), as onnxruntime does and as
+# IEEE 754-2019 maximum/minimum say; +-inf are ordinary values (Relu(-inf) = 0, Clip(inf,
+# 0, 6) = 6). Compiled kernels get the same through codegen.aot_kernels.ieee_minmax.
+# A NaN Clip bound makes every element NaN here (np.maximum(x, NaN)); onnxruntime ignores
+# a NaN bound instead, a case no model has, left as it is.
 _unary("relu", "Relu", lambda x, a: np.maximum(x, np.zeros((), x.dtype)), SIGNED, op_class="activation",
        traits=("activation",))
 _activation("leaky_relu", "LeakyRelu", lambda x, a: np.where(x >= 0, x, _c(x, a["alpha"]) * x),

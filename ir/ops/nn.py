@@ -835,7 +835,13 @@ def _ref_max_pool(ins: list, a: dict, n_out: int) -> list:
     low = _lowest(x.dtype)
     xp = _pad_for_windows(x, out, kernel, strides, dilations, begins, low)
     if n_out == 1:
-        y = np.full(x.shape[:2] + tuple(out), low, dtype=x.dtype)
+        # IEEE: a NaN anywhere in a window gives NaN (np.maximum propagates it), and a
+        # window of only -inf gives -inf (the max starts from -inf, not the lowest finite
+        # value). onnxruntime's MaxPool is not followed: its result depends on where the
+        # NaN sits in the window (NaN only when it comes last; otherwise the largest
+        # number, or even -3.4e38 from the padding), which is a bug, not a semantics.
+        start = -np.inf if x.dtype.kind == "f" else low
+        y = np.full(x.shape[:2] + tuple(out), start, dtype=x.dtype)
         for tap in _taps(kernel):
             np.maximum(y, _tap_view(xp, tap, out, strides, dilations), out=y)
         return [y]
@@ -856,7 +862,8 @@ def _ref_max_pool(ins: list, a: dict, n_out: int) -> list:
             shape[ax] = out[ax]
             valid = valid & ((pos >= 0) & (pos < sizes[ax])).reshape(shape)
             flat = flat + (pos * steps[ax]).reshape(shape)
-        win = valid & ((v > y) | ~seen)
+        greater = (v > y) | (np.isnan(v) & ~np.isnan(y)) if x.dtype.kind == "f" else v > y  # NaN wins, once
+        win = valid & (greater | ~seen)
         y = np.where(win, v, y)
         idx = np.where(win, flat, idx)
         seen |= np.broadcast_to(valid, seen.shape)
@@ -1024,6 +1031,8 @@ def _softmax_ref(log: bool) -> Callable[[list, dict, int], list]:
         # fp16/bf16 attention cases) are computed that way, and rtol 1e-3 is under one
         # bfloat16 ulp
         axis = a["axis"]
+        # a NaN or +inf in a row, or a row of only -inf, makes the whole row NaN (x - max
+        # is NaN somewhere, and the sum spreads it), as onnxruntime gives
         shifted = x - x.max(axis=axis, keepdims=True)
         e = np.exp(shifted)
         s = e.sum(axis=axis, keepdims=True)

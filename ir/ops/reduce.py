@@ -133,6 +133,10 @@ def _sum(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 
 def _extreme(f: Callable[..., np.ndarray], want_max: bool) -> ReduceFn:
+    """np.max/np.min: any NaN in the set gives NaN; a set of only -inf (+inf) gives -inf
+    (+inf). onnxruntime's ReduceMax/ReduceMin are not followed for NaN: they give NaN only
+    when it is the set's first element and skip it elsewhere (measured with 1.31: [NaN, 1]
+    -> NaN, [1, NaN] -> 1), an order dependence, i.e. a bug."""
     def run(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         if x.size:
             return f(x, axis=axes, keepdims=True)
@@ -196,6 +200,8 @@ def _arg_infer(ctx: InferCtx) -> list[TensorType]:
 
 
 def _arg(f: Callable[..., np.ndarray]) -> Callable[[list, dict, int], list]:
+    """np.argmax/np.argmin: the first NaN when there is one (so x[ArgMax(x)] is ReduceMax(x)),
+    else the first extreme. onnxruntime points at a NaN only in first place (see _extreme)."""
     def ref(ins: list, a: dict, n: int) -> list:
         x = ins[0]
         if DType.from_numpy(x.dtype) is DType.bf16:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedOpError
+from ..errors import IndexOutOfRangeError, ShapeError, UnsupportedOpError
 from ..core import Value
 from ..opdef import BY_ONNX, REGISTRY, InferCtx, OpDef, UpgradeCtx, attr, register
 from ..shapes import (as_ints, broadcast_shapes, dim_add, dim_mul, dim_prod, is_known, norm_axes, norm_axis,
@@ -557,7 +557,7 @@ def _norm_indices(idx: np.ndarray, dim: int) -> np.ndarray:
     idx = idx.astype(np.int64, copy=False)
     if idx.size and (idx.min() < -dim or idx.max() >= dim):
         bad = idx[(idx < -dim) | (idx >= dim)].reshape(-1)[0]
-        raise IndexError(f"index {bad} is out of range for an axis of length {dim}")
+        raise IndexOutOfRangeError("", int(bad), dim)  # run_node names the node
     return np.where(idx < 0, idx + dim, idx)
 
 
@@ -577,8 +577,17 @@ def _infer_gather_elements(ctx: InferCtx) -> list[TensorType]:
         raise ctx.fail(f"indices must be i32 or i64, got {idx.dtype}")
     if t.rank != idx.rank or t.rank == 0:
         raise ctx.fail(f"data {list(t.shape)} and indices {list(idx.shape)} must have the same rank (at least 1)")
-    _axis(ctx, ctx.attrs["axis"], t.rank)
+    _within_data(ctx, t, idx, _axis(ctx, ctx.attrs["axis"], t.rank), "indices")
     return [t.with_shape(idx.shape)]
+
+
+def _within_data(ctx: InferCtx, t: TensorType, idx: TensorType, axis: int, what: str) -> None:
+    """Off the indexed axis, GatherElements/ScatterElements index data by position: an
+    indices (updates) dim longer than data's would read or write past its end."""
+    for d, (a, b) in enumerate(zip(t.shape, idx.shape)):
+        if d != axis and is_known(a) and is_known(b) and b > a:
+            raise ctx.fail(f"{what} {list(idx.shape)} are longer than data {list(t.shape)} along axis {d}; "
+                           f"only axis {axis} (the indexed one) may differ")
 
 
 def _ref_gather_elements(ins: list, a: dict, n: int) -> list:
@@ -610,7 +619,7 @@ def _infer_scatter_elements(ctx: InferCtx) -> list[TensorType]:
         raise ctx.fail(f"indices {list(idx.shape)} and updates {list(upd.shape)} must have the same shape") from None
     if ctx.attrs["reduction"] not in _SCATTER_REDUCTIONS:
         raise ctx.fail(f"reduction '{ctx.attrs['reduction']}' is not one of {', '.join(_SCATTER_REDUCTIONS)}")
-    _axis(ctx, ctx.attrs["axis"], t.rank)
+    _within_data(ctx, t, idx, _axis(ctx, ctx.attrs["axis"], t.rank), "indices")
     return [TensorType(t.dtype, t.shape)]
 
 
