@@ -1,8 +1,10 @@
 """Input/output tensors: .npz files keyed by value name, and seeded random inputs."""
 from __future__ import annotations
 
+import lzma
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +18,52 @@ DEFAULT_SYMBOL_SIZE = 1
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive by name (the name ``np.savez(f, name=array)`` used).
+
+    Never unpickles; an ``.npy`` file, a non-array member or a corrupt archive is an
+    InputError that says what was expected."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such inputs file")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise InputError(f"{p}: not a readable .npz file ({e})") from None
+        with p.open("rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise InputError(f"{p}: this is a single .npy array; effc wants an .npz archive keyed by the "
+                             "model's input names, e.g. np.savez('inputs.npz', x=array)")
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InputError(f"{p}: not an .npz archive (np.savez writes one)")
+        with z:
+            names = [i.filename for i in z.zip.infolist()]
+            stray = [n for n in names if not n.endswith(".npy")]
+            if stray:
+                raise InputError(f"{p}: member {stray[0]!r} is not an .npy array; write the file with np.savez")
+            return {n[:-4]: z[n] for n in names}
+    except (OSError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            lzma.LZMAError, NotImplementedError, RuntimeError, SyntaxError) as e:
+        # NotImplementedError: an unknown compression method; RuntimeError: a member marked encrypted
+        raise InputError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(Path(path), **arrays)
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to an ``.npz`` at exactly ``path``, each under its own name, whatever
+    it is (``np.savez`` would drop names like ``file`` or ``allow_pickle`` and append
+    ``.npz`` to the path). Returns the path written."""
+    out = Path(path)
+    for name in arrays:
+        if "\0" in name:  # zip member names end at a NUL: the name could not be read back
+            raise InputError(f"output {name!r} has a NUL character in its name, which an .npz cannot hold")
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, array in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    except UnicodeEncodeError:
+        raise InputError(f"{out}: an output name is not valid Unicode; cannot store it in an .npz") from None
+    except OSError as e:
+        raise InputError(f"{out}: cannot write: {e.strerror or e}") from None
+    return out
 
 
 def random_inputs(inputs: list[Value], seed: int = 0, symbol_size: int = DEFAULT_SYMBOL_SIZE) -> dict[str, np.ndarray]:

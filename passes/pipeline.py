@@ -57,20 +57,27 @@ class Pipeline:
 
 # ----------------------------------------------------------------------------- parsing
 
+_BLANK_TAIL = re.compile(r"\s*\Z")
 _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)|(?P<punct>[,(){}=])|(?P<value>[^\s,(){}=]+))")
+
+
+MAX_FIXPOINT_NESTING = 16
+"""Deepest ``fixpoint(...)`` nesting a spec may have. Parsing, printing and running all
+recurse per level; deeper specs are refused instead of overflowing Python's stack."""
 
 
 class _Parser:
     def __init__(self, text: str):
         self.text = text
+        self.depth = 0
         self.toks: list[tuple[str, str, int]] = []
         pos = 0
         while pos < len(text):
-            if text[pos:].strip() == "":
+            if _BLANK_TAIL.match(text, pos):  # (no text[pos:] copy: specs can be long)
                 break
             m = _TOKEN.match(text, pos)
             if not m or m.end() == pos:
-                raise PipelineSpecError(f"pipeline '{text}': cannot read at column {pos + 1}")
+                raise PipelineSpecError(f"pipeline '{_shorten(text)}': cannot read at column {pos + 1}")
             kind = m.lastgroup or "value"
             self.toks.append((kind, m.group(kind), m.start(kind)))
             pos = m.end()
@@ -83,7 +90,7 @@ class _Parser:
         tok = self.peek()
         if tok is None or (want is not None and tok[1] != want):
             where = f"column {tok[2] + 1}" if tok else "the end"
-            raise PipelineSpecError(f"pipeline '{self.text}': expected '{want or 'a pass name'}' at {where}")
+            raise PipelineSpecError(f"pipeline '{_shorten(self.text)}': expected '{want or 'a pass name'}' at {where}")
         self.i += 1
         return tok
 
@@ -113,13 +120,18 @@ class _Parser:
     def item(self) -> list[Item]:
         kind, name, col = self.take()
         if kind != "name":
-            raise PipelineSpecError(f"pipeline '{self.text}': expected a pass name at column {col + 1}, got '{name}'")
+            raise PipelineSpecError(f"pipeline '{_shorten(self.text)}': expected a pass name at column {col + 1}, got '{name}'")
         if name in NAMED_PIPELINES:
             return list(parse_pipeline(NAMED_PIPELINES[name]).items)
         if name == "fixpoint":
+            if self.depth >= MAX_FIXPOINT_NESTING:
+                raise PipelineSpecError(f"pipeline '{_shorten(self.text)}': fixpoint nested deeper than "
+                                        f"{MAX_FIXPOINT_NESTING} levels at column {col + 1}")
             opts = self.options()
             self.take("(")
+            self.depth += 1
             inner = self.pipeline(")")
+            self.depth -= 1
             self.take(")")
             max_iter = _convert("fixpoint", "max-iter", opts.pop("max-iter", "10"), "int")
             if max_iter < 1:
@@ -128,6 +140,11 @@ class _Parser:
                 raise PipelineSpecError(f"fixpoint has no option {sorted(opts)[0]} (it takes max-iter)")
             return [Fixpoint(tuple(inner), max_iter)]
         return [make_pass(name, self.options())]
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A spec as error messages quote it: a hostile one can be megabytes long."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def make_pass(name: str, opts: dict[str, str]) -> Pass:
@@ -171,7 +188,7 @@ def parse_pipeline(spec: str) -> Pipeline:
     items = p.pipeline()
     if p.peek() is not None:
         tok = p.peek()
-        raise PipelineSpecError(f"pipeline '{spec}': unexpected '{tok[1]}' at column {tok[2] + 1}")
+        raise PipelineSpecError(f"pipeline '{_shorten(spec)}': unexpected '{tok[1]}' at column {tok[2] + 1}")
     return Pipeline(tuple(items))
 
 
