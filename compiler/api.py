@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -292,33 +293,153 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     return CompiledModel(module, tgt, pipeline, built, report, source_hash, runtime)
 
 
-def load(folder: str | os.PathLike) -> CompiledModel:
-    """An artifact folder written by ``CompiledModel.export`` (or ``effc compile``)."""
-    from effc.codegen.dispatch import load_for_target
-    from effc.ir.parser import load_module
+RECOMPILE = "recompile the artifact with `effc compile`"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """``manifest.json`` as a dict whose fields ``load`` relies on have the right types:
+    ``target.name`` a string, ``files`` a non-empty object, ``runtime``/``pipeline``/
+    ``source_sha256`` strings (or absent). Anything else is an InputError naming the field."""
+    path = folder / MANIFEST
+    if not path.is_file():
         raise InputError(f"{folder}: not an effc artifact folder (no {MANIFEST}); make one with `effc compile`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{manifest_path}: not valid JSON ({e})") from None
-    for name, digest in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file() or _file_hash(f) != digest:
-            raise InputError(f"{folder}: file {name} is missing or does not match its hash in {MANIFEST}; "
-                             "recompile the artifact")
-    tgt = get_target(manifest["target"]["name"])
-    ir = load_module(folder / IR_FILE)
-    from effc.codegen.dispatch import runtime_for
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{path}: not valid JSON ({e}); {RECOMPILE}") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: expected a JSON object with 'target', 'runtime' and 'files', "
+                         f"got a JSON {_json_kind(manifest)}; {RECOMPILE}")
+    target = manifest.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+        raise InputError(f"{path}: field 'target' must be an object with a string 'name' "
+                         f"(e.g. {{\"name\": \"x86\"}}), got {_short(target)}; {RECOMPILE}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise InputError(f"{path}: field 'files' must map every file of the artifact to its sha256, "
+                         f"got {_short(files)}; {RECOMPILE}")
+    for key in ("runtime", "pipeline", "source_sha256"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise InputError(f"{path}: field '{key}' must be a string, got {_short(manifest[key])}; {RECOMPILE}")
+    return manifest
 
-    runtime = runtime_for(tgt, manifest.get("runtime") or None)
-    built = load_for_target(folder, tgt, ir, runtime)
-    report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).is_file() else {}
-    seconds = json.loads((folder / TIMINGS).read_text()) if (folder / TIMINGS).is_file() else {}
-    info = model_info(ir)
-    rep = CompileReport(info, tgt.name, manifest.get("pipeline", ""), report.get("nodes_before", len(ir.graph)),
-                        len(ir.graph), seconds, runtime=runtime, arena_bytes=report.get("arena_bytes"))
-    return CompiledModel(ir, tgt, manifest.get("pipeline", ""), built, rep, manifest.get("source_sha256", ""), runtime)
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls the type of ``value``."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(value), "null")
+
+
+def _short(value: Any) -> str:
+    """A JSON value for an error message, cut to a readable length."""
+    text = "nothing" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unsafe_name(name: Any) -> str | None:
+    """Why ``name`` (a key of the manifest's ``files``) may not be opened, or None. Only
+    plain relative names inside the folder pass (as ``export`` writes them: ``src/model.c``)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return "which is not a file name"
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        return "an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "a path with '..' that leads out of the folder"
+    if PurePosixPath(name).as_posix() != name or "\\" in name:  # ./a, a//b, a/, a\\b
+        return "not a plain relative name (effc writes names such as 'src/model.c')"
+    return None
+
+
+def _check_listed_files(folder: Path, files: dict[str, Any]) -> None:
+    """Every file the manifest lists is a plain name inside ``folder`` (a symlink may not
+    lead out of it) and has the listed sha256. Nothing outside the folder is opened: names
+    and links are checked before any file is read."""
+    root = folder.resolve()
+    for name, digest in files.items():
+        problem = _unsafe_name(name)
+        if problem:
+            raise InputError(f"{folder}: {MANIFEST} lists {name!r}, {problem}; effc opens only files inside "
+                             f"the artifact folder; {RECOMPILE}")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise InputError(f"{folder}: {MANIFEST} gives file {name} the hash {_short(digest)}, not a sha256 "
+                             f"(64 lowercase hex digits); {RECOMPILE}")
+        try:
+            real = (folder / name).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            real = None
+        if real is not None and not real.is_relative_to(root):
+            raise InputError(f"{folder}: file {name} is a symlink leading out of the artifact folder (to {real}); "
+                             f"effc opens only files inside it; {RECOMPILE}")
+        if real is None or not real.is_file() or _file_hash(real) != digest:
+            raise InputError(f"{folder}: file {name} is missing or does not match its hash in {MANIFEST}; "
+                             f"{RECOMPILE}")
+
+
+def _require_listed(folder: Path, needed: Sequence[str], files: dict[str, Any]) -> None:
+    """Every file about to be read or executed is one the manifest lists (and so was checked)."""
+    for name in needed:
+        if name not in files:
+            raise InputError(f"{folder}: {name} is not listed with its sha256 in {MANIFEST}, so effc will not "
+                             f"open or run it; {RECOMPILE} (or remove {name} if it is not part of the artifact)")
+
+
+def _read_report(folder: Path, default_nodes: int) -> tuple[int, int | None]:
+    """``nodes_before`` and ``arena_bytes`` of the checked ``report.json`` (absent: defaults)."""
+    path = folder / REPORT
+    if not path.is_file():
+        return default_nodes, None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); {RECOMPILE}") from None
+    if not isinstance(report, dict):
+        raise InputError(f"{path}: expected a JSON object, got a JSON {_json_kind(report)}; {RECOMPILE}")
+    nodes, arena = report.get("nodes_before", default_nodes), report.get("arena_bytes")
+    for key, value, optional in (("nodes_before", nodes, False), ("arena_bytes", arena, True)):
+        if not (optional and value is None) and (type(value) is not int or value < 0):
+            raise InputError(f"{path}: field '{key}' must be a count >= 0, got {_short(value)}; {RECOMPILE}")
+    return nodes, arena
+
+
+def _read_timings(folder: Path) -> dict[str, float]:
+    """The compile times of ``timings.json``. It is not in the manifest (times differ run to
+    run) and is never executed, so it is only trusted as far as this: numbers by stage name,
+    anything else ignored."""
+    try:
+        data = json.loads((folder / TIMINGS).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) for k, v in data.items() if type(v) is float or (type(v) is int and abs(v) < 2**53)}
+
+
+def load(folder: str | os.PathLike) -> CompiledModel:
+    """An artifact folder written by ``CompiledModel.export`` (or ``effc compile``).
+
+    Before anything is opened, every file it lists must be a name inside the folder with the
+    listed sha256, and every file this target's loader reads or executes must be listed. The
+    hashes catch corruption and stale files, not a malicious folder: one from an untrusted
+    party is code, so do not load it."""
+    from effc.codegen.dispatch import artifact_reads, load_for_target, runtime_for
+
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    try:
+        tgt = get_target(manifest["target"]["name"])
+        runtime = runtime_for(tgt, manifest.get("runtime") or None)
+    except InputError as e:
+        raise InputError(f"{folder / MANIFEST}: {e}; {RECOMPILE}") from None
+    files = manifest["files"]
+    _check_listed_files(folder, files)
+    sidecar = Path(IR_FILE).with_suffix(".npz").name
+    needed = [IR_FILE] + [n for n in (sidecar, REPORT) if (folder / n).exists()]
+    _require_listed(folder, needed + artifact_reads(folder, tgt, runtime), files)
+    ir = load_model(folder / IR_FILE)  # parses and verifies the IR
+    nodes_before, arena_bytes = _read_report(folder, len(ir.graph))
+    built = load_for_target(folder, tgt, ir, runtime)  # last: it may open a library
+    pipeline = manifest.get("pipeline") or ""
+    rep = CompileReport(model_info(ir), tgt.name, pipeline, nodes_before, len(ir.graph), _read_timings(folder),
+                        runtime=runtime, arena_bytes=arena_bytes)
+    return CompiledModel(ir, tgt, pipeline, built, rep, manifest.get("source_sha256") or "", runtime)

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("info", help="inputs, outputs, op histogram, parameters, MACs, weight bytes")
-    _model_arg(p, "an .onnx model or .effc IR file")
+    _model_arg(p, "an .onnx model, .effc IR file, or an artifact folder from `effc compile`")
     p.add_argument("--ops", action="store_true", help="list the ONNX operators effc supports instead")
     p.set_defaults(func=cmd_info)
 
@@ -73,11 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("bench", help="median latency against onnxruntime and plain TVM (needs the source checkout)")
+    p = sub.add_parser("bench", help="median latency against onnxruntime and plain TVM (needs onnxruntime)")
     _model_arg(p, "an .onnx model")
-    p.add_argument("--target", "-t", default="x86", help="target (default x86)")
+    p.add_argument("--target", "-t", default="x86", help="an x86 target (default x86)")
     p.add_argument("--trials", type=int, default=0, help="also build tuned with this many trials (default 0)")
+    p.add_argument("--tuning-db", metavar="DIR", help="tuning database for --trials (default .effc-tuning)")
     p.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per system first (default 3)")
+    p.add_argument("--reps", type=int, default=50, help="timed runs per system (default 50)")
+    p.add_argument("--max-seconds", type=float, default=15.0,
+                   help="stop timing a system after this many seconds, at least one run per block (default 15)")
+    p.add_argument("--json", action="store_true", help="print the result row as JSON instead of a table")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("targets", help="list the targets effc compiles for and what each needs installed")
@@ -168,7 +174,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     from effc.models import load_model
     from effc.report import format_info, model_info
 
-    print(format_info(model_info(load_model(_resolve_model(args.model)))))
+    path = _resolve_model(args.model)
+    if path.is_dir():  # an artifact folder: its checked, optimized IR, and what it was built for
+        import effc
+
+        compiled = effc.load(path)
+        print(format_info(model_info(compiled.ir)))
+        print(f"artifact: target {compiled.target.name}, runtime {compiled.runtime}, "
+              f"pipeline {compiled.pipeline or '(none)'}")
+        return 0
+    print(format_info(model_info(load_model(path))))
     return 0
 
 
@@ -219,18 +234,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import importlib.util
+    """One model against onnxruntime and plain TVM (``effc.bench``); progress on stderr."""
+    import json
 
-    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-    if not script.is_file():
-        raise InputError("effc bench runs bench/run.py from a source checkout of effc; it is not installed here")
-    spec = importlib.util.spec_from_file_location("effc_bench_run", script)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    row = bench.bench_model(_resolve_model(args.model), target=args.target, trials=args.trials, threads=args.threads)
-    for key, value in row.items():
-        print(f"{key:<28}{value}")
+    from effc.bench import bench_model, format_row
+
+    row = bench_model(_resolve_model(args.model), target=args.target, trials=args.trials, threads=args.threads,
+                      db_dir=args.tuning_db, progress=not args.json, warmup=args.warmup, reps=args.reps,
+                      max_seconds=args.max_seconds, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(row, indent=2) if args.json else format_row(row))
     return 0
 
 
@@ -264,8 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = load_npz(args.inputs) if args.inputs else random_inputs(module.graph.inputs, args.seed)
         outputs = run_module(module, inputs)
     if args.output:
-        save_npz(args.output, outputs)
-        print(f"wrote {args.output}", file=sys.stderr)
+        written = save_npz(args.output, outputs)  # exactly that path, every output under its name
+        print(f"wrote {written}", file=sys.stderr)
     else:
         for name, arr in outputs.items():
             flat = ", ".join(f"{x:.6g}" if arr.dtype.kind == "f" else str(x) for x in arr.reshape(-1)[:8])

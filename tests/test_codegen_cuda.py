@@ -190,6 +190,7 @@ def test_runtime_hook_compiles_unknown_sources_with_nvcc():
     """On a GPU machine tvm.compile hands the hook the kernels at once, in the target's
     scope: nvcc compiles them for that arch (TVM reads a result starting with '/' as PTX)."""
     source = 'extern "C" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }\n'
+    cuda._install_ptx_hook()  # as build_cuda does; a test run alone (or first on a worker) has no hook yet
     hook = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
     with tvm.target.Target({"kind": "cuda", "arch": "sm_86"}):
         ptx = bytes(hook(source))

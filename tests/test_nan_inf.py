@@ -24,6 +24,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 import effc
+from effc.codegen.cuda import gpu_present
 from effc.ir.interpreter import run_module
 from effc.models import load_model
 from tests.fixtures import ort_run
@@ -33,7 +34,16 @@ F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 LOWEST = np.finfo(np.float32).min
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-TARGETS = ["interpreter", "x86", "x86-aot", "arm", "cortex-m4"]
+needs_gpu = pytest.mark.skipif(not gpu_present(), reason="runs kernels on an NVIDIA GPU; this machine has none "
+                               "(CI never does): run the suite on a GPU machine to check GPU outputs")
+
+CUDA_DROPS_NAN = pytest.mark.xfail(strict=True, reason=(
+    "CUDA does not keep NaN yet (seen on an H200, 2026-12-04): TVM's CUDA max/min are fmaxf/fminf, which "
+    "drop NaN, and nvcc runs with --use_fast_math; effc's IEEE max/min rewrite is CPU-only because GPU "
+    "cross-thread reductions need the plain max/min reducer"))
+
+TARGETS = ["interpreter", "x86", "x86-aot", "arm", "cortex-m4",
+           pytest.param("cuda", marks=[needs_gpu, CUDA_DROPS_NAN])]
 """Each graph builds and runs in 1-3 s per target (arm and Cortex-M4 under qemu)."""
 
 
