@@ -1,4 +1,4 @@
-"""codegen (see DESIGN.md, Layout): lowering to TVM Relax and building with TVM.
+"""codegen (see ARCHITECTURE.md): lowering to TVM Relax and building with TVM.
 
 - ``lower_to_relax(module)``: the effc module as a Relax IRModule (``relax.py``; the
   per-op emitters are one table in ``relax_ops.py``);

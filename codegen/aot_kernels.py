@@ -1,7 +1,7 @@
 """The kernels of an AOT C program: the PrimFuncs of a lowered module, compiled by TVM
 for a target that links without the TVM runtime.
 
-Two flavours, chosen by the TVM target's kind (see DESIGN.md, Targets):
+Two flavours, chosen by the TVM target's kind (see targets/*.toml):
 - ``llvm`` (aarch64 Linux, x86): one relocatable object. It calls the workspace allocator
   through the function pointers ``__TVMBackendAllocWorkspace`` / ``__TVMBackendFreeWorkspace``
   (weak data symbols in the object) that the driver sets before the first kernel runs.

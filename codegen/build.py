@@ -6,7 +6,7 @@ pipeline) → ``tvm.compile`` → a Relax VM executable. ``Built.export`` writes
 shared library; ``Built.load`` reads one back.
 
 Untuned: the default pipeline applies no schedules on CPU, so kernels are plain loop nests
-(correct, not fast; see DESIGN.md). Builds are deterministic: the same module and target
+(correct, not fast; see bench/RESULTS.md). Builds are deterministic: the same module and target
 give byte-identical libraries.
 """
 from __future__ import annotations

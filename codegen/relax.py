@@ -29,6 +29,7 @@ from tvm import relax, tirx
 
 from effc.ir.core import Graph, Module, Node, Value
 from effc.ir.errors import EffcError, IndexOutOfRangeError, InputError, UnsupportedOpError
+from effc.ir.limits import check_tensor_sizes
 from effc.ir.opdef import REGISTRY, infer_types, node_attrs
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
@@ -501,7 +502,6 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     building anything. ``index_checks=False`` drops the checks (only to measure them);
     ``labels_in_result=False`` returns only each check's status (the AOT C driver names
     the node from the ``INDEX_CHECKS`` attribute instead)."""
-    from .limits import check_tensor_sizes
     from .relax_ops import EMITTERS
 
     check_tensor_sizes(module)  # before TVM allocates anything: a tensor too large is the user's error

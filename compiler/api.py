@@ -26,6 +26,7 @@ import effc
 from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.printer import print_module, save_module
+from effc.ir.refine import symbol_sizes
 from effc.models import load_model
 from effc.optimize import OptimizeOptions, optimize
 from effc.report import ModelInfo, model_info
@@ -156,14 +157,16 @@ class CompiledModel:
 
 
 def _static_shapes(module: Module, given: dict[str, Sequence[int]]) -> dict[str, Sequence[int]]:
-    """Shapes for every input with a symbolic dim: the given ones, symbols set to 1 otherwise
-    (the batch of an embedded deployment); say so on stderr."""
+    """Shapes for every input with a symbolic dim: the given ones; for the others, each
+    symbol takes the size a given input bound it to, else 1 (the batch of an embedded
+    deployment); say so on stderr."""
     import sys
 
     out = dict(given)
+    sizes = symbol_sizes(module.graph.inputs, given)
     for v in module.graph.inputs:
         if v.name not in out and not v.type.is_static:
-            out[v.name] = tuple(d if isinstance(d, int) else 1 for d in v.type.shape)
+            out[v.name] = tuple(d if isinstance(d, int) else sizes.get(d, 1) for d in v.type.shape)
             print(f"effc: input '{v.name}' {v.type} bound to {list(out[v.name])} for this target "
                   f"(choose with --input-shape {v.name}=...)", file=sys.stderr)
     return out

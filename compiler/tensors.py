@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import lzma
+import math
 import os
 import zipfile
 import zlib
@@ -11,6 +12,7 @@ import numpy as np
 
 from effc.ir.core import Value
 from effc.ir.errors import InputError
+from effc.ir.limits import ENV_VAR, TensorTooLargeError, max_tensor_bytes
 from effc.ir.types import DType
 
 DEFAULT_SYMBOL_SIZE = 1
@@ -74,6 +76,7 @@ def random_inputs(inputs: list[Value], seed: int = 0, symbol_size: int = DEFAULT
     for v in inputs:
         shape = tuple(d if isinstance(d, int) else symbol_size for d in v.type.shape)
         dt = v.type.dtype
+        _check_input_size(v.name, shape, dt.np.itemsize)
         if dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.np)
         elif dt is DType.bool:
@@ -82,3 +85,13 @@ def random_inputs(inputs: list[Value], seed: int = 0, symbol_size: int = DEFAULT
             arr = rng.integers(0, 10, shape).astype(dt.np)
         out[v.name] = arr
     return out
+
+
+def _check_input_size(name: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """A declared input like [1, 1, 2**32, 8] would need hundreds of GB of random data:
+    refuse it under the same per-tensor limit as compiling (``effc.ir.limits``)."""
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > max_tensor_bytes():
+        raise TensorTooLargeError(f"input '{name}' {list(shape)} needs {nbytes:,} bytes of random data, more than "
+                                  f"the limit of {max_tensor_bytes():,} bytes per tensor; pass real inputs with "
+                                  f"--inputs IN.npz, or raise the limit with {ENV_VAR}=<bytes>")

@@ -4,6 +4,7 @@ and what to do, not in numpy's MemoryError or TVM's std::bad_alloc (exit 70)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ from onnx import numpy_helper as nh
 
 import effc
 from effc.codegen import bind_input_shapes, lower_to_relax
-from effc.codegen.limits import (DEFAULT_MAX_TENSOR_BYTES, ENV_VAR, TensorTooLargeError, check_tensor_sizes,
+from effc.ir.limits import (DEFAULT_MAX_TENSOR_BYTES, ENV_VAR, TensorTooLargeError, check_tensor_sizes,
                                  max_tensor_bytes, set_max_tensor_bytes)
 from effc.ir.errors import InputError
 from effc.models import load_model
@@ -57,7 +58,7 @@ def _default_limit(monkeypatch):
 
 HUGE_MESSAGE = (r"@huge: tensor %c \(f32\[1000000,1000000\], output of constant_of_shape node %c\) needs "
                 r"4,000,000,000,000 bytes, more than the limit of 4,294,967,296 bytes per tensor\. .*"
-                r"EFFC_MAX_TENSOR_BYTES=<bytes> \(library: effc\.codegen\.limits\.set_max_tensor_bytes\)")
+                r"EFFC_MAX_TENSOR_BYTES=<bytes> \(library: effc\.ir\.limits\.set_max_tensor_bytes\)")
 
 
 def test_huge_tensor_is_refused_before_lowering():
@@ -160,6 +161,16 @@ def test_a_bound_symbol_reaches_every_input_and_matches_onnxruntime():
     np.testing.assert_allclose(cm.run(feeds)["z"], ort_run(model, feeds)["z"], rtol=1e-6, atol=0)
 
 
+def test_static_targets_bind_the_other_inputs_to_the_given_symbol():
+    """Targets that need static shapes (here x86 --runtime=aot) fill the inputs not given:
+    y takes the N that x=3,4 bound, not 1 (before: 'N is bound to two sizes: 3 ... 1')."""
+    model = _two_inputs()
+    cm = effc.compile(model, target="x86", runtime="aot", input_shapes={"x": (3, 4)})
+    rng = np.random.default_rng(1)
+    feeds = {k: rng.standard_normal((3, 4)).astype(np.float32) for k in ("x", "y")}
+    np.testing.assert_allclose(cm.run(feeds)["z"], ort_run(model, feeds)["z"], rtol=1e-6, atol=0)
+
+
 @settings(derandomize=True, deadline=None, max_examples=25)
 @given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6))
 def test_bindings_agree_or_fail(nx, ny, k):
@@ -177,3 +188,18 @@ def test_bindings_agree_or_fail(nx, ny, k):
     else:
         with pytest.raises(InputError, match=f"'N' is bound to two sizes: {nx} by dim 0 of input 'x'.* {ny} by dim 0"):
             bind_input_shapes(module, shapes)
+
+
+def test_random_inputs_too_large_are_refused(tmp_path):
+    """`effc run` without --inputs makes random inputs of the declared shapes: a declared
+    [1, 1, 2**32, 8] would need 128 GiB (before: MemoryError, exit 70)."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "big_input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2**32, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "big.onnx")
+    proc = subprocess.run([sys.executable, "-m", "effc.cli", "run", str(tmp_path / "big.onnx")], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert ("input 'x' [1, 1, 4294967296, 8] needs 137,438,953,472 bytes of random data, more than the limit of "
+            "4,294,967,296 bytes per tensor; pass real inputs with --inputs IN.npz") in proc.stderr

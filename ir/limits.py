@@ -8,7 +8,7 @@ and the limit, which the user can raise:
 
 - ``EFFC_MAX_TENSOR_BYTES`` (environment variable, bytes; ``K``/``M``/``G``/``T`` suffixes
   are powers of 1024, e.g. ``EFFC_MAX_TENSOR_BYTES=16G``), or
-- ``effc.codegen.limits.set_max_tensor_bytes(n)`` (library; overrides the variable;
+- ``effc.ir.limits.set_max_tensor_bytes(n)`` (library; overrides the variable;
   ``None`` goes back to it).
 
 The default, 4 GiB per tensor, is more than any tensor of a real model that effc targets
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 
-from effc.ir.core import Graph, Module, Value
-from effc.ir.errors import InputError
+from .core import Graph, Module, Value
+from .errors import InputError
 
 ENV_VAR = "EFFC_MAX_TENSOR_BYTES"
 DEFAULT_MAX_TENSOR_BYTES = 4 << 30
@@ -78,7 +78,7 @@ def check_tensor_sizes(module: Module, limit: int | None = None) -> None:
     raise TensorTooLargeError(
         f"@{module.graph.name}: tensor %{v.name} ({v.type}, {where}) needs {nbytes:,} bytes, more than the limit of "
         f"{limit:,} bytes per tensor. Bind smaller input shapes (--input-shape), or raise the limit if the machine "
-        f"can hold it: {ENV_VAR}=<bytes> (library: effc.codegen.limits.set_max_tensor_bytes)")
+        f"can hold it: {ENV_VAR}=<bytes> (library: effc.ir.limits.set_max_tensor_bytes)")
 
 
 def _values(g: Graph):
