@@ -188,16 +188,35 @@ def ieee_minmax(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return tvm_ffi.structural_map(func, [(tirx.Max, _nan_propagating), (tirx.Min, _nan_propagating)])
 
 
+def _elementwise_nan_propagating(block: Any) -> Any:
+    """A leaf block that is not a reduction (no ``init``) with its float max/min made
+    NaN-propagating; reduction blocks are returned as they are."""
+    if block.init is not None or not isinstance(block.body, tirx.BufferStore):
+        return block
+    body = tvm_ffi.structural_map(block.body, [(tirx.Max, _nan_propagating), (tirx.Min, _nan_propagating)])
+    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
+                        block.alloc_buffers, block.match_buffers, block.annotations)
+
+
+def ieee_minmax_elementwise(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``ieee_minmax`` for GPU kernels: only blocks that are not reductions (Relu, Clip,
+    HardSigmoid/HardSwish, Max/Min, the epilogues after a conv or matmul). A GPU reduction
+    whose threads combine partial results must keep a max/min TVM recognizes as a reducer
+    (its cross-thread lowering refuses any other combiner), so max-pool, ReduceMax/Min,
+    ArgMax/ArgMin and softmax's row maximum keep TVM's semantics on CUDA: a NaN among
+    other values may be dropped there."""
+    return tvm_ffi.structural_map(func, [(s_tir.SBlock, _elementwise_nan_propagating)])
+
+
 @tvm.transform.module_pass(opt_level=0, name="effc.IeeeMinMax")
 def ieee_minmax_pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """``ieee_minmax`` on every PrimFunc of ``mod``, when the current target is a CPU
-    (``llvm``, ``c``) or none; GPU kernels are left alone (their cross-thread reductions
-    must keep the plain max/min TVM recognizes). The Relax VM build runs it after effc's
+    """IEEE max/min on every PrimFunc of ``mod``: ``ieee_minmax`` when the current target
+    is a CPU (``llvm``, ``c``) or none, ``ieee_minmax_elementwise`` on a GPU target (run
+    before dlight schedules the kernels). The Relax VM and CUDA builds run it after effc's
     Relax pipeline, after any tuning database was applied."""
     target = tvm.target.Target.current(allow_none=True)
-    if target is not None and target.kind.name not in ("llvm", "c"):
-        return mod
-    funcs = {gv: ieee_minmax(f) if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
+    rewrite = ieee_minmax if target is None or target.kind.name in ("llvm", "c") else ieee_minmax_elementwise
+    funcs = {gv: rewrite(f) if isinstance(f, tirx.PrimFunc) else f for gv, f in mod.functions.items()}
     return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 

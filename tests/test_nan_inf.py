@@ -14,6 +14,7 @@ compiled code gave relu(NaN) = 0, clip(NaN, 0, 6) = 6 and finite logits for a Na
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 needs_gpu = pytest.mark.skipif(not gpu_present(), reason="runs kernels on an NVIDIA GPU; this machine has none "
                                "(CI never does): run the suite on a GPU machine to check GPU outputs")
 
-CUDA_DROPS_NAN = pytest.mark.xfail(strict=True, reason=(
-    "CUDA does not keep NaN yet (seen on an H200, 2026-12-04): TVM's CUDA max/min are fmaxf/fminf, which "
-    "drop NaN, and nvcc runs with --use_fast_math; effc's IEEE max/min rewrite is CPU-only because GPU "
-    "cross-thread reductions need the plain max/min reducer"))
+CUDA_REDUCTIONS_DROP_NAN = pytest.mark.xfail(strict=True, reason=(
+    "on CUDA, reductions (max-pool, ReduceMax/Min, ArgMax/ArgMin) keep TVM's max/min, which may drop a NaN: "
+    "GPU cross-thread reductions accept only the reducers TVM knows (codegen/aot_kernels.py, "
+    "ieee_minmax_elementwise)"))
 
-TARGETS = ["interpreter", "x86", "x86-aot", "arm", "cortex-m4",
-           pytest.param("cuda", marks=[needs_gpu, CUDA_DROPS_NAN])]
+TARGETS = ["interpreter", "x86", "x86-aot", "arm", "cortex-m4", "cuda"]
 """Each graph builds and runs in 1-3 s per target (arm and Cortex-M4 under qemu)."""
 
 
@@ -183,8 +183,18 @@ def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what: 
             np.testing.assert_array_equal(g, w, err_msg=f"{what}, {name}")
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("family", list(FAMILIES))
+def _cases():
+    for family in FAMILIES:
+        for target in TARGETS:
+            marks = []
+            if target == "cuda":
+                marks.append(needs_gpu)
+                if family in ("pools", "reductions"):
+                    marks.append(CUDA_REDUCTIONS_DROP_NAN)
+            yield pytest.param(family, target, marks=marks, id=f"{family}-{target}")
+
+
+@pytest.mark.parametrize("family, target", list(_cases()))
 def test_nan_and_inf_propagate_like_onnxruntime(family, target):
     model, feeds, ieee = FAMILIES[family]()
     want = ort_run(model, feeds)
@@ -220,3 +230,22 @@ def test_max_pool_with_indices_points_at_the_nan():
     got = run_module(load_model(_model([node], [("x", [1, 1, 2, 3])], [("y", F32), ("i", I64)])), {"x": x})
     assert np.isnan(got["y"]).ravel().tolist() == [True, True]
     assert got["i"].ravel().tolist() == [1, 1]
+
+
+def test_cuda_kernels_keep_nan_in_elementwise_max_min():
+    """Built on any machine: in the CUDA source, Relu and Clip are NaN-propagating selects,
+    not CUDA's max/min (fmaxf/fminf drop NaN; seen on an H200), while the max-pool keeps a
+    reducer TVM's GPU lowering accepts."""
+    from effc.codegen.cuda import build_cuda
+    from effc.optimize import optimize
+    from effc.targets import get_target
+
+    model, _, _ = FAMILIES["activations"]()
+    module = load_model(model)
+    optimize(module, "O2")
+    source = build_cuda(module, get_target("cuda")).source
+    for kernel in ("relu_kernel", "tir_clip_kernel"):
+        start = next(m.start() for m in re.finditer(rf"void __launch_bounds__\(1024\) {kernel}\([^)]*\) {{", source))
+        body = source[start:source.index("\n}\n", start)]
+        assert "max(" not in body and "min(" not in body, body
+        assert "condval" in body, body
