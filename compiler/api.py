@@ -235,12 +235,11 @@ def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike
 
 
 def _c_name(model: Any, module: Module) -> str:
-    """A C identifier for the model's API (``effc_<name>_run``): the file's stem, else the graph's name."""
-    import re
+    """The name in the model's C API (``effc_<name>_run``): the file's stem, else the graph's
+    name, made a C identifier by ``codegen.aot.c_identifier`` (the one rule for it)."""
+    from effc.codegen.aot import c_identifier
 
-    base = Path(model).stem if isinstance(model, (str, os.PathLike)) else module.graph.name
-    name = re.sub(r"\W", "_", base).strip("_").lower() or "model"
-    return name if not name[0].isdigit() else f"m_{name}"
+    return c_identifier(Path(model).stem if isinstance(model, (str, os.PathLike)) else module.graph.name)
 
 
 def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "x86", pipeline: str = "O2", *,
