@@ -3,8 +3,7 @@
 ``effc.compile(model, target=..., pipeline=...)`` returns a ``CompiledModel`` (``run``,
 ``export``, ``report``, ``ir``); ``effc.load(dir)`` reads an exported artifact. TVM is
 imported only when something is compiled or loaded."""
-__version__ = "0.1.0"
-
-from effc.api import CompiledModel, CompileReport, compile, load  # noqa: E402
+from effc.api import CompiledModel, CompileReport, compile, load
+from effc.version import __version__
 
 __all__ = ["__version__", "compile", "load", "CompiledModel", "CompileReport"]

@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-import effc
 from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.printer import print_module, save_module
@@ -31,6 +30,7 @@ from effc.models import load_model
 from effc.optimize import OptimizeOptions, optimize
 from effc.report import ModelInfo, model_info
 from effc.targets import Target, get_target
+from effc.version import __version__
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -142,7 +142,7 @@ class CompiledModel:
         artifact_files = sorted({Path(f).resolve().relative_to(out.resolve()).as_posix() for f in files} | {IR_FILE, REPORT}
                                 | ({Path(IR_FILE).with_suffix(".npz").name} if (out / "model.npz").exists() else set()))
         manifest = {
-            "effc_version": effc.__version__,
+            "effc_version": __version__,
             "target": {"name": self.target.name, "tvm": self.target.tvm},
             "pipeline": self.pipeline,
             "runtime": self.runtime,
