@@ -25,6 +25,7 @@ from tvm import relax, tirx
 from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.types import DType, TensorType, shape_matches
+from effc.targets import get_target
 
 from .aot_kernels import ieee_minmax_pass
 from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_relax
@@ -32,20 +33,11 @@ from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_re
 TargetDict = Mapping[str, Any]
 
 
-def host_cpu() -> str:
-    """The host CPU as LLVM names it (``znver3``, ``skylake-avx512``), or ``x86-64``."""
-    from tvm.target import codegen
-
-    try:
-        cpu = str(codegen.llvm_get_system_cpu())
-    except Exception:  # an LLVM without host detection
-        return "x86-64"
-    return cpu if cpu and cpu != "generic" else "x86-64"
-
-
 def host_x86_target() -> dict[str, Any]:
-    """The TVM target dict for this x86-64 machine (tuned code would use all cores)."""
-    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+    """The TVM target dict for this x86-64 machine: the ``x86`` target, whose CPU
+    ``effc.targets.host_cpu`` detects (the one source of truth for the host CPU; tuned code
+    uses all cores)."""
+    return dict(get_target("x86").tvm)
 
 
 def without_avx512(target: TargetDict) -> dict[str, Any]:
