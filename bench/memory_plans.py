@@ -24,7 +24,8 @@ from bench import node_counts  # noqa: E402
 from effc.ir.opdef import REGISTRY  # noqa: E402
 from effc.onnx_import import import_onnx  # noqa: E402
 from effc.optimize import OptimizeOptions, optimize  # noqa: E402
-from effc.passes.memory_plan import bind_symbols, plan_memory, tflm_style_bytes  # noqa: E402
+from effc.ir.refine import bind_symbols  # noqa: E402
+from effc.passes.memory_plan import plan_memory, tflm_style_bytes  # noqa: E402
 from effc.passes.memory_plan_verify import verify_plan  # noqa: E402
 from tests.fixtures import FIXTURES  # noqa: E402
 

@@ -4,10 +4,9 @@
   per-op emitters are one table in ``relax_ops.py``);
 - ``build(module, target)``: compiled for an LLVM CPU target (default: this x86 host) into
   a ``Built`` that runs in process and exports a shared library (``build.py``);
-- ``bind_input_shapes``: static input shapes for models whose shapes depend on the data.
 """
 from .build import Built, Signature, build, host_x86_target, relax_pipeline
-from .relax import LoweringError, bind_input_shapes, check_lowerable, lower_to_relax, unsupported_nodes
+from .relax import LoweringError, check_lowerable, lower_to_relax, unsupported_nodes
 
-__all__ = ["Built", "Signature", "build", "host_x86_target", "relax_pipeline", "LoweringError", "bind_input_shapes",
+__all__ = ["Built", "Signature", "build", "host_x86_target", "relax_pipeline", "LoweringError",
            "check_lowerable", "lower_to_relax", "unsupported_nodes"]

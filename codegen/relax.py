@@ -260,7 +260,7 @@ def check_lowerable(module: Module) -> None:
             f"cannot lower @{module.name}: {len(unknown)} value(s) have dims that are only known at run time "
             "('?', from shapes computed out of the data):\n" + "\n".join(lines) + more +
             f"\nfix: give the inputs static shapes, e.g. `{inputs}` "
-            "(library: effc.codegen.bind_input_shapes(module, {name: shape}) before optimizing), "
+            "(library: effc.ir.refine.bind_input_shapes(module, {name: shape}) before optimizing), "
             "so constant folding can resolve them")
 
 
@@ -559,58 +559,3 @@ def index_check_failure(status: np.ndarray, label: bytes | np.ndarray) -> IndexO
         return None
     return IndexOutOfRangeError(bytes(np.asarray(label, dtype=np.uint8)).decode(errors="replace"),
                                 int(status[1]), int(status[2]))
-
-
-# ----------------------------------------------------------------------------- static shapes
-
-
-def bind_input_shapes(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Give graph inputs concrete shapes and re-infer every type downstream (in place).
-
-    Symbols (``N``) and unknown dims (``?``) in the named inputs take the given sizes;
-    dims the model fixes must match. Afterwards run ``fold-constants`` (any -O pipeline
-    does) so shape computations on now-static values collapse into constants."""
-    from effc.ir.errors import ShapeError
-    from effc.ir.refine import symbol_sizes
-
-    g = module.graph
-    by_name = {v.name: v for v in g.inputs}
-    unknown = sorted(set(shapes) - set(by_name))
-    if unknown:
-        raise InputError(f"--input-shape names {unknown}, which are not inputs of @{g.name} "
-                         f"(it takes {', '.join(f'{v.name}: {v.type}' for v in g.inputs)})")
-    given: dict[str, tuple[int, ...]] = {}
-    for name, dims in shapes.items():
-        v = by_name[name]
-        try:
-            dims = tuple(int(d) for d in dims)
-        except (TypeError, ValueError):
-            raise InputError(f"--input-shape {name}={dims!r}: dims must be whole numbers (the input is {v.type})") from None
-        if len(dims) != v.type.rank or any(d < 0 for d in dims):
-            raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the input is {v.type} "
-                             f"(rank {v.type.rank})")
-        for want, got in zip(v.type.shape, dims):
-            if isinstance(want, int) and want != got:
-                raise InputError(f"--input-shape {name}={','.join(map(str, dims))}: the model fixes {v.type}")
-        given[name] = dims
-    sizes = symbol_sizes(g.inputs, given)  # InputError: one symbol, two sizes
-    for v in g.inputs:  # inputs not named take the sizes of the symbols they share
-        dims = given.get(v.name, tuple(sizes.get(d, d) if isinstance(d, str) else d for d in v.type.shape))
-        v.type = v.type.with_shape(dims)
-    try:
-        _reinfer(g)
-    except ShapeError as e:  # the model cannot take these shapes: the user's shapes, not effc's bug
-        given_text = " ".join(f"{n}={','.join(map(str, d))}" for n, d in given.items())
-        raise InputError(f"--input-shape {given_text}: @{g.name} cannot take these shapes: {e}") from None
-
-
-def _reinfer(g: Graph) -> None:
-    for node in g.nodes:
-        if node.op == "const":
-            continue
-        if node.body is not None:
-            for bv, ov in zip(node.body.inputs, [v for v in node.inputs if v is not None]):
-                bv.type = ov.type
-            _reinfer(node.body)
-        for v, t in zip(node.outputs, infer_types(node)):
-            v.type = TensorType(t.dtype, t.shape, v.type.quant)

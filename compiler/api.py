@@ -25,7 +25,7 @@ import onnx
 from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.printer import print_module, save_module
-from effc.ir.refine import symbol_sizes
+from effc.ir.refine import bind_input_shapes, symbol_sizes
 from effc.models import load_model
 from effc.optimize import OptimizeOptions, optimize
 from effc.report import ModelInfo, model_info
@@ -259,7 +259,6 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     (effc's C driver over a static arena, no runtime, no heap: ``libmodel.a`` + ``model.h``;
     the only runtime of arm and Cortex-M targets, on request for x86). Default: the
     target's first."""
-    from effc.codegen import bind_input_shapes  # imports tvm: only when compiling
     from effc.codegen.dispatch import build_for_target, needs_static_shapes, runtime_for
 
     seconds: dict[str, float] = {}

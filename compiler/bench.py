@@ -225,7 +225,7 @@ def bench_plain_tvm(case: Case, s: Settings, want: list[np.ndarray]) -> tuple[Re
 
 
 def _effc_module(case: Case):
-    from effc.codegen import bind_input_shapes
+    from effc.ir.refine import bind_input_shapes
     from effc.models import load_model
     from effc.optimize import OptimizeOptions, optimize
 

@@ -197,18 +197,17 @@ class Value:
         silently would rename the graph's result."""
         if other is self:
             return
+        outs = self.graph.outputs if self.graph is not None else []
+        if not replace_graph_outputs and any(o is self for o in outs):  # refuse before changing anything
+            raise VerificationError(
+                f"replace_all_uses_with: %{self.name} is a graph output; "
+                "pass replace_graph_outputs=True to move it"
+            )
         for use in self.uses():
             use.node.set_input(use.index, other)
-        if self.graph is not None:
-            outs = self.graph.outputs
-            for i, o in enumerate(outs):
-                if o is self:
-                    if not replace_graph_outputs:
-                        raise VerificationError(
-                            f"replace_all_uses_with: %{self.name} is a graph output; "
-                            "pass replace_graph_outputs=True to move it"
-                        )
-                    outs[i] = other
+        for i, o in enumerate(outs):
+            if o is self:
+                outs[i] = other
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -337,10 +336,14 @@ class Graph:
     # -- node list
     @property
     def nodes(self) -> Iterator[Node]:
+        """The nodes in order. The loop body may remove the current node or any later one;
+        a node inserted right after the current one is not visited."""
         n = self._head
         while n is not None:
             nxt = n._next
             yield n
+            if nxt is not None and nxt.graph is not self and n.graph is self:  # the next node was removed
+                nxt = n._next
             n = nxt
 
     def reversed_nodes(self) -> Iterator[Node]:

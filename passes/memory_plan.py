@@ -33,9 +33,8 @@ from typing import Mapping
 
 from effc.ir.core import Graph, Module, Node, Value
 from effc.ir.errors import EffcError
-from effc.ir.opdef import infer_types
 from effc.ir.printer import format_name, print_module
-from effc.ir.types import UNKNOWN_DIM, TensorType
+from effc.ir.refine import bind_symbols
 
 from .base import Pass, PassContext, PreconditionError, register_pass
 from .fold_constants import FoldConstants
@@ -104,30 +103,6 @@ class MemoryPlan:
 # ----------------------------------------------------------------------------- symbols
 
 
-def bind_symbols(module: Module, bindings: Mapping[str, int]) -> None:
-    """Replace symbolic dims of the graph inputs by ints and re-infer every node's types."""
-    def sub(shape: tuple) -> tuple:
-        return tuple(bindings.get(d, d) if isinstance(d, str) else d for d in shape)
-
-    for v in module.graph.inputs:
-        v.type = v.type.with_shape(sub(v.type.shape))
-    _reinfer(module.graph, sub)
-
-
-def _reinfer(g: Graph, sub) -> None:
-    for n in g.nodes:
-        if n.op == "const":
-            continue
-        if n.body is not None:
-            for inner, outer in zip(n.body.inputs, n.inputs):
-                if outer is not None:
-                    inner.type = outer.type
-            _reinfer(n.body, sub)
-        for v, t in zip(n.outputs, infer_types(n)):
-            dims = tuple(r if i == UNKNOWN_DIM else i for r, i in zip(sub(v.type.shape), t.shape))
-            v.type = TensorType(v.type.dtype, dims, v.type.quant)
-
-
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -152,7 +127,7 @@ class _Tensors:
             if not v.type.is_static:
                 raise PreconditionError(
                     f"plan-memory: %{v.name} has the symbolic shape {v.type}; bind the symbols first "
-                    "(effc.passes.memory_plan.bind_symbols(module, {'N': 1}))")
+                    "(effc.ir.refine.bind_symbols(module, {'N': 1}))")
         return cls(values, {id(v): i for i, v in enumerate(values)}, [nbytes(v) for v in values], list(range(n)),
                    [0] * n, {i: [i] for i in range(n)}, {})
 

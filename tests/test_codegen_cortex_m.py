@@ -19,7 +19,7 @@ import pytest
 import effc
 from effc.codegen.cortex_m import BudgetError, CortexMBuilt, build_cortex_m
 from effc.codegen.native import RunError
-from effc.codegen import bind_input_shapes
+from effc.ir.refine import bind_input_shapes
 from effc.models import load_model
 from effc.optimize import optimize
 from effc.targets import get_target

@@ -20,7 +20,8 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
-from effc.codegen import bind_input_shapes, cuda
+from effc.codegen import cuda
+from effc.ir.refine import bind_input_shapes
 from effc.codegen.cuda import (PTX, SOURCE, CudaBuilt, CudaCompileError, LoweringError, NoCudaDeviceError, _offer_ptx,
                                build_cuda, compile_ptx, kernel_names, load_cuda, nvcc_path)
 from effc.ir.errors import InputError

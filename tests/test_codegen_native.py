@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from effc.codegen import bind_input_shapes
+from effc.ir.refine import bind_input_shapes
 from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, compile_program, emit_program,
                               lower_for_aot, plan_arena, read_schedule)
 from effc.codegen.aot_kernels import build_kernels

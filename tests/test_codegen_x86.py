@@ -14,7 +14,8 @@ import onnx
 import pytest
 from tvm import relax, tirx
 
-from effc.codegen import Built, LoweringError, bind_input_shapes, build, lower_to_relax
+from effc.codegen import Built, LoweringError, build, lower_to_relax
+from effc.ir.refine import bind_input_shapes
 from effc.codegen.relax import _alone_body
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module

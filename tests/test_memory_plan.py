@@ -22,7 +22,8 @@ from effc.models import load_model
 from effc.optimize import OptimizeOptions, optimize
 from effc.passes import PipelineSpecError, parse_pipeline, run_pipeline
 from effc.passes.base import PassContext, PreconditionError
-from effc.passes.memory_plan import (MemoryPlan, PlanError, bind_symbols, format_plan, plan_memory,
+from effc.ir.refine import bind_symbols
+from effc.passes.memory_plan import (MemoryPlan, PlanError, format_plan, plan_memory,
                                      print_module_with_plan, tflm_style_bytes)
 from effc.passes.memory_plan_rules import channel_bytes, constant_values, scratch_inplace
 from effc.passes.memory_plan_verify import check_plan, verify_plan

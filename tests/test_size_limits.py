@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 import effc
-from effc.codegen import bind_input_shapes, lower_to_relax
+from effc.codegen import lower_to_relax
+from effc.ir.refine import bind_input_shapes
 from effc.ir.limits import (DEFAULT_MAX_TENSOR_BYTES, ENV_VAR, TensorTooLargeError, check_tensor_sizes,
                                  max_tensor_bytes, set_max_tensor_bytes)
 from effc.ir.errors import InputError

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from effc.codegen import bind_input_shapes, build, host_x86_target
+from effc.codegen import build, host_x86_target
+from effc.ir.refine import bind_input_shapes
 from effc.codegen.tune import (Kernel, build_tuned, kernel_module, kernels_of, open_database, plan_budget,
                                target_key, tune)
 from effc.ir.interpreter import run_module
