@@ -44,7 +44,7 @@ def needs_static_shapes(target: Target, runtime: str | None) -> bool:
     return runtime_for(target, runtime) == "aot"
 
 
-class _LibraryArtifact:
+class LibraryArtifact:
     """Adapts ``build.Built`` (x86) to the artifact interface: ``run`` and ``export_files``."""
 
     def __init__(self, built: Any):
@@ -71,7 +71,7 @@ def build_for_target(module: Module, target: Target, *, name: str | None = None,
     if target.family == "x86":
         from .build import build
 
-        return _LibraryArtifact(build(module, target.tvm))
+        return LibraryArtifact(build(module, target.tvm))
     if target.family == "cuda":
         from .cuda import build_cuda
 
@@ -124,7 +124,7 @@ def load_for_target(folder: Path, target: Target, ir: Module, runtime: str | Non
     if target.family == "x86":
         from .build import Built, Signature
 
-        return _LibraryArtifact(Built.load(folder / LIBRARY, Signature.of(ir)))
+        return LibraryArtifact(Built.load(folder / LIBRARY, Signature.of(ir)))
     if target.family == "cuda":
         from .cuda import load_cuda
 

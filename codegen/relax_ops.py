@@ -26,7 +26,7 @@ from tvm import relax, te, tirx
 from effc.ir.core import Node, Value
 from effc.ir.errors import IndexOutOfRangeError
 from effc.ir.opdef import node_attrs, run_ref
-from effc.ir.ops.nn import _transpose_geometry, _window_geometry
+from effc.ir.ops.nn import transpose_geometry, window_geometry
 from effc.ir.types import DType
 
 from .relax import Emit, relax_dtype
@@ -405,7 +405,7 @@ def _dequantize_linear(e: Emit):
 def _conv_pads(e: Emit, kernel: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
     a = e.attrs
     sizes = e.in_type(0).shape[2:]
-    _, begins, ends = _window_geometry(sizes, kernel, a, e.fail)
+    _, begins, ends = window_geometry(sizes, kernel, a, e.fail)
     if any(b is None for b in begins) or any(x is None for x in ends):
         raise e.fail("auto_pad over symbolic spatial dims; give the input a static shape")
     n = len(kernel)
@@ -462,7 +462,7 @@ def _conv_transpose(e: Emit):
     n = xt.rank - 2
     kernel = [int(d) for d in wt.shape[2:]]
     a = e.attrs
-    outs, begins = _transpose_geometry(xt.shape[2:], kernel, a, e.fail)
+    outs, begins = transpose_geometry(xt.shape[2:], kernel, a, e.fail)
     sizes = xt.shape[2:]
     if any(b is None for b in begins) or not all(isinstance(s, int) for s in sizes):
         raise e.fail("transposed convolution over symbolic spatial dims; give the input a static shape")
@@ -591,7 +591,7 @@ def _pool(e: Emit, kind: str):
     kernel = list(a["kernel_shape"])
     n = len(kernel)
     ceil = bool(a["ceil_mode"])
-    outs, begins, ends = _window_geometry(xt.shape[2:], kernel, a, e.fail, ceil_mode=ceil)
+    outs, begins, ends = window_geometry(xt.shape[2:], kernel, a, e.fail, ceil_mode=ceil)
     strides = list(a.get("strides") or [1] * n)
     dilations = list(a.get("dilations") or [1] * n)
     count_pad = bool(a.get("count_include_pad", 0))

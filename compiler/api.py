@@ -203,7 +203,7 @@ class _TuningLedger:
 def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike | None,
                  seconds: dict[str, float], runtime: str, name: str) -> tuple[Any, str]:
     """Tune (when ``trials`` > 0) and build with the database's schedules (x86 only for now)."""
-    from effc.codegen.dispatch import _LibraryArtifact
+    from effc.codegen.dispatch import LibraryArtifact
     from effc.codegen.native import build_native
     from effc.codegen.tune import build_tuned, tune as run_tuning
 
@@ -229,7 +229,7 @@ def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike
         built = build_native(module, tgt, name=name, tuning_db=db_dir)
         note += f"; {built.program.notes['tuned_kernels']} of the AOT program's kernels use tuned schedules"
     else:
-        built = _LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
+        built = LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
     seconds["build"] = time.perf_counter() - t
     return built, note
 

@@ -59,6 +59,17 @@ def norm_axes(axes: Sequence[int], rank: int, what: str = "axes") -> list[int]:
     return out
 
 
+def transpose_perm(perm: Sequence[int] | None, rank: int) -> list[int]:
+    """Transpose's permutation with negative axes normalized (default, ``None`` or empty:
+    reverse the axes). Raises ValueError when it is not a permutation of ``rank`` axes."""
+    if not perm:
+        return list(range(rank))[::-1]
+    out = [int(p) + rank if int(p) < 0 else int(p) for p in perm]
+    if sorted(out) != list(range(rank)):
+        raise ValueError(f"perm {list(perm)} is not a permutation of the {rank} axes")
+    return out
+
+
 def broadcast_dims(a: Dim, b: Dim) -> Dim:
     if a == b:
         return a

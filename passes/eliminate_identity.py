@@ -20,6 +20,7 @@ import numpy as np
 from effc.ir.builder import Builder
 from effc.ir.core import Module, Value
 from effc.ir.opdef import node_attrs
+from effc.ir.shapes import transpose_perm
 
 from .base import Pass, PassContext, register_pass
 from .rewrite import Any, Match, Op, Rule, apply_rules
@@ -56,9 +57,7 @@ def _dropout_result(m: Match, b: Builder) -> list[Value]:
 
 
 def _perm(node) -> list[int]:
-    perm = node_attrs(node).get("perm")
-    rank = node.inputs[0].type.rank
-    return list(perm) if perm else list(reversed(range(rank)))
+    return transpose_perm(node_attrs(node).get("perm"), node.inputs[0].type.rank)
 
 
 def _identity_perm(m: Match) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from effc.ir.core import Graph, Node, Value
 from effc.ir.opdef import REGISTRY, node_attrs
+from effc.ir.shapes import transpose_perm
 
 CHANNELWISE_POOLS = {"max_pool", "average_pool", "global_average_pool", "global_max_pool"}
 SCRATCH_OPS = {"conv", "lrn", "transpose"} | CHANNELWISE_POOLS
@@ -150,11 +151,6 @@ def channel_bytes(v: Value) -> int:
     return n * v.type.dtype.itemsize
 
 
-def _perm(node: Node, rank: int) -> list[int]:
-    perm = node_attrs(node).get("perm")
-    return list(range(rank))[::-1] if perm is None else [int(p) % rank for p in perm]
-
-
 def _scratch_plain(node: Node) -> int | None:
     """Scratch bytes with which ``node`` may write its output over input 0, or None."""
     x, out = node.input(0), node.outputs[0] if node.outputs else None
@@ -173,7 +169,7 @@ def _scratch_plain(node: Node) -> int | None:
         below = (int(node_attrs(node)["size"]) - 1) // 2
         return (below + 1) * channel_bytes(x)
     if node.op == "transpose":
-        perm = _perm(node, x.type.rank)
+        perm = transpose_perm(node_attrs(node).get("perm"), x.type.rank)
         moved = max((i for i, p in enumerate(perm) if p != i), default=-1) + 1
         block, blocks = 1, 1
         for i, d in enumerate(x.type.shape):

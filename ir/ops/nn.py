@@ -1,7 +1,7 @@
 """Neural-network ops: convolutions, matrix products, normalizations, pooling, softmax.
 
 Sliding-window ops (Conv, ConvTranspose, MaxPool, AveragePool) share one geometry rule
-(``_window_geometry``) for infer and ref, so the two cannot disagree. The references loop
+(``window_geometry``) for infer and ref, so the two cannot disagree. The references loop
 over kernel taps, never over pixels: each tap is a strided view of the padded input.
 Convolutions are im2col (a strided view copied once, in bounded chunks) plus one batched
 matmul per chunk, so real CNNs run in seconds; ConvTranspose is the matmul plus a col2im
@@ -111,7 +111,7 @@ def _explicit_pads(a: dict, n: int, fail: Fail) -> list[int]:
     return [int(p) for p in pads]
 
 
-def _window_geometry(sizes: Sequence[Dim], kernel: Sequence[Dim], a: dict, fail: Fail, *,
+def window_geometry(sizes: Sequence[Dim], kernel: Sequence[Dim], a: dict, fail: Fail, *,
                      ceil_mode: bool = False) -> tuple[list[Dim], list[int | None], list[int | None]]:
     """Output sizes and begin/end pads of a sliding window (Conv, MaxPool, AveragePool).
 
@@ -257,7 +257,7 @@ def _infer_conv(ctx: InferCtx) -> list[TensorType]:
     x, w, _, m = _infer_conv_common(ctx, transpose=False)
     n = x.rank - 2
     kernel = _conv_kernel(ctx, w, n)
-    out, _, _ = _window_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail)
+    out, _, _ = window_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail)
     return [TensorType(x.dtype, (x.shape[0], m, *out))]
 
 
@@ -318,7 +318,7 @@ def _ref_conv(ins: list, a: dict, n_out: int) -> list:
     b = ins[2] if len(ins) > 2 else None
     n = x.ndim - 2
     ct = _compute_dtype(x.dtype)
-    out, begins, _ = _window_geometry(x.shape[2:], w.shape[2:], a, _value_error)
+    out, begins, _ = window_geometry(x.shape[2:], w.shape[2:], a, _value_error)
     strides, dilations = _strides_dilations(a, n)
     y = _conv_nd(x.astype(ct, copy=False), w.astype(ct, copy=False), a["group"], out, begins,
                  strides, dilations)
@@ -348,7 +348,7 @@ register(OpDef("conv", "Conv", ("X", "W", "B?"), ("Y",), _infer_conv, _ref_conv,
 # ----------------------------------------------------------------------------- ConvTranspose
 
 
-def _transpose_geometry(sizes: Sequence[Dim], kernel: Sequence[Dim], a: dict, fail: Fail
+def transpose_geometry(sizes: Sequence[Dim], kernel: Sequence[Dim], a: dict, fail: Fail
                         ) -> tuple[list[Dim], list[int | None]]:
     """ConvTranspose output sizes and begin pads (what is cropped off the full result)."""
     n = len(sizes)
@@ -407,7 +407,7 @@ def _infer_conv_transpose(ctx: InferCtx) -> list[TensorType]:
     x, w, _, m = _infer_conv_common(ctx, transpose=True)
     n = x.rank - 2
     kernel = _conv_kernel(ctx, w, n)
-    out, _ = _transpose_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail)
+    out, _ = transpose_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail)
     return [TensorType(x.dtype, (x.shape[0], m, *out))]
 
 
@@ -453,7 +453,7 @@ def _ref_conv_transpose(ins: list, a: dict, n_out: int) -> list:
     b = ins[2] if len(ins) > 2 else None
     n = x.ndim - 2
     ct = _compute_dtype(x.dtype)
-    out, begins = _transpose_geometry(x.shape[2:], w.shape[2:], a, _value_error)
+    out, begins = transpose_geometry(x.shape[2:], w.shape[2:], a, _value_error)
     strides, dilations = _strides_dilations(a, n)
     y = _conv_transpose_nd(x.astype(ct, copy=False), w.astype(ct, copy=False), a["group"], out, begins,
                            strides, dilations)
@@ -495,7 +495,7 @@ def _upgrade_conv_transpose(ctx: UpgradeCtx) -> None:
         return
     raw = {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
     try:
-        out, begins = _transpose_geometry(sizes, kernel, raw, _value_error)
+        out, begins = transpose_geometry(sizes, kernel, raw, _value_error)
     except ValueError:
         return  # infer reports it
     n = len(sizes)
@@ -798,7 +798,7 @@ def _infer_pool(ctx: InferCtx, allowed: tuple[DType, ...], ceil: bool = True) ->
         raise ctx.fail(f"kernel_shape {kernel} must have {x.rank - 2} entries for X of shape {list(x.shape)}")
     if ctx.attrs["ceil_mode"] not in (0, 1):
         raise ctx.fail(f"ceil_mode must be 0 or 1, got {ctx.attrs['ceil_mode']}")
-    out, _, _ = _window_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail, ceil_mode=bool(ctx.attrs["ceil_mode"]))
+    out, _, _ = window_geometry(x.shape[2:], kernel, ctx.attrs, ctx.fail, ceil_mode=bool(ctx.attrs["ceil_mode"]))
     return x, [x.shape[0], x.shape[1], *out]
 
 
@@ -815,7 +815,7 @@ def _infer_max_pool(ctx: InferCtx) -> list[TensorType]:
 def _pool_setup(x: np.ndarray, a: dict) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
     kernel = list(a["kernel_shape"])
     n = len(kernel)
-    out, begins, ends = _window_geometry(x.shape[2:], kernel, a, _value_error, ceil_mode=bool(a["ceil_mode"]))
+    out, begins, ends = window_geometry(x.shape[2:], kernel, a, _value_error, ceil_mode=bool(a["ceil_mode"]))
     strides, dilations = _strides_dilations(a, n)
     return kernel, out, begins, ends, strides, dilations
 

@@ -18,7 +18,7 @@ from ..errors import IndexOutOfRangeError, ShapeError, UnsupportedOpError
 from ..core import Value
 from ..opdef import BY_ONNX, REGISTRY, InferCtx, OpDef, UpgradeCtx, attr, register
 from ..shapes import (as_ints, broadcast_shapes, dim_add, dim_mul, dim_prod, is_known, norm_axes, norm_axis,
-                      reshape_target)
+                      reshape_target, transpose_perm)
 from ..types import UNKNOWN_DIM, Dim, DType, TensorType
 
 INDEX_DTYPES = (DType.i32, DType.i64)
@@ -229,20 +229,10 @@ _reg("flatten", "Flatten", ("input",), ("output",), _infer_flatten, _ref_flatten
      attrs={"axis": attr("int", 1)}, traits=("view",))
 
 
-def _perm(perm: Sequence[int] | None, rank: int) -> list[int]:
-    """Transpose's permutation (default: reverse the axes). Raises ValueError."""
-    if perm is None:
-        return list(range(rank))[::-1]
-    out = [int(p) + rank if int(p) < 0 else int(p) for p in perm]
-    if sorted(out) != list(range(rank)):
-        raise ValueError(f"perm {list(perm)} is not a permutation of the {rank} axes")
-    return out
-
-
 def _infer_transpose(ctx: InferCtx) -> list[TensorType]:
     t = ctx.type(0)
     try:
-        perm = _perm(ctx.attrs["perm"], t.rank)
+        perm = transpose_perm(ctx.attrs["perm"], t.rank)
     except ValueError as e:
         raise ctx.fail(str(e)) from None
     return [t.with_shape(tuple(t.shape[p] for p in perm))]
@@ -250,7 +240,7 @@ def _infer_transpose(ctx: InferCtx) -> list[TensorType]:
 
 def _ref_transpose(ins: list, a: dict, n: int) -> list:
     x = ins[0]
-    return [np.transpose(x, _perm(a["perm"], x.ndim))]
+    return [np.transpose(x, transpose_perm(a["perm"], x.ndim))]
 
 
 _reg("transpose", "Transpose", ("data",), ("transposed",), _infer_transpose, _ref_transpose,
