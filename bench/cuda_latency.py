@@ -47,26 +47,6 @@ def _gpu_target_name() -> str:
     return f"cuda-sm{sm}"
 
 
-def _gpu_runner(executable: Any, feeds: dict[str, np.ndarray],
-                order: list[str]) -> tuple[Callable[[], Any], list[np.ndarray]]:
-    """A function running ``main`` on GPU tensors made once (synchronised), and its outputs."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cuda(0)
-    vm = relax.VirtualMachine(executable, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in order]
-
-    def run() -> Any:
-        r = vm["main"](*args)
-        dev.sync()
-        return r
-
-    r = run()
-    outs = [r.numpy()] if isinstance(r, tvm.runtime.Tensor) else [x.numpy() for x in r]
-    return run, outs
-
-
 def _ort(case, providers: list[str]) -> tuple[Callable[[], Any], list[np.ndarray], float]:
     import onnxruntime as ort
 
@@ -83,9 +63,8 @@ def _ort(case, providers: list[str]) -> tuple[Callable[[], Any], list[np.ndarray
 def bench_case(case, target_name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
+    from effc.codegen.baseline import plain_tvm_build, vm_runner
     from effc.codegen.cuda import build_cuda
     from effc.targets import get_target
 
@@ -100,14 +79,13 @@ def bench_case(case, target_name: str, log: Callable[[str], None] = print) -> di
         runs["ort_cuda"], row["ort_cuda_ok"] = ort_gpu, _matches(got, want)
 
     target = get_target(target_name)
-    proto = onnx.load(str(case.path))
-    order = [vi.name for vi in _declared_inputs(proto)]
+    order = [vi.name for vi in _declared_inputs(onnx.load(str(case.path)))]
     t = time.perf_counter()
     try:
-        mod = from_onnx(proto, shape_dict=case.shapes)
-        executable = tvm.compile(mod, target=tvm.target.Target(target.tvm))
+        executable = plain_tvm_build(case.path, case.shapes, target.tvm)
         row["tvm_compile_s"] = time.perf_counter() - t
-        runs["tvm"], got = _gpu_runner(executable, case.feeds, order)
+        runs["tvm"], outputs = vm_runner(executable, case.feeds, order, device="cuda")
+        got = outputs()
         row["tvm_ok"] = _matches(got, want)
     except Exception as e:  # the frontend or TVM's CUDA pipeline does not handle this model
         row["tvm_note"] = f"n/a: {type(e).__name__}: {str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''}"
@@ -117,7 +95,8 @@ def bench_case(case, target_name: str, log: Callable[[str], None] = print) -> di
     built = build_cuda(module, target)
     row["effc_compile_s"] = time.perf_counter() - t
     row["effc_kernels"] = len(built.kernels)
-    runs["effc"], got = _gpu_runner(built.executable, case.feeds, [n for n, _ in built.signature.inputs])
+    runs["effc"], outputs = vm_runner(built.executable, case.feeds, [n for n, _ in built.signature.inputs], "cuda")
+    got = outputs()[:len(built.signature.outputs)]  # main also returns its index checks
     row["effc_ok"] = _matches(got, want)
     log(f"== {case.name}: built (effc {row['effc_compile_s']:.1f} s, {row['effc_kernels']} kernels); "
         f"matches ORT: effc {row['effc_ok']}, TVM {row.get('tvm_ok', row.get('tvm_note'))}")

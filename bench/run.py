@@ -42,8 +42,8 @@ from typing import Any
 # The measuring code is part of the package (``effc bench`` uses it from an installed effc);
 # these names stay importable from here for aot_latency.py and cuda_latency.py.
 from effc.bench import (DEFAULT_THREADS, Case, Result, Settings, _batch_one, _declared_inputs,  # noqa: F401
-                        _effc_module, _effc_result, _fmt_ms, _fmt_s, _library_size, _matches, _ratio,
-                        _vm_runner, bench_case, bench_effc, bench_model, bench_ort, bench_plain_tvm,
+                        _effc_module, _effc_result, _fmt_ms, _fmt_s, _matches, _ratio,
+                        bench_case, bench_effc, bench_model, bench_ort, bench_plain_tvm,
                         interleaved_ms, plain_row, random_feeds, set_threads)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ Systems, in this order: onnxruntime (default session options, CPU provider,
 (``tvm.relax.frontend.onnx.from_onnx`` + ``tvm.compile``, TVM's default pipeline, "n/a"
 with the reason when the frontend fails); effc untuned (import, ``-O2``, build); effc tuned
 (MetaSchedule with a budget of ``trials``, into a tuning database shared across models).
-The baseline *is* TVM, so the plain-TVM system and the VM timing loop import ``tvm`` here
-(lazily), the one exception to "only codegen/ imports tvm".
+The pieces that need TVM itself (the plain-TVM build, the VM timing loop) live in
+``effc.codegen.baseline``.
 
 Latency: warm-up runs, then timed runs in which the systems take turns
 (``interleaved_ms``), median in milliseconds; every output is compared with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,53 +174,22 @@ def bench_ort(case: Case, s: Settings) -> tuple[Result, list[np.ndarray], Callab
     return Result(None, 0, compile_s, case.path.stat().st_size, True), want, lambda: sess.run(names, case.feeds)
 
 
-def _vm_runner(executable: Any, feeds: dict[str, np.ndarray],
-               order: list[str]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]]]:
-    """A function running the model on device tensors made once, and one returning its outputs."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu(0)
-    vm = relax.VirtualMachine(executable, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in order]
-
-    def run() -> Any:
-        return vm["main"](*args)
-
-    def outputs() -> list[np.ndarray]:
-        r = run()
-        return [r.numpy()] if isinstance(r, tvm.runtime.Tensor) else [x.numpy() for x in r]
-
-    return run, outputs
-
-
-def _library_size(executable: Any) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.so"
-        executable.export_library(str(path))
-        return path.stat().st_size
-
-
 def bench_plain_tvm(case: Case, s: Settings, want: list[np.ndarray]) -> tuple[Result, Callable[[], Any] | None]:
     import onnx
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
-    from effc.codegen.build import without_avx512
+    from effc.codegen.baseline import library_size, plain_tvm_build, vm_runner
 
     t = time.perf_counter()
     try:
-        proto = onnx.load(str(case.path))
-        mod = from_onnx(proto, shape_dict={k: list(v) for k, v in case.shapes.items()})
-        executable = tvm.compile(mod, target=tvm.target.Target(without_avx512(s.target)))
+        executable = plain_tvm_build(case.path, case.shapes, s.target)
     except Exception as e:  # the frontend or the build does not handle this model
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         return Result(note=f"n/a: {type(e).__name__}: {lines[-1][:120] if lines else ''}"), None
     compile_s = time.perf_counter() - t
     # main's parameters are the graph inputs in order, their names sanitized
-    order = [vi.name for vi in _declared_inputs(proto)]
-    run, outputs = _vm_runner(executable, case.feeds, order)
-    return Result(None, 0, compile_s, _library_size(executable), _matches(outputs(), want)), run
+    order = [vi.name for vi in _declared_inputs(onnx.load(str(case.path)))]
+    run, outputs = vm_runner(executable, case.feeds, order)
+    return Result(None, 0, compile_s, library_size(executable), _matches(outputs(), want)), run
 
 
 def _effc_module(case: Case):
@@ -236,10 +204,12 @@ def _effc_module(case: Case):
 
 
 def _effc_result(built: Any, case: Case, want: list[np.ndarray], compile_s: float) -> tuple[Result, Callable[[], Any]]:
+    from effc.codegen.baseline import library_size, vm_runner
+
     order = [n for n, _ in built.signature.inputs]
-    run, outputs = _vm_runner(built.executable, case.feeds, order)
+    run, outputs = vm_runner(built.executable, case.feeds, order)
     got = outputs()[:len(built.signature.outputs)]  # main may return more values; Built.run reads these
-    return Result(None, 0, compile_s, _library_size(built.executable), _matches(got, want)), run
+    return Result(None, 0, compile_s, library_size(built.executable), _matches(got, want)), run
 
 
 def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Result, Callable[[], Any]]]:
@@ -269,7 +239,7 @@ def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Re
 def bench_case(case: Case, s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """All four systems on one model: build each, check it against ORT, then time them in
     turns. The row of the results table."""
-    import tvm
+    from effc.codegen.baseline import runtime_threads
 
     log(f"== {case.name} {case.shapes}")
     load_before = os.getloadavg()[0]
@@ -290,7 +260,7 @@ def bench_case(case: Case, s: Settings, log: Callable[[str], None] = print) -> d
                      f"{r.extra['reused']} kernels reused"
                      if r.extra else "")
             log(f"   {label:<13} {_fmt_ms(r):>12} ms  ({r.reps} runs; compile {_fmt_s(r.compile_s)} s{extra})")
-    return {"model": case.name, "shapes": case.shapes, "threads": s.threads, "tvm_threads": tvm.runtime.num_threads(),
+    return {"model": case.name, "shapes": case.shapes, "threads": s.threads, "tvm_threads": runtime_threads(),
             "trials_budget": s.trials, "load": (load_before, os.getloadavg()[0]), **results}
 
 
