@@ -26,7 +26,7 @@ from effc.onnx_import import import_onnx  # noqa: E402
 from effc.optimize import OptimizeOptions, optimize  # noqa: E402
 from effc.ir.refine import bind_symbols  # noqa: E402
 from effc.passes.memory_plan import plan_memory, tflm_style_bytes  # noqa: E402
-from effc.passes.memory_plan_verify import verify_plan  # noqa: E402
+from effc.passes.memory_plan import verify_plan  # noqa: E402
 from tests.fixtures import FIXTURES  # noqa: E402
 
 SECTION = "## Memory plans: effc arena vs lower bound vs TFLite-Micro-style"

@@ -30,9 +30,12 @@ Sharing rules (each names the op semantics that makes it safe):
   - block permutation (``transpose``): the axes after the last moved one form contiguous
     blocks that move whole; the kernel permutes blocks cycle by cycle through a one-block
     scratch, with one bit per block marking those moved.
-- concat slices: when ``concat`` joins along an axis with only 1s before it, input ``j``
-  is the contiguous byte range ``[k_j, k_j + bytes_j)`` of the output, so a producer can
-  write straight into it and the concat copies nothing for that input.
+- slices: when ``concat`` joins along an axis with only 1s before it, input ``j`` is the
+  contiguous byte range ``[k_j, k_j + bytes_j)`` of the output, so a producer can write
+  straight into it and the concat copies nothing for that input. The same holds for a
+  constant ``pad`` along one axis with only 1s before it (a channel pad of an N=1
+  tensor): the input is the range after the leading padding; the pad kernel then only
+  writes the padding (a copy of an element onto itself changes nothing).
 """
 from __future__ import annotations
 
@@ -200,24 +203,53 @@ def scratch_inplace(node: Node) -> tuple[int, int] | None:
     return index, scratch
 
 
-# ----------------------------------------------------------------------------- concat
+# ----------------------------------------------------------------------------- slices
 
 
-def concat_slice_offsets(node: Node) -> list[int] | None:
-    """Byte offset of each input inside a ``concat`` output when the inputs are contiguous
-    slabs of it (every dim before the axis is 1), else None."""
-    if node.op != "concat" or len(node.outputs) != 1:
+def _contiguous_axis(out: Value, axis: int) -> bool:
+    return out.type.is_static and all(int(d) == 1 for d in out.type.shape[:axis])
+
+
+def slice_offsets(node: Node) -> dict[int, int] | None:
+    """Input index -> byte offset inside the output, for inputs that are a contiguous byte
+    range of a ``concat`` or ``pad`` output (see the module docstring); None otherwise."""
+    if len(node.outputs) != 1 or not node.outputs[0].type.is_static:
         return None
     out = node.outputs[0]
-    rank = out.type.rank
-    axis = int(node_attrs(node)["axis"])
-    axis = axis + rank if axis < 0 else axis
-    if not out.type.is_static or any(int(d) != 1 for d in out.type.shape[:axis]):
-        return None
-    offsets, at = [], 0
-    for v in node.inputs:
-        if v is None or not v.type.is_static:
+    if node.op == "concat":
+        axis = int(node_attrs(node)["axis"]) % max(1, out.type.rank)
+        if not _contiguous_axis(out, axis) or any(v is None or not v.type.is_static for v in node.inputs):
             return None
-        offsets.append(at)
-        at += nbytes(v)
-    return offsets
+        offsets, at = {}, 0
+        for i, v in enumerate(node.inputs):
+            offsets[i] = at
+            at += nbytes(v)
+        return offsets
+    if node.op == "pad" and node_attrs(node)["mode"] == "constant":
+        return _pad_offset(node, out)
+    return None
+
+
+def _pad_offset(node: Node, out: Value) -> dict[int, int] | None:
+    """A constant pad along one axis with only 1s before it: the input is one contiguous range."""
+    pads = node.input(1).const_value if node.input(1) is not None else None
+    axes_v = node.input(3)
+    axes = axes_v.const_value if axes_v is not None else None
+    if pads is None or (axes_v is not None and axes is None):
+        return None
+    rank = out.type.rank
+    axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
+    pads = [int(p) for p in pads.reshape(-1)]
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+        return None
+    padded = sorted({a for i, a in enumerate(axes) if pads[i] or pads[i + len(axes)]})
+    if len(padded) > 1 or not padded:
+        return {0: 0} if not padded else None
+    axis = padded[0]
+    if not _contiguous_axis(out, axis):
+        return None
+    before = sum(pads[i] for i, a in enumerate(axes) if a == axis)
+    inner = 1
+    for d in out.type.shape[axis + 1:]:
+        inner *= int(d)
+    return {0: before * inner * out.type.dtype.itemsize}

@@ -23,10 +23,10 @@ from effc.optimize import OptimizeOptions, optimize
 from effc.passes import PipelineSpecError, parse_pipeline, run_pipeline
 from effc.passes.base import PassContext, PreconditionError
 from effc.ir.refine import bind_symbols
-from effc.passes.memory_plan import (MemoryPlan, PlanError, format_plan, plan_memory,
-                                     print_module_with_plan, tflm_style_bytes)
+from effc.ir.printer import print_module
+from effc.passes.memory_plan import (MemoryPlan, PlanError, check_plan, format_plan, plan_memory, tflm_style_bytes,
+                                     verify_plan)
 from effc.passes.memory_plan_rules import channel_bytes, constant_values, scratch_inplace
-from effc.passes.memory_plan_verify import check_plan, verify_plan
 from tests.fixtures import LIGHT_MODELS, REPO, light_dir
 
 RNG = np.random.default_rng(0)
@@ -481,7 +481,7 @@ def test_symbolic_shapes_need_binding() -> None:
 def test_plan_prints_as_comments_and_parses_back() -> None:
     m = concat()
     plan = plan_memory(m, tflm_bytes=4096)
-    text = print_module_with_plan(m)
+    text = print_module(m)
     assert format_plan(plan) in text
     assert "// memory plan: arena 1,024 B; lower bound 1,536 B (no sharing); live peak 1,024 B; " \
            "TFLM-style 4,096 B; align 16" in text
