@@ -29,7 +29,7 @@ from effc.ir.opdef import node_attrs, run_ref
 from effc.ir.ops.nn import transpose_geometry, window_geometry
 from effc.ir.types import DType
 
-from .relax import Emit, relax_dtype
+from .relax_emit import Emit, relax_dtype
 
 R = relax.op
 

@@ -25,8 +25,9 @@ import numpy as np
 from . import ops as _ops  # noqa: F401  (importing it fills the op registry)
 from .core import AttrValue, Graph, Module, Node, Resource, Value, WeightStore
 from .errors import ParseError, VerificationError
+from .lexical import format_name
 from .opdef import REGISTRY
-from .printer import MODULE_KEYS, attr_kind, format_name
+from .printer import MODULE_KEYS, attr_kind
 from .sidecar import open_sidecar
 from .types import DType, QuantParams, TensorType
 

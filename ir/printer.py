@@ -16,8 +16,6 @@ sidecar written by ``save_module``.
 """
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,72 +24,17 @@ import numpy as np
 
 from .core import AttrValue, Graph, Module, Node, Resource
 from .errors import VerificationError
+from .lexical import format_float, format_int, format_key, format_list, format_name, quote
 from .opdef import REGISTRY
 from .sidecar import write_sidecar
-from .types import DType, QuantParams, TensorType
+from .types import DType, TensorType, format_type
 
-_BARE_VALUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MODULE_KEYS = ("opset", "producer", "target")
 """Header keys that are Module fields; metadata keys spelled the same print quoted."""
 
 INDENT = "  "
 
-# ----------------------------------------------------------------------------- names
-
-
-def quote(text: str) -> str:
-    """A JSON string literal (ASCII only, so any name survives any file encoding)."""
-    return json.dumps(text)
-
-
-def format_name(sigil: str, name: str) -> str:
-    """``%x``, ``%input.1``, ``%"onnx::Conv_12"``; the same for ``@graph`` names."""
-    return sigil + (name if _BARE_VALUE_NAME.fullmatch(name) else quote(name))
-
-
-def format_key(key: str) -> str:
-    """Attribute, metadata and symbol names: bare when an identifier, else quoted."""
-    return key if _IDENTIFIER.fullmatch(key) else quote(key)
-
-
-# ----------------------------------------------------------------------------- types
-
-
-def _format_dim(d: int | str) -> str:
-    if isinstance(d, int):
-        return str(d)
-    return d if d == "?" else format_key(d)
-
-
-def _format_quant(q: QuantParams) -> str:
-    parts = [f"scale={_format_list(q.scale, format_float)}", f"zero_point={_format_list(q.zero_point, _int)}"]
-    if q.axis is not None:
-        parts.append(f"axis={q.axis}")
-    parts.append(f"bits={q.bits}")
-    return f"quant<{', '.join(parts)}>"
-
-
-def format_type(t: TensorType) -> str:
-    """``f32[N,16,8,8]``, ``i64[]``, ``u8[4] quant<scale=[0.5], zero_point=[3], bits=8>``."""
-    text = f"{t.dtype.value}[{','.join(_format_dim(d) for d in t.shape)}]"
-    return text if t.quant is None else f"{text} {_format_quant(t.quant)}"
-
-
 # ----------------------------------------------------------------------------- attributes
-
-
-def format_float(x: Any) -> str:
-    """Python's shortest round-trip repr: ``1.0``, ``1e-05``, ``inf``, ``-inf``, ``nan``."""
-    if not isinstance(x, (int, float, np.integer, np.floating)) or isinstance(x, bool):
-        raise TypeError(f"expected a float, got {x!r}")
-    return repr(float(x))
-
-
-def _int(x: Any) -> str:
-    if not isinstance(x, (int, np.integer)):  # bools are ints: they print as 0/1
-        raise TypeError(f"expected an int, got {x!r}")
-    return str(int(x))
 
 
 def _str(x: Any) -> str:
@@ -104,12 +47,6 @@ def _dtype(x: Any) -> str:
     if not isinstance(x, DType):
         raise TypeError(f"expected a DType, got {x!r}")
     return x.value
-
-
-def _format_list(xs: Any, fmt: Any) -> str:
-    if not isinstance(xs, (tuple, list, np.ndarray)):
-        raise TypeError(f"expected a sequence, got {xs!r}")
-    return "[" + ", ".join(fmt(x) for x in xs) + "]"
 
 
 def _shortest_bf16(x: float) -> str:
@@ -153,12 +90,12 @@ def _tensor(x: Any) -> str:
 
 
 _FORMATTERS = {
-    "int": _int,
+    "int": format_int,
     "float": format_float,
     "str": _str,
-    "ints": lambda xs: _format_list(xs, _int),
-    "floats": lambda xs: _format_list(xs, format_float),
-    "strs": lambda xs: _format_list(xs, _str),
+    "ints": lambda xs: format_list(xs, format_int),
+    "floats": lambda xs: format_list(xs, format_float),
+    "strs": lambda xs: format_list(xs, _str),
     "dtype": _dtype,
     "tensor": _tensor,
 }

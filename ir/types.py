@@ -7,6 +7,8 @@ from typing import Union
 
 import numpy as np
 
+from .lexical import format_float, format_int, format_key, format_list
+
 Dim = Union[int, str]
 """A dimension: a non-negative int, or a symbol name (``"N"``); ``"?"`` means unknown."""
 
@@ -165,13 +167,32 @@ class TensorType:
         return TensorType(dtype, self.shape, None)
 
     def __str__(self) -> str:
-        from .printer import format_type
-
         return format_type(self)
 
     @staticmethod
     def of(array: np.ndarray) -> "TensorType":
         return TensorType(DType.from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+
+
+def _format_dim(d: Dim) -> str:
+    if isinstance(d, int):
+        return str(d)
+    return d if d == UNKNOWN_DIM else format_key(d)
+
+
+def _format_quant(q: QuantParams) -> str:
+    parts = [f"scale={format_list(q.scale, format_float)}", f"zero_point={format_list(q.zero_point, format_int)}"]
+    if q.axis is not None:
+        parts.append(f"axis={q.axis}")
+    parts.append(f"bits={q.bits}")
+    return f"quant<{', '.join(parts)}>"
+
+
+def format_type(t: TensorType) -> str:
+    """The text form of a type (``str(t)``): ``f32[N,16,8,8]``, ``i64[]``,
+    ``u8[4] quant<scale=[0.5], zero_point=[3], bits=8>``."""
+    text = f"{t.dtype.value}[{','.join(_format_dim(d) for d in t.shape)}]"
+    return text if t.quant is None else f"{text} {_format_quant(t.quant)}"
 
 
 def shape_matches(declared: tuple[Dim, ...], actual: tuple[int, ...], bindings: dict[str, int]) -> bool:

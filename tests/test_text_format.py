@@ -12,8 +12,8 @@ from effc.ir.core import Graph, Module, Node, Resource, Value, WeightStore
 from effc.ir.errors import ParseError
 from effc.ir.opdef import BY_ONNX, REGISTRY, OpDef, attr, register
 from effc.ir.parser import load_module, parse_module
-from effc.ir.printer import format_attr, format_type, print_module, save_module
-from effc.ir.types import DType, QuantParams, TensorType
+from effc.ir.printer import format_attr, print_module, save_module
+from effc.ir.types import DType, QuantParams, TensorType, format_type
 
 # ----------------------------------------------------------------------------- test ops
 
