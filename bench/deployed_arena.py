@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import effc  # noqa: E402
 from bench import node_counts  # noqa: E402
-from effc.codegen.aot import CToolchain, emit  # noqa: E402
+from effc.codegen.aot import CToolchain  # noqa: E402
+from effc.codegen.aot_c import emit  # noqa: E402
 from effc.onnx_import import import_onnx  # noqa: E402
 from effc.optimize import OptimizeOptions, optimize  # noqa: E402
 from effc.ir.refine import bind_symbols  # noqa: E402

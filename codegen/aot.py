@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,11 +53,12 @@ from tvm import relax, tirx
 from effc.ir.core import Module
 from effc.ir.errors import EffcError, IndexOutOfRangeError
 from effc.ir.types import TensorType
-from effc.passes.memory_plan_offsets import Block, align_up, assign_offsets
+from effc.passes.arena import ArenaProblem, ArenaStep, MemoryPlan, plan_arena, verify_arena
+from effc.passes.memory_plan_offsets import align_up
 
-from .aot_kernels import Kernels, build_kernels, kernel_flavor
+from .aot_kernels import Kernels
 from .build import Signature
-from .relax import INDEX_CHECKS, lower_to_relax
+from .relax import INDEX_CHECKS, VALUE_NAMES, lower_to_relax
 
 ALIGN = 64
 """Alignment of the arena, of every tensor in it and of every weight. TVM's kernels are
@@ -163,6 +162,8 @@ class Step:
     args: list[TensorArg]
     writes: str
     """The name of the effc value the step produces (its last output), for comments."""
+    elided: bool = False
+    """No call: a concat whose inputs their producers wrote into their slices of its output."""
 
 
 @dataclass
@@ -183,6 +184,9 @@ class Schedule:
     labels: dict[tuple[str, int], str] = field(default_factory=dict)
     """The effc value an arena or output storage holds, by name (for comments, and for the
     sharing rules, which look the value's node up)."""
+    io_in_arena: bool = True
+    """Inputs and outputs live in the arena (the C API hands out pointers into it), as in
+    TFLite Micro; False: the caller's own buffers, outside it."""
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
     inplace: dict[int, int] = field(default_factory=dict)
@@ -196,12 +200,17 @@ class Schedule:
     driver reads them after the last kernel call and fails the run on the first bad one."""
 
     def kernel_at(self, t: int) -> str:
-        """The kernel step ``t`` calls (the one-channel kernel of a split step)."""
-        return self.splits[t].kernel if t in self.splits else self.steps[t].kernel
+        """The kernel step ``t`` calls (the one-channel kernel of a split step; "" when elided)."""
+        return "" if self.steps[t].elided else self.splits[t].kernel if t in self.splits else self.steps[t].kernel
+
+    @property
+    def calls(self) -> list[int]:
+        """The steps that call a kernel."""
+        return [t for t, s in enumerate(self.steps) if not s.elided]
 
     def prune_kernels(self) -> None:
         """Forget the PrimFuncs no step calls any more."""
-        used = {self.kernel_at(t) for t in range(len(self.steps))}
+        used = {self.kernel_at(t) for t in self.calls}
         self.prim_funcs = {n: f for n, f in self.prim_funcs.items() if n in used}
 
 
@@ -226,8 +235,6 @@ class _Reader:
     """Walks ``main`` once, binding each Relax var to a TensorArg (or a tuple of them)."""
 
     def __init__(self, mod: tvm.IRModule):
-        from .relax import VALUE_NAMES
-
         self.mod = mod
         names = mod.attrs[VALUE_NAMES] if mod.attrs is not None and VALUE_NAMES in mod.attrs else {}
         self.names: dict[str, str] = {str(k): str(v) for k, v in names.items()}
@@ -314,6 +321,7 @@ def read_schedule(mod: tvm.IRModule, iface: Interface) -> Schedule:
     reader = _Reader(mod)
     for i, p in enumerate(main.params):
         reader.env[p] = reader.arg_of_var(p, "input", i)
+        reader.labels[("input", i)] = iface.inputs[i][0]
     body = main.body
     for block in body.blocks:
         for b in block.bindings:
@@ -384,136 +392,56 @@ def _home_outputs(reader: _Reader, results: list[TensorArg]) -> list[Copy]:
 # ----------------------------------------------------------------------------- arena
 
 
-@dataclass
-class ArenaPlan:
-    arena_bytes: int
-    offsets: dict[int, int]
-    """Arena tensor number -> byte offset."""
-    workspace: list[tuple[int, int]]
-    """Per step: (offset, bytes) of the kernel's workspace; bytes 0 when it needs none."""
-    lifetimes: dict[int, tuple[int, int]]
-    algorithm: str
-    live_peak: int
-    scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Split steps: (offset, bytes) of the one-channel scratch the driver copies from."""
+def storage_name(key: tuple[str, int]) -> str:
+    """How the arena plan names a storage: ``arena3``, ``input0``, ``output1``."""
+    return f"{key[0]}{key[1]}"
 
 
-def plan_arena(schedule: Schedule, kernels: Kernels) -> ArenaPlan:
-    """Offsets for the arena tensors, the kernels' workspaces and the split steps' scratch
-    (see the module docstring). A split step's output shares its input's block: same base,
-    the input up to the step, the output from it."""
-    n_steps = len(schedule.steps)
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
+def arena_problem(schedule: Schedule, kernels: Kernels) -> ArenaProblem:
+    """The program's kernel calls as the planner's problem (``passes.arena``): every arena
+    tensor (and, with ``schedule.io_in_arena``, every input and output) sized to the alignment; each
+    call with its kernel's workspace plus a split step's scratch; in-place candidates from
+    ``schedule.inplace``; concat and pad slices from ``schedule.slices``; the output copies
+    as a last step."""
+    kinds = ("arena", "input", "output") if schedule.io_in_arena else ("arena",)
+    keys = sorted((k for k in schedule.storages if k[0] in kinds), key=lambda k: (kinds.index(k[0]), k[1]))
+    index = {k: t for t, k in enumerate(keys)}
+    written = {k for k in keys if k[0] == "input"}
+    steps = []
+
+    def step_of(key: str, args: list[TensorArg], workspace: int = 0, inplace=()) -> ArenaStep:
+        uses = list(dict.fromkeys(index[a.storage_key] for a in args if a.storage_key in index))
+        writes = tuple(t for t in uses if keys[t] not in written)
+        written.update(keys[t] for t in writes)
+        return ArenaStep(key, tuple(t for t in uses if t not in writes), writes, workspace, inplace)
+
     for t, step in enumerate(schedule.steps):
-        for a in step.args:
-            kind, index = a.storage_key
-            if kind == "arena":
-                first.setdefault(index, t)
-                last[index] = t
-    for c in schedule.copies:
-        if c.source.storage_key[0] == "arena":
-            last[c.source.storage_key[1]] = n_steps  # read by the copies after the last step
-    inplace = schedule.inplace
-
-    def place(i: int) -> tuple[int, int]:
-        """(the tensor whose block holds ``i``, ``i``'s byte offset in that block)."""
-        if ("arena", i) in schedule.slices:
-            (_, owner), at = schedule.slices[("arena", i)]
-            r, o = place(owner)
-            return r, o + at
-        return place(inplace[i]) if i in inplace else (i, 0)
-
-    def end(i: int) -> int:
-        """A concat input lives as long as the concat's output (and its owners) does."""
-        key = ("arena", i)
-        return max(last[i], end(schedule.slices[key][0][1])) if key in schedule.slices else last[i]
-
-    last = {i: end(i) for i in last}
-    root = {i: place(i)[0] for i in first}
-    rel = {i: place(i)[1] for i in first}
-    groups: dict[int, list[int]] = {}
-    for i in sorted(first):
-        groups.setdefault(root[i], []).append(i)
-    size = {i: align_up(schedule.storages[("arena", i)].nbytes, ALIGN) for i in first}
-    blocks = [Block([(first[i], last[i], rel[i], rel[i] + size[i]) for i in members]) for members in groups.values()]
-    extra: list[tuple[str, int, int]] = []
-    for t in range(n_steps):
-        if kernels.workspace_bytes(schedule.kernel_at(t)):
-            extra.append(("workspace", t, kernels.workspace_bytes(schedule.kernel_at(t))))
+        out = step.args[-1].storage_key
+        cand = ((index[("arena", schedule.inplace[out[1]])], index[out], 0),) \
+            if out[0] == "arena" and out[1] in schedule.inplace else ()
+        ws = 0 if step.elided else align_up(kernels.workspace_bytes(schedule.kernel_at(t)), ALIGN)
         if t in schedule.splits:
-            extra.append(("scratch", t, schedule.splits[t].scratch_layout(ALIGN)[1]))
-    blocks += [Block([(t, t, 0, align_up(n, ALIGN))]) for _, t, n in extra]
-    live = [0] * (n_steps + 1)
-    for b in blocks:
-        for t in range(b.span[0], b.span[1] + 1):
-            live[t] += max((hi for f, l, _, hi in b.rects if f <= t <= l), default=0)
-    if not blocks:
-        return ArenaPlan(0, {}, [(0, 0)] * n_steps, {}, "none", 0)
-    placed = assign_offsets(blocks, ALIGN, floor=max(live))
-    offsets = {i: placed.bases[g] + rel[i] for g, members in enumerate(groups.values()) for i in members}
-    workspace = [(0, 0)] * n_steps
-    scratch = {}
-    for k, (what, t, n) in enumerate(extra):
-        if what == "workspace":
-            workspace[t] = (placed.bases[len(groups) + k], n)
-        else:
-            scratch[t] = (placed.bases[len(groups) + k], n)
-    return ArenaPlan(placed.arena, offsets, workspace, {i: (first[i], last[i]) for i in first},
-                     placed.algorithm, max(live), scratch)
+            ws += schedule.splits[t].scratch_layout(ALIGN)[1]
+        steps.append(step_of(f"step{t + 1}", step.args, ws, cand))
+    if schedule.copies:
+        steps.append(step_of("copies", [c.source for c in schedule.copies]
+                             + [TensorArg(("output", c.output), c.source.shape, c.source.dtype) for c in schedule.copies]))
+    shares = [("slice", index[x], index[o], at) for x, (o, at) in schedule.slices.items()]
+    return ArenaProblem([storage_name(k) for k in keys], [align_up(schedule.storages[k].nbytes, ALIGN) for k in keys],
+                        steps, {t for t, k in enumerate(keys) if k[0] == "input"},
+                        {t for t, k in enumerate(keys) if k[0] == "output"}, shares, ALIGN)
 
 
-def check_arena(schedule: Schedule, plan: ArenaPlan) -> None:
-    """The deployed plan's invariants, checked apart from how it was made: every tensor,
-    workspace and scratch lies inside the arena on an aligned offset, and no two of them
-    that are live at the same step share a byte, except a concat input at its offset inside
-    the concat's output, and an output written in place over its input (or over the concat
-    the input is a slice of) from the step that does it, at that input's offset. AotError
-    otherwise."""
-    items = [(f"%{schedule.labels.get(('arena', i), i)}", i, f, l, plan.offsets[i],
-              schedule.storages[("arena", i)].nbytes) for i, (f, l) in sorted(plan.lifetimes.items())]
-    items += [(f"workspace of step {t + 1}", None, t, t, off, n) for t, (off, n) in enumerate(plan.workspace) if n]
-    items += [(f"scratch of step {t + 1}", None, t, t, off, n) for t, (off, n) in sorted(plan.scratch.items())]
-    for name, _, _, _, off, n in items:
-        if off % ALIGN or off < 0 or off + n > plan.arena_bytes:
-            raise AotError(f"arena plan: {name} at {off}..{off + n} is unaligned or outside the {plan.arena_bytes}-byte arena")
-
-    for (_, x), ((_, y), at) in sorted(schedule.slices.items()):
-        if plan.offsets[x] != plan.offsets[y] + at:
-            raise AotError(f"arena plan: concat input %{schedule.labels.get(('arena', x), x)} is at {plan.offsets[x]}, "
-                           f"not at {plan.offsets[y]} + {at} inside %{schedule.labels.get(('arena', y), y)}")
-
-    def within(x: int | None, y: int | None) -> bool:
-        """``x`` is a concat input (of a concat input ...) of ``y``, at its place inside it."""
-        if x is None or y is None:
-            return False
-        at, cur = 0, x
-        while ("arena", cur) in schedule.slices:
-            (_, cur), step = schedule.slices[("arena", cur)]
-            at += step
-            if cur == y:
-                return plan.offsets[x] == plan.offsets[y] + at
-        return False
-
-    def owner(x: int | None) -> int | None:
-        """The outermost concat output ``x`` is a slice of (``x`` itself if none)."""
-        while x is not None and ("arena", x) in schedule.slices:
-            x = schedule.slices[("arena", x)][0][1]
-        return x
-
-    for k, (a, i, f1, l1, o1, n1) in enumerate(items):
-        for b, j, f2, l2, o2, n2 in items[k + 1:]:
-            if f1 > l2 or f2 > l1 or o1 + n1 <= o2 or o2 + n2 <= o1:
-                continue
-            if within(i, j) or within(j, i):
-                continue
-            # an in-place output over a tensor (or over the concat a slice belongs to), from its step on
-            handover = i is not None and j is not None and (
-                (schedule.inplace.get(j) == owner(i) and l1 == f2 and o2 == plan.offsets[owner(i)])
-                or (schedule.inplace.get(i) == owner(j) and l2 == f1 and o1 == plan.offsets[owner(j)]))
-            if not handover:
-                raise AotError(f"arena plan: {a} ({o1}..{o1 + n1}, steps {f1 + 1}..{l1 + 1}) overlaps {b} "
-                               f"({o2}..{o2 + n2}, steps {f2 + 1}..{l2 + 1})")
+def plan_program(schedule: Schedule, kernels: Kernels) -> MemoryPlan:
+    """The deployed arena: ``arena_problem`` planned by effc's one planner and checked by its
+    verifier; every slice an elided concat relies on must have been taken."""
+    problem = arena_problem(schedule, kernels)
+    plan = plan_arena(problem)
+    verify_arena(problem, plan, "the AOT program")
+    for x, (o, _) in schedule.slices.items():
+        if plan.tensor(storage_name(x)).alias != "slice":
+            raise AotError(f"internal: the arena plan did not put {storage_name(x)} inside {storage_name(o)}")
+    return plan
 
 
 # ----------------------------------------------------------------------------- program
@@ -556,15 +484,6 @@ class CToolchain:
         """The archiver of the same toolchain (``aarch64-linux-gnu-gcc`` -> ``aarch64-linux-gnu-ar``)."""
         return self.cc[:-3] + "ar" if self.cc.endswith("gcc") else "ar"
 
-    def objects(self, flavor: str) -> list[tuple[str, str]]:
-        """(source, object) pairs of a program; the LLVM kernels come as an object already."""
-        from . import aot_c
-
-        pairs = [(aot_c.DRIVER, "model.o"), (aot_c.WEIGHTS, "model_weights.o"), (aot_c.RUNTIME_C, "effc_runtime.o"),
-                 (aot_c.HARNESS, "main.o")]
-        pairs.append(("", aot_c.KERNELS_O) if flavor == "llvm" else (aot_c.KERNELS_C, "model_kernels.c.o"))
-        return pairs
-
     def require(self) -> str:
         """The compiler's path; ToolchainError naming the package when it is missing."""
         path = shutil.which(self.cc)
@@ -602,82 +521,3 @@ class AotProgram:
             (folder / name).write_bytes(data)
             paths.append(folder / name)
         return paths
-
-
-def program_schedule(module: Module, target: Mapping[str, Any]) -> Schedule:
-    """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
-    stages before the kernels are compiled)."""
-    from .aot_inplace import concat_in_place, pointwise_inplace, split_channels
-
-    schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
-    concat_in_place(schedule, module)  # drops steps: before the rules that index them
-    split_channels(schedule, module, target)
-    pointwise_inplace(schedule, module)
-    schedule.prune_kernels()
-    return schedule
-
-
-def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None,
-         database: Any = None) -> tuple[AotProgram, Schedule, ArenaPlan]:
-    """``emit_program``, also returning the schedule and the arena plan (for reports).
-    ``database``: a MetaSchedule database whose schedules the kernels it holds get."""
-    from . import aot_c
-
-    kernel_flavor(target)
-    name = c_identifier(name or module.name)
-    iface = Interface.of(module)
-    schedule = program_schedule(module, target)
-    kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database)
-    plan = plan_arena(schedule, kernels)
-    check_arena(schedule, plan)
-    return aot_c.write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan
-
-
-def emit_program(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None) -> AotProgram:
-    """``module`` (optimized, static shapes) as an AOT C program for ``target`` (a TVM target
-    dict of kind ``llvm`` or ``c``); ``toolchain`` goes into its Makefile."""
-    return emit(module, target, toolchain, name)[0]
-
-
-def compile_program(program: AotProgram, toolchain: CToolchain, folder: str | Path, output: str = "model",
-                    extra_files: Mapping[str, bytes] | None = None, library: str = "") -> Path:
-    """Write the program's sources to ``folder`` and build ``folder/output`` with ``toolchain``
-    (one compiler process per file, in parallel). ``extra_files`` (a board's startup code,
-    its linker script) are written beside them; the ``.c`` ones are compiled like effc's
-    own files and linked first. ``library``: also archive every object but the test
-    harness into ``folder/library``. Returns the executable's path."""
-    cc = toolchain.require()
-    folder = Path(folder)
-    program.write_sources(folder)
-    extra = dict(sorted((extra_files or {}).items()))
-    for name, data in extra.items():
-        (folder / name).write_bytes(data)
-    extra_objs = [(name, name[:-2] + ".o") for name in extra if name.endswith(".c")]
-    pairs = extra_objs + toolchain.objects(program.flavor)
-    jobs = []
-    for src, obj in pairs:
-        if not src:
-            continue
-        flags = toolchain.kernel_cflags if src == program.kernel_source else toolchain.cflags + toolchain.warnings
-        jobs.append([cc, *flags, "-c", src, "-o", obj])
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for cmd, proc in zip(jobs, pool.map(lambda c: _run_tool(c, folder), jobs)):
-            _check_tool(cmd, proc)
-    link = [cc, *toolchain.ldflags, "-o", output, *[o for _, o in pairs], *toolchain.ldlibs]
-    _check_tool(link, _run_tool(link, folder))
-    if library:
-        from .aot_c import library_objects
-
-        archive = [toolchain.ar, "rcsD", library, *library_objects(toolchain, program.flavor)]
-        _check_tool(archive, _run_tool(archive, folder))
-    return folder / output
-
-
-def _run_tool(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-
-
-def _check_tool(cmd: list[str], proc: subprocess.CompletedProcess) -> None:
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-30:]
-        raise ToolchainError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n" + "\n".join(tail))

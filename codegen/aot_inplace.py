@@ -24,17 +24,17 @@ weight stays. Anything that does not match keeps the whole-tensor kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from effc.ir.core import Graph, Module, Node, Value
 from effc.ir.opdef import REGISTRY, infer_types
 from effc.ir.types import TensorType
-from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, concat_slice_offsets, pointwise_inputs, scratch_inplace
+from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, pointwise_inputs, scratch_inplace, slice_offsets
 
-if TYPE_CHECKING:
-    from .aot import Schedule, Step
+from .aot import ALIGN, Interface, Schedule, Step, lower_for_aot, read_schedule
+
 
 SLICED_INPUTS = {"conv": (1, 2)}
 """Inputs of a channel-wise op that hold one slice per channel along axis 0 (conv weight, bias)."""
@@ -180,7 +180,7 @@ def channelwise_node(node: Node) -> int | None:
     return found[0]
 
 
-def match_channel_kernel(full: "Step", one: "Step", full_weights: list[np.ndarray],
+def match_channel_kernel(full: Step, one: Step, full_weights: list[np.ndarray],
                          one_weights: list[np.ndarray], channels: int) -> list[int] | None:
     """Per argument of ``full``, the bytes its pointer advances per channel, when the
     one-channel step ``one`` takes the same arguments sliced to one channel; else None."""
@@ -218,7 +218,7 @@ class _Steps:
     """What the sharing rules need to know of a schedule: the effc node behind each step
     (by the value it writes), where each effc value lives, and when each storage is last read."""
 
-    def __init__(self, schedule: "Schedule", module: Module):
+    def __init__(self, schedule: Schedule, module: Module):
         self.values = module.graph.value_map()
         self.by_label = {label: key for key, label in schedule.labels.items()}
         self.last_read: dict[tuple[str, int], int] = {}
@@ -228,51 +228,54 @@ class _Steps:
         for c in schedule.copies:
             self.last_read[c.source.storage_key] = len(schedule.steps)
 
-    def node(self, step: "Step") -> Node | None:
+    def node(self, step: Step) -> Node | None:
         value = self.values.get(step.writes)
         return value.producer if value is not None else None
 
     def storage(self, v: Value) -> tuple[str, int] | None:
         return self.by_label.get(v.name)
 
-    def dies_at(self, key: tuple[str, int] | None, t: int, step: "Step") -> bool:
+    def dies_at(self, key: tuple[str, int] | None, t: int, step: Step) -> bool:
         """``key`` is an arena tensor read by step ``t`` once and never after."""
         return (key is not None and key[0] == "arena" and self.last_read.get(key) == t
                 and sum(a.storage_key == key for a in step.args) == 1)
 
 
-def concat_in_place(schedule: "Schedule", module: Module) -> int:
-    """Copy-free concatenation: when a ``concat`` joins along an axis with only 1s before
-    it, input ``j`` is a contiguous byte range of the output; each producer then writes
-    straight into that range (``schedule.slices``) and the concat's kernel call is dropped.
-    Each input must be an arena tensor of its own, written by an earlier step and read by
-    the concat once. Returns the number of calls dropped."""
+def slices_in_place(schedule: Schedule, module: Module) -> int:
+    """Copy-free ``concat`` and ``pad`` (``slice_offsets``): when an input is a contiguous
+    byte range of the output, its producer writes straight into that range
+    (``schedule.slices``). A concat's call is then elided; a pad's kernel still runs, but
+    its copy of each input element lands on the element itself, so only the padding is
+    new. Each input must be an arena tensor of its own, written by an earlier step, at an
+    aligned offset. Returns the number of elided calls."""
     info = _Steps(schedule, module)
     first_write: dict[tuple[str, int], int] = {}
     for t, step in enumerate(schedule.steps):
         first_write.setdefault(step.args[-1].storage_key, t)
-    drop = []
+    elided = 0
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
-        offsets = concat_slice_offsets(node) if node is not None else None
+        offsets = slice_offsets(node) if node is not None else None
         out = step.args[-1].storage_key
-        if offsets is None or out[0] != "arena" or len(step.args) != len(node.inputs) + 1:
+        if offsets is None or out[0] != "arena":
             continue
-        keys = [info.storage(v) for v in node.inputs]
-        if any(k is None or k[0] != "arena" or k in schedule.slices or k == out for k in keys) or len(set(keys)) != len(keys):
+        keys = {j: info.storage(node.input(j)) for j in offsets}
+        if len(set(keys.values())) != len(keys) or any(
+                k is None or k[0] != "arena" or k in schedule.slices or k == out or first_write.get(k, t) >= t
+                or offsets[j] % ALIGN for j, k in keys.items()):
             continue
-        if any(a.storage_key != k or a.nbytes != schedule.storages[k].nbytes or first_write.get(k, t) >= t
-               for a, k in zip(step.args, keys)):
+        concat = node.op == "concat"
+        if concat and (len(step.args) != len(node.inputs) + 1 or any(
+                a.storage_key != k or a.nbytes != schedule.storages[k].nbytes for a, k in zip(step.args, keys.values()))):
             continue
-        for k, at in zip(keys, offsets):
-            schedule.slices[k] = (out, at)
-        drop.append(t)
-    for t in reversed(drop):
-        del schedule.steps[t]
-    return len(drop)
+        for j, k in keys.items():
+            schedule.slices[k] = (out, offsets[j])
+        step.elided = concat
+        elided += concat
+    return elided
 
 
-def pointwise_inplace(schedule: "Schedule", module: Module) -> int:
+def pointwise_inplace(schedule: Schedule, module: Module) -> int:
     """Outputs written over an input (``schedule.inplace``: output arena tensor -> input
     arena tensor) where the step's effc node reads that input element by element only
     (``pointwise_inputs``: elementwise ops, a conv's residual add), the input dies at the
@@ -281,7 +284,8 @@ def pointwise_inplace(schedule: "Schedule", module: Module) -> int:
     info = _Steps(schedule, module)
     sources, outputs = set(schedule.inplace.values()), set(schedule.inplace)  # each overwritten once
     found = 0
-    for t, step in enumerate(schedule.steps):
+    for t in schedule.calls:
+        step = schedule.steps[t]
         out = step.args[-1]
         node = info.node(step)
         if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs \
@@ -305,12 +309,10 @@ def pointwise_inplace(schedule: "Schedule", module: Module) -> int:
     return found
 
 
-def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, Any]) -> int:
+def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]) -> int:
     """Steps to run in place channel by channel (``schedule.splits``); adds their one-channel
     kernels to ``schedule.prim_funcs`` and their outputs to ``schedule.inplace``. Returns how
     many."""
-    from .aot import ALIGN, Interface, lower_for_aot, read_schedule
-
     info = _Steps(schedule, module)
     found = 0
     for t, step in enumerate(schedule.steps):
@@ -341,3 +343,15 @@ def split_channels(schedule: "Schedule", module: Module, target: Mapping[str, An
         schedule.inplace[step.args[-1].storage_key[1]] = key[1]
         found += 1
     return found
+
+
+def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True) -> Schedule:
+    """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
+    stages before the kernels are compiled)."""
+    schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
+    schedule.io_in_arena = io_in_arena
+    slices_in_place(schedule, module)
+    split_channels(schedule, module, target)
+    pointwise_inplace(schedule, module)
+    schedule.prune_kernels()
+    return schedule

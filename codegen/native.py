@@ -32,7 +32,8 @@ from effc.ir.errors import EffcError, InputError
 from effc.ir.types import shape_matches
 from effc.targets import Target, get_target
 
-from .aot import AotProgram, CToolchain, Interface, ToolchainError, compile_program, emit, index_failure
+from .aot import AotProgram, CToolchain, Interface, ToolchainError, index_failure
+from .aot_c import compile_program, emit
 from .aot_c import HEADER
 
 EXECUTABLE = "model.elf"
@@ -89,6 +90,9 @@ class NativeBuilt:
         self.sources = dict(sources or {})
         self.program = program
         """The emitted program (None when loaded from a folder)."""
+        self.seconds: dict[str, float] = {}
+        self.memory = None
+        self.arena_bytes = program.arena_bytes if program is not None else None
         self._dir: tempfile.TemporaryDirectory | None = None
         self.last_ms_per_run: float | None = None
 
@@ -181,11 +185,12 @@ def _target(target: Target | str | None) -> Target:
 
 
 def build_native(module: Module, target: Target | str | None = None, *, name: str | None = None,
-                 tuning_db: str | os.PathLike | None = None) -> NativeBuilt:
+                 tuning_db: str | os.PathLike | None = None, io_in_arena: bool = True) -> NativeBuilt:
     """Emit the AOT C program of ``module`` (optimized; static shapes) and compile it into
     ``libmodel.a`` and a static executable for ``target`` (default ``arm``). ``name`` goes
     into the C API (``effc_<name>_run``; default: the graph's name). ``tuning_db`` (x86):
-    the kernels a MetaSchedule database under it holds get its schedules."""
+    the kernels a MetaSchedule database under it holds get its schedules. ``io_in_arena``:
+    the inputs and outputs live in the arena (False: in the caller's own buffers)."""
     tgt = _target(target)
     toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
@@ -201,7 +206,7 @@ def build_native(module: Module, target: Target | str | None = None, *, name: st
 
         tvm_target = tuning_target(tgt.tvm)
         database = open_database(tuning_db, tvm_target)
-    program = emit(module, tvm_target, toolchain, name, database)[0]
+    program = emit(module, tvm_target, toolchain, name, database, io_in_arena)[0]
     with tempfile.TemporaryDirectory(prefix="effc-native-build-") as tmp:
         exe = compile_program(program, toolchain, tmp, output=EXECUTABLE, library=LIBRARY)
         data, lib = exe.read_bytes(), (Path(tmp) / LIBRARY).read_bytes()

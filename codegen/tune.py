@@ -233,11 +233,11 @@ def _flops(workload: tvm.IRModule) -> float:
 def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.IRModule, dict[str, int]]:
     """The PrimFuncs the AOT program of ``module`` calls, and how often each is called (a
     one-channel kernel once per channel)."""
-    from .aot import program_schedule
+    from .aot_inplace import program_schedule
 
     schedule = program_schedule(module, tuning_target(target))
     calls: dict[str, int] = {}
-    for t in range(len(schedule.steps)):
+    for t in schedule.calls:
         split = schedule.splits.get(t)
         name = schedule.kernel_at(t)
         calls[name] = calls.get(name, 0) + (split.channels if split is not None else 1)

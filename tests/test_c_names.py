@@ -95,14 +95,17 @@ def test_model_h_compiles_for_any_names(tmp_path_factory, names):
     """model.h, after the usual C headers, declares effc_<name>_run for any value names
     (gcc -std=gnu11 -Wall -Werror, where ``linux`` and ``unix`` are macros), and a call
     to it with the driver's own helpers in scope compiles."""
-    from effc.codegen.aot import ArenaPlan
+    from effc.passes.arena import MemoryPlan, PlanEntry
 
     tmp = tmp_path_factory.mktemp("h")
     half = len(names) // 2
     iface = Interface(tuple((n, TensorType(DType.u8, (2,))) for n in names[:half]),
                       tuple((n, TensorType(DType.f32, (2,))) for n in names[half:]))
     name = c_identifier(names[0])
-    (tmp / "model.h").write_text(header(name, iface, ArenaPlan(0, {}, [], {}, "none", 0), 0, {"kind": "c"}, 0))
+    entries = tuple(PlanEntry(f"{kind}{i}", 64 * k, 2, 0, 0) for k, (kind, i) in enumerate(
+        [("input", i) for i in range(half)] + [("output", i) for i in range(len(names) - half)]))
+    (tmp / "model.h").write_text(header(name, iface, MemoryPlan(64 * len(names), 64, (), entries, (), 0, 0), 0,
+                                        {"kind": "c"}, 0))
     (tmp / "effc_tvm_abi.h").write_text(ABI_H_TEXT)
     (tmp / "effc_runtime.h").write_text(RUNTIME_H_TEXT)
     ins, outs = param_names(iface)

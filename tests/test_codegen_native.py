@@ -18,8 +18,9 @@ import pytest
 from onnx import numpy_helper
 
 from effc.ir.refine import bind_input_shapes
-from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, compile_program, emit_program,
-                              lower_for_aot, plan_arena, read_schedule)
+from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, lower_for_aot, plan_program,
+                              read_schedule)
+from effc.codegen.aot_c import compile_program, emit_program
 from effc.codegen.aot_kernels import build_kernels
 from effc.codegen.native import NativeBuilt, build_native, load_native
 from effc.ir.builder import Builder
@@ -238,7 +239,8 @@ def test_outputs_that_are_inputs_views_or_constants():
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     assert built.program.notes["output_copies"] == 5  # the second r, x, the view, k, w
-    assert built.program.arena_bytes == 0  # r and the sum are written straight into the outputs
+    # the arena holds the 2 inputs and 7 outputs only: r and the sum are written straight into their outputs
+    assert built.program.arena_bytes == 9 * ALIGN
 
 
 def test_symbolic_batch_needs_static_shapes():
@@ -264,28 +266,31 @@ def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
 
 
 def test_arena_plan_passes_its_checker_and_a_corrupted_one_does_not():
-    """``check_arena`` (run by every AOT build) accepts the planned arena, whose size is the
-    live peak here, and names the two tensors when an offset is moved onto another one."""
+    """The deployed arena is planned and verified by effc's one planner (``passes.arena``):
+    its size is the live peak here, both pools run in place, and the verifier names the two
+    tensors when an offset is moved onto another one, or the arena shrinks under them."""
     import dataclasses
 
-    from effc.codegen.aot import check_arena
+    from effc.codegen.aot import arena_problem
     from effc.codegen.aot_inplace import split_channels
+    from effc.passes.arena import check_arena
 
     module, _ = _optimized(BY_NAME["mnist_conv"])
     target = get_target("arm").tvm
     schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
     split_channels(schedule, module, target)
-    plan = plan_arena(schedule, build_kernels(schedule.prim_funcs, target, "effc_test"))
-    check_arena(schedule, plan)
-    assert plan.arena_bytes == plan.live_peak and len(schedule.inplace) == 2  # both pools in place
-    a, b = next((i, j) for i in plan.lifetimes for j in plan.lifetimes  # live together, not in place
-                if i < j and plan.lifetimes[i][1] >= plan.lifetimes[j][0] and plan.lifetimes[j][1] >= plan.lifetimes[i][0]
-                and schedule.inplace.get(j) != i)
-    bad = dataclasses.replace(plan, offsets={**plan.offsets, b: plan.offsets[a]})
-    with pytest.raises(AotError, match="arena plan: %.* overlaps %"):
-        check_arena(schedule, bad)
-    with pytest.raises(AotError, match="outside the"):
-        check_arena(schedule, dataclasses.replace(plan, arena_bytes=plan.arena_bytes - 64))
+    kernels = build_kernels(schedule.prim_funcs, target, "effc_test")
+    plan = plan_program(schedule, kernels)
+    problem = arena_problem(schedule, kernels)
+    assert check_arena(problem, plan) == []
+    assert plan.arena_bytes == plan.live_peak and sum(e.alias == "inplace" for e in plan.entries) == 2
+    tensors = [e for e in plan.entries if e.kind == "tensor"]
+    a, b = next((a, b) for a in tensors for b in tensors  # live together, not in place
+                if a.name < b.name and a.last >= b.first and b.last >= a.first and b.of != a.name and a.of != b.name)
+    bad = dataclasses.replace(plan, entries=tuple(dataclasses.replace(e, offset=a.offset) if e is b else e
+                                                  for e in plan.entries))
+    assert any(f"%{a.name}" in p and f"%{b.name}" in p and "overlaps" in p for p in check_arena(problem, bad))
+    assert any("past the arena" in p for p in check_arena(problem, dataclasses.replace(plan, arena_bytes=64)))
 
 
 # ----------------------------------------------------------------------------- Cortex-M4
