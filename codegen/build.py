@@ -128,9 +128,12 @@ class Signature:
 class Built:
     """A compiled model: runs in process with the Relax VM, exports as a shared library."""
 
+    memory = arena_bytes = None  # (``dispatch.Artifact``) no memory report, no static arena
+
     def __init__(self, executable: Any, signature: Signature, target: TargetDict | None = None,
                  relax_module: tvm.IRModule | None = None):
         self.executable = executable
+        self.seconds: dict[str, float] = {}
         self.signature = signature
         self.target = dict(target) if target is not None else None
         self.relax_module = relax_module
@@ -174,6 +177,9 @@ class Built:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.executable.export_library(str(path))
         return path
+
+    def export_files(self, folder: str | os.PathLike) -> list[Path]:
+        return [self.export(Path(folder) / "model.so")]
 
     @staticmethod
     def load(path: str | os.PathLike, signature: Signature) -> "Built":

@@ -1,157 +1,143 @@
-"""Build and load by target family: one place that knows which builder serves which target.
+"""The backend table: for each (target family, runtime) a target's TOML allows (``runtimes``,
+the default first), how to build, load and tune, and what the loader reads. Nothing else in
+effc branches on a family or a runtime; the TOML's ``runtime_refused`` says why a runtime
+it lacks is refused.
 
-| family | builder | artifact | runs |
+| family, runtime | builder | artifact | runs |
 |---|---|---|---|
-| x86 | ``build.build`` (Relax VM executable) | ``model.so`` | in process |
-| x86, ``--runtime=aot`` | ``native.build_native`` (AOT C driver + LLVM kernels) | ``libmodel.a``, ``model.h``, ``model.elf`` + ``src/`` | natively |
-| arm (AOT only) | ``native.build_native`` (AOT C driver + LLVM kernels) | ``libmodel.a``, ``model.h``, ``model.elf`` + ``src/`` | qemu-aarch64-static, or natively |
-| cuda | ``cuda.build_cuda`` | ``model.so``, ``kernels.cu``, ``kernels.ptx`` | on a GPU |
-| cortex-m | ``cortex_m.build_cortex_m`` (AOT C driver + TVM C kernels, bare-metal ELF, budgets checked) | ``model.elf``, ``memory.json``, ``src/`` | qemu-system-arm with semihosting |
+| x86, vm | ``build.build`` (Relax VM executable) | ``model.so`` | in process |
+| x86 / arm, aot | ``native.build_native`` (AOT C driver + LLVM kernels) | ``libmodel.a``, ``model.h``, ``model.elf`` + ``src/`` | natively, arm under qemu-aarch64-static |
+| cuda, vm | ``cuda.build_cuda`` | ``model.so``, ``kernels.cu``, ``kernels.ptx`` | on a GPU |
+| cortex-m, aot | ``cortex_m.build_cortex_m`` (AOT C driver + TVM C kernels, bare-metal ELF, budgets checked) | ``model.elf``, ``memory.json``, ``src/`` | qemu-system-arm with semihosting |
+
+``vm``: TVM's Relax VM in a shared library; ``aot``: effc's runtime-free C driver, a static
+arena, no heap. Builders and loaders return an ``Artifact``; their modules import TVM, so
+they are imported when an entry is first used.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.targets import Target
 
-LIBRARY = "model.so"
 
-RUNTIMES = {"x86": ("vm", "aot"), "arm": ("aot",), "cuda": ("vm",), "cortex-m": ("aot",)}
-"""What runs a build, per family, the default first: ``vm`` (TVM's Relax VM in a shared
-library) or ``aot`` (effc's runtime-free C driver, a static arena, no heap)."""
+@runtime_checkable
+class Artifact(Protocol):
+    """A build, fresh or loaded: all ``effc.compile`` and ``effc.load`` use of it."""
 
+    seconds: dict[str, float]
+    """Build stages and their times (empty when loaded)."""
+    memory: Any
+    """Microcontroller builds: flash and SRAM use (``cortex_m.MemoryReport``); else None."""
+    arena_bytes: int | None
+    """AOT builds: the static arena the C API asks the caller for; else (and when loaded) None."""
 
-def runtime_for(target: Target, runtime: str | None) -> str:
-    """The runtime a build of ``target`` uses: ``runtime``, or the family's default;
-    InputError when the family has no such runtime."""
-    allowed = RUNTIMES.get(target.family, ("vm",))
-    if runtime is None:
-        return allowed[0]
-    if runtime not in allowed:
-        why = {"cuda": "kernels on a GPU are launched by the TVM runtime",
-               "arm": "arm builds are runtime-free static programs",
-               "cortex-m": "microcontrollers have no TVM runtime"}.get(target.family, "")
-        raise InputError(f"target '{target.name}' builds with --runtime={' or '.join(allowed)}, not '{runtime}'"
-                         + (f" ({why})" if why else ""))
-    return runtime
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def export_files(self, folder: Path) -> list[Path]: ...
 
 
-def needs_static_shapes(target: Target, runtime: str | None) -> bool:
-    """AOT builds need every shape known (ahead-of-time memory and call plans)."""
-    return runtime_for(target, runtime) == "aot"
+@dataclass(frozen=True)
+class Backend:
+    """How one (family, runtime) builds, loads and tunes, and what its loader reads."""
+
+    build: Callable[..., Artifact]
+    """``(module, target, name=, sram=, flash=)``: a fresh build."""
+    load: Callable[[Path, Target, Module], Artifact]
+    """``(folder, target, ir)``: what ``export_files`` wrote to ``folder``."""
+    required: tuple[str, ...]
+    """Files the loader reads or executes; ``optional`` ones and every file of the ``sources``
+    folder too when present. ``effc.load`` checks each against the manifest's hashes first."""
+    optional: tuple[str, ...] = ()
+    sources: str | None = None
+    tune: Callable[[Module, Target, Path, str], tuple[Artifact, str]] | None = None
+    """``(module, target, database folder, C name)``: a build with the database's schedules and
+    a note for the report; None: no tuning yet."""
+    aot: bool = False
+    """An AOT program: every shape static, kernels of its own (tuned as such), a static arena."""
+    budgets: bool = False
+    """Takes SRAM/flash budgets (``--sram``/``--flash``)."""
+
+    def reads(self, folder: Path) -> list[str]:
+        """The files ``load`` reads from ``folder``, as POSIX names relative to it."""
+        folder = Path(folder)
+        names = [*self.required, *(n for n in self.optional if (folder / n).exists())]
+        if self.sources is not None and (folder / self.sources).is_dir():  # the loaders read every file in it
+            names += sorted(f"{self.sources}/{p.name}" for p in (folder / self.sources).iterdir() if p.is_file())
+        return names
 
 
-class LibraryArtifact:
-    """Adapts ``build.Built`` (x86) to the artifact interface: ``run`` and ``export_files``."""
-
-    def __init__(self, built: Any):
-        self.built = built
-
-    def run(self, inputs: Any) -> dict:
-        return self.built.run(inputs)
-
-    def export_files(self, folder: Path) -> list[Path]:
-        return [self.built.export(Path(folder) / LIBRARY)]
+def _m(name: str) -> Any:  # a backend module, imported on first use
+    return import_module(f"{__package__}.{name}")
 
 
-def build_for_target(module: Module, target: Target, *, name: str | None = None, sram: int | None = None,
-                     flash: int | None = None, runtime: str | None = None) -> Any:
-    """Build for ``target`` with ``runtime`` (default: the family's); ``sram``/``flash``
-    (bytes) override a board's budgets."""
-    if (sram is not None or flash is not None) and target.family != "cortex-m":
-        raise InputError(f"--sram/--flash apply to microcontroller targets, not '{target.name}'")
-    runtime = runtime_for(target, runtime)
-    if target.family in ("x86", "arm") and runtime == "aot":
-        from .native import build_native
-
-        return build_native(module, target, name=name)
-    if target.family == "x86":
-        from .build import build
-
-        return LibraryArtifact(build(module, target.tvm))
-    if target.family == "cuda":
-        from .cuda import build_cuda
-
-        return build_cuda(module, target)
-    if target.family == "cortex-m":
-        from .cortex_m import build_cortex_m
-
-        return build_cortex_m(module, target, name=name, sram=sram, flash=flash)
-    raise InputError(f"target '{target.name}' (family {target.family}) has no builder yet")
+def _tuned_aot(module: Module, target: Target, db_dir: Path, name: str) -> tuple[Artifact, str]:
+    built = _m("native").build_native(module, target, name=name, tuning_db=db_dir)
+    return built, f"{built.program.notes['tuned_kernels']} of the AOT program's kernels use tuned schedules"
 
 
-def artifact_reads(folder: Path, target: Target, runtime: str | None = None) -> list[str]:
-    """The files ``load_for_target`` reads or executes from ``folder`` for ``target`` and
-    ``runtime``, as POSIX names relative to it: the required ones whether present or not,
-    optional ones and every file of a sources folder when present. ``effc.load`` checks
-    each against the manifest's hashes first, so nothing unlisted is ever opened."""
-    folder = Path(folder)
-    runtime = runtime_for(target, runtime)
-    if target.family in ("x86", "arm") and runtime == "aot":
-        from . import native
-
-        required, optional, sources = [native.EXECUTABLE], [native.LIBRARY], native.SOURCES
-    elif target.family == "x86":
-        required, optional, sources = [LIBRARY], [], None
-    elif target.family == "cuda":
-        from . import cuda
-
-        required, optional, sources = [cuda.LIBRARY, cuda.SOURCE], [cuda.PTX], None
-    elif target.family == "cortex-m":
-        from . import cortex_m
-
-        required, optional, sources = [cortex_m.EXECUTABLE], [cortex_m.MEMORY], cortex_m.SOURCES
-    else:
-        raise InputError(f"target '{target.name}' (family {target.family}) has no loader yet")
-    names = required + [n for n in optional if (folder / n).exists()]
-    if sources is not None and (folder / sources).is_dir():  # the loaders read every file in it
-        names += sorted(f"{sources}/{p.name}" for p in (folder / sources).iterdir() if p.is_file())
-    return names
-
-
-def load_for_target(folder: Path, target: Target, ir: Module, runtime: str | None = None) -> Any:
-    """The built model in an artifact folder. The caller (``effc.load``) has checked every
-    file ``artifact_reads`` names against the manifest."""
-    folder = Path(folder)
-    runtime = runtime_for(target, runtime)
-    if target.family in ("x86", "arm") and runtime == "aot":
-        from .native import load_native
-
-        return load_native(folder, target, ir)
-    if target.family == "x86":
-        from .build import Built, Signature
-
-        return LibraryArtifact(Built.load(folder / LIBRARY, Signature.of(ir)))
-    if target.family == "cuda":
-        from .cuda import load_cuda
-
-        return load_cuda(folder, target, ir)
-    if target.family == "cortex-m":
-        from .cortex_m import load_cortex_m
-
-        _check_memory_report(folder)
-        return load_cortex_m(folder, target, ir)
-    raise InputError(f"target '{target.name}' (family {target.family}) has no loader yet")
-
-
-def _check_memory_report(folder: Path) -> None:
-    """A Cortex-M artifact's ``memory.json`` (hashed, so only a hand-made or rewritten one
+def _load_cortex_m(folder: Path, target: Target, ir: Module) -> Artifact:
+    """After checking that ``memory.json`` (hashed, so only a hand-made or rewritten one
     fails) parses as the report ``export_files`` wrote; InputError naming the file if not."""
-    import json
-
-    from .cortex_m import MEMORY, MemoryReport
-
-    path = folder / MEMORY
-    if not path.is_file():
-        return
+    cortex_m, path = _m("cortex_m"), Path(folder) / "memory.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise TypeError(f"a JSON {type(data).__name__}, not an object")
-        MemoryReport.from_json(data)
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            cortex_m.MemoryReport.from_json(data)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, fields, their types
         raise InputError(f"{path}: not a memory report as effc writes it ({type(e).__name__}: {e}); "
                          "recompile the artifact with `effc compile`") from None
+    return cortex_m.load_cortex_m(folder, target, ir)
+
+
+_NATIVE = dict(build=lambda module, target, name=None, **_: _m("native").build_native(module, target, name=name),
+               load=lambda *a: _m("native").load_native(*a),
+               required=("model.elf",), optional=("libmodel.a",), sources="src", aot=True)
+
+BACKENDS: dict[tuple[str, str], Backend] = {
+    ("x86", "vm"): Backend(
+        build=lambda module, target, **_: _m("build").build(module, target.tvm),
+        load=lambda folder, target, ir: _m("build").Built.load(Path(folder) / "model.so", _m("build").Signature.of(ir)),
+        required=("model.so",),
+        tune=lambda module, target, db_dir, name: (_m("tune").build_tuned(module, target.tvm, db_dir), "")),
+    ("x86", "aot"): Backend(**_NATIVE, tune=_tuned_aot),
+    ("arm", "aot"): Backend(**_NATIVE),
+    ("cuda", "vm"): Backend(
+        build=lambda module, target, **_: _m("cuda").build_cuda(module, target),
+        load=lambda *a: _m("cuda").load_cuda(*a),
+        required=("model.so", "kernels.cu"), optional=("kernels.ptx",)),
+    ("cortex-m", "aot"): Backend(
+        build=lambda *a, **kw: _m("cortex_m").build_cortex_m(*a, **kw),  # name, sram, flash
+        load=_load_cortex_m,
+        required=("model.elf",), optional=("memory.json",), sources="src", aot=True, budgets=True),
+}
+"""One entry per (family, runtime) some target allows; tests/test_backends.py checks both ways."""
+
+TUNABLE = " and ".join(sorted({family for (family, _), b in BACKENDS.items() if b.tune is not None}))
+"""The families whose builds can be tuned, as an error message names them."""
+
+
+def runtime_for(target: Target, runtime: str | None) -> str:
+    """The runtime a build of ``target`` uses: ``runtime``, or the target's default;
+    InputError (with the target's ``runtime_refused``) when the target does not allow it."""
+    if runtime is None:
+        return target.runtimes[0]
+    if runtime not in target.runtimes:
+        why = f" ({target.runtime_refused})" if target.runtime_refused else ""
+        raise InputError(f"target '{target.name}' builds with --runtime={' or '.join(target.runtimes)}, "
+                         f"not '{runtime}'{why}")
+    return runtime
+
+
+def backend_for(target: Target, runtime: str | None = None) -> Backend:
+    """The table's entry for ``target`` with ``runtime`` (default: the target's first)."""
+    return BACKENDS[target.family, runtime_for(target, runtime)]
+

@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -31,6 +31,9 @@ from effc.optimize import OptimizeOptions, optimize
 from effc.report import ModelInfo, model_info
 from effc.targets import Target, get_target
 from effc.version import __version__
+
+if TYPE_CHECKING:  # effc.codegen imports TVM: at run time only where a build or load needs it
+    from effc.codegen.dispatch import Artifact, Backend
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -104,7 +107,7 @@ def _file_hash(path: Path) -> str:
 class CompiledModel:
     """A model compiled for one target: ``run``, ``export``, ``report``, and ``ir`` (the final module)."""
 
-    def __init__(self, ir: Module, target: Target, pipeline: str, built: Any, report: CompileReport,
+    def __init__(self, ir: Module, target: Target, pipeline: str, built: Artifact, report: CompileReport,
                  source_sha256: str = "", runtime: str = ""):
         self.ir = ir
         self.target = target
@@ -185,10 +188,10 @@ class _TuningLedger:
         self.data: dict[str, int] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     @staticmethod
-    def key(module: Module, target: Target, runtime: str = "vm") -> str:
-        """Per model, target and runtime (an AOT program has kernels of its own: one-channel
-        ones for in-place layers)."""
-        text = print_module(module) + json.dumps(target.tvm, sort_keys=True) + ("" if runtime == "vm" else runtime)
+    def key(module: Module, target: Target, aot: bool = False) -> str:
+        """Per model, target and kind of program (an AOT program has kernels of its own:
+        one-channel ones for in-place layers)."""
+        text = print_module(module) + json.dumps(target.tvm, sort_keys=True) + ("aot" if aot else "")
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> int:
@@ -200,38 +203,33 @@ class _TuningLedger:
         self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 
 
-def _build_tuned(module: Module, tgt: Target, trials: int, db: str | os.PathLike | None,
-                 seconds: dict[str, float], runtime: str, name: str) -> tuple[Any, str]:
-    """Tune (when ``trials`` > 0) and build with the database's schedules (x86 only for now)."""
-    from effc.codegen.dispatch import LibraryArtifact
-    from effc.codegen.native import build_native
-    from effc.codegen.tune import build_tuned, tune as run_tuning
+def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db: str | os.PathLike | None,
+                 seconds: dict[str, float], name: str) -> tuple[Artifact, str]:
+    """Tune (when ``trials`` > 0) and build with the database's schedules (backends with a ``tune`` entry)."""
+    from effc.codegen.dispatch import TUNABLE
+    from effc.codegen.tune import tune as run_tuning
 
-    if tgt.family != "x86":
-        raise InputError(f"--tune/--tuning-db work for x86 targets so far, not '{tgt.name}'")
+    if backend.tune is None:
+        raise InputError(f"--tune/--tuning-db work for {TUNABLE} targets so far, not '{tgt.name}'")
     if trials < 0:
         raise InputError(f"--tune takes a number of trials >= 0, got {trials}")
     db_dir = Path(db) if db is not None else Path(DEFAULT_TUNING_DB)
     note = f"database {db_dir} applied"
     spent = _TuningLedger(db_dir)
-    key = spent.key(module, tgt, runtime)
+    key = spent.key(module, tgt, backend.aot)
     remaining = trials - spent.get(key)
     if trials and remaining <= 0:
         note = f"this model already had {spent.get(key)} trials in {db_dir}; no new trials (raise --tune to continue)"
     elif trials:
         t = time.perf_counter()
-        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=runtime == "aot")
+        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=backend.aot)
         seconds["tune"] = time.perf_counter() - t
         spent.add(key, remaining)
         note = str(report)
     t = time.perf_counter()
-    if runtime == "aot":
-        built = build_native(module, tgt, name=name, tuning_db=db_dir)
-        note += f"; {built.program.notes['tuned_kernels']} of the AOT program's kernels use tuned schedules"
-    else:
-        built = LibraryArtifact(build_tuned(module, tgt.tvm, db_dir))
+    built, built_note = backend.tune(module, tgt, db_dir, name)
     seconds["build"] = time.perf_counter() - t
-    return built, note
+    return built, f"{note}; {built_note}" if built_note else note
 
 
 def _c_name(model: Any, module: Module) -> str:
@@ -259,19 +257,20 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     (effc's C driver over a static arena, no runtime, no heap: ``libmodel.a`` + ``model.h``;
     the only runtime of arm and Cortex-M targets, on request for x86). Default: the
     target's first."""
-    from effc.codegen.dispatch import build_for_target, needs_static_shapes, runtime_for
+    from effc.codegen.dispatch import backend_for, runtime_for
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     tgt = get_target(target)
     runtime = runtime_for(tgt, runtime)
+    backend = backend_for(tgt, runtime)
     module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
     seconds["import"] = time.perf_counter() - t
     nodes_before = len(module.graph)
     t = time.perf_counter()
     shapes = dict(input_shapes or {})
-    if needs_static_shapes(tgt, runtime):
+    if backend.aot:  # AOT programs need every shape known
         shapes = _static_shapes(module, shapes)
     if shapes:
         bind_input_shapes(module, shapes)
@@ -282,15 +281,16 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     t = time.perf_counter()
     tuning_note = None
     if tune or tuning_db is not None:
-        built, tuning_note = _build_tuned(module, tgt, tune, tuning_db, seconds, runtime,
+        built, tuning_note = _build_tuned(module, tgt, backend, tune, tuning_db, seconds,
                                           _c_name(model, module))  # times tune and build
     else:
-        built = build_for_target(module, tgt, name=_c_name(model, module), sram=sram, flash=flash, runtime=runtime)
+        if (sram is not None or flash is not None) and not backend.budgets:
+            raise InputError(f"--sram/--flash apply to microcontroller targets, not '{tgt.name}'")
+        built = backend.build(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
         seconds["build"] = time.perf_counter() - t
-    seconds.update({f"build.{k}": v for k, v in getattr(built, "seconds", {}).items()})
+    seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
-                           memory=getattr(built, "memory", None), tuning=tuning_note, runtime=runtime,
-                           arena_bytes=program.arena_bytes if (program := getattr(built, "program", None)) else None)
+                           memory=built.memory, tuning=tuning_note, runtime=runtime, arena_bytes=built.arena_bytes)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash, runtime)
 
 
@@ -423,7 +423,7 @@ def load(folder: str | os.PathLike) -> CompiledModel:
     listed sha256, and every file this target's loader reads or executes must be listed. The
     hashes catch corruption and stale files, not a malicious folder: one from an untrusted
     party is code, so do not load it."""
-    from effc.codegen.dispatch import artifact_reads, load_for_target, runtime_for
+    from effc.codegen.dispatch import backend_for, runtime_for
 
     folder = Path(folder)
     manifest = _read_manifest(folder)
@@ -436,10 +436,11 @@ def load(folder: str | os.PathLike) -> CompiledModel:
     _check_listed_files(folder, files)
     sidecar = Path(IR_FILE).with_suffix(".npz").name
     needed = [IR_FILE] + [n for n in (sidecar, REPORT) if (folder / n).exists()]
-    _require_listed(folder, needed + artifact_reads(folder, tgt, runtime), files)
+    backend = backend_for(tgt, runtime)
+    _require_listed(folder, needed + backend.reads(folder), files)
     ir = load_model(folder / IR_FILE)  # parses and verifies the IR
     nodes_before, arena_bytes = _read_report(folder, len(ir.graph))
-    built = load_for_target(folder, tgt, ir, runtime)  # last: it may open a library
+    built = backend.load(folder, tgt, ir)  # last: it may open a library
     pipeline = manifest.get("pipeline") or ""
     rep = CompileReport(model_info(ir), tgt.name, pipeline, nodes_before, len(ir.graph), _read_timings(folder),
                         runtime=runtime, arena_bytes=arena_bytes)

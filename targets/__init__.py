@@ -1,7 +1,9 @@
 """Target descriptions as data: ``targets/*.toml``, one file per family with named variants.
 
 A variant's ``tvm`` table is merged over the family's. ``mcpu = "host"`` is replaced by the
-CPU detected on this machine. Only codegen/ turns these dicts into TVM targets."""
+CPU detected on this machine. ``runtimes`` lists what may run a build, the default first
+(``codegen/dispatch.py`` has a backend for each), and ``runtime_refused`` says why the others
+are not offered. Only codegen/ turns these dicts into TVM targets."""
 from __future__ import annotations
 
 import os
@@ -23,6 +25,10 @@ class Target:
     tvm: dict[str, Any]
     runner: str
     """How effc runs a build: inprocess | qemu-aarch64 | gpu | qemu-system-arm."""
+    runtimes: tuple[str, ...]
+    """What may run a build, the default first: ``vm`` (TVM's Relax VM) or ``aot`` (effc's C driver)."""
+    runtime_refused: str = ""
+    """Why the other runtimes are not offered (said when one is asked for)."""
     requires: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
     toolchain: dict[str, str] = field(default_factory=dict)
@@ -65,11 +71,34 @@ def host_cpu() -> str:
     return "x86-64"
 
 
+def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``data``, a family file's contents, when it has the fields effc relies on; else an
+    InputError naming ``targets/<file>`` and the field."""
+    def field_error(key: str, want: str) -> InputError:
+        return InputError(f"targets/{file}: '{key}' must be {want}, got {data.get(key)!r}")
+
+    for key in ("family", "description", "runner"):
+        if not isinstance(data.get(key), str):
+            raise field_error(key, "a string")
+    if not isinstance(data.get("tvm"), dict):
+        raise field_error("tvm", "a table (the TVM target)")
+    runtimes = data.get("runtimes")
+    if not (isinstance(runtimes, list) and runtimes and all(isinstance(r, str) for r in runtimes)
+            and len(set(runtimes)) == len(runtimes)):
+        raise field_error("runtimes", 'a list of the runtimes the target allows, the default first (e.g. ["vm", "aot"])')
+    if not isinstance(data.get("runtime_refused", ""), str):
+        raise field_error("runtime_refused", "a string (why the other runtimes are not offered)")
+    return data
+
+
 def _families() -> dict[str, dict[str, Any]]:
     out = {}
     for entry in sorted(resources.files(__name__).iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".toml"):
-            data = tomllib.loads(entry.read_text())
+            try:
+                data = check_family(entry.name, tomllib.loads(entry.read_text()))
+            except tomllib.TOMLDecodeError as e:
+                raise InputError(f"targets/{entry.name}: not valid TOML ({e})") from None
             out[data["family"]] = data
     return out
 
@@ -86,7 +115,8 @@ def _make(name: str, family: dict[str, Any], variant: dict[str, Any]) -> Target:
         return variant.get(key, family.get(key, default))
 
     return Target(name=name, family=family["family"], description=variant.get("description", family["description"]),
-                  tvm=tvm, runner=family["runner"], requires=tuple(family.get("requires", ())),
+                  tvm=tvm, runner=family["runner"], runtimes=tuple(family["runtimes"]),
+                  runtime_refused=family.get("runtime_refused", ""), requires=tuple(family.get("requires", ())),
                   debian_packages=tuple(family.get("debian_packages", ())),
                   toolchain=dict(family.get("toolchain", {})), fast_dtypes=tuple(family.get("fast_dtypes", ())),
                   cpu=tuple(pick("cpu", ())), qemu_machine=pick("qemu_machine", ""),
