@@ -3,7 +3,7 @@
 For each fixture model (batch 1, -O2):
 - TFLM-style and effc plan: as in ``memory_plans.py`` (``plan-memory``, graph input in the arena);
 - deployed: the static arena of the AOT C program (``EFFC_<NAME>_ARENA_BYTES``; graph inputs
-  and outputs live in the caller's buffers). For the microcontroller models it is read from
+  and outputs live in it, as in the plan). For the microcontroller models it is read from
   the linked Cortex-M4 ELF, with its flash and total SRAM; for the light models (which fit no
   board) from the x86 ``--runtime=aot`` program;
 - in place: layers the driver runs channel by channel over their dying input.
@@ -56,7 +56,7 @@ def measure(name: str) -> dict:
     else:
         program, schedule, arena = emit(module, get_target("x86").tvm, CToolchain(cc="gcc"), name)
         row.update(deployed=arena.arena_bytes, flash=None, sram=None, where="x86 --runtime=aot",
-                   in_place=len(schedule.splits), calls=len(schedule.steps))
+                   in_place=len(schedule.splits), calls=len(schedule.calls))
     row["secs"] = time.perf_counter() - start
     print(f"{name}: deployed {row['deployed']:,} B, plan {row['plan']:,} B, TFLM-style {tflm:,} B "
           f"({row['secs']:.1f} s)", file=sys.stderr)
@@ -70,8 +70,8 @@ def table(rows: list[dict]) -> str:
     lines = [SECTION, "",
              "Bytes of activation arena at batch 1, -O2. TFLM-style and effc plan as in the table above (the graph "
              "input counts in the arena). Deployed: the static arena the AOT C program asks its caller for "
-             "(`EFFC_<NAME>_ARENA_BYTES`; inputs and outputs are the caller's own buffers, kernel scratch is "
-             "included): read from the linked ELF for the Cortex-M4 builds, from the x86 `--runtime=aot` program "
+             "(`EFFC_<NAME>_ARENA_BYTES`; it holds the inputs and outputs, as the plan does, and kernel scratch; "
+             "the program has no other buffers): read from the linked ELF for the Cortex-M4 builds, from the x86 `--runtime=aot` program "
              "for the light models. In place: depthwise convolutions and pools the driver runs channel by channel "
              "over their dying input (TinyEngine's rule). `python bench/deployed_arena.py` regenerates this section.",
              "",
