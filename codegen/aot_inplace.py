@@ -288,8 +288,7 @@ def pointwise_inplace(schedule: Schedule, module: Module) -> int:
         step = schedule.steps[t]
         out = step.args[-1]
         node = info.node(step)
-        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs \
-                or out.storage_key in schedule.slices:
+        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs:
             continue
         inputs = {info.storage(v) for v in node.inputs if v is not None}
         if any(a.storage_key[0] == "arena" and a.storage_key not in inputs for a in step.args[:-1]):
@@ -318,7 +317,7 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
         index = channelwise_node(node) if node is not None else None
-        if index is None or step.args[-1].storage_key[0] != "arena" or step.args[-1].storage_key in schedule.slices:
+        if index is None or step.args[-1].storage_key[0] != "arena":
             continue
         x = node.input(index)
         key = info.storage(x)

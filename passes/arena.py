@@ -97,6 +97,8 @@ class PlanEntry:
     """For a view or slice: the byte offset inside ``of``."""
     kind: str = "tensor"
     """``tensor`` or ``workspace``."""
+    over: str = ""
+    """A slice also written in place over this tensor (the step that writes it, where it dies)."""
 
     @property
     def end(self) -> int:
@@ -146,6 +148,7 @@ class Groups:
         self.p, self.root, self.offset = p, list(range(n)), [0] * n
         self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
         self.alias: dict[int, tuple[str, int, int]] = {}
+        self.over: dict[int, int] = {}
         for kind, t, other, at in p.shares:
             if kind == "view" or self._may_slice(t, at):
                 self.move(t, other, at)
@@ -181,15 +184,23 @@ class Groups:
         return [(x, o, c) for x, o, c in s.inplace if self.alone(o) and sz[o] <= sz[x] and c < sz[o]]
 
     def take_inplace(self, first: list[int], last: list[int]) -> list[int]:
-        """Take each in-place write whose input dies at its step; the workspace per step."""
+        """Take each in-place write whose input dies at its step; the workspace per step. The
+        output may already sit in a slice of a larger tensor (a pad or concat output) when
+        everything else in that group is written later: the whole group moves then."""
         ws = [s.workspace for s in self.p.steps]
+        sz = self.p.sizes
         for k, s in enumerate(self.p.steps):
-            for x, o, scratch in self.candidates(s):
-                if self.pinned(x) or last[x] != k or first[o] != k:
+            for x, o, scratch in s.inplace:
+                if self.pinned(x) or last[x] != k or first[o] != k or sz[o] > sz[x] or scratch >= sz[o]:
+                    continue
+                if not all(first[m] > k for m in self.members[self.root[o]] if m != o):
                     continue
                 if all(not self.pinned(m) and last[m] < k for m in self.members[self.root[x]] if m != x):
                     self.move(o, x, 0)
-                    self.alias[o] = ("inplace", x, 0)
+                    if o in self.alias:
+                        self.over[o] = x
+                    else:
+                        self.alias[o] = ("inplace", x, 0)
                     ws[k] += scratch
                     break
         return ws
@@ -212,7 +223,8 @@ def plan_arena(p: ArenaProblem, algorithms: tuple[str, ...] | None = None) -> Me
     for t, name in enumerate(p.names):
         kind, other, at = groups.alias.get(t, ("", -1, 0))
         entries.append(PlanEntry(name, base[groups.root[t]] + off[t], sizes[t], first[t], last[t], kind,
-                                 p.names[other] if other >= 0 else "", at))
+                                 p.names[other] if other >= 0 else "", at,
+                                 over=p.names[groups.over[t]] if t in groups.over else ""))
     for i, k in enumerate(work):
         entries.append(PlanEntry(p.steps[k].key, placed.bases[len(roots) + i], ws[k], k, k, kind="workspace"))
     lower = max((sum(align_up(sizes[t], p.align) for t in range(len(sizes)) if first[t] <= k <= last[t])
@@ -310,19 +322,32 @@ def _check_aliases(p: ArenaProblem, plan: MemoryPlan, tensors: dict[str, PlanEnt
             elif e.at != facts[0] or e.offset != base.offset + e.at:
                 problems.append(f"%{e.name} must sit at byte {facts[0]} of %{e.of} "
                                 f"(offset {base.offset + facts[0]}), the plan says {e.offset}")
-        elif e.alias == "inplace":
-            k = e.first
-            found = [c for x2, o2, c in (p.steps[k].inplace if 0 <= k < len(p.steps) else ()) if (x2, o2) == (x, t)]
-            if not found:
-                problems.append(f"%{e.name}: step {k} may not write over its input %{e.of}")
-                continue
-            need[k] += found[0]
-            if e.offset != base.offset or e.size > base.size:
-                problems.append(f"%{e.name} must sit at %{e.of}'s offset within its size")
-            if last[x] != k or x in p.live_in or x in p.live_out:
-                problems.append(f"%{e.name} overwrites %{e.of}, which is still needed after step {k}")
-        else:
+        elif e.alias != "inplace":
             problems.append(f"%{e.name}: unknown sharing '{e.alias}'")
+        for src in [e.of] if e.alias == "inplace" else [e.over] if e.over else []:
+            problems += _check_inplace(p, e, tensors.get(src), index.get(src), t, last, need)
+    have = {e.first: e.size for e in plan.entries if e.kind == "workspace"}
+    problems += [f"step {k} ({p.steps[k].key}) needs {n:,} bytes of workspace, the plan gives {have.get(k, 0):,}"
+                 for k, n in enumerate(need) if have.get(k, 0) < n]
+    return problems
+
+
+def _check_inplace(p: ArenaProblem, e: PlanEntry, base: PlanEntry | None, x: int | None, t: int, last: list[int],
+                   need: list[int]) -> list[str]:
+    src = e.of if e.alias == "inplace" else e.over
+    if base is None or x is None:
+        return [f"%{e.name} is written over %{src}, which is no planned tensor"]
+    k = e.first
+    found = [c for x2, o2, c in (p.steps[k].inplace if 0 <= k < len(p.steps) else ()) if (x2, o2) == (x, t)]
+    if not found:
+        return [f"%{e.name}: step {k} may not write over its input %{src}"]
+    need[k] += found[0]
+    problems = []
+    if e.offset != base.offset or e.size > base.size:
+        problems.append(f"%{e.name} must sit at %{src}'s offset within its size")
+    if last[x] != k or x in p.live_in or x in p.live_out:
+        problems.append(f"%{e.name} overwrites %{src}, which is still needed after step {k}")
+    return problems
     have = {e.first: e.size for e in plan.entries if e.kind == "workspace"}
     problems += [f"step {k} ({p.steps[k].key}) needs {n:,} bytes of workspace, the plan gives {have.get(k, 0):,}"
                  for k, n in enumerate(need) if have.get(k, 0) < n]
@@ -360,7 +385,8 @@ def _check_overlaps(plan: MemoryPlan, tensors: dict[str, PlanEntry]) -> list[str
 
 def _handover(x: PlanEntry, y: PlanEntry, find) -> bool:
     """``y`` is written over ``x`` (or over the content ``x`` belongs to) at the step where ``x`` dies."""
-    return y.alias == "inplace" and find(y.of) == find(x.name) and x.last == y.first
+    src = y.of if y.alias == "inplace" else y.over
+    return bool(src) and find(src) == find(x.name) and x.last == y.first
 
 
 # ----------------------------------------------------------------------------- text
@@ -389,5 +415,7 @@ def format_plan(plan: MemoryPlan) -> str:
             text += f"  slice of {format_name('%', e.of)} +{e.at:,}"
         elif e.alias:
             text += f"  {'in-place' if e.alias == 'inplace' else e.alias} of {format_name('%', e.of)}"
+        if e.over:
+            text += f", in-place of {format_name('%', e.over)}"
         lines.append(text)
     return "\n".join(lines) + "\n"

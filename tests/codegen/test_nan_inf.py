@@ -33,7 +33,7 @@ from tests.fixtures import ort_run
 nan, inf = np.nan, np.inf
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 LOWEST = np.finfo(np.float32).min
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 needs_gpu = pytest.mark.skipif(not gpu_present(), reason="runs kernels on an NVIDIA GPU; this machine has none "
                                "(CI never does): run the suite on a GPU machine to check GPU outputs")

@@ -96,7 +96,7 @@ def test_a_big_dump_costs_memory_linear_in_its_size():
     # Mostly the IR itself (about 11 bytes per byte of text); the lark tree made it 52.
     growth = _growth_per_byte("""
         sys.path.insert(0, ".")
-        from tests.test_text_limits import big_dump
+        from tests.ir.test_text_limits import big_dump
         text = big_dump(40)
     """)
     assert growth < 25, growth
