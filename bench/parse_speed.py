@@ -1,7 +1,7 @@
 """Parsing speed of the IR text form: MB/s and peak memory per byte for a large dump.
 
 The dump is light ResNet-50's statements repeated with fresh names (``big_dump`` in
-tests/test_text_limits.py, which checks that it round-trips), about 5 MB at 60 copies.
+tests/ir/test_text_limits.py, which checks that it round-trips), about 5 MB at 60 copies.
 Speed is the best of ``--reps`` parses in CPU time (``time.process_time``), so other load
 on the machine changes it little. Never run as a test.
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 def main(argv: list[str] | None = None) -> int:
     from effc.ir.parser import parse_module
-    from tests.test_text_limits import big_dump
+    from tests.ir.test_text_limits import big_dump
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=60)

@@ -1,42 +1,24 @@
-"""Ahead-of-time C programs: an effc module as kernels plus a plain C driver, with every
-activation in one caller-provided arena and the weights in ``const`` arrays. No TVM
-runtime, no malloc. Shared by the runtime-free Linux builds (``native.py``: LLVM kernels,
-``libmodel.a`` and a static executable for aarch64, run under qemu-aarch64, or x86-64)
-and the microcontroller flow (kernels from TVM's C target, built by arm-none-eabi-gcc).
+"""Ahead-of-time C programs: an effc module as kernels plus a plain C driver, every
+activation (inputs and outputs too, by default) in one arena and the weights in ``const``
+arrays; no TVM runtime, no malloc. Shared by the runtime-free Linux builds (``native.py``)
+and the microcontroller flow (``cortex_m.py``). Stages (``aot_c.emit``):
 
-Stages (``emit_program``):
-1. ``lower_for_aot``: ``lower_to_relax``, then effc's fusion passes (``FuseTIR`` on
-   effc's groups; each ``fused`` node becomes one kernel), then ``RewriteDataflowReshape``
-   (reshapes become views, not copies) and the explicit-memory form of Relax
-   (``ToNonDataflow``, ``RemovePurityChecking``, ``CallTIRRewrite``): ``main`` is now a
-   straight list of ``alloc_tensor`` and kernel calls with explicit output buffers.
+1. ``lower_for_aot``: ``lower_to_relax``, effc's fusion (one kernel per ``fused`` node),
+   reshapes as views, and Relax's explicit-memory form: ``main`` becomes a straight list
+   of ``alloc_tensor`` and kernel calls with explicit output buffers.
 2. ``read_schedule``: that list as steps (kernel, DLTensor arguments) over storages:
    graph inputs, graph outputs, weights and arena tensors. A tensor that becomes a graph
-   output is written straight into the caller's output buffer; an output that is a graph
-   input, a weight or a second name of the same tensor is copied at the end.
-3. ``aot_inplace``: a concat along an axis with only 1s before it copies nothing (each
-   producer writes into its slice of the output; the call is dropped); depthwise
-   convolutions and pools whose input dies at their step run in place, channel by channel
-   (TinyEngine's rule, with one-channel kernels); a kernel that reads a dying input element
-   by element (a residual add) writes its output over it.
-4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM (asserts off), with no
-   full-size scratch buffers (``fold_scratch``).
-5. ``plan_arena``: each arena tensor lives from the step that writes it to the last step
-   that reads it (a concat input as long as the concat's output); an in-place output shares
-   its input's block, a concat input sits inside its output's; each kernel's workspace and
-   each split step's one-channel scratch live for their step. ``check_arena`` then checks
-   the result on its own terms. Offsets come from effc's
-   planner (``passes.memory_plan_offsets.assign_offsets``: greedy by size, best fit,
-   breadth, hill climbing; the smallest arena wins).
+   output is written straight into the output; an output that is a graph input, a weight
+   or a second name of the same tensor is copied at the end.
+3. ``aot_inplace``: the op rules of ``passes/memory_plan_rules.py`` applied to the calls
+   (concat and pad slices, TinyEngine's channel-by-channel in-place layers, element-wise
+   writes over a dying input).
+4. ``aot_kernels.build_kernels``: the kernels, compiled by TVM, without full-size scratch.
+5. ``arena_problem``/``plan_program``: the calls as effc's one arena problem, planned and
+   verified by ``passes.arena``, the planner ``plan-memory`` uses, so the arena equals the
+   plan wherever the deployed kernels honour every rule the plan used (one effc node is
+   not always one kernel; LRN and transpose in place need kernels of effc's own).
 6. ``aot_c``: the C files (``model.h``/``model.c``/``model_weights.c``/runtime/harness).
-
-Why Relax's call list and not effc's memory plan (``plan_memory``) itself: after lowering,
-one effc node is not always one kernel (a reshape is no kernel at all; some emitters emit
-several Relax ops, and so several kernels). The sharing rules the deployed kernels honour
-(views, pointwise and channel-wise in place, concat slices) are applied to that call list
-and the offsets algorithm is effc's, so the arena equals the plan's where every rule the
-plan used is one of these (``bench/deployed_arena.py``); LRN and transpose in place need
-kernels of effc's own and are not used here.
 """
 from __future__ import annotations
 

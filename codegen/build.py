@@ -45,7 +45,7 @@ def without_avx512(target: TargetDict) -> dict[str, Any]:
 
     TVM 0.27 with its LLVM 22 miscompiles plain, unscheduled loop nests for AVX-512 CPUs
     (znver4/znver5, skylake-avx512, x86-64-v4): ``tile`` of f32[3,4,5] by [6,4,2] drops
-    the ``j % 4`` of the middle axis and returns wrong values (tests/test_codegen_x86.py
+    the ``j % 4`` of the middle axis and returns wrong values (tests/codegen/test_codegen_x86.py
     keeps a reproducer). AVX2 code is right. A target whose ``mattr`` names ``+avx512f``
     itself is left as it is."""
     out = dict(target)

@@ -119,7 +119,7 @@ BACKENDS: dict[tuple[str, str], Backend] = {
         load=_load_cortex_m,
         required=("model.elf",), optional=("memory.json",), sources="src", aot=True, budgets=True),
 }
-"""One entry per (family, runtime) some target allows; tests/test_backends.py checks both ways."""
+"""One entry per (family, runtime) some target allows; tests/codegen/test_backends.py checks both ways."""
 
 TUNABLE = " and ".join(sorted({family for (family, _), b in BACKENDS.items() if b.tune is not None}))
 """The families whose builds can be tuned, as an error message names them."""

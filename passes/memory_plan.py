@@ -37,7 +37,7 @@ from typing import Mapping
 from effc.ir.core import Module
 from effc.ir.refine import bind_symbols
 
-from .arena import (ArenaProblem, ArenaStep, Groups, MemoryPlan, PlanEntry, PlanError, check_arena, format_plan,
+from .arena import (ArenaProblem, ArenaStep, MemoryPlan, PlanEntry, PlanError, check_arena, format_plan,
                     plan_arena, verify_arena)
 from .base import Pass, PassContext, PreconditionError, register_pass
 from .fold_constants import FoldConstants
@@ -95,28 +95,6 @@ def module_problem(module: Module, *, align: int = 16, inplace: bool = True, inp
                         {t for t, v in enumerate(values) if v.is_graph_output}, shares, align)
 
 
-def _order_problem(p: ArenaProblem) -> OrderProblem:
-    groups = Groups(p)
-    n = len(p.sizes)
-    producer = [-1] * n
-    for k, s in enumerate(p.steps):
-        for t in s.writes:
-            producer[t] = k
-    node_inputs = [sorted(set(s.reads)) for s in p.steps]
-    users: list[list[int]] = [[] for _ in range(n)]
-    for k, ins in enumerate(node_inputs):
-        for t in ins:
-            users[t].append(k)
-    roots = sorted(groups.members)
-    gid = {r: i for i, r in enumerate(roots)}
-    return OrderProblem(
-        n_nodes=len(p.steps), preds=[sorted({producer[t] for t in ins if producer[t] >= 0}) for ins in node_inputs],
-        node_inputs=node_inputs, node_outputs=[list(s.writes) for s in p.steps], producer=producer, users=users,
-        is_output=[t in p.live_out for t in range(n)], size=p.sizes, group=[gid[groups.root[t]] for t in range(n)],
-        offset=groups.offset, members=[groups.members[r] for r in roots],
-        inplace=[groups.candidates(s) for s in p.steps], workspace=[s.workspace for s in p.steps])
-
-
 # ----------------------------------------------------------------------------- planning
 
 
@@ -135,7 +113,7 @@ def plan_memory(module: Module, *, align: int = 16, order: str = "auto", inplace
     if order == "keep":
         result, how = OrderResult(list(range(len(problem.steps)))), "kept"
     else:
-        result = best_order(_order_problem(problem), max_states if order == "auto" else 0)
+        result = best_order(OrderProblem(problem), max_states if order == "auto" else 0)
         how = result.describe()
     nodes = compute_nodes(module.graph)
     kernels = {id(n) for n in nodes}

@@ -16,35 +16,38 @@ Everything live at a step is a function of the set of nodes already run, so:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .arena import ArenaProblem, Groups
 
 
-@dataclass
 class OrderProblem:
-    """Nodes 0..N-1 in the current (topological) order and the tensors between them."""
+    """An arena problem's steps 0..N-1 (in a topological order) and tensors, as the search
+    needs them: producers, users as bitmasks, static groups (views and slices) and each
+    step's in-place candidates."""
 
-    n_nodes: int
-    preds: list[list[int]]
-    """Node -> nodes it reads from."""
-    node_inputs: list[list[int]]
-    node_outputs: list[list[int]]
-    producer: list[int]
-    """Tensor -> producing node, -1 for graph inputs."""
-    users: list[list[int]]
-    is_output: list[bool]
-    size: list[int]
-    group: list[int]
-    """Tensor -> static alias group (views and concat slices share one)."""
-    offset: list[int]
-    """Tensor -> byte offset inside its group."""
-    members: list[list[int]]
-    inplace: list[list[tuple[int, int, int]]]
-    """Node -> (input tensor, output tensor, extra workspace bytes) it may write in place."""
-    workspace: list[int]
-    user_mask: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.user_mask = [sum(1 << u for u in set(us)) for us in self.users]
+    def __init__(self, p: ArenaProblem):
+        groups, n = Groups(p), len(p.sizes)
+        self.n_nodes, self.size, self.offset = len(p.steps), p.sizes, groups.offset
+        self.producer = [-1] * n
+        for k, s in enumerate(p.steps):
+            for t in s.writes:
+                self.producer[t] = k
+        self.node_inputs = [sorted(set(s.reads)) for s in p.steps]
+        self.node_outputs = [list(s.writes) for s in p.steps]
+        self.preds = [sorted({self.producer[t] for t in ins if self.producer[t] >= 0}) for ins in self.node_inputs]
+        self.user_mask = [0] * n
+        for k, ins in enumerate(self.node_inputs):
+            for t in ins:
+                self.user_mask[t] |= 1 << k
+        self.is_output = [t in p.live_out for t in range(n)]
+        roots = sorted(groups.members)
+        gid = {r: i for i, r in enumerate(roots)}
+        self.group = [gid[groups.root[t]] for t in range(n)]
+        self.members = [groups.members[r] for r in roots]
+        self.inplace = [groups.candidates(s) for s in p.steps]
+        """Step -> (input tensor, output tensor, extra workspace bytes) it may write in place."""
+        self.workspace = [s.workspace for s in p.steps]
 
 
 class _Cost:
