@@ -1,32 +1,16 @@
 """plan-memory: the ahead-of-time memory plan of the microcontroller flow.
 
-All activations live in one arena (constants stay in flash); the plan says where each
-tensor sits and how large the arena is. Steps:
-
-1. Order: the execution order that minimizes peak live memory (``memory_plan_order``:
-   exact per segment between chain points when small enough, a stated greedy rule
-   beyond). The graph's node list is rearranged to it; constants go first.
-2. Sharing (``memory_plan_rules``): views share their input's bytes; concat inputs (and
-   a channel pad's input) are written straight into their slice of the output; an elementwise/activation
-   output, or the output of a kernel that works through a small scratch buffer
-   (depthwise conv and pooling channel by channel, LRN through a ring of channels,
-   transpose block by block; the scratch is workspace), is written over an input that
-   dies at that node.
-3. Offsets (``memory_plan_offsets``): greedy by size as TFLite Micro does, best fit,
-   greedy by breadth and hill climbing; the smallest arena is kept.
-4. Kernel workspace: per-node bytes (``workspace={node: bytes}``, keyed by the node's
-   first output name) planned into the same arena for the node's step.
-
-Steps 2-4 are not this module's: it states the module as an ``arena.ArenaProblem``
-(``module_problem``) and ``arena.plan_arena`` plans it, the planner an AOT program's
-kernel calls use too (``codegen.aot``). The plan is stored as ``module.memory_plan``,
-prints as ``//`` comment lines (``format_plan``; an IR dump with them still parses) and
-is checked by ``verify_plan``: the problem re-derived from the module, and
-``arena.check_arena``.
-
-``lower_bound`` is the largest total of simultaneously live tensors under the chosen
-order with no sharing at all (each tensor rounded up to the alignment); ``live_peak`` is
-the same with the plan's sharing, a floor for the arena of this order and sharing.
+All activations, graph inputs and outputs included, live in one arena (constants stay in
+flash). The pass chooses the execution order that minimizes peak live memory
+(``memory_plan_order``: exact per segment between chain points when small enough, a
+stated greedy rule beyond) and rearranges the node list to it, constants first. It then
+states the module as an ``arena.ArenaProblem`` (``module_problem``: the sharing facts come
+from the op rules of ``memory_plan_rules``: views, concat and channel-pad slices,
+element-wise and scratch-assisted in-place writes; per-node workspace bytes from
+``workspace={node key: bytes}``), which ``arena.plan_arena`` plans, the planner an AOT
+program's kernel calls use too. The plan is stored as ``module.memory_plan``, prints as
+``//`` comment lines (an IR dump with them still parses) and is checked by ``verify_plan``
+(the problem re-derived from the module, and ``arena.check_arena``).
 ``tflm_style_bytes`` gives what TFLite Micro's planner would need for the imported model.
 """
 from __future__ import annotations

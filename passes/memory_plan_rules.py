@@ -39,6 +39,8 @@ Sharing rules (each names the op semantics that makes it safe):
 """
 from __future__ import annotations
 
+import numpy as np
+
 from effc.ir.core import Graph, Node, Value
 from effc.ir.opdef import REGISTRY, node_attrs
 from effc.ir.shapes import transpose_perm
@@ -232,24 +234,16 @@ def slice_offsets(node: Node) -> dict[int, int] | None:
 
 def _pad_offset(node: Node, out: Value) -> dict[int, int] | None:
     """A constant pad along one axis with only 1s before it: the input is one contiguous range."""
-    pads = node.input(1).const_value if node.input(1) is not None else None
-    axes_v = node.input(3)
+    pads, axes_v = node.input(1).const_value if node.input(1) is not None else None, node.input(3)
     axes = axes_v.const_value if axes_v is not None else None
     if pads is None or (axes_v is not None and axes is None):
         return None
-    rank = out.type.rank
+    rank, pads = out.type.rank, [int(p) for p in pads.reshape(-1)]
     axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
-    pads = [int(p) for p in pads.reshape(-1)]
-    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+    padded = {a: pads[i] for i, a in enumerate(axes) if pads[i] or pads[i + len(axes)]}
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0 or len(padded) > 1:
         return None
-    padded = sorted({a for i, a in enumerate(axes) if pads[i] or pads[i + len(axes)]})
-    if len(padded) > 1 or not padded:
-        return {0: 0} if not padded else None
-    axis = padded[0]
+    axis, before = next(iter(padded.items()), (0, 0))
     if not _contiguous_axis(out, axis):
         return None
-    before = sum(pads[i] for i, a in enumerate(axes) if a == axis)
-    inner = 1
-    for d in out.type.shape[axis + 1:]:
-        inner *= int(d)
-    return {0: before * inner * out.type.dtype.itemsize}
+    return {0: before * int(np.prod([int(d) for d in out.type.shape[axis + 1:]])) * out.type.dtype.itemsize}
