@@ -487,8 +487,6 @@ class AotProgram:
     files: dict[str, bytes]
     arena_bytes: int
     steps: int
-    kernel_object: str = ""
-    """Name of the kernels' object file among ``files`` (LLVM flavour), else empty."""
     kernel_source: str = ""
     """Name of the kernels' C file (C flavour), else empty."""
     effc_sources: list[str] = field(default_factory=list)

@@ -203,6 +203,8 @@ class MemoryReport:
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> "MemoryReport":
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
         steps = [StepUse(s["step"], s["kernel"], s["writes"], s["live_bytes"], []) for s in data.get("steps", [])]
         return MemoryReport(**{**data, "steps": steps})
 
@@ -591,7 +593,12 @@ def load_cortex_m(folder: str | os.PathLike, target: Target | str | None, ir_mod
     exe = folder / EXECUTABLE
     if not exe.is_file():
         raise InputError(f"{folder}: no {EXECUTABLE}; recompile the artifact with `effc compile --target=cortex-m4`")
-    mem = MemoryReport.from_json(json.loads((folder / MEMORY).read_text())) if (folder / MEMORY).is_file() else None
+    path = folder / MEMORY
+    try:  # hashed, so only a hand-made or rewritten report fails
+        mem = MemoryReport.from_json(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, fields, their types
+        raise InputError(f"{path}: not a memory report as effc writes it ({type(e).__name__}: {e}); "
+                         "recompile the artifact with `effc compile`") from None
     src = folder / SOURCES
     sources = {p.name: p.read_bytes() for p in sorted(src.iterdir()) if p.is_file()} if src.is_dir() else {}
     return CortexMBuilt(exe.read_bytes(), Interface.of(ir_module), _target(target), mem, sources)

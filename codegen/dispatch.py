@@ -16,7 +16,6 @@ they are imported when an entry is first used.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -48,7 +47,7 @@ class Backend:
     """How one (family, runtime) builds, loads and tunes, and what its loader reads."""
 
     build: Callable[..., Artifact]
-    """``(module, target, name=, sram=, flash=)``: a fresh build."""
+    """``(module, target, name=, sram=, flash=, io_in_arena= for AOT programs)``: a fresh build."""
     load: Callable[[Path, Target, Module], Artifact]
     """``(folder, target, ir)``: what ``export_files`` wrote to ``folder``."""
     required: tuple[str, ...]
@@ -57,8 +56,8 @@ class Backend:
     optional: tuple[str, ...] = ()
     sources: str | None = None
     tune: Callable[[Module, Target, Path, str], tuple[Artifact, str]] | None = None
-    """``(module, target, database folder, C name)``: a build with the database's schedules and
-    a note for the report; None: no tuning yet."""
+    """``(module, target, database folder, C name, io_in_arena= for AOT programs)``: a build with
+    the database's schedules and a note for the report; None: no tuning yet."""
     aot: bool = False
     """An AOT program: every shape static, kernels of its own (tuned as such), a static arena."""
     budgets: bool = False
@@ -77,28 +76,13 @@ def _m(name: str) -> Any:  # a backend module, imported on first use
     return import_module(f"{__package__}.{name}")
 
 
-def _tuned_aot(module: Module, target: Target, db_dir: Path, name: str) -> tuple[Artifact, str]:
-    built = _m("native").build_native(module, target, name=name, tuning_db=db_dir)
+def _tuned_aot(module: Module, target: Target, db_dir: Path, name: str, **io: bool) -> tuple[Artifact, str]:
+    built = _m("native").build_native(module, target, name=name, tuning_db=db_dir, **io)
     return built, f"{built.program.notes['tuned_kernels']} of the AOT program's kernels use tuned schedules"
 
 
-def _load_cortex_m(folder: Path, target: Target, ir: Module) -> Artifact:
-    """After checking that ``memory.json`` (hashed, so only a hand-made or rewritten one
-    fails) parses as the report ``export_files`` wrote; InputError naming the file if not."""
-    cortex_m, path = _m("cortex_m"), Path(folder) / "memory.json"
-    try:
-        if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise TypeError(f"a JSON {type(data).__name__}, not an object")
-            cortex_m.MemoryReport.from_json(data)
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, fields, their types
-        raise InputError(f"{path}: not a memory report as effc writes it ({type(e).__name__}: {e}); "
-                         "recompile the artifact with `effc compile`") from None
-    return cortex_m.load_cortex_m(folder, target, ir)
-
-
-_NATIVE = dict(build=lambda module, target, name=None, **_: _m("native").build_native(module, target, name=name),
+_NATIVE = dict(build=lambda module, target, name=None, io_in_arena=True, **_:
+               _m("native").build_native(module, target, name=name, io_in_arena=io_in_arena),
                load=lambda *a: _m("native").load_native(*a),
                required=("model.elf",), optional=("libmodel.a",), sources="src", aot=True)
 
@@ -115,8 +99,8 @@ BACKENDS: dict[tuple[str, str], Backend] = {
         load=lambda *a: _m("cuda").load_cuda(*a),
         required=("model.so", "kernels.cu"), optional=("kernels.ptx",)),
     ("cortex-m", "aot"): Backend(
-        build=lambda *a, **kw: _m("cortex_m").build_cortex_m(*a, **kw),  # name, sram, flash
-        load=_load_cortex_m,
+        build=lambda *a, **kw: _m("cortex_m").build_cortex_m(*a, **kw),  # name, sram, flash, io_in_arena
+        load=lambda *a: _m("cortex_m").load_cortex_m(*a),
         required=("model.elf",), optional=("memory.json",), sources="src", aot=True, budgets=True),
 }
 """One entry per (family, runtime) some target allows; tests/codegen/test_backends.py checks both ways."""

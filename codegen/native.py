@@ -35,6 +35,7 @@ from effc.targets import Target, get_target
 from .aot import AotProgram, CToolchain, Interface, ToolchainError, index_failure
 from .aot_c import compile_program, emit
 from .aot_c import HEADER
+from .build import without_avx512
 
 EXECUTABLE = "model.elf"
 LIBRARY = "libmodel.a"
@@ -52,11 +53,9 @@ HOST_MACHINES = {"arm": ("aarch64", "arm64"), "x86": ("x86_64", "AMD64")}
 
 
 def native_toolchain(target: Target) -> CToolchain:
-    default = "aarch64-linux-gnu-gcc" if target.family == "arm" else "gcc"
-    cc = target.toolchain.get("cc", default)
-    return CToolchain(cc=cc, ldflags=("-static", "-O2", "-Wl,--strip-debug"),
-                      packages=tuple(p for p in target.debian_packages if "gcc" in p) or (
-                          "gcc-aarch64-linux-gnu" if target.family == "arm" else "gcc",))
+    """The target's C compiler (its TOML's ``toolchain.cc``, else the host's gcc)."""
+    return CToolchain(cc=target.toolchain.get("cc", "gcc"), ldflags=("-static", "-O2", "-Wl,--strip-debug"),
+                      packages=tuple(p for p in target.debian_packages if "gcc" in p) or ("gcc",))
 
 
 def _runner_prefix(target: Target) -> list[str]:
@@ -64,7 +63,7 @@ def _runner_prefix(target: Target) -> list[str]:
     (aarch64 on another host) under qemu."""
     if platform.machine() in HOST_MACHINES.get(target.family, ()):
         return []
-    if target.family != "arm":
+    if not target.runner.startswith("qemu"):
         raise ToolchainError(f"{target.name} executables run on {HOST_MACHINES.get(target.family, ('?',))[0]} hosts; "
                              f"this one is {platform.machine()}")
     for exe in ("qemu-aarch64-static", "qemu-aarch64"):
@@ -194,14 +193,8 @@ def build_native(module: Module, target: Target | str | None = None, *, name: st
     tgt = _target(target)
     toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
-    tvm_target, database = dict(tgt.tvm), None
-    if tgt.family == "x86":
-        from .build import without_avx512
-
-        tvm_target = without_avx512(tvm_target)  # as the VM build: see build.without_avx512
-    if tuning_db is not None:
-        if tgt.family != "x86":
-            raise InputError(f"--tune/--tuning-db work for x86 targets so far, not '{tgt.name}'")
+    tvm_target, database = without_avx512(tgt.tvm), None  # as the VM build: see build.without_avx512
+    if tuning_db is not None:  # the backend table offers tuning where it works (x86)
         from .tune import open_database, tuning_target
 
         tvm_target = tuning_target(tgt.tvm)

@@ -204,7 +204,7 @@ class _TuningLedger:
 
 
 def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db: str | os.PathLike | None,
-                 seconds: dict[str, float], name: str) -> tuple[Artifact, str]:
+                 seconds: dict[str, float], name: str, io: dict[str, bool]) -> tuple[Artifact, str]:
     """Tune (when ``trials`` > 0) and build with the database's schedules (backends with a ``tune`` entry)."""
     from effc.codegen.dispatch import TUNABLE
     from effc.codegen.tune import tune as run_tuning
@@ -227,7 +227,7 @@ def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db:
         spent.add(key, remaining)
         note = str(report)
     t = time.perf_counter()
-    built, built_note = backend.tune(module, tgt, db_dir, name)
+    built, built_note = backend.tune(module, tgt, db_dir, name, **io)
     seconds["build"] = time.perf_counter() - t
     return built, f"{note}; {built_note}" if built_note else note
 
@@ -244,7 +244,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             options: OptimizeOptions | None = None, sram: int | None = None,
             flash: int | None = None, tune: int = 0, tuning_db: str | os.PathLike | None = None,
-            runtime: str | None = None) -> CompiledModel:
+            runtime: str | None = None, io_buffers: str = "arena") -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
     ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering.
@@ -256,7 +256,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     ``runtime``: ``vm`` (TVM's Relax VM in a shared library; x86 and cuda) or ``aot``
     (effc's C driver over a static arena, no runtime, no heap: ``libmodel.a`` + ``model.h``;
     the only runtime of arm and Cortex-M targets, on request for x86). Default: the
-    target's first."""
+    target's first.
+    ``io_buffers`` (AOT builds): ``arena`` puts the inputs and outputs in the arena, as
+    TFLite Micro does (the C API hands out pointers into it and reuses an input's bytes once
+    it is consumed); ``caller`` keeps them in the caller's own buffers, outside it."""
     from effc.codegen.dispatch import backend_for, runtime_for
 
     seconds: dict[str, float] = {}
@@ -264,6 +267,12 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     tgt = get_target(target)
     runtime = runtime_for(tgt, runtime)
     backend = backend_for(tgt, runtime)
+    if io_buffers not in ("arena", "caller"):
+        raise InputError(f"--io-buffers is 'arena' or 'caller', not '{io_buffers}'")
+    if io_buffers != "arena" and not backend.aot:
+        raise InputError(f"--io-buffers applies to AOT programs (--runtime=aot), not to target '{tgt.name}' "
+                         f"with runtime {runtime}")
+    io = {"io_in_arena": io_buffers == "arena"} if backend.aot else {}
     module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
     seconds["import"] = time.perf_counter() - t
@@ -282,11 +291,11 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     tuning_note = None
     if tune or tuning_db is not None:
         built, tuning_note = _build_tuned(module, tgt, backend, tune, tuning_db, seconds,
-                                          _c_name(model, module))  # times tune and build
+                                          _c_name(model, module), io)  # times tune and build
     else:
         if (sram is not None or flash is not None) and not backend.budgets:
             raise InputError(f"--sram/--flash apply to microcontroller targets, not '{tgt.name}'")
-        built = backend.build(module, tgt, name=_c_name(model, module), sram=sram, flash=flash)
+        built = backend.build(module, tgt, name=_c_name(model, module), sram=sram, flash=flash, **io)
         seconds["build"] = time.perf_counter() - t
     seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,

@@ -66,9 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default .effc-tuning when --tune is given)")
     p.add_argument("--sram", type=_byte_size, metavar="BYTES", help="SRAM budget for a board target, e.g. 256K")
     p.add_argument("--flash", type=_byte_size, metavar="BYTES", help="flash budget for a board target, e.g. 1M")
-    p.add_argument("--runtime", choices=["vm", "aot"],
+    p.add_argument("--runtime", metavar="RUNTIME",  # the target's TOML says which it allows
                    help="vm: TVM's runtime in a shared library (x86, cuda); aot: runtime-free C, libmodel.a + model.h "
                         "over a static arena (the only choice for arm and cortex-m; x86 on request)")
+    p.add_argument("--io-buffers", choices=["arena", "caller"], default="arena",
+                   help="AOT programs: the inputs and outputs live in the arena, as in TFLite Micro (default), or in "
+                        "the caller's own buffers")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
@@ -224,7 +227,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = effc.compile(model, target=args.target, pipeline=pipeline,
                             input_shapes=parse_input_shapes(args.input_shape), options=opts,
                             sram=args.sram, flash=args.flash, tune=args.tune, tuning_db=args.tuning_db,
-                            runtime=args.runtime)
+                            runtime=args.runtime, io_buffers=args.io_buffers)
     suffix = f"-{args.runtime}" if args.runtime else ""
     out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}{suffix}"
     compiled.export(out)

@@ -67,17 +67,15 @@ class ArenaProblem:
 
     def lifetimes(self) -> tuple[list[int], list[int]]:
         """(first, last) step of every tensor."""
-        end = max(0, len(self.steps) - 1)
-        first: list[int | None] = [0 if t in self.live_in else None for t in range(len(self.sizes))]
-        last = [0] * len(self.sizes)
+        n, end = len(self.sizes), max(0, len(self.steps) - 1)
+        first, last, made = [0] * n, [0] * n, set(self.live_in)
         for k, s in enumerate(self.steps):
-            for t in s.writes:
-                first[t] = k if first[t] is None else first[t]
-        for k, s in enumerate(self.steps):
+            for t in set(s.writes) - made:
+                first[t] = k
+            made.update(s.writes)
             for t in s.reads:
-                last[t] = max(last[t], k)
-        begin = [k if k is not None else 0 for k in first]
-        return begin, [end if t in self.live_out else max(last[t], begin[t]) for t in range(len(self.sizes))]
+                last[t] = k
+        return first, [end if t in self.live_out else max(last[t], first[t]) for t in range(n)]
 
 
 @dataclass(frozen=True)

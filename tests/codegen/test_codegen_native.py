@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from effc.ir.refine import bind_input_shapes
 from effc.codegen.aot import (ALIGN, AotError, CToolchain, Interface, ToolchainError, lower_for_aot, plan_program,
                               read_schedule)
-from effc.codegen.aot_c import compile_program, emit_program
+from effc.codegen.aot_c import compile_program, emit
 from effc.codegen.aot_kernels import build_kernels
 from effc.codegen.native import NativeBuilt, build_native, load_native
 from effc.ir.builder import Builder
@@ -247,7 +247,7 @@ def test_symbolic_batch_needs_static_shapes():
     module = load_model(BY_NAME["digits_cnn"].path())
     optimize(module, "O2")
     with pytest.raises(AotError, match=r"--input-shape x=1,1,8,8"):
-        emit_program(module, get_target("arm").tvm, CToolchain(cc="cc"))
+        emit(module, get_target("arm").tvm, CToolchain(cc="cc"))
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
@@ -302,9 +302,63 @@ def test_c_kernels_run_on_this_host(tmp_path):
     """The C flavour (the Cortex-M path) built by the host compiler, without qemu."""
     module, feeds = _optimized(BY_NAME["digits_cnn"])
     toolchain = CToolchain(cc="cc")
-    program = emit_program(module, {"kind": "c"}, toolchain)
+    program = emit(module, {"kind": "c"}, toolchain)[0]
     exe = compile_program(program, toolchain, tmp_path, "model")
     (tmp_path / "in0.bin").write_bytes(feeds["x"].tobytes())
     subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=120)
     got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(1, 10)
     assert_close(got, ort_run(BY_NAME["digits_cnn"].path(), feeds)["logits"], "digits, C kernels on the host")
+
+
+_API_MAIN = r"""
+#include <stdio.h>
+#include <string.h>
+#include "effc_runtime.h"
+#include "model.h"
+
+EFFC_ALIGNED(64) static uint8_t arena[EFFC_MODEL_ARENA_BYTES];
+static float x[EFFC_MODEL_INPUT0_BYTES / 4], y[EFFC_MODEL_OUTPUT0_BYTES / 4];
+
+int main(void) {
+  FILE* f = fopen("in0.bin", "rb");
+  if (f == NULL || fread(x, 1, sizeof x, f) != sizeof x) return 2;
+  fclose(f);
+  if (effc_model_input(arena, 0) != arena + EFFC_MODEL_INPUT0_OFFSET || effc_model_input(arena, 1) != NULL ||
+      effc_model_output(arena, 0) != arena + EFFC_MODEL_OUTPUT0_OFFSET || effc_model_output(arena, -1) != NULL)
+    return 3;
+  memcpy(effc_model_input(arena, 0), x, sizeof x);  /* the input in the arena, as TFLite Micro does */
+  if (effc_model_invoke(arena) != 0) return 1;
+  memcpy(y, effc_model_output(arena, 0), sizeof y);
+  if (effc_model_run(x, y, arena) != 0) return 1;   /* the same over the caller's buffers */
+  if (memcmp(y, effc_model_output(arena, 0), sizeof y) != 0) return 4;
+  f = fopen("out0.bin", "wb");
+  fwrite(y, 1, sizeof y, f);
+  return fclose(f) != 0;
+}
+"""
+
+
+def test_inputs_and_outputs_in_the_arena_through_the_c_api(tmp_path):
+    """The default C API: the input written at ``effc_model_input(arena, 0)``,
+    ``effc_model_invoke``, the output read at ``effc_model_output(arena, 0)``; ``run`` over
+    the caller's buffers gives the same. With ``io_in_arena=False`` the caller's buffers are
+    the only ones and the arena holds intermediate tensors only: smaller, but not by as much
+    as the input and output take outside it."""
+    module, feeds = _optimized(BY_NAME["mnist_conv"])
+    toolchain = CToolchain(cc="cc")
+    program = emit(module, {"kind": "c"}, toolchain, "model")[0]
+    header = program.files["model.h"].decode()
+    assert "int effc_model_invoke(void* arena);" in header and "#define EFFC_MODEL_INPUT0_OFFSET" in header
+    compile_program(program, toolchain, tmp_path, "model")
+    (tmp_path / "api.c").write_text(_API_MAIN)
+    subprocess.run(["cc", "-std=c11", "-O2", "-Wall", "-Werror", "-o", "api", "api.c", "model.o", "model_weights.o",
+                    "effc_runtime.o", "model_kernels.c.o", "-lm"], cwd=tmp_path, check=True, capture_output=True)
+    x = next(iter(feeds.values()))
+    (tmp_path / "in0.bin").write_bytes(x.tobytes())
+    subprocess.run(["./api"], cwd=tmp_path, check=True, timeout=120)
+    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(1, 10)
+    assert_close(got, ort_run(BY_NAME["mnist_conv"].path(), feeds)["Plus214_Output_0"], "mnist through the C API")
+    caller, _, plan = emit(module, {"kind": "c"}, toolchain, "model", io_in_arena=False)
+    assert "effc_model_invoke" not in caller.files["model.h"].decode()
+    assert program.arena_bytes == 28_224 < caller.arena_bytes + x.nbytes + 40 == 25_920 + 3_136 + 40
+    assert not any(e.name.startswith(("input", "output")) for e in plan.entries)

@@ -152,3 +152,24 @@ def test_tuning_database_is_reused_by_a_second_compile(tmp_path, digits_x):
     assert_close(aot.run({"x": digits_x[:1]})["logits"], want, "tuned AOT digits")
     again = effc.compile(DIGITS, target="x86", runtime="aot", tune=6, tuning_db=db)
     assert "no new trials" in again.report().tuning and again._built.program.notes["tuned_kernels"] == tuned
+
+
+def test_io_buffers_caller_or_arena(tmp_path, digits_x):
+    """``--io-buffers``: the AOT program's inputs and outputs in the arena (default) or in the
+    caller's buffers; both run right and reload; the option is refused where there is no
+    AOT program, and an unknown value is named."""
+    want = ort_run(DIGITS, {"x": digits_x[:1]})["logits"]
+    sizes = {}
+    for io in ("arena", "caller"):
+        out = tmp_path / io
+        assert main(["compile", str(DIGITS), "--target=x86", "--runtime=aot", f"--io-buffers={io}",
+                     "--input-shape", "x=1,1,8,8", "-o", str(out)]) == 0
+        header = (out / "src" / "model.h").read_text()
+        assert ("effc_digits_cnn_invoke" in header) == (io == "arena")
+        assert_close(effc.load(out).run({"x": digits_x[:1]})["logits"], want, f"digits, I/O in the {io}")
+        sizes[io] = json.loads((out / "report.json").read_text())["arena_bytes"]
+    assert sizes == {"arena": 12_288, "caller": 12_288}  # the 256-byte input fits beside the peak either way
+    with pytest.raises(InputError, match="--io-buffers applies to AOT programs"):
+        effc.compile(DIGITS, target="x86", io_buffers="caller")
+    with pytest.raises(InputError, match="'arena' or 'caller', not 'heap'"):
+        effc.compile(DIGITS, target="x86", runtime="aot", io_buffers="heap")
