@@ -21,7 +21,9 @@ matmul's accumulators) that an epilogue (bias, activation) then reads. ``fold_sc
 removes both before lowering: padding and other elementwise stages are inlined into their
 readers (the kernel tests the bounds instead of reading a padded copy), and each epilogue
 moves inside the reduction's loop nest, right after the reduction of one output element,
-so its accumulator shrinks to one element on the stack. What remains is read from the
+so its accumulator shrinks to one element on the stack; a conv whose group ends in a pool
+(``passes/fuse.py``) moves under the pool's loops and computes one window at a time
+(``_compute_in_windows``). What remains is read from the
 lowered TIR, so the driver can place each kernel's workspace in the arena for its step.
 
 NaN and infinities: every kernel goes through ``ieee_minmax`` (float max/min propagate
@@ -119,11 +121,31 @@ def fold_scratch(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if spatial == 0 or len(loops) != len(kinds):
             continue
         for consumer in sch.get_consumers(block):
+            if _compute_in_windows(sch, block, consumer):
+                break
             try:
                 sch.reverse_compute_at(consumer, loops[spatial - 1])
             except s_tir.ScheduleError:
                 pass
     return sch.mod["main"]
+
+
+def _compute_in_windows(sch: Any, block: Any, consumer: Any) -> bool:
+    """A reduction that reads a window of ``block``'s output per output element (a pool after
+    its conv): ``block`` moves under the consumer's spatial loops, computing each window as
+    it is pooled, so its buffer shrinks to one window. False (nothing changed) for a spatial
+    consumer or where TIR refuses. Never the other way round: TVM 0.27's reverse_compute_at
+    of a strided pool under its conv's loops drops window elements (a wrong predicate)."""
+    kinds = [int(iv.iter_type) for iv in sch.get(consumer).iter_vars]
+    spatial = next((i for i, k in enumerate(kinds) if k != _DATA_PAR), len(kinds))
+    loops = sch.get_loops(consumer)
+    if not 0 < spatial < len(kinds) == len(loops):
+        return False
+    try:
+        sch.compute_at(block, loops[spatial - 1])
+    except s_tir.ScheduleError:
+        return False
+    return True
 
 
 _DATA_PAR = 0

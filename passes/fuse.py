@@ -9,10 +9,12 @@ Recognition rules (run first):
 - HardSwish: ``x * hard_sigmoid(x, 1/6, 0.5)`` and ``x * clip(x + 3, 0, 6) / 6`` → ``hard_swish(x)``
 - SiLU/Swish: ``x * sigmoid(x)`` → a ``fused{kind="silu"}`` node
 
-Grouping rule (to a fixpoint): an elementwise op whose input comes from a conv,
+Grouping rules (to a fixpoint): an elementwise op whose input comes from a conv,
 conv_transpose, gemm, mat_mul, elementwise op or fused node, used only there, joins that
 producer's group: Conv/Gemm/MatMul + bias + activation, residual Add + activation into the
 producing conv, and chains of elementwise ops each become one node of at most ``max-ops`` ops.
+A max or average pool whose windows tile its input joins the conv group that feeds it
+(``_pool_input``), so that conv's output is computed window by window, never whole.
 """
 from __future__ import annotations
 
@@ -176,6 +178,29 @@ def _fusable_input(root: Node, max_ops: int) -> Value | None:
     return None
 
 
+POOLS = {"max_pool", "average_pool"}
+
+
+def _pool_input(root: Node, max_ops: int) -> Value | None:
+    """The input of a pooling layer whose windows tile its input (no overlap, no padding):
+    it joins the conv group before it, whose kernel then computes each window's conv
+    outputs as it pools them (TinyEngine's fused pooling): the conv's output never exists
+    whole. None when it cannot."""
+    a, v = node_attrs(root), root.input(0)
+    if root.op not in POOLS or len(root.outputs) != 1 or v is None or v.producer is None:
+        return None
+    if v.num_uses != 1 or v.is_graph_output or a["auto_pad"] != "NOTSET" or a["ceil_mode"] or any(a["pads"]):
+        return None
+    k = list(a["kernel_shape"])
+    if list(a["strides"] or [1] * len(k)) != k or any(d != 1 for d in a["dilations"]):
+        return None
+    p = v.producer
+    ops = [n.op for n in p.body.nodes] if p.body is not None else [p.op]
+    if len(p.outputs) != 1 or "conv" not in ops or POOLS & set(ops) or _body_size(p) + 1 > max_ops:
+        return None
+    return v
+
+
 def _clone_into(body: Graph, n: Node, ins: list[Value | None]) -> Node:
     return body.append(Node(n.op, ins, [o.type for o in n.outputs], n.attrs, output_names=[o.name for o in n.outputs],
                             loc=n.loc))
@@ -224,7 +249,13 @@ def _grouping_rules(max_ops: int) -> list[Rule]:
         assert v is not None and v.producer is not None
         return b.insert(_group(v.producer, root)).output
 
-    return [Rule("group-elementwise", Op(_elementwise_ops(), exact_arity=False), rewrite, check=check)]
+    def rewrite_pool(m: Match, b: Builder) -> Value:
+        v = _pool_input(m.root, max_ops)
+        return b.insert(_group(v.producer, m.root)).output
+
+    return [Rule("group-elementwise", Op(_elementwise_ops(), exact_arity=False), rewrite, check=check),
+            Rule("group-pool", Op(tuple(sorted(POOLS)), exact_arity=False), rewrite_pool,
+                 check=lambda m: _pool_input(m.root, max_ops) is not None)]
 
 
 @register_pass
