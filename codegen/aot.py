@@ -171,9 +171,9 @@ class Schedule:
     TFLite Micro; False: the caller's own buffers, outside it."""
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
-    inplace: dict[int, int] = field(default_factory=dict)
-    """Arena tensor -> the arena tensor whose bytes it takes over at the step that writes it
-    (split steps, and kernels that read that input element by element)."""
+    inplace: dict[int, list[int]] = field(default_factory=dict)
+    """Arena tensor -> the arena tensors it may take over at the step that writes it, if
+    one dies there (split steps, and kernels that read that input element by element)."""
     slices: dict[tuple[str, int], tuple[tuple[str, int], int]] = field(default_factory=dict)
     """Concat input storage -> (the concat's output storage, byte offset in it)."""
     checks: list[tuple[TensorArg, str]] = field(default_factory=list)
@@ -399,8 +399,8 @@ def arena_problem(schedule: Schedule, kernels: Kernels) -> ArenaProblem:
 
     for t, step in enumerate(schedule.steps):
         out = step.args[-1].storage_key
-        cand = ((index[("arena", schedule.inplace[out[1]])], index[out], 0),) \
-            if out[0] == "arena" and out[1] in schedule.inplace else ()
+        cand = tuple((index[("arena", x)], index[out], 0) for x in schedule.inplace.get(out[1], ())) \
+            if out[0] == "arena" else ()
         ws = 0 if step.elided else align_up(kernels.workspace_bytes(schedule.kernel_at(t)), ALIGN)
         if t in schedule.splits:
             ws += schedule.splits[t].scratch_layout(ALIGN)[1]

@@ -276,35 +276,28 @@ def slices_in_place(schedule: Schedule, module: Module) -> int:
 
 
 def pointwise_inplace(schedule: Schedule, module: Module) -> int:
-    """Outputs written over an input (``schedule.inplace``: output arena tensor -> input
-    arena tensor) where the step's effc node reads that input element by element only
-    (``pointwise_inputs``: elementwise ops, a conv's residual add), the input dies at the
-    step, has the output's shape and dtype, and every arena tensor the kernel reads is an
-    input of that node (one node, one kernel). Returns how many."""
+    """In-place candidates (``schedule.inplace``: output arena tensor -> the arena tensors it
+    may be written over; the planner takes the first that dies at the step): the inputs the
+    step's effc node reads element by element only (``pointwise_inputs``: elementwise ops, a
+    conv's residual add) with the output's shape, dtype and size, where every arena tensor
+    the kernel reads is an input of that node (one node, one kernel). Returns how many outputs."""
     info = _Steps(schedule, module)
-    sources, outputs = set(schedule.inplace.values()), set(schedule.inplace)  # each overwritten once
     found = 0
     for t in schedule.calls:
-        step = schedule.steps[t]
+        step, node = schedule.steps[t], info.node(schedule.steps[t])
         out = step.args[-1]
-        node = info.node(step)
-        if node is None or out.storage_key[0] != "arena" or t in schedule.splits or out.storage_key[1] in outputs:
+        if node is None or out.storage_key[0] != "arena" or t in schedule.splits:
             continue
         inputs = {info.storage(v) for v in node.inputs if v is not None}
         if any(a.storage_key[0] == "arena" and a.storage_key not in inputs for a in step.args[:-1]):
             continue
-        for i in pointwise_inputs(node):
-            key = info.storage(node.input(i))
-            arg = next((a for a in step.args[:-1] if a.storage_key == key), None)
-            if arg is None or key[1] in sources or key in schedule.slices or not info.dies_at(key, t, step) or \
-                    (arg.shape, arg.dtype) != (out.shape, out.dtype) or \
-                    schedule.storages[key].nbytes != schedule.storages[out.storage_key].nbytes:
-                continue
-            schedule.inplace[out.storage_key[1]] = key[1]
-            sources.add(key[1])
-            outputs.add(out.storage_key[1])
+        keys = [info.storage(node.input(i)) for i in pointwise_inputs(node)]
+        same = [k[1] for k in keys if any(a.storage_key == k and (a.shape, a.dtype) == (out.shape, out.dtype)
+                                          for a in step.args[:-1]) and k[0] == "arena"
+                and schedule.storages[k].nbytes == schedule.storages[out.storage_key].nbytes]
+        if same:
+            schedule.inplace[out.storage_key[1]] = same
             found += 1
-            break
     return found
 
 
@@ -339,7 +332,7 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
         schedule.prim_funcs.setdefault(name, one_schedule.prim_funcs[one_step.kernel])
         staged = [k for k, stride in enumerate(strides[:-1]) if stride % ALIGN]
         schedule.splits[t] = ChannelSplit(name, channels, strides, x.name, staged)
-        schedule.inplace[step.args[-1].storage_key[1]] = key[1]
+        schedule.inplace[step.args[-1].storage_key[1]] = [key[1]]
         found += 1
     return found
 

@@ -253,35 +253,40 @@ def _label(schedule: Schedule, name: str) -> str:
     return format_name("%", label) if label else name
 
 
-def _tool(target: Target, key: str, default: str) -> str:
-    exe = target.toolchain.get(key, default)
-    if shutil.which(exe) is None:
-        raise ToolchainError(f"{exe} is not on PATH; install it (Debian/Ubuntu: apt-get install {' '.join(PACKAGES)})")
-    return exe
+def read_elf(elf: bytes) -> tuple[dict[str, int], dict[str, tuple[int, int, str]]]:
+    """Section sizes (``size -A``) and symbols (``nm -S``: name -> (address, bytes, section))
+    of a 32-bit little-endian ELF, read here (a board ELF rebuilt with ``make -C src`` reads
+    the same). ValueError when the file is not such an ELF."""
+    try:
+        if elf[:6] != b"\x7fELF\x01\x01":
+            raise ValueError("not a 32-bit little-endian ELF")
+        shoff = struct.unpack_from("<I", elf, 0x20)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x2E)
+        heads = [struct.unpack_from("<10I", elf, shoff + k * shentsize) for k in range(shnum)]
+
+        def string(table: int, offset: int) -> str:
+            start = heads[table][4] + offset
+            return elf[start:elf.index(b"\0", start)].decode("ascii", "replace")
+
+        names = [string(shstrndx, h[0]) for h in heads]
+        symbols = {}
+        for _, _, _, _, offset, size, link, *_ in (h for h in heads if h[1] == 2):  # SHT_SYMTAB
+            for pos in range(offset, offset + size, 16):
+                st_name, value, nbytes, _, _, shndx = struct.unpack_from("<IIIBBH", elf, pos)
+                symbols[string(link, st_name)] = (value, nbytes, names[shndx] if shndx < shnum else "")
+        return {n: h[5] for n, h in zip(names, heads) if n}, symbols
+    except (IndexError, struct.error) as e:
+        raise ValueError(str(e)) from None
 
 
-def measure_elf(elf: Path, target: Target, program_name: str) -> dict[str, int]:
-    """Section sizes (``arm-none-eabi-size -A``) and the arena and weight symbols (``nm -S``)."""
-    size = subprocess.run([_tool(target, "size", "arm-none-eabi-size"), "-A", "-d", str(elf)],
-                          capture_output=True, text=True, check=True).stdout
-    sections: dict[str, int] = {}
-    for line in size.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
-            sections[parts[0]] = int(parts[1])
-    nm = subprocess.run([_tool(target, "nm", "arm-none-eabi-nm"), "-S", str(elf)],
-                        capture_output=True, text=True, check=True).stdout
-    symbols: dict[str, int] = {}
-    for line in nm.splitlines():
-        parts = line.split()
-        if len(parts) == 4:
-            symbols[parts[3]] = int(parts[1], 16)
+def measure_elf(elf: bytes, program_name: str) -> dict[str, int]:
+    """Flash and SRAM parts of a linked ELF by section, and the arena and weight symbols."""
+    sections, symbols = read_elf(elf)
     flash_other = sum(sections.get(s, 0) for s in (".ARM.extab", ".ARM.exidx", ".init_array", ".fini_array"))
     return {"text": sections.get(".text", 0) + flash_other, "rodata": sections.get(".rodata", 0),
-            "data": sections.get(".data", 0), "bss": sections.get(".bss", 0) + sections.get(".effc_inputs", 0),
-            "heap": sections.get(".heap", 0),
-            "stack": sections.get(".stack", 0), "arena": symbols.get("arena", 0),
-            "weights": symbols.get(f"effc_{program_name}_weights", 0)}
+            "data": sections.get(".data", 0), "bss": sections.get(".bss", 0) + sections.get(INPUT_SECTION, 0),
+            "heap": sections.get(".heap", 0), "stack": sections.get(".stack", 0),
+            "arena": symbols.get("arena", (0, 0))[1], "weights": symbols.get(f"effc_{program_name}_weights", (0, 0))[1]}
 
 
 def memory_report(sizes: Mapping[str, int], target: Target, schedule: Schedule, plan: MemoryPlan,
@@ -443,30 +448,11 @@ def _load_input(folder: Path, index: int, data: bytes, buffers: Mapping[str, tup
 
 
 def input_buffers(elf: bytes) -> dict[str, tuple[int, int]]:
-    """``name -> (address, bytes)`` of the symbols in ``.effc_inputs`` of a 32-bit
-    little-endian ELF, read from its symbol table (so an ELF rebuilt with ``make -C src``
-    runs too). RunError when the file is not such an ELF."""
+    """``name -> (address, bytes)`` of the symbols in ``.effc_inputs`` (``read_elf``).
+    RunError when the file is not a 32-bit little-endian ELF."""
     try:
-        if elf[:6] != b"\x7fELF\x01\x01":
-            raise ValueError("not a 32-bit little-endian ELF")
-        shoff = struct.unpack_from("<I", elf, 0x20)[0]
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x2E)
-        sections = [struct.unpack_from("<10I", elf, shoff + k * shentsize) for k in range(shnum)]
-
-        def string(table: int, offset: int) -> str:
-            start = sections[table][4] + offset
-            return elf[start:elf.index(b"\0", start)].decode("ascii", "replace")
-
-        wanted = {k for k in range(shnum) if string(shstrndx, sections[k][0]) == INPUT_SECTION}
-        out = {}
-        for sym in (k for k in range(shnum) if sections[k][1] == 2):  # SHT_SYMTAB
-            _, _, _, _, offset, size, link, *_ = sections[sym]
-            for pos in range(offset, offset + size, 16):
-                st_name, value, nbytes, _, _, shndx = struct.unpack_from("<IIIBBH", elf, pos)
-                if shndx in wanted:
-                    out[string(link, st_name)] = (value, nbytes)
-        return out
-    except (ValueError, IndexError, struct.error) as e:
+        return {n: (a, size) for n, (a, size, sec) in read_elf(elf)[1].items() if sec == INPUT_SECTION}
+    except ValueError as e:
         raise RunError(f"{EXECUTABLE} is not a Cortex-M ELF effc can run ({e}); recompile the model") from None
 
 
@@ -556,8 +542,8 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     with tempfile.TemporaryDirectory(prefix="effc-cortex-m-build-") as tmp:
         exe = compile_program(program, toolchain, tmp, output=EXECUTABLE,
                               extra_files={STARTUP: board[STARTUP]})
-        sizes = measure_elf(exe, tgt, cname)
         data = exe.read_bytes()
+        sizes = measure_elf(data, cname)
     seconds["gcc"] = time.perf_counter() - t
     sram_budget = sram if sram is not None else tgt.sram_bytes
     flash_budget = flash if flash is not None else tgt.flash_bytes
@@ -605,4 +591,4 @@ def load_cortex_m(folder: str | os.PathLike, target: Target | str | None, ir_mod
 
 
 __all__ = ["BudgetError", "CortexMBuilt", "MemoryReport", "StepUse", "arena_use", "build_cortex_m",
-           "check_budgets", "cortex_m_toolchain", "load_cortex_m", "measure_elf"]
+           "check_budgets", "cortex_m_toolchain", "load_cortex_m", "measure_elf", "read_elf"]

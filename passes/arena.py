@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from effc.ir.errors import EffcError
 from effc.ir.printer import format_name
 
-from .memory_plan_offsets import Block, align_up, assign_offsets
+from .memory_plan_offsets import Block, align_up, assign_offsets, covered
 
 
 class PlanError(EffcError):
@@ -235,14 +235,8 @@ def _step_bytes(blocks: list[Block], n_steps: int) -> list[int]:
     """Bytes in use at each step: per block, the union of its live rectangles."""
     steps = [0] * n_steps
     for b in blocks:
-        lo, hi = b.span
-        for t in range(lo, min(hi, n_steps - 1) + 1):
-            spans = sorted((r[2], r[3]) for r in b.rects if r[0] <= t <= r[1])
-            end = -1
-            for a, z in spans:
-                if z > end:
-                    steps[t] += z - max(a, end)
-                    end = z
+        for t in range(b.span[0], min(b.span[1], n_steps - 1) + 1):
+            steps[t] += covered([(r[2], r[3]) for r in b.rects if r[0] <= t <= r[1]])
     return steps
 
 

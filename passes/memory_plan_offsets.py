@@ -49,6 +49,15 @@ def align_up(x: int, align: int) -> int:
     return (x + align - 1) // align * align
 
 
+def covered(spans: list[tuple[int, int]]) -> int:
+    """Bytes in the union of ``[lo, hi)`` spans."""
+    total, end = 0, -1
+    for lo, hi in sorted(spans):
+        if hi > end:
+            total, end = total + hi - max(lo, end), hi
+    return total
+
+
 def _conflicts(blocks: list[Block]) -> list[list[tuple[int, int, int]]]:
     """For each block g: (h, dlo, dhi) meaning base_g in (base_h + dlo, base_h + dhi) collides."""
     events = sorted(range(len(blocks)), key=lambda b: blocks[b].span)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .arena import ArenaProblem, Groups
+from .memory_plan_offsets import covered
 
 
 class OrderProblem:
@@ -63,13 +64,7 @@ class _Cost:
 
     def _group_bytes(self, g: int, done: int, extra: int = -1) -> int:
         p = self.p
-        spans = sorted((p.offset[t], p.offset[t] + p.size[t]) for t in p.members[g] if t == extra or self._live(t, done))
-        total, end = 0, -1
-        for lo, hi in spans:
-            if hi > end:
-                total += hi - max(lo, end)
-                end = hi
-        return total
+        return covered([(p.offset[t], p.offset[t] + p.size[t]) for t in p.members[g] if t == extra or self._live(t, done)])
 
     def live(self, done: int, groups: list[int]) -> int:
         return sum(self._group_bytes(g, done) for g in groups)
