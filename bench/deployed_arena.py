@@ -73,7 +73,8 @@ def table(rows: list[dict]) -> str:
              "(`EFFC_<NAME>_ARENA_BYTES`; it holds the inputs and outputs, as the plan does, and kernel scratch; "
              "the program has no other buffers): read from the linked ELF for the Cortex-M4 builds, from the x86 `--runtime=aot` program "
              "for the light models. In place: depthwise convolutions and pools the driver runs channel by channel "
-             "over their dying input (TinyEngine's rule). `python bench/deployed_arena.py` regenerates this section.",
+             "over their dying input (TinyEngine's rule); pools whose windows tile their input are computed inside "
+             "the conv kernel before them (fused pooling), so that conv's output never exists whole. `python bench/deployed_arena.py` regenerates this section.",
              "",
              "| model | built as | TFLM-style | effc plan | deployed | deployed/plan | deployed/TFLM | in place | "
              "kernel calls | flash | SRAM total |",

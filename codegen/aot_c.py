@@ -34,7 +34,7 @@ from effc.passes.arena import MemoryPlan
 
 from .aot import (ALIGN, AotProgram, CToolchain, Interface, Schedule, Step, TensorArg, ToolchainError, c_identifier,
                   plan_program, storage_name)
-from .aot_inplace import program_schedule
+from .aot_inplace import BlockPermute, LrnRing, program_schedule
 from .aot_kernels import Kernels, build_kernels, kernel_flavor
 from .relax_emit import c_reserved, relax_dtype
 
@@ -290,6 +290,9 @@ class _Driver:
         if step.elided:
             return [f"  /* {t + 1}: {step.kernel} -> %{_comment(step.writes)}: no call, its producers wrote every "
                     "input into its place */"]
+        if t in self.schedule.own:
+            own = self.schedule.own[t]
+            return self.permute(t, step, own) if isinstance(own, BlockPermute) else self.lrn(t, step, own)
         split = self.schedule.splits.get(t)
         kernel = self.schedule.kernel_at(t)
         sym = self.kernels.symbols[kernel]
@@ -327,6 +330,66 @@ class _Driver:
         lines += ["    }", "  }"]
         return lines
 
+    def permute(self, t: int, step: Step, p: BlockPermute) -> list[str]:
+        """A transpose in place: each cycle of blocks moved through a one-block scratch, a bit
+        per block marking those moved (``aot_inplace.BlockPermute``)."""
+        ptr, what = self.where(step.args[0])
+        ws, _, _ = self.workspace(t)
+        bits, n, r = ws + (p.block + ALIGN - 1) // ALIGN * ALIGN, p.blocks, len(p.dims)
+        return [
+            f"  {{ /* {t + 1}: {step.kernel} -> %{_comment(step.writes)}, in place over {_comment(what)}: "
+            f"{n} blocks of {p.block} bytes */",
+            f"    static const int64_t effc_dims[{r}] = {{{', '.join(map(str, p.dims))}}};",
+            f"    static const int64_t effc_from[{r}] = {{{', '.join(map(str, p.strides))}}};",
+            f"    uint8_t* effc_p = (uint8_t*){ptr};",
+            f"    uint8_t* effc_m = effc_a + {bits};",
+            f"    memset(effc_m, 0, {(n + 7) // 8}u);",
+            f"    for (int64_t effc_i = 0; effc_i < {n}; ++effc_i) {{",
+            "      int64_t effc_j = effc_i;",
+            "      if (effc_m[effc_i >> 3] & (1u << (effc_i & 7))) continue;",
+            f"      memcpy(effc_a + {ws}, effc_p + effc_i * {p.block}, {p.block}u);",
+            "      for (;;) {  /* output block j takes input block src */",
+            "        int64_t effc_src = 0, effc_r = effc_j;",
+            f"        for (int effc_k = {r - 1}; effc_k >= 0; --effc_k) {{",
+            "          effc_src += effc_r % effc_dims[effc_k] * effc_from[effc_k];",
+            "          effc_r /= effc_dims[effc_k];",
+            "        }",
+            "        effc_m[effc_j >> 3] |= (uint8_t)(1u << (effc_j & 7));",
+            f"        if (effc_src == effc_i) {{ memcpy(effc_p + effc_j * {p.block}, effc_a + {ws}, {p.block}u); break; }}",
+            f"        memcpy(effc_p + effc_j * {p.block}, effc_p + effc_src * {p.block}, {p.block}u);",
+            "        effc_j = effc_src;",
+            "      }",
+            "    }",
+            "  }"]
+
+    def lrn(self, t: int, step: Step, r: LrnRing) -> list[str]:
+        """An LRN in place, channel by channel, the channels below in a ring (``aot_inplace.LrnRing``):
+        y = x / (bias + alpha / size * sum of x^2 over the window) ^ beta, in float."""
+        (ptr, what), ws, ring = self.where(step.args[0]), self.workspace(t)[0], r.below + 1
+        return [
+            f"  {{ /* {t + 1}: {step.kernel} -> %{_comment(step.writes)}, in place over {_comment(what)}, "
+            f"{r.channels} channels one by one through a ring of {ring} */",
+            f"    float* effc_r = (float*)(effc_a + {ws});",
+            f"    for (int64_t effc_n = 0; effc_n < {r.batch}; ++effc_n) {{",
+            f"      float* effc_x = (float*){ptr} + effc_n * {r.channels * r.spatial};",
+            f"      for (int64_t effc_c = 0; effc_c < {r.channels}; ++effc_c) {{",
+            f"        float* effc_own = effc_r + effc_c % {ring} * {r.spatial};",
+            f"        memcpy(effc_own, effc_x + effc_c * {r.spatial}, {r.spatial * 4}u);",
+            f"        for (int64_t effc_i = 0; effc_i < {r.spatial}; ++effc_i) {{",
+            "          float effc_sum = 0.0f;",
+            f"          for (int64_t effc_k = effc_c - {r.below}; effc_k <= effc_c + {r.above}; ++effc_k) {{",
+            f"            if (effc_k < 0 || effc_k >= {r.channels}) continue;",
+            f"            float effc_v = effc_k <= effc_c ? effc_r[effc_k % {ring} * {r.spatial} + effc_i]"
+            f" : effc_x[effc_k * {r.spatial} + effc_i];",
+            "            effc_sum += effc_v * effc_v;",
+            "          }",
+            f"          effc_x[effc_c * {r.spatial} + effc_i] = effc_own[effc_i] / powf({_float(r.bias)} + "
+            f"{_float(r.alpha)} / {_float(r.size)} * effc_sum, {_float(r.beta)});",
+            "        }",
+            "      }",
+            "    }",
+            "  }"]
+
     def copies(self) -> list[str]:
         lines = []
         for c in self.schedule.copies:
@@ -343,7 +406,7 @@ class _Driver:
         body += self.copies()
         body += self.index_checks()
         decls = [f"int32_t {self.kernels.symbols[k]}(void* self, void* args, int32_t num_args, void* result);"
-                 for k in sorted({self.schedule.kernel_at(t) for t in self.schedule.calls})]
+                 for k in sorted({self.schedule.kernel_at(t) for t in self.schedule.calls} - {""})]
         shapes = [f"static const int64_t {v}[{len(k)}] = {{{', '.join(map(str, k))}}};"
                   for k, v in self.shapes.items()]
         pointers = self._pointer_setup()
@@ -357,7 +420,7 @@ class _Driver:
             f" * {len(self.schedule.calls)} kernel calls over an arena of {self.plan.arena_bytes:,} bytes "
             f"(live peak {self.plan.live_peak:,}; offsets: {self.plan.offset_algorithm}).",
             f" * Kernels in {kernel_file}; weights in {WEIGHTS}. */",
-            "#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
+            "#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
             f'#include "{RUNTIME_H}"', f'#include "{HEADER}"', "",
             *decls, "", *pointers[0],
             f"extern const uint8_t effc_{name}_weights[];", "",
@@ -466,6 +529,11 @@ class _Driver:
         syms = self.kernels.pointer_symbols
         return ([decl[s] for s in syms] + ([""] if syms else []),
                 [f"  {s} = {s[2:]};" for s in syms])
+
+
+def _float(v: float) -> str:
+    """A float constant in C (``repr`` round-trips and always has a ``.`` or an exponent)."""
+    return f"{float(v)!r}f"
 
 
 def _one_channel_weight(arg: TensorArg, stride: int) -> tuple[int, ...]:
@@ -934,6 +1002,7 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: MemoryP
                "input_offsets": [plan.tensor(f"input{i}").offset for i in range(len(iface.inputs))]
                if schedule.io_in_arena else None,
                "in_place": sorted(split.source for split in schedule.splits.values()),
+               "driver_in_place": len(schedule.own),
                "slices_in_place": len(schedule.slices),
                "tuned_kernels": len(kernels.tuned), "kernel_names": sorted(kernels.symbols),
                "output_copies": len(schedule.copies)})

@@ -29,11 +29,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from effc.ir.core import Graph, Module, Node, Value
-from effc.ir.opdef import REGISTRY, infer_types
+from effc.ir.opdef import REGISTRY, infer_types, node_attrs
+from effc.ir.shapes import transpose_perm
 from effc.ir.types import TensorType
-from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, pointwise_inputs, scratch_inplace, slice_offsets
+from effc.passes.memory_plan_rules import CHANNELWISE_POOLS, pointwise_inputs, scratch_inplace, slice_offsets, view_input
 
-from .aot import ALIGN, Interface, Schedule, Step, lower_for_aot, read_schedule
+from .aot import ALIGN, Interface, Schedule, Step, dtype_bytes, lower_for_aot, read_schedule
 
 
 SLICED_INPUTS = {"conv": (1, 2)}
@@ -68,6 +69,54 @@ class ChannelSplit:
             offsets.append(at)
             at += (size + align - 1) // align * align
         return offsets, at
+
+
+@dataclass(frozen=True)
+class BlockPermute:
+    """A transpose the driver runs in place (``memory_plan_rules``' block permutation): the
+    axes after the last moved one form blocks of ``block`` bytes that move whole; output
+    block ``j`` (row-major over ``dims``, the output's leading axes) is input block
+    ``sum(index_k * strides[k])``. The driver follows each cycle through a one-block scratch
+    and a bit per block marking those moved."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    block: int
+
+    @property
+    def blocks(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64))
+
+    def scratch_bytes(self, align: int) -> int:
+        return (self.block + align - 1) // align * align + (self.blocks + 7) // 8
+
+    @staticmethod
+    def of(perm: tuple[int, ...], shape: tuple[int, ...], itemsize: int) -> "BlockPermute":
+        moved = max((i for i, p in enumerate(perm) if p != i), default=-1) + 1
+        in_stride = [int(np.prod(shape[a + 1:moved], dtype=np.int64)) for a in range(moved)]
+        return BlockPermute(tuple(int(shape[p]) for p in perm[:moved]), tuple(in_stride[p] for p in perm[:moved]),
+                            int(np.prod(shape[moved:], dtype=np.int64)) * itemsize)
+
+
+@dataclass(frozen=True)
+class LrnRing:
+    """An ``lrn`` the driver runs in place (``memory_plan_rules``' channel window): before
+    writing output channel ``c`` over input channel ``c`` it copies that channel into a ring
+    of ``below + 1`` channels, from which it reads the channels below ``c``."""
+
+    batch: int
+    channels: int
+    spatial: int
+    """Elements per channel."""
+    below: int
+    above: int
+    alpha: float
+    beta: float
+    bias: float
+    size: int
+
+    def scratch_bytes(self, align: int) -> int:
+        return (self.below + 1) * self.spatial * 4
 
 
 # ----------------------------------------------------------------------------- one-channel module
@@ -232,8 +281,12 @@ class _Steps:
         value = self.values.get(step.writes)
         return value.producer if value is not None else None
 
-    def storage(self, v: Value) -> tuple[str, int] | None:
-        return self.by_label.get(v.name)
+    def storage(self, v: Value | None) -> tuple[str, int] | None:
+        """Where ``v`` lives; a view (reshape ...) lives where its input does."""
+        while v is not None and v.name not in self.by_label and v.producer is not None \
+                and view_input(v.producer) is not None:
+            v = v.producer.input(0)
+        return None if v is None else self.by_label.get(v.name)
 
     def dies_at(self, key: tuple[str, int] | None, t: int, step: Step) -> bool:
         """``key`` is an arena tensor read by step ``t`` once and never after."""
@@ -337,6 +390,33 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
     return found
 
 
+def driver_in_place(schedule: Schedule, module: Module) -> int:
+    """Transposes and float32 LRNs whose input dies at their step run in place, computed by
+    the driver itself (``schedule.own``; no kernel). Returns how many."""
+    info = _Steps(schedule, module)
+    for t in schedule.calls:
+        step, node = schedule.steps[t], info.node(schedule.steps[t])
+        if node is None or node.op not in ("transpose", "lrn") or scratch_inplace(node) is None \
+                or any(a.storage_key[0] != "weight" for a in step.args[1:-1]):  # LRN's kernel takes constants
+            continue
+        x, out, key = step.args[0], step.args[-1], step.args[0].storage_key
+        if out.storage_key[0] != "arena" or not info.dies_at(key, t, step) or key in schedule.slices \
+                or schedule.storages[key].nbytes != schedule.storages[out.storage_key].nbytes:
+            continue
+        a = node_attrs(node)
+        if node.op == "transpose":
+            schedule.own[t] = BlockPermute.of(transpose_perm(a.get("perm"), len(x.shape)), x.shape, dtype_bytes(x.dtype))
+        elif x.dtype == "float32":
+            size = int(a["size"])
+            schedule.own[t] = LrnRing(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)),
+                                      (size - 1) // 2, size // 2, float(a["alpha"]), float(a["beta"]),
+                                      float(a["bias"]), size)
+        else:
+            continue
+        schedule.inplace[out.storage_key[1]] = [key[1]]
+    return len(schedule.own)
+
+
 def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True) -> Schedule:
     """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
     stages before the kernels are compiled)."""
@@ -344,6 +424,7 @@ def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: boo
     schedule.io_in_arena = io_in_arena
     slices_in_place(schedule, module)
     split_channels(schedule, module, target)
+    driver_in_place(schedule, module)
     pointwise_inplace(schedule, module)
     schedule.prune_kernels()
     return schedule

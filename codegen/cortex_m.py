@@ -233,7 +233,7 @@ def arena_use(schedule: Schedule, plan: MemoryPlan) -> list[StepUse]:
         rows = []
         for e in live.values():
             if e.kind == "workspace":
-                rows.append((f"workspace of {schedule.kernel_at(t)}", e.size))
+                rows.append((f"workspace of {schedule.kernel_at(t) or schedule.steps[t].kernel}", e.size))
             elif e.alias == "inplace" and e.of in live:
                 continue
             elif not (e.alias in ("view", "slice") and e.of in live):
@@ -243,7 +243,7 @@ def arena_use(schedule: Schedule, plan: MemoryPlan) -> list[StepUse]:
                 rows.append((text, max([e.size] + [live[o].size for o in over])))
         rows.sort(key=lambda x: -x[1])
         step = schedule.steps[t]
-        out.append(StepUse(t + 1, schedule.kernel_at(t), step.writes, plan.step_bytes[t], rows))
+        out.append(StepUse(t + 1, schedule.kernel_at(t) or step.kernel, step.writes, plan.step_bytes[t], rows))
     return out
 
 
@@ -563,7 +563,7 @@ def _plan_picture(schedule: Schedule, plan: MemoryPlan, name: str, target: Targe
 
     def label(e: PlanEntry) -> str:
         if e.kind == "workspace":
-            return f"workspace of {schedule.kernel_at(e.first)}"
+            return f"workspace of {schedule.kernel_at(e.first) or schedule.steps[e.first].kernel}"
         text = _label(schedule, e.name)
         return f"{text} (in place over {_label(schedule, e.of)})" if e.alias == "inplace" else text
 

@@ -237,7 +237,7 @@ def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.I
 
     schedule = program_schedule(module, tuning_target(target))
     calls: dict[str, int] = {}
-    for t in schedule.calls:
+    for t in (t for t in schedule.calls if schedule.kernel_at(t)):
         split = schedule.splits.get(t)
         name = schedule.kernel_at(t)
         calls[name] = calls.get(name, 0) + (split.channels if split is not None else 1)

@@ -30,7 +30,7 @@ from .memory_plan_rules import (arena_values, compute_nodes, nbytes, node_key, p
                                 slice_offsets, view_input)
 
 __all__ = ["MemoryPlan", "PlanEntry", "PlanError", "PlanMemory", "check_plan", "format_plan", "module_problem",
-           "plan_memory", "tflm_style_bytes", "verify_plan"]
+           "order_nodes", "plan_memory", "tflm_style_bytes", "verify_plan"]
 
 ORDERS = ("auto", "keep", "greedy")
 
@@ -94,6 +94,18 @@ def plan_memory(module: Module, *, align: int = 16, order: str = "auto", inplace
         raise PlanError(f"plan-memory: align must be positive, got {align}")
     problem = module_problem(module, align=align, inplace=inplace, inplace_scratch=inplace_scratch, views=views,
                              concat=concat, workspace=workspace)
+    result, how = order_nodes(module, problem, order, max_states)
+    plan = plan_arena(problem.reordered(result.order), algorithms)
+    plan.order_algorithm, plan.tflm_bytes = how, tflm_bytes
+    module.memory_plan = plan
+    return plan
+
+
+def order_nodes(module: Module, problem: ArenaProblem | None = None, order: str = "auto", max_states: int = 20000,
+                align: int = 16) -> tuple[OrderResult, str]:
+    """Rearrange ``module``'s node list (constants first) to the order of least peak live
+    bytes for ``problem`` (default: the module's, all sharing rules on); ``keep`` keeps it."""
+    problem = problem or module_problem(module, align=align)
     if order == "keep":
         result, how = OrderResult(list(range(len(problem.steps)))), "kept"
     else:
@@ -102,10 +114,7 @@ def plan_memory(module: Module, *, align: int = 16, order: str = "auto", inplace
     nodes = compute_nodes(module.graph)
     kernels = {id(n) for n in nodes}
     module.graph.reorder([n for n in module.graph.nodes if id(n) not in kernels] + [nodes[k] for k in result.order])
-    plan = plan_arena(problem.reordered(result.order), algorithms)
-    plan.order_algorithm, plan.tflm_bytes = how, tflm_bytes
-    module.memory_plan = plan
-    return plan
+    return result, how
 
 
 def check_plan(module: Module, plan: MemoryPlan) -> list[str]:
