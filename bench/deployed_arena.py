@@ -85,9 +85,7 @@ def table(rows: list[dict]) -> str:
                      f"{r['calls']} | {b(r['flash'])} | {b(r['sram'])} |")
     over = [r["model"] for r in rows if r["deployed"] > r["plan"]]
     lines += ["", "Deployed above the plan: " + (", ".join(over) if over else "none") + ". Why, where it is: "
-              "the plan writes LRN (alexnet, inception_v1) and the channel shuffle's transpose (shufflenet) over "
-              "their inputs, which needs kernels of effc's own; the deployed program uses TVM's and gives them "
-              "their own buffers. The light vgg19 and zfnet512 build their fully connected weights at run time "
+              "the light vgg19 and zfnet512 build their fully connected weights at run time "
               "(ConstantOfShape of 100-400 MB, which fold-constants leaves unfolded): the plan counts values "
               "computed from constants alone as flash, the AOT program computes them into its arena.", ""]
     return "\n".join(lines)
