@@ -1,9 +1,11 @@
 """The C text of an AOT program (see ``aot.py``). Files, all generated, all deterministic:
 
-- ``model.h``: the C API, ``int effc_<name>_run(const T* in..., T* out..., void* arena)``,
-  with ``EFFC_<NAME>_ARENA_BYTES`` / ``EFFC_<NAME>_ALIGN`` and per-tensor byte counts;
-- ``model.c``: the driver: one block per kernel call, DLTensor descriptors pointing into
-  the inputs, outputs, arena and weights;
+- ``model.h``: the C API, ``int effc_<name>_invoke(void* arena)`` over the inputs and
+  outputs in the arena (``effc_<name>_input/_output``) and ``effc_<name>_run(const T* in...,
+  T* out..., void* arena)`` over the caller's buffers, with ``EFFC_<NAME>_ARENA_BYTES`` /
+  ``EFFC_<NAME>_ALIGN``, per-tensor byte counts and arena offsets;
+- ``model.c``: the driver: one block per kernel call (DLTensor descriptors pointing into
+  the arena and weights) or per step it computes itself in place (transpose, LRN);
 - ``model_weights.c``: every constant in one ``const`` array of 32-bit words (the bytes in
   little-endian order; each constant starts on a 64-byte boundary);
 - ``effc_runtime.h`` / ``effc_runtime.c``: the workspace allocator over the arena slice

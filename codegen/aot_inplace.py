@@ -1,6 +1,10 @@
-"""TinyEngine's in-place channel-wise layers in AOT programs: a depthwise convolution
-(channel multiplier 1) or a pooling layer whose input dies at its step writes its output
-over that input, one channel at a time, through a scratch of one output channel.
+"""The sharing rules of ``passes/memory_plan_rules.py`` applied to an AOT program's kernel
+calls (``program_schedule``): concat and pad slices (``slices_in_place``), element-wise
+writes over a dying input (``pointwise_inplace``), transposes and LRN the driver computes
+in place itself (``driver_in_place``), and, below, TinyEngine's in-place channel-wise
+layers: a depthwise convolution (channel multiplier 1) or a pooling layer whose input dies
+at its step writes its output over that input, one channel at a time, through a scratch
+of one output channel.
 
 This is the planner's ``channel-wise`` sharing rule (``passes/memory_plan_rules.py``) made
 real with TVM's kernels. TVM compiles a kernel for the whole tensor, so the driver calls a
