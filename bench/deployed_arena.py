@@ -41,7 +41,7 @@ def measure(name: str) -> dict:
     tflm = tflm_style_bytes(import_onnx(path), BIND)
     module = import_onnx(path)
     bind_symbols(module, BIND)
-    optimize(module, "O2", OptimizeOptions(reproducer_dir=None))
+    optimize(module, "O2,fuse{pools=true}", OptimizeOptions(reproducer_dir=None))  # as AOT builds
     plan = plan_memory(module, tflm_bytes=tflm)
     start = time.perf_counter()
     row = {"model": name, "tflm": tflm, "plan": plan.arena_bytes}

@@ -36,6 +36,7 @@ from effc.ir.core import Module
 from effc.ir.errors import EffcError, IndexOutOfRangeError
 from effc.ir.types import TensorType
 from effc.passes.arena import ArenaProblem, ArenaStep, MemoryPlan, plan_arena, verify_arena
+from effc.passes.fuse import fuse_pools
 from effc.passes.memory_plan import order_nodes
 from effc.passes.memory_plan_offsets import align_up
 
@@ -95,9 +96,11 @@ def aot_relax_passes() -> tvm.transform.Pass:
 
 
 def lower_for_aot(module: Module, target: Mapping[str, Any]) -> tvm.IRModule:
-    """``module`` in the explicit-memory form of Relax, its nodes in the order ``plan-memory``
-    chooses (the least peak of live bytes; ``module``'s node list is rearranged to it)."""
+    """``module`` in the explicit-memory form of Relax. ``module`` itself changes first: each
+    pool whose windows tile its input joins the conv before it (``fuse{pools=true}``), and
+    the nodes take the order ``plan-memory`` chooses (the least peak of live bytes)."""
     _check_static(module)
+    fuse_pools(module)
     order_nodes(module, align=ALIGN)
     mod = lower_to_relax(module, labels_in_result=False)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)):

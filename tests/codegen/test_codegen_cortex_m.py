@@ -172,16 +172,19 @@ def test_export_load_run(tmp_path):
                                                            ("mobilenet_tiny", 9, 229_376, 418_560)])
 def test_deployed_arena_is_effc_plan(name, in_place, deployed, tflm):
     """The ELF's arena, which holds the input and output too, is what ``plan-memory`` plans
-    for the same graph: pools that tile their input are computed with the conv before them
-    (whose output never exists whole), other pools and depthwise convolutions run in place
+    for the graph it runs (``fuse{pools=true}``: pools that tile their input are computed
+    with the conv before them, whose output never exists whole), other pools and depthwise convolutions run in place
     channel by channel, kernels need no scratch, and the harness has no input or output
     buffers of its own.
     ``tflm``: TFLite Micro's activation arena for the same model, measured with the
     tflite-micro interpreter by ``bench/tflm_arena.py``; effc never needs more."""
+    from effc.passes.fuse import fuse_pools
     from effc.passes.memory_plan import plan_memory
 
     built = _built(_compiled(name))
-    plan = plan_memory(_module(name))
+    module = _module(name)
+    fuse_pools(module)  # as every AOT build does
+    plan = plan_memory(module)
     assert built.memory.arena == built.program.arena_bytes == plan.arena_bytes == deployed <= tflm
     assert len(built.program.notes["in_place"]) == in_place
 

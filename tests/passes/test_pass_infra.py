@@ -74,7 +74,7 @@ def test_named_pipelines_are_canonical():
 
 @pytest.mark.parametrize("spec, message", [
     ("fold-bnn", "unknown pass 'fold-bnn' (known: cse, dce,"),
-    ("fuse{max-opz=3}", "pass 'fuse' has no option 'max-opz' (options: max-ops, recognize)"),
+    ("fuse{max-opz=3}", "pass 'fuse' has no option 'max-opz' (options: max-ops, recognize, pools)"),
     ("fuse{max-ops=lots}", "pass 'fuse': option 'max-ops' wants an int, got 'lots'"),
     ("fuse{recognize=yes}", "option 'recognize' wants true or false, got 'yes'"),
     ("fixpoint{max-iter=x}(dce)", "option 'max-iter' wants an int, got 'x'"),
