@@ -95,12 +95,14 @@ def aot_relax_passes() -> tvm.transform.Pass:
     ], name="effc_aot_relax")
 
 
-def lower_for_aot(module: Module, target: Mapping[str, Any]) -> tvm.IRModule:
-    """``module`` in the explicit-memory form of Relax. ``module`` itself changes first: each
-    pool whose windows tile its input joins the conv before it (``fuse{pools=true}``), and
-    the nodes take the order ``plan-memory`` chooses (the least peak of live bytes)."""
+def lower_for_aot(module: Module, target: Mapping[str, Any], pools: bool = True) -> tvm.IRModule:
+    """``module`` in the explicit-memory form of Relax. ``module`` itself changes first: with
+    ``pools``, each pool whose windows tile its input joins the conv before it
+    (``fuse{pools=true}``: less memory; tuned builds leave it, MetaSchedule tunes the fused
+    kernel 25-40% slower), and the nodes take the order ``plan-memory`` chooses."""
     _check_static(module)
-    fuse_pools(module)
+    if pools:
+        fuse_pools(module)
     order_nodes(module, align=ALIGN)
     mod = lower_to_relax(module, labels_in_result=False)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)):

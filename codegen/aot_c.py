@@ -1022,7 +1022,7 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
-    schedule = program_schedule(module, target, io_in_arena)
+    schedule = program_schedule(module, target, io_in_arena, pools=database is None)
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database)
     plan = plan_program(schedule, kernels)
     return write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan

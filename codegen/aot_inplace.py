@@ -421,10 +421,11 @@ def driver_in_place(schedule: Schedule, module: Module) -> int:
     return len(schedule.own)
 
 
-def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True) -> Schedule:
+def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True,
+                     pools: bool = True) -> Schedule:
     """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
     stages before the kernels are compiled)."""
-    schedule = read_schedule(lower_for_aot(module, target), Interface.of(module))
+    schedule = read_schedule(lower_for_aot(module, target, pools), Interface.of(module))
     schedule.io_in_arena = io_in_arena
     slices_in_place(schedule, module)
     split_channels(schedule, module, target)

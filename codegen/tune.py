@@ -235,7 +235,7 @@ def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.I
     one-channel kernel once per channel)."""
     from .aot_inplace import program_schedule
 
-    schedule = program_schedule(module, tuning_target(target))
+    schedule = program_schedule(module, tuning_target(target), pools=False)  # as tuned builds lower it
     calls: dict[str, int] = {}
     for t in (t for t in schedule.calls if schedule.kernel_at(t)):
         split = schedule.splits.get(t)
