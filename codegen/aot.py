@@ -98,8 +98,9 @@ def aot_relax_passes() -> tvm.transform.Pass:
 def lower_for_aot(module: Module, target: Mapping[str, Any], pools: bool = True) -> tvm.IRModule:
     """``module`` in the explicit-memory form of Relax. ``module`` itself changes first: with
     ``pools``, each pool whose windows tile its input joins the conv before it
-    (``fuse{pools=true}``: less memory; tuned builds leave it, MetaSchedule tunes the fused
-    kernel 25-40% slower), and the nodes take the order ``plan-memory`` chooses."""
+    (``fuse{pools=true}``: less memory; tuned builds leave it, as MetaSchedule tunes the
+    fused kernel slower: digits_cnn 0.023 against 0.019 ms, mnist_conv 0.049 against 0.029),
+    and the nodes take the order ``plan-memory`` chooses."""
     _check_static(module)
     if pools:
         fuse_pools(module)

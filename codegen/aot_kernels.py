@@ -134,7 +134,7 @@ def _compute_in_windows(sch: Any, block: Any, consumer: Any) -> bool:
     """A reduction that reads a window of ``block``'s output per output element (a pool after
     its conv): ``block`` moves under the consumer's loop over output rows, computing the rows
     of windows each row of the pool needs, so its buffer shrinks to those rows (under the
-    innermost loop, one window: 5% slower on digits_cnn, the same memory). False (nothing
+    innermost loop, one window: 4% slower on digits_cnn, the same memory). False (nothing
     changed) for a spatial consumer or where TIR refuses. Never the other way round: TVM
     0.27's reverse_compute_at of a strided pool under its conv drops window elements."""
     kinds = [int(iv.iter_type) for iv in sch.get(consumer).iter_vars]

@@ -227,7 +227,7 @@ def arena_use(schedule: Schedule, plan: MemoryPlan) -> list[StepUse]:
     """The arena at each kernel call: the plan's bytes in use then (``step_bytes``), and the
     tensors and workspace behind them; an output written in place over its input is listed
     with it, a slice inside its concat or pad output once that one is live."""
-    out = []
+    out, names = [], _labels(schedule)
     for t in schedule.calls:
         live = {e.name: e for e in plan.entries if e.first <= t <= e.last}
         rows = []
@@ -238,7 +238,7 @@ def arena_use(schedule: Schedule, plan: MemoryPlan) -> list[StepUse]:
                 continue
             elif not (e.alias in ("view", "slice") and e.of in live):
                 over = [o.name for o in live.values() if o.alias == "inplace" and o.of == e.name]
-                text = _label(schedule, e.name) + (f" -> {', '.join(_label(schedule, o) for o in over)} in place"
+                text = names.get(e.name, e.name) + (f" -> {', '.join(names.get(o, o) for o in over)} in place"
                                                    if over else "")
                 rows.append((text, max([e.size] + [live[o].size for o in over])))
         rows.sort(key=lambda x: -x[1])
@@ -247,10 +247,9 @@ def arena_use(schedule: Schedule, plan: MemoryPlan) -> list[StepUse]:
     return out
 
 
-def _label(schedule: Schedule, name: str) -> str:
-    key = next((k for k in schedule.storages if storage_name(k) == name), None)
-    label = schedule.labels.get(key) if key is not None else None
-    return format_name("%", label) if label else name
+def _labels(schedule: Schedule) -> dict[str, str]:
+    """Plan entry name (``arena3``) -> the effc value it holds, as IR text (``%conv1``)."""
+    return {storage_name(k): format_name("%", v) for k, v in schedule.labels.items() if v}
 
 
 def read_elf(elf: bytes) -> tuple[dict[str, int], dict[str, tuple[int, int, str]]]:
@@ -561,11 +560,13 @@ def _plan_picture(schedule: Schedule, plan: MemoryPlan, name: str, target: Targe
     """The deployed arena plan: each tensor's lifetime against its offset, workspaces in grey."""
     from .plan_svg import Rect, arena_svg
 
+    names = _labels(schedule)
+
     def label(e: PlanEntry) -> str:
         if e.kind == "workspace":
             return f"workspace of {schedule.kernel_at(e.first) or schedule.steps[e.first].kernel}"
-        text = _label(schedule, e.name)
-        return f"{text} (in place over {_label(schedule, e.of)})" if e.alias == "inplace" else text
+        text = names.get(e.name, e.name)
+        return f"{text} (in place over {names.get(e.of, e.of)})" if e.alias == "inplace" else text
 
     rects = [Rect(label(e), e.first, e.last, e.offset, e.size, workspace=e.kind == "workspace") for e in plan.entries]
     title = (f"effc_{name} on {target.name}: arena {plan.arena_bytes:,} B ({plan.offset_algorithm}), "

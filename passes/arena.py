@@ -175,21 +175,24 @@ class Groups:
             self.offset[m] += delta
             self.members[target].append(m)
 
-    def candidates(self, s: ArenaStep) -> list[tuple[int, int, int]]:
-        """A step's in-place candidates worth taking: the output alone, no larger than the
-        input, the scratch smaller than the output."""
+    def worth(self, s: ArenaStep) -> list[tuple[int, int, int]]:
+        """A step's in-place candidates worth taking: the output no larger than the input,
+        the scratch smaller than the output."""
         sz = self.p.sizes
-        return [(x, o, c) for x, o, c in s.inplace if self.alone(o) and sz[o] <= sz[x] and c < sz[o]]
+        return [(x, o, c) for x, o, c in s.inplace if sz[o] <= sz[x] and c < sz[o]]
+
+    def candidates(self, s: ArenaStep) -> list[tuple[int, int, int]]:
+        """``worth`` with the output in no group yet (what the order search counts on)."""
+        return [(x, o, c) for x, o, c in self.worth(s) if self.alone(o)]
 
     def take_inplace(self, first: list[int], last: list[int]) -> list[int]:
         """Take each in-place write whose input dies at its step; the workspace per step. The
         output may already sit in a slice of a larger tensor (a pad or concat output) when
         everything else in that group is written later: the whole group moves then."""
         ws = [s.workspace for s in self.p.steps]
-        sz = self.p.sizes
         for k, s in enumerate(self.p.steps):
-            for x, o, scratch in s.inplace:
-                if self.pinned(x) or last[x] != k or first[o] != k or sz[o] > sz[x] or scratch >= sz[o]:
+            for x, o, scratch in self.worth(s):
+                if self.pinned(x) or last[x] != k or first[o] != k:
                     continue
                 if not all(first[m] > k for m in self.members[self.root[o]] if m != o):
                     continue

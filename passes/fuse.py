@@ -17,7 +17,7 @@ With ``pools`` (``fuse{pools=true}``; every AOT build runs it, ``codegen.aot.low
 a max or average pool whose windows tile its input joins the conv group that feeds it
 (``_pool_input``), so that conv's output is computed a row of windows at a time, never
 whole: TinyEngine's fused pooling, which halves the arena of small CNNs. Off by default: a
-tuned x86 VM build of the fused kernel was 15-25% slower than the two kernels (digits_cnn).
+tuned x86 VM build of the fused kernel was 17-28% slower than the two kernels (digits_cnn).
 """
 from __future__ import annotations
 

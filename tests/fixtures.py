@@ -93,12 +93,16 @@ FIXTURES: list[Fixture] = [
 ] + [Fixture(f"light_{n}", lambda n=n: light_dir() / f"light_{n}.onnx", _random_for, slow=True) for n in LIGHT_MODELS]
 
 
-def ort_run(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def ort_run(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray], optimize: bool = True) -> dict[str, np.ndarray]:
+    """onnxruntime's outputs by name (CPU; ``optimize=False``: no graph optimizations, to
+    check one op as written)."""
     import onnxruntime as ort
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))

@@ -91,15 +91,7 @@ def test_program_with_every_rule_matches_the_interpreter(tmp_path):
         schedule.steps[t].args[-1].storage_key[1] for t in schedule.splits}  # all three rules fire
     # TVM's kernels assume 64-byte aligned buffers: 36-byte 3x3 weight slices are staged
     assert "staged: 36-byte slices are not 64-byte aligned" in program.files["model.c"].decode()
-    exe = compile_program(program, toolchain, tmp_path, "model")
-    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
-    (tmp_path / "in0.bin").write_bytes(x.tobytes())
-    subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=60)
-    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(1, 16, 1, 1)
-    want = run_module(m, {"x": x})[m.graph.outputs[0].name]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    native = build_native(m, "x86", name="net")  # LLVM kernels, vectorized
-    np.testing.assert_allclose(native.run({"x": x})[m.graph.outputs[0].name], want, rtol=1e-4, atol=1e-5)
+    _assert_runs(m, program, toolchain, tmp_path)
 
 
 def _two_convs(combine) -> Module:
@@ -138,6 +130,21 @@ def test_each_rule_shrinks_the_arena(rule, make, saved, monkeypatch):
     assert without.arena_bytes - plan.arena_bytes == saved
 
 
+def _assert_runs(m: Module, program, toolchain: CToolchain, tmp_path) -> None:
+    """The program (C kernels, built here by the host compiler) and an x86 build of ``m``
+    (LLVM kernels, vectorized) match the reference interpreter on a random input."""
+    exe = compile_program(program, toolchain, tmp_path, "model")
+    (name, t), = program.interface.inputs
+    x = RNG.standard_normal(t.shape).astype(np.float32)
+    (tmp_path / "in0.bin").write_bytes(x.tobytes())
+    subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=60)
+    want = run_module(m, {name: x})[m.graph.outputs[0].name]
+    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    native = build_native(m, "x86", name=program.name)
+    np.testing.assert_allclose(native.run({name: x})[m.graph.outputs[0].name], want, rtol=1e-4, atol=1e-5)
+
+
 def _shuffle() -> Module:
     """ShuffleNet's channel shuffle between two convs: reshape to (1, 3, 4, 5, 5), swap the
     group axes, reshape back; the transpose's input dies there."""
@@ -167,15 +174,7 @@ def test_transpose_runs_in_place_block_by_block(tmp_path):
     assert (p.dims, p.strides, p.block, p.blocks) == ((1, 4, 3), (12, 1, 4), 100, 12)
     assert program.notes["driver_in_place"] == 1 and "transpose" not in program.notes["kernel_names"]
     assert program.arena_bytes == plan_memory(_shuffle(), align=64).arena_bytes
-    exe = compile_program(program, toolchain, tmp_path, "model")
-    x = RNG.standard_normal((1, 3, 5, 5)).astype(np.float32)
-    (tmp_path / "in0.bin").write_bytes(x.tobytes())
-    subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=60)
-    want = run_module(m, {"x": x})[m.graph.outputs[0].name]
-    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    native = build_native(m, "x86", name="shuffle")
-    np.testing.assert_allclose(native.run({"x": x})[m.graph.outputs[0].name], want, rtol=1e-5, atol=1e-5)
+    _assert_runs(m, program, toolchain, tmp_path)
 
 
 def _lrn() -> Module:
@@ -203,12 +202,4 @@ def test_lrn_runs_in_place_through_a_ring_of_channels(tmp_path):
     (r,) = schedule.own.values()
     assert (r.channels, r.spatial, r.below, r.above, r.scratch_bytes(64)) == (8, 36, 2, 2, 3 * 36 * 4)
     assert program.arena_bytes == plan_memory(_lrn(), align=64).arena_bytes
-    exe = compile_program(program, toolchain, tmp_path, "model")
-    x = RNG.standard_normal((1, 3, 6, 6)).astype(np.float32)
-    (tmp_path / "in0.bin").write_bytes(x.tobytes())
-    subprocess.run([str(exe), "in0.bin", "out0.bin"], cwd=tmp_path, check=True, timeout=60)
-    want = run_module(m, {"x": x})[m.graph.outputs[0].name]
-    got = np.frombuffer((tmp_path / "out0.bin").read_bytes(), np.float32).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    native = build_native(m, "x86", name="lrn")
-    np.testing.assert_allclose(native.run({"x": x})[m.graph.outputs[0].name], want, rtol=1e-5, atol=1e-5)
+    _assert_runs(m, program, toolchain, tmp_path)

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -19,6 +18,7 @@ from effc.ir.ops.elementwise import erf
 from effc.ir.verifier import verify_module
 from effc.onnx_export import export_onnx
 from effc.onnx_import import import_onnx
+from tests.fixtures import ort_run
 
 F32, F16, F64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE
 I8, U8, I32, I64, BOOL = TensorProto.INT8, TensorProto.UINT8, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL
@@ -37,10 +37,7 @@ def _model(op: str, inputs, outputs, opset: int, inits=(), **attrs) -> onnx.Mode
 
 
 def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return list(ort_run(model, feeds, optimize=False).values())
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:

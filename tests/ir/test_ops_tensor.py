@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -18,6 +17,7 @@ from effc.ir.printer import print_module
 from effc.ir.verifier import verify_module
 from effc.onnx_export import export_onnx
 from effc.onnx_import import import_onnx
+from tests.fixtures import ort_run
 
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64
@@ -33,10 +33,7 @@ def _model(nodes, inputs, outputs, opset: int, inits=()) -> onnx.ModelProto:
 
 
 def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return list(ort_run(model, feeds, optimize=False).values())
 
 
 def _check(model: onnx.ModelProto, feeds: dict, rtol: float = 1e-5, atol: float = 1e-6):

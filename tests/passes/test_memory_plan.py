@@ -530,10 +530,10 @@ def test_light_models_below_tflm_style(name: str) -> None:
 
 
 def test_a_pad_slice_is_also_written_in_place() -> None:
-    """BlazeFace's block: the residual add writes its output over a dying input and, at
-    once, into its slice of the channel pad's output, so the pad copies nothing new."""
+    """A residual block before a channel pad: the residual add writes its output over a
+    dying input and, at once, into its slice of the pad's output, so the pad copies nothing new."""
     def block() -> Module:
-        m, b, (x,) = _module("blaze", ("x", (1, 4, 4, 4)))
+        m, b, (x,) = _module("residual_pad", ("x", (1, 4, 4, 4)))
         a = _op(b, "relu", x, name="a")
         d = _op(b, "conv", a, _w(b, 4, 1, 3, 3), name="d", group=4, pads=(1, 1, 1, 1))
         r = _op(b, "add", d, a, name="r")
