@@ -29,6 +29,7 @@ from effc.targets import get_target
 
 from .aot_kernels import ieee_minmax_pass
 from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_relax
+from .schedule import default_schedules, target_lanes
 
 TargetDict = Mapping[str, Any]
 
@@ -86,10 +87,13 @@ def sort_shape_func_stores(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -
     return mod
 
 
-def relax_pipeline() -> tvm.transform.Pass:
+def relax_pipeline(lanes: int | None = None) -> tvm.transform.Pass:
     """effc's Relax pipeline. effc already folded constants and chose the fusion groups, so
     TVM's FoldConstant and FuseOps do not run; FuseTIR turns each of effc's Primitive
-    functions into one PrimFunc."""
+    functions into one PrimFunc. ``lanes``: schedule every kernel not scheduled yet with
+    effc's default CPU schedules for that vector width (``schedule.default_schedules``),
+    right after FuseTIR (and after a tuning database, which ``tune`` applies there)."""
+    scheduling = [default_schedules(lanes, os.cpu_count() or 1)] if lanes else []
     return tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # shape arithmetic whose result effc already knew
         relax.backend.DispatchSampling(),
@@ -97,6 +101,7 @@ def relax_pipeline() -> tvm.transform.Pass:
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseTIR(),
+        *scheduling,
         relax.get_pipeline("default"),
         sort_shape_func_stores,
         ieee_minmax_pass,  # NaN kept through max/min (relu, clip, pools, reductions) on CPUs
@@ -219,11 +224,12 @@ def build(module: Module, target: TargetDict | None = None, *, index_checks: boo
     if target.get("kind") != "llvm":
         raise LoweringError(f"build() compiles for LLVM CPU targets; got target kind '{target.get('kind')}'")
     target = without_avx512(target)
-    mod = lower_to_relax(module, index_checks=index_checks)
+    lanes = target_lanes(target)
+    mod = lower_to_relax(module, index_checks=index_checks, lanes=lanes)
     tvm_target = tvm.target.Target(target)
     with tvm.transform.PassContext(opt_level=3):
         with tvm_target:
-            mod = relax_pipeline()(mod)
+            mod = relax_pipeline(lanes)(mod)
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
     return Built(executable, Signature.of(module), target, mod)
 

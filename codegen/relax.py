@@ -35,6 +35,7 @@ from effc.ir.limits import check_tensor_sizes
 from effc.ir.opdef import REGISTRY
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
+from .layout import BlockedEmit, blocked_shape, plan_layouts
 from .relax_emit import Emit, FusedScope, LoweringError, Scope, identifier, relax_dtype
 from .relax_ops import EMITTERS, UNSUPPORTED_REASONS
 
@@ -122,19 +123,24 @@ def check_lowerable(module: Module) -> None:
 # ----------------------------------------------------------------------------- lowering
 
 
-def _check_result(scope: Scope, node: Node, v: Value, expr: relax.Expr) -> None:
-    """The emitted expression must have the type effc inferred: catches a wrong emitter
-    (or a wrong shape rule) at the node, not as wrong numbers later."""
+def _check_result(scope: Scope, node: Node, v: Value, expr: relax.Expr, block: int | None = None) -> None:
+    """The emitted expression must have the type effc inferred (in NCHW[block]c when
+    ``block`` is given): catches a wrong emitter (or a wrong shape rule) at the node, not
+    as wrong numbers later."""
     ty = expr.ty
     want = v.type
-    ok = isinstance(ty, relax.TensorType) and str(ty.dtype) == relax_dtype(want.dtype) and ty.ndim == want.rank
+    dims = [scope.dim(d) for d in want.shape]
+    if block is not None:
+        dims = blocked_shape(dims, block)
+    ok = isinstance(ty, relax.TensorType) and str(ty.dtype) == relax_dtype(want.dtype) and ty.ndim == len(dims)
     if ok and ty.shape is not None:
         analyzer = tvm.sym.Analyzer()
-        for got, w in zip(ty.shape.values, want.shape):
-            if not analyzer.can_prove_equal(got, scope.dim(w)):
+        for got, w in zip(ty.shape.values, dims):
+            if not analyzer.can_prove_equal(got, w):
                 ok = False
     if not ok:
-        raise LoweringError(f"{node.describe()}: output %{v.name} lowered to {ty}, but effc infers {want}")
+        layout = f" (in NCHW{block}c)" if block is not None else ""
+        raise LoweringError(f"{node.describe()}: output %{v.name} lowered to {ty}, but effc infers {want}{layout}")
 
 
 _HALF = (DType.f16, DType.bf16)
@@ -176,7 +182,8 @@ def _uses_half(node: Node) -> bool:
 def _lower_node(scope: Scope, node: Node, emitters: Mapping[str, Any]) -> None:
     em = emitters[node.op]
     wide = em.half_in_f32 and _uses_half(node)
-    e = (WideEmit if wide else Emit)(scope, node)
+    block = scope.plan.block.get(id(node.outputs[0])) if scope.plan and id(node) in scope.plan.blocked_nodes else None
+    e = BlockedEmit(scope, node, block) if block is not None else (WideEmit if wide else Emit)(scope, node)
     try:
         result = em.fn(e)
     except EffcError:
@@ -184,7 +191,7 @@ def _lower_node(scope: Scope, node: Node, emitters: Mapping[str, Any]) -> None:
     except Exception as err:  # TVM's own type errors: say which node
         raise LoweringError(f"{node.describe()}: Relax lowering failed: {type(err).__name__}: {err}") from err
     results = list(result) if isinstance(result, (list, tuple)) else [result]
-    for v, r in zip(node.outputs, results):
+    for k, (v, r) in enumerate(zip(node.outputs, results)):
         if r is None:
             if v.num_uses or v.is_graph_output:
                 raise e.fail(f"output %{v.name} is used but has no lowering")
@@ -193,8 +200,9 @@ def _lower_node(scope: Scope, node: Node, emitters: Mapping[str, Any]) -> None:
             r = scope.bb.emit(r, identifier(v.name))
         if wide and v.type.dtype in _HALF and str(r.ty.dtype) == "float32":
             r = scope.bb.emit(relax.op.astype(r, relax_dtype(v.type.dtype)), identifier(v.name))
-        _check_result(scope, node, v, r)
-        scope.bind(v, r)
+        b = block if k == 0 else None
+        _check_result(scope, node, v, r, b)
+        scope.bind(v, r, b)
 
 
 def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
@@ -240,22 +248,27 @@ def _fused_name(node: Node) -> str:
 class _FusedFunction:
     """A fused node's Primitive function, and how main calls it."""
 
-    def __init__(self, gv: relax.GlobalVar, const_args: list[np.ndarray]):
+    def __init__(self, gv: relax.GlobalVar, const_args: list[np.ndarray], in_blocks: list[int | None],
+                 out_blocks: list[int | None]):
         self.gv = gv
         self.const_args = const_args
+        self.in_blocks = in_blocks
+        """The channel block each data parameter takes (None: NCHW)."""
+        self.out_blocks = out_blocks
 
     def call(self, scope: Scope, node: Node) -> None:
-        args = [scope.value(v) for v in node.inputs if v is not None and not _is_const_like(scope, v)]
+        data = [v for v in node.inputs if v is not None and not _is_const_like(scope, v)]
+        args = [scope.value_in(v, b) for v, b in zip(data, self.in_blocks)]
         args += [scope.constant(a) for a in self.const_args]
         call = scope.bb.emit(relax.Call(self.gv, args), identifier(node.outputs[0].name))
         if len(node.outputs) == 1:
-            _check_result(scope, node, node.outputs[0], call)
-            scope.bind(node.outputs[0], call)
+            _check_result(scope, node, node.outputs[0], call, self.out_blocks[0])
+            scope.bind(node.outputs[0], call, self.out_blocks[0])
             return
         for i, v in enumerate(node.outputs):
             item = scope.bb.emit(relax.TupleGetItem(call, i), identifier(v.name))
-            _check_result(scope, node, v, item)
-            scope.bind(v, item)
+            _check_result(scope, node, v, item, self.out_blocks[i])
+            scope.bind(v, item, self.out_blocks[i])
 
 
 def _is_const_like(scope: Scope, v: Value) -> bool:
@@ -275,36 +288,50 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     # first added with.
     sub = relax.BlockBuilder()
     scope = FusedScope(sub)
-    params = []
+    scope.root_bb = outer.root_bb
+    plan = scope.plan = outer.plan
+    if alone and plan is not None and id(node) in plan.blocked_nodes:  # the copy decides as its original
+        inner = list(body.nodes)[-1]
+        plan.blocked_nodes.add(id(inner))
+        plan.convs[id(inner)] = plan.convs[id(node)]
+        plan.block[id(inner.outputs[0])] = plan.block[id(node.outputs[0])]
+    params, in_blocks = [], []
     for bv, ov in zip(body.inputs, [v for v in node.inputs if v is not None]):
         known = outer.const_value(ov)
         if known is not None:
             scope.known[id(bv)] = known  # a parameter only if an emitter uses it as a tensor
             continue
-        p = relax.Var(identifier(bv.name), scope.tensor_type(bv.type))
-        scope.env[id(bv)] = p
+        b = plan.of(ov) if plan is not None else None  # (fused functions are built before main)
+        ty = bv.type
+        shape = scope.shape(ty) if b is None else blocked_shape(scope.shape(ty), b)
+        p = relax.Var(identifier(bv.name), relax.TensorType(shape, relax_dtype(ty.dtype)))
+        scope.bind(bv, p, b)
         params.append(p)
+        in_blocks.append(b)
     name = identifier(node.op) if alone else _fused_name(node)
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
             _lower_graph_body(scope, body, emitters)
-            outs = [scope.value(v) for v in body.outputs]
+            out_blocks = [scope.block_of(v) for v in body.outputs]
+            outs = [scope.value_in(v, b) for v, b in zip(body.outputs, out_blocks)]
             out = sub.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         sub_gv = sub.emit_func_output(out)
     func = sub.get()[sub_gv]
     if scope.const_params:
         func = relax.Function(params + scope.const_params, func.body, func.ret_ty, func.is_pure, func.attrs)
-    return _FusedFunction(bb.add_func(func, name), scope.const_args)
+    return _FusedFunction(bb.add_func(func, name), scope.const_args, in_blocks, out_blocks)
 
 
 def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: bool = True,
-                   labels_in_result: bool = True) -> tvm.IRModule:
+                   labels_in_result: bool = True, lanes: int | None = None) -> tvm.IRModule:
     """The module as a Relax IRModule whose ``main`` takes the graph inputs in order and
     returns a tuple of the graph outputs, then ``CHECK_FIELDS`` fields per run-time index
     check (``index_check_results``). Raises UnsupportedOpError / LoweringError before
     building anything. ``index_checks=False`` drops the checks (only to measure them);
     ``labels_in_result=False`` returns only each check's status (the AOT C driver names
-    the node from the ``INDEX_CHECKS`` attribute instead)."""
+    the node from the ``INDEX_CHECKS`` attribute instead). ``lanes``: hold convolutions and
+    what follows them in blocked channel layouts for a CPU with that many f32 vector lanes
+    (``layout.plan_layouts``); None: every value NCHW."""
     check_tensor_sizes(module)  # before TVM allocates anything: a tensor too large is the user's error
     check_lowerable(module)
     g = module.graph
@@ -312,6 +339,8 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     main = Scope(bb)
     main.index_checks = index_checks
     main.checks = [] if index_checks else None
+    if lanes:
+        main.plan = plan_layouts(g, lanes) or None
 
     fused: dict[int, Callable[[Scope, Node], None]] = {}
     for n in g.nodes:

@@ -16,6 +16,10 @@ from effc.ir.opdef import node_attrs
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
 
+def _layout_transform(x: relax.Expr, index_map: Any) -> relax.Expr:
+    return relax.op.layout_transform(x, index_map=index_map)
+
+
 class LoweringError(EffcError):
     """The module cannot be lowered to Relax (other than an unsupported op)."""
 
@@ -76,6 +80,9 @@ class Scope:
 
     def __init__(self, bb: relax.BlockBuilder):
         self.bb = bb
+        self.root_bb = bb
+        """The module's builder, where PrimFuncs made from TE go (a fused function's own
+        builder keeps only that function)."""
         self.symbols: dict[str, tirx.Var] = {}
         self.env: dict[int, relax.Expr] = {}
         self.known: dict[int, np.ndarray] = {}
@@ -90,10 +97,17 @@ class Scope:
         """Index checks of this function: (int64[3] status ``[bad, first bad index, axis
         length]``, the node's description); None where a check cannot be returned (a fused
         group's function: its indices are still clamped)."""
+        self.plan: Any = None
+        """``layout.LayoutPlan`` when values may be held in blocked layouts, else None."""
+        self.blocks: dict[int, int] = {}
+        """Value id -> the channel block its lowered expression is in (absent: NCHW)."""
+        self._views: dict[tuple[int, int], relax.Expr] = {}
 
-    def bind(self, v: Value, r: relax.Expr) -> None:
-        """``v`` lowered to ``r``."""
+    def bind(self, v: Value, r: relax.Expr, block: int | None = None) -> None:
+        """``v`` lowered to ``r`` (in NCHW[block]c when ``block`` is given)."""
         self.env[id(v)] = r
+        if block is not None:
+            self.blocks[id(v)] = block
         if isinstance(r, relax.Var):
             self.names.setdefault(r.name, v.name)
 
@@ -127,8 +141,35 @@ class Scope:
     def _make_constant(self, array: np.ndarray, key: Any) -> relax.Expr:
         return relax.const(array, relax_dtype(DType.from_numpy(array.dtype)))
 
+    def block_of(self, v: Value | None) -> int | None:
+        """The channel block ``v`` is held in (None: NCHW, or not lowered yet)."""
+        return None if v is None else self.blocks.get(id(v))
+
+    def value_in(self, v: Value, block: int | None) -> relax.Expr:
+        """``v`` in layout NCHW[block]c (``block`` None: NCHW), converted once per value
+        and layout (a ``layout_transform``)."""
+        have = self.blocks.get(id(v))
+        if have == block:
+            return self.value(v) if block is None else self.env[id(v)]
+        key = (id(v), block or 0)
+        if key in self._views:
+            return self._views[key]
+        if have is None:
+            plain = self.value(v)
+        elif (id(v), 0) in self._views:
+            plain = self._views[(id(v), 0)]
+        else:
+            plain = self._views[(id(v), 0)] = self.bb.emit(
+                _layout_transform(self.env[id(v)], lambda n, c, h, w, i: (n, c * have + i, h, w)))
+        if block is not None:
+            self._views[key] = self.bb.emit(
+                _layout_transform(plain, lambda n, c, h, w: (n, c // block, h, w, c % block)))
+        return self._views[key]
+
     def value(self, v: Value) -> relax.Expr:
-        """What effc value ``v`` lowered to in this function."""
+        """What effc value ``v`` lowered to in this function, in NCHW."""
+        if id(v) in self.blocks:
+            return self.value_in(v, None)
         if id(v) in self.env:
             return self.env[id(v)]
         known = self.known.get(id(v))

@@ -29,6 +29,7 @@ from effc.ir.opdef import node_attrs, run_ref
 from effc.ir.ops.nn import transpose_geometry, window_geometry
 from effc.ir.types import DType
 
+from .layout import BlockedEmit, emit_conv
 from .relax_emit import Emit, relax_dtype
 
 R = relax.op
@@ -440,6 +441,8 @@ def _conv(e: Emit):
     n = xt.rank - 2
     kernel = [int(d) for d in wt.shape[2:]]
     begins, ends, strides, dilations = _conv_pads(e, kernel)
+    if isinstance(e, BlockedEmit):
+        return emit_conv(e, e.scope.plan.convs[id(e.node)], begins, ends, strides, dilations)
     fn, layout, klayout = _CONV[n]
     y = fn(e.x(0), e.x(1), strides=strides, padding=begins + ends, dilation=dilations, groups=e.attrs["group"],
            data_layout=layout, kernel_layout=klayout)
@@ -607,6 +610,8 @@ def _pool(e: Emit, kind: str):
     kwargs = dict(pool_size=kernel, strides=strides, padding=pads, dilation=dilations, ceil_mode=use_tvm_ceil)
     if kind == "avg":
         kwargs["count_include_pad"] = count_pad
+    if isinstance(e, BlockedEmit):
+        kwargs["layout"] = e.layout
     return _POOLS[(kind, n)](e.x(0), **kwargs)
 
 

@@ -1,0 +1,354 @@
+"""Blocked channel layouts (NCHW[b]c) for CPU builds: which values take them, how values
+and constants are converted, and the blocked convolutions.
+
+NeoCPU (Liu et al., USENIX ATC'19) and onnxruntime's MLAS run convolutions on a blocked
+layout: ``[N, C/b, H, W, b]`` keeps ``b`` channels (one vector register) contiguous, so a
+convolution's inner loop is one broadcast and one vector FMA per ``b`` output channels.
+
+``plan_layouts`` chooses, for every 4-D float32 value of a graph, plain NCHW (absent from
+the plan) or a block size. Convolutions with ``b | K`` output channels (groups 1 or
+depthwise) produce blocked values; the layout then flows forward through ops that do not
+care about it (elementwise ops, pools, global pools, channel concat, batch norm), so a chain
+conv → relu → pool → conv has no transform in it; a transform back to NCHW is made once per
+value, where an op that needs NCHW (reshape, gemm, a graph output) reads it. Weights are
+packed at compile time (constants), as are the constants an elementwise op broadcasts.
+
+``codegen/relax.py`` lowers with the plan: ``Scope.value`` gives NCHW, ``Scope.value_in``
+a blocked layout, converting once per value; ``BlockedEmit`` is the emitter's view of a
+node whose output is blocked. ``codegen/schedule.py`` schedules the blocked convolutions
+(blocks ``conv2d_nchwc`` and ``dwconv2d_nchwc``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import relax, te, tirx
+
+from effc.ir.core import Graph, Node, Value
+from effc.ir.opdef import node_attrs
+from effc.ir.types import DType, TensorType
+
+from .relax_emit import Emit
+
+R = relax.op
+
+CONV_BLOCK = "conv2d_nchwc"
+DEPTHWISE_BLOCK = "dwconv2d_nchwc"
+
+ELEMENTWISE = frozenset({
+    "abs", "ceil", "cos", "erf", "exp", "floor", "log", "neg", "relu", "sigmoid", "sign", "sin", "sqrt", "tanh",
+    "round", "reciprocal", "softplus", "add", "sub", "mul", "div", "max", "min", "sum", "mean", "clip",
+    "hard_sigmoid", "hard_swish", "elu", "selu", "leaky_relu", "prelu", "gelu", "batch_normalization",
+    "identity", "dropout",
+})
+"""Ops applied element by element (with broadcast operands): any layout will do, if every
+operand is in it."""
+
+POOLS = frozenset({"max_pool", "average_pool", "global_average_pool", "global_max_pool"})
+
+
+def block_for(channels: int | str, lanes: int) -> int | None:
+    """The channel block for ``channels``: ``lanes`` when it divides them, else the
+    largest power of two from lanes/2 down to 4 that does; None: stay NCHW."""
+    if not isinstance(channels, int):
+        return None
+    b = lanes
+    while b >= 4:
+        if channels % b == 0:
+            return b
+        b //= 2
+    return None
+
+
+def input_block(channels: int, lanes: int) -> int:
+    """The block a convolution reads a plain input in: ``block_for``, else all channels
+    (a 3-channel image becomes ``[N, 1, H, W, 3]``), else 1."""
+    b = block_for(channels, lanes)
+    if b is not None:
+        return b
+    return channels if channels <= lanes else 1
+
+
+def _is_nchw_f32(t: TensorType) -> bool:
+    return t.rank == 4 and t.dtype == DType.f32 and isinstance(t.shape[1], int)
+
+
+def _conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
+    """``dense`` or ``depthwise`` for a 2-D float convolution effc blocks, else None."""
+    x, w = node.input(0), node.input(1)
+    if x is None or w is None or not _is_nchw_f32(x.type) or not _is_nchw_f32(node.outputs[0].type):
+        return None
+    if id(w) not in const and not w.is_const:
+        return None
+    if len(node.inputs) > 2 and node.input(2) is not None and id(node.input(2)) not in const and not node.input(2).is_const:
+        return None
+    if not all(isinstance(d, int) for d in x.type.shape[1:]):
+        return None
+    group = int(node_attrs(node)["group"])
+    c, k = x.type.shape[1], node.outputs[0].type.shape[1]
+    if group == 1:
+        return "dense"
+    if group == c == k:
+        return "depthwise"
+    return None
+
+
+class LayoutPlan:
+    """Value id -> channel block, for the values held blocked; and the convs to block."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        self.block: dict[int, int] = {}
+        self.convs: dict[int, str] = {}
+        """Conv node id -> ``dense`` | ``depthwise``."""
+        self.blocked_nodes: set[int] = set()
+
+    def of(self, v: Value | None) -> int | None:
+        return None if v is None else self.block.get(id(v))
+
+    def __bool__(self) -> bool:
+        return bool(self.block)
+
+
+def plan_layouts(graph: Graph, lanes: int) -> LayoutPlan:
+    """Blocked layouts for ``graph`` (fused bodies included) on a CPU with ``lanes`` f32
+    vector lanes. Greedy and forward, as TVM's ConvertLayout: a conv blocks its output;
+    an op that does not care about layout keeps the block of its blocked operands."""
+    plan = LayoutPlan(lanes)
+    _plan_graph(graph, plan, {})
+    return plan
+
+
+def _plan_graph(g: Graph, plan: LayoutPlan, const: dict[int, np.ndarray]) -> None:
+    for node in g.nodes:
+        if node.op == "const":
+            continue
+        if node.body is not None:
+            for bv, ov in zip(node.body.inputs, [v for v in node.inputs if v is not None]):
+                b = plan.of(ov)
+                if b is not None:
+                    plan.block[id(bv)] = b
+                c = const.get(id(ov), ov.const_value)
+                if c is not None:
+                    const[id(bv)] = c
+            _plan_graph(node.body, plan, const)
+            for bo, o in zip(node.body.outputs, node.outputs):
+                b = plan.of(bo)
+                if b is not None and id(bo) not in const:
+                    plan.block[id(o)] = b
+            continue
+        b = _node_block(node, plan, const)
+        if b is not None:
+            plan.blocked_nodes.add(id(node))
+            for o in node.outputs[:1]:
+                plan.block[id(o)] = b
+
+
+def _is_const(v: Value, const: dict[int, np.ndarray]) -> bool:
+    return id(v) in const or v.is_const
+
+
+def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> int | None:
+    out = node.outputs[0].type
+    if node.op == "conv":
+        kind = _conv_kind(node, const)
+        b = block_for(out.shape[1], plan.lanes) if kind else None
+        if b is None:
+            return None
+        if kind == "depthwise" and plan.of(node.input(0)) not in (None, b):
+            return None  # (a depthwise conv reads and writes one block)
+        plan.convs[id(node)] = kind
+        return b
+    if not _is_nchw_f32(out):
+        return None
+    data = [v for v in node.inputs if v is not None and not _is_const(v, const)]
+    blocks = {plan.of(v) for v in data} - {None}
+    if len(blocks) != 1:
+        return None
+    (b,) = blocks
+    if out.shape[1] % b:
+        return None
+    if node.op in POOLS:
+        return b if node.input(0) is not None and plan.of(node.input(0)) == b and (
+            node.op.startswith("global") or len(node_attrs(node)["kernel_shape"]) == 2) else None
+    if node.op == "concat":
+        rank = node.inputs[0].type.rank
+        if node_attrs(node)["axis"] % rank != 1:
+            return None
+        return b if all(_is_nchw_f32(v.type) and v.type.shape[1] % b == 0 and not _is_const(v, const)
+                        for v in node.inputs if v is not None) else None
+    if node.op not in ELEMENTWISE or len(node.outputs) > 1 and node.op != "dropout":
+        return None
+    if node.op == "batch_normalization" and not all(
+            node.input(i) is not None and _is_const(node.input(i), const) for i in range(1, 5)):
+        return None
+    for v in data:
+        t = v.type
+        if plan.of(v) == b and tuple(t.shape) == tuple(out.shape):
+            continue
+        if t.rank == 4 and t.dtype == DType.f32 and t.shape[1] in (1, out.shape[1]) and plan.of(v) is None:
+            continue  # converted when read
+        return None
+    return b
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def to_blocked_index(b: int):
+    return lambda n, c, h, w: (n, c // b, h, w, c % b)
+
+
+def to_plain_index(b: int):
+    return lambda n, c, h, w, i: (n, c * b + i, h, w)
+
+
+def blocked_shape(shape: tuple[Any, ...] | list[Any], b: int) -> list[Any]:
+    n, c, h, w = shape
+    return [n, c // b, h, w, b]
+
+
+def block_array(array: np.ndarray, out_channels: int, b: int) -> np.ndarray:
+    """A constant broadcast against an NCHW tensor of ``out_channels`` channels, as one
+    broadcast against its ``[N, C/b, H, W, b]`` form."""
+    a = np.asarray(array)
+    if a.ndim == 0:
+        return a
+    a = a.reshape((1,) * (4 - a.ndim) + a.shape) if a.ndim < 4 else a
+    n, c, h, w = a.shape
+    if c == 1:
+        return a.reshape(n, 1, h, w, 1)
+    assert c == out_channels, (a.shape, out_channels)
+    return np.ascontiguousarray(a.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def to_blocked(bb: relax.BlockBuilder, x: relax.Expr, b: int) -> relax.Expr:
+    return bb.emit(R.layout_transform(x, index_map=to_blocked_index(b)))
+
+
+def to_plain(bb: relax.BlockBuilder, x: relax.Expr, b: int) -> relax.Expr:
+    return bb.emit(R.layout_transform(x, index_map=to_plain_index(b)))
+
+
+class BlockedEmit(Emit):
+    """An emitter's view of a node whose output is blocked: its data operands come
+    blocked (converted when they are not), constants are blocked to broadcast against
+    the blocked output, and ``layout`` names the layout for ops that take one."""
+
+    def __init__(self, scope, node: Node, b: int):
+        super().__init__(scope, node)
+        self.block = b
+        self.layout = f"NCHW{b}c"
+        self.channels = int(node.outputs[0].type.shape[1])
+
+    def x(self, i: int) -> relax.Expr | None:
+        v = self.node.input(i)
+        if v is None:
+            return None
+        c = self.const(i)
+        if c is not None:
+            return self.scope.constant(block_array(c, self.channels, self.block))
+        t = v.type
+        if t.rank == 4 and t.shape[1] == 1 and self.scope.block_of(v) is None:
+            return self.bb.emit(R.expand_dims(self.scope.value(v), [4]))
+        return self.scope.value_in(v, self.block)
+
+    def constant(self, array: Any, dtype: DType | np.dtype | None = None) -> relax.Expr:
+        np_dtype = dtype.np if isinstance(dtype, DType) else dtype
+        a = np.asarray(array, dtype=np_dtype)
+        return self.scope.constant(block_array(a, self.channels, self.block) if a.ndim else a)
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+def pack_weight(w: np.ndarray, cb: int, b: int) -> np.ndarray:
+    """OIHW → ``[K/b, C/cb, KH, KW, cb, b]``: one vector of ``b`` output channels per
+    input channel and tap, contiguous."""
+    k, c, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(k // b, b, c // cb, cb, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+
+
+def pack_depthwise(w: np.ndarray, b: int) -> np.ndarray:
+    """``[C, 1, KH, KW]`` → ``[C/b, KH, KW, b]``."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c // b, b, kh, kw).transpose(0, 2, 3, 1))
+
+
+def _padded(data: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
+    top, left, bottom, right = pads
+    if not any(pads):
+        return data
+    n, c, h, w, i = data.shape
+    zero = tirx.const(0.0, data.dtype)
+    return te.compute(
+        (n, c, h + top + bottom, w + left + right, i),
+        lambda a, b, y, x, j: tirx.if_then_else(
+            tirx.all(y >= top, y < h + top, x >= left, x < w + left), data[a, b, y - top, x - left, j], zero),
+        name="pad_nchwc")
+
+
+def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: tuple[int, int, int, int],
+                 dilations: list[int]) -> te.Tensor:
+    """``data [N, C/cb, H, W, cb]`` * ``weight [K/b, C/cb, KH, KW, cb, b]`` →
+    ``[N, K/b, OH, OW, b]``; reduction loops in the order a register-tiled schedule
+    keeps (input block outer, taps, input channel inner)."""
+    n, cc, h, w, cb = data.shape
+    ko, _, kh, kw, _, b = weight.shape
+    sh, sw = strides
+    dh, dw = dilations
+    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    p = _padded(data, pads)
+    rc = te.reduce_axis((0, cc), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    ri = te.reduce_axis((0, cb), "ri")
+    return te.compute(
+        (n, ko, oh, ow, b),
+        lambda a, o, y, x, j: te.sum(p[a, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * weight[o, rc, ry, rx, ri, j],
+                                     axis=[rc, ry, rx, ri]),
+        name=CONV_BLOCK)
+
+
+def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: tuple[int, int, int, int],
+                    dilations: list[int]) -> te.Tensor:
+    """``data [N, C/b, H, W, b]`` * ``weight [C/b, KH, KW, b]`` → ``[N, C/b, OH, OW, b]``."""
+    n, cc, h, w, b = data.shape
+    _, kh, kw, _ = weight.shape
+    sh, sw = strides
+    dh, dw = dilations
+    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    p = _padded(data, pads)
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, cc, oh, ow, b),
+        lambda a, c, y, x, j: te.sum(p[a, c, y * sh + ry * dh, x * sw + rx * dw, j] * weight[c, ry, rx, j],
+                                     axis=[ry, rx]),
+        name=DEPTHWISE_BLOCK)
+
+
+def emit_conv(e: BlockedEmit, kind: str, begins: list[int], ends: list[int], strides: list[int],
+              dilations: list[int]) -> relax.Expr:
+    """A conv node as a blocked convolution plus its bias (the output blocked)."""
+    b = e.block
+    w = np.asarray(e.const(1), dtype=np.float32)
+    pads = (begins[0], begins[1], ends[0], ends[1])
+    if kind == "depthwise":
+        x = e.scope.value_in(e.node.input(0), b)
+        y = e.scope.root_bb.call_te(depthwise_nchwc, x, e.scope.constant(pack_depthwise(w, b)), strides, pads,
+                                    dilations, primfunc_name_hint="dwconv2d_nchwc")
+    else:
+        v = e.node.input(0)
+        cb = e.scope.block_of(v) or input_block(int(v.type.shape[1]), e.scope.plan.lanes)
+        x = e.scope.value_in(v, cb)
+        y = e.scope.root_bb.call_te(conv2d_nchwc, x, e.scope.constant(pack_weight(w, cb, b)), strides, pads,
+                                    dilations, primfunc_name_hint="conv2d_nchwc")
+    y = e.emit(y)
+    if e.has(2):
+        bias = np.asarray(e.const(2), dtype=np.float32).reshape(1, -1, 1, 1)
+        y = R.add(y, e.scope.constant(block_array(bias, e.channels, b)))
+    return y
