@@ -214,17 +214,20 @@ def _peek(t: Any) -> np.ndarray:
         return t.numpy()
 
 
-def build(module: Module, target: TargetDict | None = None, *, index_checks: bool = True) -> Built:
+def build(module: Module, target: TargetDict | None = None, *, index_checks: bool = True,
+          lanes: int | None = None) -> Built:
     """Lower ``module`` to Relax and compile it for ``target`` (default: this x86 host).
 
     Raises UnsupportedOpError or LoweringError before TVM starts when something cannot
     be lowered. ``index_checks=False`` builds without the run-time index checks (only to
-    measure what they cost: bench/bounds_checks.py)."""
+    measure what they cost: bench/bounds_checks.py). ``lanes``: the f32 vector lanes the
+    layouts and default schedules are made for (default: the target's, ``target_lanes``;
+    0: no blocked layouts and no default schedules, plain TVM's kernels)."""
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"build() compiles for LLVM CPU targets; got target kind '{target.get('kind')}'")
     target = without_avx512(target)
-    lanes = target_lanes(target)
+    lanes = target_lanes(target) if lanes is None else lanes
     mod = lower_to_relax(module, index_checks=index_checks, lanes=lanes)
     tvm_target = tvm.target.Target(target)
     with tvm.transform.PassContext(opt_level=3):

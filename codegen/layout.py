@@ -6,8 +6,8 @@ layout: ``[N, C/b, H, W, b]`` keeps ``b`` channels (one vector register) contigu
 convolution's inner loop is one broadcast and one vector FMA per ``b`` output channels.
 
 ``plan_layouts`` chooses, for every 4-D float32 value of a graph, plain NCHW (absent from
-the plan) or a block size. Convolutions with ``b | K`` output channels (groups 1 or
-depthwise) produce blocked values; the layout then flows forward through ops that do not
+the plan) or a block size. Convolutions with ``b | K/groups`` output channels produce
+blocked values; the layout then flows forward through ops that do not
 care about it (elementwise ops, pools, global pools, channel concat, batch norm), so a chain
 conv → relu → pool → conv has no transform in it; a transform back to NCHW is made once per
 value, where an op that needs NCHW (reshape, gemm, a graph output) reads it. Weights are
@@ -91,7 +91,7 @@ def _conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
         return "dense"
     if group == c == k:
         return "depthwise"
-    return None
+    return "grouped"
 
 
 class LayoutPlan:
@@ -101,7 +101,7 @@ class LayoutPlan:
         self.lanes = lanes
         self.block: dict[int, int] = {}
         self.convs: dict[int, str] = {}
-        """Conv node id -> ``dense`` | ``depthwise``."""
+        """Conv node id -> ``dense`` | ``depthwise`` | ``grouped``."""
         self.blocked_nodes: set[int] = set()
 
     def of(self, v: Value | None) -> int | None:
@@ -153,7 +153,10 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
     out = node.outputs[0].type
     if node.op == "conv":
         kind = _conv_kind(node, const)
-        b = block_for(out.shape[1], plan.lanes) if kind else None
+        if kind is None:
+            return None
+        group = int(node_attrs(node)["group"]) if kind == "grouped" else 1
+        b = block_for(out.shape[1] // group, plan.lanes)  # (a block never straddles two groups)
         if b is None:
             return None
         if kind == "depthwise" and plan.of(node.input(0)) not in (None, b):
@@ -290,12 +293,14 @@ def _padded(data: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
 
 
 def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: tuple[int, int, int, int],
-                 dilations: list[int]) -> te.Tensor:
-    """``data [N, C/cb, H, W, cb]`` * ``weight [K/b, C/cb, KH, KW, cb, b]`` →
+                 dilations: list[int], groups: int = 1) -> te.Tensor:
+    """``data [N, C/cb, H, W, cb]`` * ``weight [K/b, C/groups/cb, KH, KW, cb, b]`` →
     ``[N, K/b, OH, OW, b]``; reduction loops in the order a register-tiled schedule
-    keeps (input block outer, taps, input channel inner)."""
-    n, cc, h, w, cb = data.shape
-    ko, _, kh, kw, _, b = weight.shape
+    keeps (input block outer, taps, input channel inner). With ``groups``, output block
+    ``o`` reads the input blocks of its group (no block straddles two groups)."""
+    n, _, h, w, cb = data.shape
+    ko, cc, kh, kw, _, b = weight.shape
+    per_group = ko // groups  # output blocks per group
     sh, sw = strides
     dh, dw = dilations
     oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
@@ -307,8 +312,9 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: t
     ri = te.reduce_axis((0, cb), "ri")
     return te.compute(
         (n, ko, oh, ow, b),
-        lambda a, o, y, x, j: te.sum(p[a, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * weight[o, rc, ry, rx, ri, j],
-                                     axis=[rc, ry, rx, ri]),
+        lambda a, o, y, x, j: te.sum(
+            p[a, rc if groups == 1 else o // per_group * cc + rc, y * sh + ry * dh, x * sw + rx * dw, ri]
+            * weight[o, rc, ry, rx, ri, j], axis=[rc, ry, rx, ri]),
         name=CONV_BLOCK)
 
 
@@ -343,10 +349,14 @@ def emit_conv(e: BlockedEmit, kind: str, begins: list[int], ends: list[int], str
                                     dilations, primfunc_name_hint="dwconv2d_nchwc")
     else:
         v = e.node.input(0)
-        cb = e.scope.block_of(v) or input_block(int(v.type.shape[1]), e.scope.plan.lanes)
+        group = int(e.attrs["group"])
+        per_group = int(v.type.shape[1]) // group
+        cb = e.scope.block_of(v)
+        if cb is None or per_group % cb:  # (an input block never straddles two groups)
+            cb = input_block(per_group, e.scope.plan.lanes)
         x = e.scope.value_in(v, cb)
         y = e.scope.root_bb.call_te(conv2d_nchwc, x, e.scope.constant(pack_weight(w, cb, b)), strides, pads,
-                                    dilations, primfunc_name_hint="conv2d_nchwc")
+                                    dilations, int(e.attrs["group"]), primfunc_name_hint="conv2d_nchwc")
     y = e.emit(y)
     if e.has(2):
         bias = np.asarray(e.const(2), dtype=np.float32).reshape(1, -1, 1, 1)

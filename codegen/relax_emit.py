@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import numpy as np
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 from effc.ir.core import Node, Value
 from effc.ir.errors import EffcError
@@ -16,8 +16,17 @@ from effc.ir.opdef import node_attrs
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType
 
 
-def _layout_transform(x: relax.Expr, index_map: Any) -> relax.Expr:
-    return relax.op.layout_transform(x, index_map=index_map)
+def _to_blocked_te(x: te.Tensor, b: int) -> te.Tensor:
+    """NCHW → ``[N, C/b, H, W, b]``, looping in the order it writes (TVM's layout_transform
+    loops in the order it reads: every store a cache miss)."""
+    n, c, h, w = x.shape
+    return te.compute((n, c // b, h, w, b), lambda i, o, y, z, j: x[i, o * b + j, y, z], name="to_blocked")
+
+
+def _to_plain_te(x: te.Tensor) -> te.Tensor:
+    """``[N, C/b, H, W, b]`` → NCHW, looping in the order it writes."""
+    n, o, h, w, b = x.shape
+    return te.compute((n, o * b, h, w), lambda i, c, y, z: x[i, c // b, y, z, c % b], name="to_plain")
 
 
 class LoweringError(EffcError):
@@ -160,10 +169,10 @@ class Scope:
             plain = self._views[(id(v), 0)]
         else:
             plain = self._views[(id(v), 0)] = self.bb.emit(
-                _layout_transform(self.env[id(v)], lambda n, c, h, w, i: (n, c * have + i, h, w)))
+                self.root_bb.call_te(_to_plain_te, self.env[id(v)], primfunc_name_hint="to_nchw"))
         if block is not None:
             self._views[key] = self.bb.emit(
-                _layout_transform(plain, lambda n, c, h, w: (n, c // block, h, w, c % block)))
+                self.root_bb.call_te(_to_blocked_te, plain, block, primfunc_name_hint=f"to_nchw{block}c"))
         return self._views[key]
 
     def value(self, v: Value) -> relax.Expr:

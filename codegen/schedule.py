@@ -127,10 +127,48 @@ def schedule_conv(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     return sch.mod["main"]
 
 
+PLAIN_CONV_BLOCKS = ("conv2d_nchw", "group_conv2d_nchw")
+"""TOPI's NCHW convolutions: what a conv the layout plan leaves in NCHW lowers to (its
+output channels per group not a multiple of 4)."""
+
+
+def _divisor(extent: int, options: tuple[int, ...]) -> int:
+    return next((d for d in options if d <= extent and extent % d == 0), 1)
+
+
+def schedule_plain_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc | None:
+    """A PrimFunc holding an NCHW convolution, scheduled: vectors along the output row
+    (contiguous for stride 1), a register tile of output channels, the reduction outside
+    the tile, rows in parallel. Slower than the blocked schedule, far faster than none."""
+    sch = s_tir.Schedule(func)
+    conv = next((blk for prefix in PLAIN_CONV_BLOCKS if (blk := _block_named(sch, prefix)) is not None), None)
+    if conv is None or sch.get(conv).name_hint not in PLAIN_CONV_BLOCKS:
+        return None
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        return None
+    n, f, y, x, rc, ry, rx = loops
+    extents = [sch.get(lp).extent for lp in (f, x)]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    fo, fi = sch.split(f, [None, _divisor(int(extents[0]), (4, 3, 2))])
+    vx = _divisor(int(extents[1]), (lanes, lanes // 2, 4))
+    xo, xi = sch.split(x, [None, vx])
+    sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xi)
+    if vx > 1:
+        sch.vectorize(xi)
+    sch.unroll(fi)
+    _fold_epilogue(sch, conv, xo)
+    _inline_producers(sch, conv)
+    sch.parallel(sch.fuse(n, fo, y))
+    sch.decompose_reduction(conv, rc)
+    return sch.mod["main"]
+
+
 def schedule_func(func: tirx.PrimFunc, lanes: int, cores: int) -> tirx.PrimFunc | None:
     """``func`` with effc's default schedule, or None when no rule applies."""
     try:
-        out = schedule_conv(func)
+        out = schedule_conv(func) or schedule_plain_conv(func, lanes)
         if out is not None:
             return out
     except _SCHEDULE_ERRORS as err:  # a rule that did not fit: unscheduled

@@ -1,0 +1,136 @@
+"""Blocked channel layouts and effc's default CPU schedules (codegen/layout.py, codegen/schedule.py).
+
+Every case compares the compiled model with onnxruntime (``assert_close``: rtol 1e-3, atol
+1e-4 x the output's largest magnitude), at several vector widths, so a wrong packing,
+index map, group offset or epilogue shows as wrong numbers; the plan and the schedules are
+checked by what the lowered module holds (exact counts of layout transforms).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+
+from effc.codegen import build, lower_to_relax
+from effc.codegen.build import relax_pipeline
+from effc.models import load_model
+from effc.optimize import optimize
+from tests.fixtures import FIXTURES, assert_close, ort_run
+
+RNG = np.random.default_rng(7)
+
+
+def _w(name: str, *shape: int) -> onnx.TensorProto:
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+
+def _mixed_model() -> onnx.ModelProto:
+    """A CNN holding every case the layout plan tells apart: a 3-channel input (read as one
+    block of 3), a dense conv, a depthwise conv, a grouped conv whose groups hold whole
+    blocks (8 channels each) and one whose groups do not (6 channels: stays NCHW, the
+    plain schedule), a residual add with an NCHW operand, a channel concat, pools (max with
+    ceil_mode, average counting padding, global average and max), an unfused batch norm,
+    PRelu with a per-channel slope, a conv of 10 output channels (no block) and
+    flatten → gemm (NCHW again)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),                 # 3 -> 16
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "wd"], ["dw"], pads=[1, 1, 1, 1], group=16),            # depthwise
+        helper.make_node("Conv", ["dw", "wg"], ["g2"], group=2),                                  # 16 -> 16, 8 per group
+        helper.make_node("Conv", ["r1", "wp"], ["p1"]),                                           # NCHW branch below
+        helper.make_node("Add", ["g2", "xs"], ["res"]),                                           # + an NCHW input
+        helper.make_node("BatchNormalization", ["res", "bs", "bb", "bm", "bv"], ["bn"]),
+        helper.make_node("PRelu", ["bn", "slope"], ["pr"]),
+        helper.make_node("Concat", ["pr", "p1"], ["cat"], axis=1),                                # 32 channels
+        helper.make_node("MaxPool", ["cat"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        helper.make_node("AveragePool", ["mp"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        helper.make_node("Conv", ["ap", "w6"], ["g6"], group=4, pads=[1, 1, 1, 1]),              # 32 -> 24, 6 per group
+        helper.make_node("Conv", ["g6", "w10"], ["c10"]),                                         # 24 -> 10
+        helper.make_node("GlobalMaxPool", ["g6"], ["gmax"]),
+        helper.make_node("GlobalAveragePool", ["c10"], ["gavg"]),
+        helper.make_node("Flatten", ["gmax"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    inits = [
+        _w("w1", 16, 3, 3, 3), _w("b1", 16), _w("wd", 16, 1, 3, 3), _w("wg", 16, 8, 1, 1), _w("wp", 16, 16, 1, 1),
+        _w("bs", 16), _w("bb", 16), _w("bm", 16), numpy_helper.from_array(np.abs(RNG.standard_normal(16)).astype(np.float32) + 0.5, "bv"),
+        _w("slope", 16, 1, 1), _w("w6", 24, 8, 3, 3), _w("w10", 10, 24, 1, 1), _w("wf", 5, 24), _w("bf", 5),
+    ]
+    graph = helper.make_graph(
+        nodes, "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16]),
+         helper.make_tensor_value_info("xs", TensorProto.FLOAT, [2, 16, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("gavg", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("mp", TensorProto.FLOAT, None)],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("level", ["fold-constants,dce", "O2"])
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_mixed_layouts_match_onnxruntime(level, lanes):
+    model = _mixed_model()
+    feeds = {"x": RNG.standard_normal((2, 3, 16, 16)).astype(np.float32),
+             "xs": RNG.standard_normal((2, 16, 16, 16)).astype(np.float32)}
+    module = load_model(model)
+    optimize(module, level)
+    got = build(module, lanes=lanes).run(feeds)
+    want = ort_run(model, feeds)
+    for name in want:
+        assert_close(got[name], want[name], f"lanes={lanes} {level} {name}")
+
+
+def _main_calls(mod: tvm.IRModule) -> list[str]:
+    """The PrimFuncs ``main`` calls, in order."""
+    names: list[str] = []
+
+    def visit(expr):
+        if isinstance(expr, tvm.relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
+            names.append(expr.args[0].name_hint)
+
+    tvm.relax.analysis.post_order_visit(mod["main"].body, visit)
+    return names
+
+
+def _fixture_module(name: str):
+    fx = next(f for f in FIXTURES if f.name == name)
+    module = load_model(fx.path())
+    optimize(module, "O2")
+    return module
+
+
+def test_a_chain_of_convs_stays_blocked():
+    """mobilenet_tiny (convs, depthwise convs, residual adds, global pool): the input is
+    blocked inside the first conv's kernel, and the only transform back to NCHW is before
+    the flatten; with no plan every value is NCHW."""
+    module = _fixture_module("mobilenet_tiny")
+    mod = lower_to_relax(module, lanes=8)
+    calls = [c for c in _main_calls(mod) if c.startswith("to_nchw")]
+    assert calls == ["to_nchw"]
+    text = mod.script()
+    assert text.count("R.Tensor((1, 56, 1, 1, 8)") >= 1  # the pooled features, blocked by 8
+    assert "to_nchw" not in lower_to_relax(module).script()
+
+
+def test_every_conv_kernel_is_scheduled():
+    """After effc's pipeline every kernel of light_squeezenet is scheduled (none is left
+    to TVM's serial loop nests) and each conv runs in parallel, vectorized."""
+    module = _fixture_module("light_squeezenet")
+    mod = lower_to_relax(module, lanes=8)
+    passes = list(relax_pipeline(8).passes)
+    cut = [p.info.name for p in passes].index("effc.DefaultSchedules") + 1
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
+        kernels = tvm.transform.Sequential(passes[:cut])(mod)
+    convs = 0
+    for gv, func in kernels.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if "conv" in gv.name_hint:
+            convs += 1
+            text = func.script()
+            assert func.attrs.get("tir.is_scheduled"), gv.name_hint
+            assert "T.parallel" in text and "T.vectorized" in text, gv.name_hint
+    assert convs >= 10
