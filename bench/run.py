@@ -34,7 +34,11 @@ Artifact size: the exported ``.so`` (weights included); ORT: the ``.onnx`` file.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +140,66 @@ def table(rows: list[dict[str, Any]], s: Settings, seconds: float, heading: str 
     return "\n".join(lines) + "\n"
 
 
+def summary(rows: list[dict[str, Any]], key: str) -> str:
+    """Geometric mean and worst of ``key`` (``effc_vs_ort`` ...) over the rows that have it."""
+    xs = [r[key] for r in rows if r.get(key)]
+    if not xs:
+        return "–"
+    worst = max(rows, key=lambda r: r.get(key) or 0)
+    return f"geomean {math.exp(sum(map(math.log, xs)) / len(xs)):.2f}, worst {worst[key]:.2f} ({worst['model']})"
+
+
+def threads_table(by_threads: dict[int, list[dict[str, Any]]], s: Settings, seconds: float) -> str:
+    """One section for runs at several thread counts (each its own process, plain rows)."""
+    cpu = s.target.get("mcpu", "?")
+    counts = sorted(by_threads)
+    lines = [SECTION, "",
+             f"Each thread count in its own process (TVM sizes its thread pool once), the same threads for every "
+             f"system (TVM_NUM_THREADS, ORT intra_op_num_threads); target `{s.target.get('kind')}` mcpu `{cpu}` "
+             "as effc detects it, batch 1. Latency: median of up to "
+             f"{s.reps} runs per system after {s.warmup} warm-up runs, the systems taking turns. effc: `-O2`, "
+             "its blocked layouts and default schedules (`codegen/layout.py`, `codegen/schedule.py`); plain "
+             "TVM: `from_onnx` + TVM's default pipeline, untuned. "
+             + (f"Tuned: MetaSchedule, at most {s.trials} trials per model, database shared by the models. "
+                if s.trials else "") +
+             "Ratios below 1 mean effc is faster. Every row's outputs are checked against onnxruntime. "
+             f"Run took {seconds / 60:.1f} min. `python bench/run.py --models all` regenerates this section.", ""]
+    for t in counts:
+        rows = by_threads[t]
+        lines.append(f"- {t} thread(s): effc/ORT {summary(rows, 'effc_vs_ort')}; effc/plain TVM "
+                     f"{summary(rows, 'effc_vs_tvm')}"
+                     + (f"; tuned/ORT {summary(rows, 'effc_tuned_vs_ort')}" if s.trials else ""))
+    lines += ["", "| model | threads | ORT ms | plain TVM ms | effc ms | effc tuned ms | effc/ORT | effc/TVM "
+              "| tuned/ORT | compile s: ORT / TVM / effc | outputs match ORT: TVM / effc / tuned |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def ms(r):
+        return "–" if r is None or r["ms"] is None else (f"{r['ms']:.3f}" if r["ms"] < 100 else f"{r['ms']:.1f}")
+
+    def ok(r):
+        return "–" if r is None or r["matches_ort"] is None else ("yes" if r["matches_ort"] else "NO")
+
+    def sec(r):
+        return "–" if r is None or r["compile_s"] is None else f"{r['compile_s']:.1f}"
+
+    models = [r["model"] for r in by_threads[counts[0]]]
+    for m in models:
+        for t in counts:
+            r = next((x for x in by_threads[t] if x["model"] == m), None)
+            if r is None:
+                continue
+            lines.append(
+                f"| {m} | {t} | {ms(r['ort'])} | {ms(r['tvm'])} | {ms(r['effc'])} | {ms(r['effc_tuned'])} "
+                f"| {_fmt_x(r['effc_vs_ort'])} | {_fmt_x(r['effc_vs_tvm'])} | {_fmt_x(r['effc_tuned_vs_ort'])} "
+                f"| {sec(r['ort'])} / {sec(r['tvm'])} / {sec(r['effc'])} "
+                f"| {ok(r['tvm'])} / {ok(r['effc'])} / {ok(r['effc_tuned'])} |")
+    notes = sorted({f"- {r['model']}: plain TVM {r['tvm']['note']}" for rows in by_threads.values() for r in rows
+                    if r["tvm"] and r["tvm"]["note"]})
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
@@ -143,17 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="10 reps, 5 s per system, 64 trials per model")
     ap.add_argument("--trials", type=int, default=None,
                     help="tuning trials per model (default 256; --quick 64; 0: no tuning)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                    help="threads for TVM and ORT (default %(default)s)")
+    ap.add_argument("--threads", default="1,2",
+                    help="thread counts for TVM and ORT, each run in its own process (default %(default)s)")
     ap.add_argument("--reps", type=int, default=None, help="timed runs per system (default 50; --quick 10)")
     ap.add_argument("--db", type=Path, default=DEFAULT_DB, help="tuning database folder (default %(default)s)")
     ap.add_argument("--fresh-db", action="store_true", help="empty the tuning database first")
     ap.add_argument("--target", default="x86", help="an x86 target name (default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     ap.add_argument("--no-progress", action="store_true", help="no tuning progress bar")
+    ap.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)  # a child run's rows, for its parent
     args = ap.parse_args(argv)
+    counts = [int(t) for t in str(args.threads).split(",") if t]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--threads: thread counts of at least 1, got {args.threads!r}")
 
-    set_threads(args.threads)
     sys.path.insert(0, str(REPO))
     from effc.codegen.tune import clear_database
     from effc.targets import get_target
@@ -165,17 +232,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = [n for n in args.models.split(",") if n]
     trials = args.trials if args.trials is not None else (64 if args.quick else 256)
-    s = Settings(get_target(args.target).tvm, args.threads, trials, args.db,
+    s = Settings(get_target(args.target).tvm, counts[0], trials, args.db,
                  reps=args.reps or (10 if args.quick else 50), max_seconds=5.0 if args.quick else 15.0,
                  progress=not args.no_progress)
     if args.fresh_db:
         clear_database(s.db_dir)
     start = time.perf_counter()
-    rows = []
-    for case in fixture_cases(names):
-        rows.append(bench_case(case, s))
-    heading = SECTION_REUSED if s.trials > 0 and _new_trials(rows) == 0 else SECTION
-    text = table(rows, s, time.perf_counter() - start, heading)
+    if len(counts) == 1:
+        set_threads(counts[0])
+        rows = [bench_case(case, s) for case in fixture_cases(names)]
+        if args.rows_json:
+            args.rows_json.write_text(json.dumps([plain_row(r) for r in rows]))
+            return 0
+        heading = SECTION_REUSED if s.trials > 0 and _new_trials(rows) == 0 else SECTION
+        text = table(rows, s, time.perf_counter() - start, heading)
+    else:
+        by_threads = {}
+        with tempfile.TemporaryDirectory(prefix="effc-bench-") as tmp:
+            for t in counts:
+                out = Path(tmp) / f"rows-{t}.json"
+                child = [sys.executable, __file__, "--models", ",".join(names), "--threads", str(t),
+                         "--trials", str(trials), "--db", str(args.db), "--target", args.target,
+                         "--rows-json", str(out), "--reps", str(s.reps)]
+                child += ["--quick"] if args.quick else []
+                child += ["--no-progress"] if args.no_progress else []
+                print(f"=== {t} thread(s)", flush=True)
+                subprocess.run(child, check=True)
+                by_threads[t] = json.loads(out.read_text())
+        heading = SECTION
+        text = threads_table(by_threads, s, time.perf_counter() - start)
     print()
     print(text)
     if not args.no_write:

@@ -11,6 +11,7 @@ was applied), that schedules each PrimFunc not scheduled yet:
   epilogue (bias, activation, residual add) computed per tile while it is in cache; rows
   run in parallel (NeoCPU's schedule; measured at parity with onnxruntime's MLAS on
   ResNet-50's 3x3 and 1x1 layers, bench/RESULTS.md);
+- NCHW convolutions (those the layout plan leaves unblocked): vectors along the row;
 - every other kernel: ``schedule_generic`` (matmul, elementwise, reductions, pooling).
 
 A rule that does not apply leaves the kernel as it was (never wrong, only slower).
@@ -23,7 +24,9 @@ from typing import Any
 import tvm
 from tvm import s_tir, tirx
 
+from .aot_kernels import ieee_minmax
 from .layout import CONV_BLOCK, DEPTHWISE_BLOCK
+from .schedule_generic import schedule_generic
 
 log = logging.getLogger("effc.schedule")
 
@@ -34,6 +37,10 @@ per pixel, 8 accumulators leave room for the input broadcast and the weight vect
 VECTOR_REGISTERS = 16
 """Vector registers of the ISA (AVX2: 16 ymm; AVX-512 and AArch64 have 32): a register
 tile of up to this many minus two pixels fits (the two: a weight vector and a broadcast)."""
+
+PARALLEL_MIN_MACS = 1 << 19
+"""A convolution runs its rows in parallel only from this many multiply-adds (~25 us on
+one core vectorized): below it, waking TVM's thread pool costs more than it saves."""
 
 SCHEDULED = "tir.is_scheduled"
 
@@ -97,15 +104,28 @@ def _inline_producers(sch: s_tir.Schedule, block: Any) -> None:
                 pass
 
 
-def schedule_conv(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """A PrimFunc holding a blocked convolution, scheduled; None when it holds none."""
-    sch = s_tir.Schedule(func)
+def _parallel_rows(sch: s_tir.Schedule, conv: Any, rows: Any) -> None:
+    """Run ``rows`` in parallel when the convolution is big enough (``PARALLEL_MIN_MACS``);
+    before the init is split off (``parallel`` wants a whole reduction under it)."""
+    macs = 1
+    for lp in sch.get_loops(conv):
+        extent = sch.get(lp).extent
+        if not isinstance(extent, tirx.IntImm):
+            macs = PARALLEL_MIN_MACS  # a symbolic batch: assume a big one
+            break
+        macs *= int(extent)
+    if macs >= PARALLEL_MIN_MACS:
+        sch.parallel(rows)
+
+
+def schedule_conv(sch: s_tir.Schedule) -> bool:
+    """Schedule the blocked convolution of ``sch``'s kernel; False when it holds none."""
     conv = _block_named(sch, CONV_BLOCK)
     depthwise = conv is None
     if depthwise:
         conv = _block_named(sch, DEPTHWISE_BLOCK)
     if conv is None:
-        return None
+        return False
     loops = sch.get_loops(conv)
     if depthwise:
         n, c, h, w, j, ry, rx = loops
@@ -115,16 +135,16 @@ def schedule_conv(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         reduction = [rc, ry, rx, ri]
     width = sch.get(w).extent
     if not isinstance(width, tirx.IntImm):
-        return None
+        return False
     wo, wi = sch.split(w, [None, _reg_width(int(width))])
     sch.reorder(n, c, h, wo, *reduction, wi, j)
     sch.vectorize(j)
     sch.unroll(wi)
     _fold_epilogue(sch, conv, wo)
     _inline_producers(sch, conv)
-    sch.parallel(sch.fuse(n, c, h))  # (before the init is split off: parallel wants a whole reduction)
+    _parallel_rows(sch, conv, sch.fuse(n, c, h))
     sch.decompose_reduction(conv, reduction[0])
-    return sch.mod["main"]
+    return True
 
 
 PLAIN_CONV_BLOCKS = ("conv2d_nchw", "group_conv2d_nchw")
@@ -136,21 +156,21 @@ def _divisor(extent: int, options: tuple[int, ...]) -> int:
     return next((d for d in options if d <= extent and extent % d == 0), 1)
 
 
-def schedule_plain_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc | None:
-    """A PrimFunc holding an NCHW convolution, scheduled: vectors along the output row
+def schedule_plain_conv(sch: s_tir.Schedule, lanes: int) -> bool:
+    """Schedule the NCHW convolution of ``sch``'s kernel: vectors along the output row
     (contiguous for stride 1), a register tile of output channels, the reduction outside
-    the tile, rows in parallel. Slower than the blocked schedule, far faster than none."""
-    sch = s_tir.Schedule(func)
+    the tile, rows in parallel. Slower than the blocked schedule, far faster than none.
+    False when the kernel holds none."""
     conv = next((blk for prefix in PLAIN_CONV_BLOCKS if (blk := _block_named(sch, prefix)) is not None), None)
     if conv is None or sch.get(conv).name_hint not in PLAIN_CONV_BLOCKS:
-        return None
+        return False
     loops = sch.get_loops(conv)
     if len(loops) != 7:
-        return None
+        return False
     n, f, y, x, rc, ry, rx = loops
     extents = [sch.get(lp).extent for lp in (f, x)]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
-        return None
+        return False
     fo, fi = sch.split(f, [None, _divisor(int(extents[0]), (4, 3, 2))])
     vx = _divisor(int(extents[1]), (lanes, lanes // 2, 4))
     xo, xi = sch.split(x, [None, vx])
@@ -160,29 +180,23 @@ def schedule_plain_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc | None
     sch.unroll(fi)
     _fold_epilogue(sch, conv, xo)
     _inline_producers(sch, conv)
-    sch.parallel(sch.fuse(n, fo, y))
+    _parallel_rows(sch, conv, sch.fuse(n, fo, y))
     sch.decompose_reduction(conv, rc)
-    return sch.mod["main"]
+    return True
 
 
-def schedule_func(func: tirx.PrimFunc, lanes: int, cores: int) -> tirx.PrimFunc | None:
-    """``func`` with effc's default schedule, or None when no rule applies."""
-    try:
-        out = schedule_conv(func) or schedule_plain_conv(func, lanes)
-        if out is not None:
-            return out
-    except _SCHEDULE_ERRORS as err:  # a rule that did not fit: unscheduled
-        log.debug("conv schedule failed: %s", err)
-        return None
-    try:
-        from .schedule_generic import schedule_generic
-    except ImportError:
-        return None
-    try:
-        return schedule_generic(func, lanes, cores)
-    except Exception as err:  # noqa: BLE001  (being written: never let it break a build)
-        log.debug("generic schedule failed: %s", err)
-        return None
+def default_schedule(func: tirx.PrimFunc, lanes: int, cores: int) -> s_tir.Schedule | None:
+    """effc's default schedule of ``func`` (a kernel named ``main``), or None when no rule
+    applies. ``.mod["main"]`` is the scheduled kernel, ``.trace`` how it was scheduled
+    (tuning starts from it: ``tune.seed_records``)."""
+    for rule in (schedule_conv, lambda sch: schedule_plain_conv(sch, lanes)):
+        sch = s_tir.Schedule(func)
+        try:
+            if rule(sch):
+                return sch
+        except _SCHEDULE_ERRORS as err:  # a rule that did not fit: the next one, or none
+            log.debug("conv schedule failed: %s", err)
+    return schedule_generic(func, lanes, cores)
 
 
 def default_schedules(lanes: int, cores: int) -> tvm.transform.Pass:
@@ -193,18 +207,15 @@ def default_schedules(lanes: int, cores: int) -> tvm.transform.Pass:
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get(SCHEDULED)):
                 continue
-            scheduled = schedule_func(func.with_attr("global_symbol", "main"), lanes, cores)
-            if scheduled is not None:
-                attrs = dict(func.attrs) if func.attrs else {}
-                scheduled = scheduled.with_attr(SCHEDULED, True)
-                for k, v in attrs.items():
-                    if k != "global_symbol":
-                        scheduled = scheduled.with_attr(k, v)
-                if "global_symbol" in attrs:
-                    scheduled = scheduled.with_attr("global_symbol", attrs["global_symbol"])
-                else:
-                    scheduled = scheduled.without_attr("global_symbol")
-                mod[gv] = scheduled
+            # IEEE max/min first: a schedule may split a reduction's init off, and ieee_minmax
+            # finds a max reduction's starting value in its init
+            func = ieee_minmax(func)
+            sch = default_schedule(func.with_attr("global_symbol", "main"), lanes, cores)
+            if sch is not None:
+                scheduled = sch.mod["main"].with_attr(SCHEDULED, True)
+                symbol = func.attrs.get("global_symbol") if func.attrs else None
+                mod[gv] = (scheduled.with_attr("global_symbol", symbol) if symbol
+                           else scheduled.without_attr("global_symbol"))
         return mod
 
     return apply

@@ -62,6 +62,7 @@ from effc.ir.core import Module
 
 from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, without_avx512
 from .relax import LoweringError, lower_to_relax
+from .schedule import target_lanes
 
 log = logging.getLogger("effc.tune")
 
@@ -75,11 +76,12 @@ measure little more than noise, and a MetaSchedule task costs seconds to set up.
 # ----------------------------------------------------------------------------- pipeline split
 
 
-def _pipeline_halves() -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
+def _pipeline_halves(lanes: int | None = None) -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
     """effc's ``relax_pipeline`` cut after ``FuseTIR``: the half that makes the kernels, and
-    the half that lowers them (TVM's default pipeline). Tuning reads the kernels between the
-    two; ``build_tuned`` applies the database there."""
-    passes = list(relax_pipeline().passes)
+    the half that lowers them (effc's default schedules for ``lanes``, then TVM's default
+    pipeline). Tuning reads the kernels between the two; ``build_tuned`` applies the
+    database there, so the default schedules take only the kernels it lacks."""
+    passes = list(relax_pipeline(lanes).passes)
     names = [p.info.name for p in passes]
     if "FuseTIR" not in names:
         raise LoweringError(f"internal: effc's relax pipeline has no FuseTIR to tune after ({names})")
@@ -95,15 +97,18 @@ def tuning_target(target: TargetDict | None) -> dict[str, Any]:
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"tuning supports LLVM CPU targets; got target kind '{target.get('kind')}'")
-    target.setdefault("num-cores", os.cpu_count() or 1)
+    target.setdefault("num-cores", int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
     return without_avx512(target)
 
 
 def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:
-    """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``)."""
-    make_kernels, _ = _pipeline_halves()
-    mod = lower_to_relax(module)
-    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(tuning_target(target)):
+    """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``,
+    in the blocked layouts the target's build uses)."""
+    target = tuning_target(target)
+    lanes = target_lanes(target)
+    make_kernels, _ = _pipeline_halves(lanes)
+    mod = lower_to_relax(module, lanes=lanes)
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target(target):
         return make_kernels(mod)
 
 
@@ -590,11 +595,12 @@ def _task_logger(folder: Path, kernel: Kernel) -> Iterator[logging.Logger]:
 def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.PathLike) -> Built:
     """``build()`` with the best schedules from the database applied to the kernels it holds
     (``MetaScheduleApplyDatabase`` between ``FuseTIR`` and TVM's default pipeline); kernels
-    it lacks keep the default schedule. The database is only read."""
+    it lacks get effc's default schedules. The database is only read."""
     target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
-    make_kernels, lower_kernels = _pipeline_halves()
-    mod = lower_to_relax(module)
+    lanes = target_lanes(target)
+    make_kernels, lower_kernels = _pipeline_halves(lanes)
+    mod = lower_to_relax(module, lanes=lanes)
     db = open_database(db_dir, target)
     with tvm.transform.PassContext(opt_level=3), tvm_target:
         mod = make_kernels(mod)

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AOT programs: the inputs and outputs live in the arena, as in TFLite Micro (default), or in "
                         "the caller's own buffers")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
+    _threads_arg(p, "threads the kernels run on while tuning measures them (default: every core)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
 
@@ -97,8 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help=".npz keyed by the model's input names (default: seeded random inputs)")
     p.add_argument("-o", "--output", help=".npz to write, keyed by the model's output names")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    _threads_arg(p, "threads a compiled model runs on (default: every core)")
     p.set_defaults(func=cmd_run)
     return ap
+
+
+def _threads_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--threads", type=int, metavar="N", help=what)
 
 
 def add_instrument_flags(p: argparse.ArgumentParser) -> None:
@@ -299,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"effc: error: --threads must be at least 1, got {threads}", file=sys.stderr)
+            return 2
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # before TVM's thread pool starts
     try:
         return args.func(args)
     except EffcError as e:

@@ -1,0 +1,173 @@
+"""Default schedules for non-convolution kernels (effc.codegen.schedule_generic).
+
+Real kernels of the fast fixture models (digits_cnn, mobilenet_tiny, minilm_l3, shapes
+bound) are scheduled for AVX2 (8 lanes, 2 cores), compiled, run on random inputs and
+compared with the unscheduled kernel; each test also checks that its rule applied (the
+scheduled kernel has the parallel / vectorized / unrolled loops the rule makes). Pools in
+the blocked NCHW16c layout and with padding come from TOPI, as the lead's layout pass
+will make them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm import te, topi
+
+from effc.codegen.schedule_generic import schedule_generic
+from effc.codegen.tune import kernel_module
+from effc.ir.refine import bind_input_shapes
+from effc.models import load_model
+from effc.optimize import optimize
+from tests.fixtures import FIXTURES
+
+LANES, CORES = 8, 2
+TARGET = {"kind": "llvm", "mcpu": "haswell", "num-cores": CORES}
+
+
+def _kernels(name: str) -> dict[str, tvm.tirx.PrimFunc]:
+    fixture = next(f for f in FIXTURES if f.name == name)
+    module = load_model(fixture.path())
+    feeds = fixture.inputs(onnx.load(fixture.path()))
+    bind_input_shapes(module, {n: a.shape for n, a in feeds.items()})
+    optimize(module, "O2")
+    mod = kernel_module(module)
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.fixture(scope="module")
+def kernels() -> dict[str, dict[str, tvm.tirx.PrimFunc]]:
+    return {name: _kernels(name) for name in ("digits_cnn", "mobilenet_tiny", "minilm_l3")}
+
+
+def _run(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray], target=TARGET) -> list[np.ndarray]:
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(target))
+    tensors = [tvm.runtime.tensor(a.copy()) for a in arrays]
+    lib["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def _inputs(func: tvm.tirx.PrimFunc, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in func.params:
+        shape, dtype = [int(d) for d in p.ty.shape], str(p.ty.dtype)
+        out.append(rng.standard_normal(shape).astype(dtype) if dtype.startswith("float")
+                   else rng.integers(0, 10, shape).astype(dtype))
+    return out
+
+
+def check(func: tvm.tirx.PrimFunc, *marks: str, lanes: int = LANES, target=TARGET, rtol: float = 1e-5) -> str:
+    """Schedule ``func``, assert each of ``marks`` (e.g. ``T.parallel``) is in the result,
+    and that it computes what the unscheduled kernel does; returns the scheduled script."""
+    sch = schedule_generic(func, lanes, CORES)
+    assert sch is not None, "no rule applied"
+    scheduled = sch.mod["main"]
+    script = scheduled.script()
+    for mark in marks:
+        assert mark in script, f"{mark} missing from the scheduled kernel:\n{script}"
+    arrays = _inputs(func)
+    for got, want in zip(_run(scheduled, arrays, target), _run(func, arrays, target)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+    return script
+
+
+@pytest.mark.parametrize("name", ["fused_mat_mul_add_gelu", "fused_mat_mul_add_add1"])
+def test_dense_with_epilogue_is_tiled_vectorized_parallel(kernels, name):
+    script = check(kernels["minilm_l3"][name], "T.parallel", "T.vectorized", "T.unroll", rtol=1e-4)
+    assert 'scope="local"' in script  # the accumulator tile
+
+
+@pytest.mark.parametrize("model,name", [("minilm_l3", "matmul4"), ("minilm_l3", "fused_mat_mul_div_add"),
+                                        ("digits_cnn", "gemm"), ("mobilenet_tiny", "gemm")])
+def test_small_and_batch_matmuls(kernels, model, name):
+    check(kernels[model][name], "T.vectorized", "T.unroll", rtol=1e-4)
+
+
+def test_dense_for_avx512_lanes(kernels):
+    check(kernels["minilm_l3"]["fused_mat_mul_add"], "T.vectorized(T.int64(32))", lanes=16,
+          target={"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": CORES}, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fused_add_add", "cast1", "multiply1"])
+def test_elementwise_is_vectorized(kernels, name):
+    check(kernels["minilm_l3"][name], "T.vectorized")
+
+
+def test_transpose_stays_scalar_but_correct(kernels):
+    scheduled = schedule_generic(kernels["minilm_l3"]["transpose1"], LANES, CORES)
+    assert scheduled is None or "T.vectorized" not in scheduled.mod["main"].script()
+    check(kernels["minilm_l3"]["fused_add_add"])
+
+
+def test_big_elementwise_is_parallel():
+    x = te.placeholder((64, 56, 56), "float32", name="x")
+    y = te.compute(x.shape, lambda *i: te.max(x(*i) * 2.0, 0.0), name="y")
+    check(te.create_prim_func([x, y]), "T.parallel", "T.vectorized")
+
+
+def test_reduction_over_a_middle_axis(kernels):
+    check(kernels["minilm_l3"]["sum"], "T.vectorized", rtol=1e-4)  # sum(x[b, k, j], k)
+
+
+def test_big_softmax_and_layer_norm_are_parallel():
+    x = te.placeholder((64, 12, 128), "float32", name="x")
+    check(te.create_prim_func([x, topi.nn.softmax(x, axis=-1)]), "T.parallel", "T.vectorized", rtol=1e-4)
+    gamma = te.placeholder((128,), "float32", name="gamma")
+    beta = te.placeholder((128,), "float32", name="beta")
+    norm = topi.nn.layer_norm(x, gamma, beta, axis=[2], epsilon=1e-5)
+    check(te.create_prim_func([x, gamma, beta, norm]), "T.parallel", "T.vectorized", rtol=1e-4)
+
+
+def test_small_reductions_are_left_to_llvm(kernels):
+    for name in ("layer_norm", "softmax"):
+        assert schedule_generic(kernels["minilm_l3"][name], LANES, CORES) is None, name
+
+
+def test_global_average_pool():
+    x = te.placeholder((1, 1024, 14, 14), "float32", name="x")
+    total = topi.sum(x, axis=[2, 3], keepdims=True)
+    y = te.compute(total.shape, lambda *i: total(*i) / 196.0, name="mean")
+    check(te.create_prim_func([x, y]), "T.parallel", rtol=1e-4)
+
+
+def test_digits_max_pool(kernels):
+    """digits_cnn's 2x2/2 pool: left alone in NCHW, vectorized over the channel block once
+    the layout pass made it NCHW16c."""
+    pool = kernels["digits_cnn"]["max_pool2d"]
+    if len(pool.params[-1].ty.shape) == 5:
+        check(pool, "T.vectorized")
+    else:
+        assert schedule_generic(pool, LANES, CORES) is None
+
+
+def test_strided_nchw_pools_are_left_alone():
+    x = te.placeholder((1, 64, 112, 112), "float32", name="x")  # resnet50's stem pool
+    y = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "max", layout="NCHW")
+    assert schedule_generic(te.create_prim_func([x, y]), LANES, CORES) is None
+
+
+def test_stride_one_nchw_pool_vectorizes_width():
+    x = te.placeholder((1, 64, 28, 28), "float32", name="x")  # inception's 3x3/1 pools
+    y = topi.nn.pool2d(x, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "max", layout="NCHW")
+    check(te.create_prim_func([x, y]), "T.parallel", "T.vectorized")
+
+
+@pytest.mark.parametrize("pool_type", ["max", "avg"])
+def test_pool_nchw16c_vectorizes_channel_block(pool_type):
+    x = te.placeholder((1, 8, 28, 28, 16), "float32", name="x")
+    y = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), pool_type, layout="NCHW16c")
+    script = check(te.create_prim_func([x, y]), "T.vectorized(16)", "T.parallel", rtol=1e-5)
+    assert "T.vectorized(16)" in script
+
+
+def test_symbolic_and_unknown_kernels_are_left_alone(kernels):
+    fixture = next(f for f in FIXTURES if f.name == "digits_cnn")
+    module = load_model(fixture.path())
+    optimize(module, "O2")
+    symbolic = kernel_module(module)
+    assert all(schedule_generic(f, LANES, CORES) is None
+               for f in symbolic.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    for model in kernels.values():  # never raises, whatever the kernel (convolutions included)
+        for func in model.values():
+            schedule_generic(func, LANES, CORES)
