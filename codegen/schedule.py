@@ -26,7 +26,7 @@ from tvm import s_tir, tirx
 
 from .aot_kernels import ieee_minmax
 from .layout import CONV_BLOCK, DEPTHWISE_BLOCK
-from .schedule_generic import schedule_generic
+from .schedule_generic import SCHEDULE_ERRORS, schedule_generic
 
 log = logging.getLogger("effc.schedule")
 
@@ -44,8 +44,7 @@ one core vectorized): below it, waking TVM's thread pool costs more than it save
 
 SCHEDULED = "tir.is_scheduled"
 
-_SCHEDULE_ERRORS = (RuntimeError, s_tir.ScheduleError)
-"""What a schedule primitive raises when it does not apply (TVM's errors are RuntimeErrors)."""
+_SCHEDULE_ERRORS = SCHEDULE_ERRORS
 
 
 def _block_named(sch: s_tir.Schedule, prefix: str) -> Any | None:

@@ -62,7 +62,7 @@ from effc.ir.core import Module
 
 from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, without_avx512
 from .relax import LoweringError, lower_to_relax
-from .schedule import target_lanes
+from .schedule import SCHEDULED, default_schedule, target_lanes
 
 log = logging.getLogger("effc.tune")
 
@@ -534,6 +534,7 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
                 counter.kernel = kernel
                 budget = plan[kernel.name]
                 try:
+                    seed_record(kernel, db, builder, runner, target, target_lanes(target_dict), cores)
                     with _task_logger(db_path / "logs", kernel) as logger:
                         ctx = ms.TuneContext(mod=kernel.workload, target=target, space_generator="post-order-apply",
                                              search_strategy=search_strategy(budget), task_name=kernel.name,
@@ -552,6 +553,34 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
                     db.commit_workload(kernel.workload)  # attempted: a later tune does not retry it
     finally:
         builder.close()
+
+
+def seed_record(kernel: Kernel, db: ms.database.Database, builder: ms.Builder, runner: ms.Runner,
+                target: tvm.target.Target, lanes: int, cores: int) -> float | None:
+    """Measure effc's default schedule of ``kernel`` (``schedule.default_schedule``) with
+    the tuning builder and runner and commit it to ``db`` as a tuning record, before
+    MetaSchedule searches: the search starts from it (the evolutionary search seeds its
+    population with the database's best records), and since a build takes each kernel's
+    fastest record, a tuned build is never slower than the untuned one. Returns the
+    measured seconds, or None when no rule applies or it did not build and run."""
+    func = kernel.workload["main"]
+    sch = default_schedule(func, lanes, cores)
+    if sch is None:
+        return None
+    built = builder.build([BuilderInput(sch.mod, target)])[0]
+    if built.error_msg:
+        log.warning("effc's schedule of %s did not build: %s", kernel.name, built.error_msg.splitlines()[-1:])
+        return None
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    device = "cpu" if target.kind.name in ("llvm", "c") else target.kind.name
+    ran = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])[0].result()
+    if ran.error_msg or not ran.run_secs:
+        log.warning("effc's schedule of %s did not run: %s", kernel.name, (ran.error_msg or "").splitlines()[-1:])
+        return None
+    secs = [float(x) for x in ran.run_secs]
+    workload = db.commit_workload(kernel.workload)
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
+    return min(secs)
 
 
 def search_strategy(budget: int) -> ms.search_strategy.EvolutionarySearch:
@@ -605,10 +634,21 @@ def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.Path
     with tvm.transform.PassContext(opt_level=3), tvm_target:
         mod = make_kernels(mod)
         with db:
-            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            applied = relax.transform.MetaScheduleApplyDatabase()(mod)
+        mod = _mark_scheduled(mod, applied)
         mod = lower_kernels(mod)
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
     return Built(executable, Signature.of(module), target, mod)
+
+
+def _mark_scheduled(before: tvm.IRModule, after: tvm.IRModule) -> tvm.IRModule:
+    """``after`` with the PrimFuncs the database scheduled marked as scheduled, so effc's
+    default schedules take only the others (MetaScheduleApplyDatabase marks nothing)."""
+    for gv, func in list(after.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and gv in before.functions and not tvm_ffi.structural_equal(
+                func, before[gv]):
+            after[gv] = func.with_attr(SCHEDULED, True)
+    return after
 
 
 def clear_database(db_dir: str | os.PathLike, target: TargetDict | None = None) -> None:
