@@ -12,18 +12,18 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .build import without_avx512
+from .build import safe_target
 
 
 def plain_tvm_build(model_path: str | Path, shapes: Mapping[str, Sequence[int]], target: Mapping[str, Any]) -> Any:
     """``tvm.relax.frontend.onnx.from_onnx`` + ``tvm.compile`` with TVM's default pipeline for
-    ``target`` (AVX-512 off on CPUs, as effc builds; see ``build.without_avx512``). Raises
+    ``target`` (AVX-512 made safe, as effc builds; see ``build.safe_target``). Raises
     whatever the frontend or TVM raises for a model it does not handle."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     mod = from_onnx(onnx.load(str(model_path)), shape_dict={k: list(v) for k, v in shapes.items()})
-    tgt = dict(target) if target.get("kind") != "llvm" else without_avx512(target)
+    tgt = dict(target) if target.get("kind") != "llvm" else safe_target(target)
     return tvm.compile(mod, target=tvm.target.Target(tgt))
 
 

@@ -35,7 +35,7 @@ from effc.targets import Target, get_target
 from .aot import AotProgram, CToolchain, Interface, ToolchainError, index_failure
 from .aot_c import compile_program, emit
 from .aot_c import HEADER
-from .build import without_avx512
+from .build import safe_target
 
 EXECUTABLE = "model.elf"
 LIBRARY = "libmodel.a"
@@ -193,7 +193,7 @@ def build_native(module: Module, target: Target | str | None = None, *, name: st
     tgt = _target(target)
     toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
-    tvm_target, database = without_avx512(tgt.tvm), None  # as the VM build: see build.without_avx512
+    tvm_target, database = safe_target(tgt.tvm), None  # as the VM build: see build.safe_target
     if tuning_db is not None:  # the backend table offers tuning where it works (x86)
         from .tune import open_database, tuning_target
 

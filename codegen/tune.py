@@ -60,7 +60,7 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from effc.ir.core import Module
 
-from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, without_avx512
+from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, safe_target
 from .relax import LoweringError, lower_to_relax
 from .schedule import SCHEDULED, default_schedule, target_lanes
 
@@ -91,14 +91,14 @@ def _pipeline_halves(lanes: int | None = None) -> tuple[tvm.transform.Pass, tvm.
 
 
 def tuning_target(target: TargetDict | None) -> dict[str, Any]:
-    """The target as ``build()`` compiles for it (AVX-512 off where LLVM miscompiles), with
+    """The target as ``build()`` compiles for it (AVX-512 made safe: ``build.safe_target``), with
     ``num-cores``, which MetaSchedule needs: tuning measures on it, tuned builds compile
     for it, and database records are kept and looked up per this dict."""
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"tuning supports LLVM CPU targets; got target kind '{target.get('kind')}'")
     target.setdefault("num-cores", int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
-    return without_avx512(target)
+    return safe_target(target)
 
 
 def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:

@@ -306,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     threads = getattr(args, "threads", None)
-    if threads is not None:
+    if threads is not None and args.command != "bench":  # (bench checks and sets its own)
         if threads < 1:
-            print(f"effc: error: --threads must be at least 1, got {threads}", file=sys.stderr)
+            print(f"effc: error: effc {args.command}: --threads must be at least 1, got {threads}", file=sys.stderr)
             return 2
         os.environ["TVM_NUM_THREADS"] = str(threads)  # before TVM's thread pool starts
     try:

@@ -15,6 +15,7 @@ import pytest
 from tvm import relax, tirx
 
 from effc.codegen import Built, LoweringError, build, lower_to_relax
+from effc.codegen.build import AVX512_LLVM_FIX, host_x86_target, safe_target
 from effc.ir.refine import bind_input_shapes
 from effc.codegen.relax import _alone_body
 from effc.ir.builder import Builder
@@ -196,18 +197,52 @@ def test_non_llvm_target_is_refused():
         build(module, {"kind": "cuda"})
 
 
-def test_avx512_miscompile_is_avoided():
-    """TVM 0.27 + LLVM 22 miscompile this tile for AVX-512 CPUs (wrong values); build()
-    turns AVX-512 off (see effc.codegen.build.without_avx512)."""
+def _tile_model() -> Module:
     def tile(b: Builder, x):
         x3 = b.reshape(b.concat(x, x, x, x, x, x, x, x, x, x, axis=1), b.const(np.array([3, 4, 5], np.int64)))
         return b.tile(x3, b.const(np.array([6, 4, 2], np.int64)))
 
-    m = _module_with(tile)
+    return _module_with(tile)
+
+
+def _masked_copy(target: dict) -> float:
+    """Max abs error of ``out[x,i,k] = A[(x%3)*16 + (i%4)*4 + k%4]`` (contiguous stores, the
+    loads LLVM 22's vectorizer groups wrongly on AVX-512) built for ``target``."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((48,), "float32", name="A")
+    out = te.compute((6, 16, 8), lambda x, i, k: a[(x % 3) * 16 + (i % 4) * 4 + k % 4], name="B")
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([a, out])}), target=tvm.target.Target(target))
+    data = np.arange(48, dtype="float32")
+    x, i, k = np.meshgrid(*map(np.arange, (6, 16, 8)), indexing="ij")
+    got = tvm.runtime.empty((6, 16, 8), "float32")
+    lib["main"](tvm.runtime.tensor(data), got)
+    return float(np.abs(got.numpy() - data[(x % 3) * 16 + (i % 4) * 4 + k % 4]).max())
+
+
+def test_avx512_code_is_right():
+    """TVM 0.27's LLVM 22 vectorizer drops an index mask on AVX-512 (build.safe_target):
+    effc builds keep AVX-512 with ``-max-interleave-group-factor=1``, and the tile and the
+    masked copy that came out wrong are exact. On a CPU without AVX-512 the target is
+    unchanged (the CPU cannot run the code that shows the bug)."""
+    from tvm.target import codegen as llvm
+
+    import tvm
+
+    host = host_x86_target()
+    safe = safe_target(host)
+    m = _tile_model()
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     got = build(m).run({"x": x})
     want = run_module(m, {"x": x})
     np.testing.assert_array_equal(got[m.graph.outputs[0].name], want[m.graph.outputs[0].name])
+    if not llvm.llvm_cpu_has_features("avx512f", tvm.target.Target(host)):
+        assert safe == host
+        return
+    assert safe["cl-opt"] == [AVX512_LLVM_FIX] and "-avx512f" not in (safe.get("mattr") or [])
+    assert _masked_copy(safe) == 0.0
+    assert _masked_copy(host) > 0.0, "LLVM no longer miscompiles this: safe_target's option may go"
 
 
 # ----------------------------------------------------------------------------- ONNX node cases

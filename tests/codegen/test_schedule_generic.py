@@ -89,7 +89,7 @@ def test_dense_for_avx512_lanes(kernels):
           target={"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": CORES}, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["fused_add_add", "cast1", "multiply1"])
+@pytest.mark.parametrize("name", ["fused_add_add", "cast1", "multiply4"])
 def test_elementwise_is_vectorized(kernels, name):
     check(kernels["minilm_l3"][name], "T.vectorized")
 
