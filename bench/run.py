@@ -158,7 +158,7 @@ def threads_table(by_threads: dict[int, list[dict[str, Any]]], s: Settings, seco
              f"system (TVM_NUM_THREADS, ORT intra_op_num_threads); target `{s.target.get('kind')}` mcpu `{cpu}` "
              "as effc detects it, batch 1. Latency: median of up to "
              f"{s.reps} runs per system after {s.warmup} warm-up runs, the systems taking turns. effc: `-O2`, "
-             "its blocked layouts and default schedules (`codegen/layout.py`, `codegen/schedule.py`); plain "
+             "its blocked layouts and default schedules (`codegen/layout.py`, `codegen/schedules/`); plain "
              "TVM: `from_onnx` + TVM's default pipeline, untuned. "
              + (f"Tuned: MetaSchedule, at most {s.trials} trials per model, database shared by the models. "
                 if s.trials else "") +

@@ -5,9 +5,9 @@ and legalization, then ``FuseTIR`` on effc's own fused groups, then TVM's defaul
 pipeline) → ``tvm.compile`` → a Relax VM executable. ``Built.export`` writes it as one
 shared library; ``Built.load`` reads one back.
 
-Untuned: the default pipeline applies no schedules on CPU, so kernels are plain loop nests
-(correct, not fast; see bench/RESULTS.md). Builds are deterministic: the same module and target
-give byte-identical libraries.
+Untuned, kernels get effc's default schedules (``schedules/``) over its blocked layouts
+(``layout.py``); TVM's own default pipeline schedules nothing on CPU. Builds are
+deterministic: the same module and target give byte-identical libraries.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from effc.targets import get_target
 
 from .aot_kernels import ieee_minmax_pass
 from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_relax
-from .schedule import default_schedules, target_lanes
+from .schedules import default_schedules, target_lanes
 
 TargetDict = Mapping[str, Any]
 

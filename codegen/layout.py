@@ -15,7 +15,7 @@ packed at compile time (constants), as are the constants an elementwise op broad
 
 ``codegen/relax.py`` lowers with the plan: ``Scope.value`` gives NCHW, ``Scope.value_in``
 a blocked layout, converting once per value; ``BlockedEmit`` is the emitter's view of a
-node whose output is blocked. ``codegen/schedule.py`` schedules the blocked convolutions
+node whose output is blocked. ``codegen/schedules/conv.py`` schedules the blocked convolutions
 (blocks ``conv2d_nchwc`` and ``dwconv2d_nchwc``).
 """
 from __future__ import annotations

@@ -62,7 +62,7 @@ from effc.ir.core import Module
 
 from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, safe_target
 from .relax import LoweringError, lower_to_relax
-from .schedule import SCHEDULED, default_schedule, target_lanes
+from .schedules import SCHEDULED, default_schedule, target_lanes
 
 log = logging.getLogger("effc.tune")
 

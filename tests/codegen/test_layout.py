@@ -1,4 +1,4 @@
-"""Blocked channel layouts and effc's default CPU schedules (codegen/layout.py, codegen/schedule.py).
+"""Blocked channel layouts and effc's default CPU schedules (codegen/layout.py, codegen/schedules/).
 
 Every case compares the compiled model with onnxruntime (``assert_close``: rtol 1e-3, atol
 1e-4 x the output's largest magnitude), at several vector widths, so a wrong packing,

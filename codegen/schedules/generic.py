@@ -3,7 +3,7 @@
 TVM 0.27's default CPU pipeline schedules nothing: every kernel is a serial, scalar loop
 nest. ``schedule_generic(func, lanes, cores)`` gives one kernel (a PrimFunc as FuseTIR
 made it) a fixed, untuned schedule by the first rule that applies, or returns ``None``
-(the kernel stays unscheduled; convolutions are ``schedule.py``'s):
+(the kernel stays unscheduled; convolutions are ``conv.py``'s):
 
 1. matmul (``_schedule_matmul``): dense, matmul and batch-matmul blocks with fused
    epilogues (bias, GELU, scale, residual add);

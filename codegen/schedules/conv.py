@@ -1,34 +1,26 @@
-"""effc's default CPU schedules: what every kernel without a tuning record runs.
+"""effc's default schedules for convolutions.
 
-TVM 0.27's default CPU pipeline schedules nothing: a kernel is a serial scalar loop nest.
-``default_schedules`` is a module pass, run after ``FuseTIR`` (and after a tuning database
-was applied), that schedules each PrimFunc not scheduled yet:
-
-- blocked convolutions (``layout.conv2d_nchwc``, ``layout.depthwise_nchwc``): the output
-  row split into a register tile of ``REG_WIDTH`` pixels, each a vector of the channel
-  block; the reduction (input blocks, taps, input channels) outside the tile, so the
-  inner loop is one broadcast and ``REG_WIDTH`` vector FMAs; padding inlined; the
+- blocked convolutions (``layout.conv2d_nchwc``, ``layout.depthwise_nchwc``, grouped ones
+  included): the output row split into a register tile of pixels, each a vector of the
+  channel block; the reduction (input blocks, taps, input channels) outside the tile, so
+  the inner loop is one broadcast and one vector FMA per pixel; padding inlined; the
   epilogue (bias, activation, residual add) computed per tile while it is in cache; rows
-  run in parallel (NeoCPU's schedule; measured at parity with onnxruntime's MLAS on
-  ResNet-50's 3x3 and 1x1 layers, bench/RESULTS.md);
-- NCHW convolutions (those the layout plan leaves unblocked): vectors along the row;
-- every other kernel: ``schedule_generic`` (matmul, elementwise, reductions, pooling).
+  in parallel when the conv is big enough (NeoCPU's schedule; bench/RESULTS.md has the
+  measurements);
+- NCHW convolutions (those the layout plan leaves unblocked): vectors along the row, a
+  register tile of output channels.
 
-A rule that does not apply leaves the kernel as it was (never wrong, only slower).
+Each rule returns False when the kernel holds no convolution of its kind; a primitive
+that refuses raises one of ``generic.SCHEDULE_ERRORS`` (the caller then tries the next).
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import tvm
 from tvm import s_tir, tirx
 
-from .aot_kernels import ieee_minmax
-from .layout import CONV_BLOCK, DEPTHWISE_BLOCK
-from .schedule_generic import SCHEDULE_ERRORS, schedule_generic
-
-log = logging.getLogger("effc.schedule")
+from ..layout import CONV_BLOCK, DEPTHWISE_BLOCK
+from .generic import SCHEDULE_ERRORS as _SCHEDULE_ERRORS
 
 REG_WIDTH = 8
 """Output pixels per register tile when the row length allows no better: with one vector
@@ -42,9 +34,6 @@ PARALLEL_MIN_MACS = 1 << 19
 """A convolution runs its rows in parallel only from this many multiply-adds (~25 us on
 one core vectorized): below it, waking TVM's thread pool costs more than it saves."""
 
-SCHEDULED = "tir.is_scheduled"
-
-_SCHEDULE_ERRORS = SCHEDULE_ERRORS
 
 
 def _block_named(sch: s_tir.Schedule, prefix: str) -> Any | None:
@@ -74,22 +63,22 @@ def _reg_width(extent: int, registers: int = VECTOR_REGISTERS) -> int:
 
 
 def _fold_epilogue(sch: s_tir.Schedule, block: Any, at: Any) -> None:
-    """Fold the chain of elementwise consumers of ``block`` into its first link and compute
-    that under loop ``at``: the epilogue runs on the tile while it is in cache."""
-    chain = []
-    last = block
-    while len(consumers := sch.get_consumers(last)) == 1:
-        last = consumers[0]
-        chain.append(last)
-    for c in reversed(chain[1:]):
+    """Inline the elementwise blocks after ``block`` into the one that writes the result
+    and compute that one under loop ``at``: the epilogue (bias, activation, residual add,
+    a hard-swish reading its input twice) runs on the tile while it is in cache."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    after = blocks[names.index(sch.get(block).name_hint) + 1:]
+    left = []
+    for b in after:
         try:
-            sch.reverse_compute_inline(c)
+            sch.compute_inline(b)  # (refused for the block that writes the output)
         except _SCHEDULE_ERRORS:
-            return
-    if chain:
+            left.append(b)
+    if len(left) == 1:
         try:
-            sch.reverse_compute_at(chain[0], at)
-            sch.vectorize(sch.get_loops(chain[0])[-1])
+            sch.reverse_compute_at(left[0], at)
+            sch.vectorize(sch.get_loops(left[0])[-1])
         except _SCHEDULE_ERRORS:
             pass
 
@@ -182,56 +171,3 @@ def schedule_plain_conv(sch: s_tir.Schedule, lanes: int) -> bool:
     _parallel_rows(sch, conv, sch.fuse(n, fo, y))
     sch.decompose_reduction(conv, rc)
     return True
-
-
-def default_schedule(func: tirx.PrimFunc, lanes: int, cores: int) -> s_tir.Schedule | None:
-    """effc's default schedule of ``func`` (a kernel named ``main``), or None when no rule
-    applies. ``.mod["main"]`` is the scheduled kernel, ``.trace`` how it was scheduled
-    (tuning starts from it: ``tune.seed_records``)."""
-    for rule in (schedule_conv, lambda sch: schedule_plain_conv(sch, lanes)):
-        sch = s_tir.Schedule(func)
-        try:
-            if rule(sch):
-                return sch
-        except _SCHEDULE_ERRORS as err:  # a rule that did not fit: the next one, or none
-            log.debug("conv schedule failed: %s", err)
-    return schedule_generic(func, lanes, cores)
-
-
-def default_schedules(lanes: int, cores: int) -> tvm.transform.Pass:
-    """Schedule every static PrimFunc of the module that is not scheduled yet."""
-
-    @tvm.transform.module_pass(opt_level=0, name="effc.DefaultSchedules")
-    def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get(SCHEDULED)):
-                continue
-            # IEEE max/min first: a schedule may split a reduction's init off, and ieee_minmax
-            # finds a max reduction's starting value in its init
-            func = ieee_minmax(func)
-            sch = default_schedule(func.with_attr("global_symbol", "main"), lanes, cores)
-            if sch is not None:
-                scheduled = sch.mod["main"].with_attr(SCHEDULED, True)
-                symbol = func.attrs.get("global_symbol") if func.attrs else None
-                mod[gv] = (scheduled.with_attr("global_symbol", symbol) if symbol
-                           else scheduled.without_attr("global_symbol"))
-        return mod
-
-    return apply
-
-
-def target_lanes(target: dict[str, Any]) -> int:
-    """f32 vector lanes of an LLVM CPU target: 16 with AVX-512 on, 8 with AVX2, 4 on
-    AArch64 (Neon) and otherwise."""
-    mattr = [str(a) for a in target.get("mattr") or []]
-    triple = str(target.get("mtriple", ""))
-    if triple.startswith("aarch64") or triple.startswith("arm"):
-        return 4
-    t = tvm.target.Target(dict(target))
-    from tvm.target import codegen
-
-    if codegen.llvm_cpu_has_features("avx512f", t) and "-avx512f" not in mattr:
-        return 16
-    if codegen.llvm_cpu_has_features("avx2", t):
-        return 8
-    return 4

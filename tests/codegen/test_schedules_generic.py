@@ -1,4 +1,4 @@
-"""Default schedules for non-convolution kernels (effc.codegen.schedule_generic).
+"""Default schedules for non-convolution kernels (effc.codegen.schedules.generic).
 
 Real kernels of the fast fixture models (digits_cnn, mobilenet_tiny, minilm_l3, shapes
 bound) are scheduled for AVX2 (8 lanes, 2 cores), compiled, run on random inputs and
@@ -14,7 +14,7 @@ import pytest
 import tvm
 from tvm import te, topi
 
-from effc.codegen.schedule_generic import schedule_generic
+from effc.codegen.schedules.generic import schedule_generic
 from effc.codegen.tune import kernel_module
 from effc.ir.refine import bind_input_shapes
 from effc.models import load_model
