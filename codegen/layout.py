@@ -362,3 +362,57 @@ def emit_conv(e: BlockedEmit, kind: str, begins: list[int], ends: list[int], str
         bias = np.asarray(e.const(2), dtype=np.float32).reshape(1, -1, 1, 1)
         y = R.add(y, e.scope.constant(block_array(bias, e.channels, b)))
     return y
+
+
+# ----------------------------------------------------------------------------- packed matmul weights
+
+
+DENSE_BLOCK = "dense_packed"
+
+
+def panel_width(n: int, lanes: int) -> int | None:
+    """Columns per panel of a packed weight with ``n`` columns: the largest multiple of
+    ``lanes`` up to two vectors that divides ``n``, else the largest divisor from ``lanes``
+    down to 4; None: too narrow to pack."""
+    for width in range(2 * lanes, 0, -lanes):
+        if n % width == 0:
+            return width
+    for width in range(lanes, 3, -1):
+        if n % width == 0:
+            return width
+    return None
+
+
+def pack_dense(b: np.ndarray, width: int) -> np.ndarray:
+    """A ``[K, N]`` weight as ``[N/width, K, width]``: each panel of ``width`` columns
+    contiguous, so a matmul streams it in order (read as ``[K, N]`` every row of a panel
+    is a page apart: a TLB miss per row on AlexNet's 9216 x 4096 layer)."""
+    k, n = b.shape
+    return np.ascontiguousarray(b.reshape(k, n // width, width).transpose(1, 0, 2))
+
+
+def dense_packed(a: te.Tensor, bp: te.Tensor) -> te.Tensor:
+    """``a [M, K]`` x packed ``bp [N/w, K, w]`` -> ``[M, N]`` (``schedules/generic.py``'s
+    matmul rule tiles it with panels of ``w`` columns)."""
+    m, k = a.shape
+    panels, _, w = bp.shape
+    r = te.reduce_axis((0, k), "k")
+    return te.compute((m, panels * w), lambda i, j: te.sum(a[i, r] * bp[j // w, r, j % w], axis=r),
+                      name=DENSE_BLOCK)
+
+
+def emit_dense(e: Emit, a: relax.Expr, b: np.ndarray) -> relax.Expr | None:
+    """``a [..., K]`` x the constant ``b [K, N]`` as a matmul over ``b`` packed into panels,
+    or None when this is not a CPU build with effc's schedules or ``b`` is too narrow."""
+    lanes = e.scope.lanes
+    width = panel_width(int(b.shape[1]), lanes) if lanes and b.ndim == 2 and b.dtype == np.float32 else None
+    shape = e.in_type(0).shape
+    if width is None or not all(isinstance(d, int) for d in shape):
+        return None
+    rows = int(np.prod(shape[:-1]))
+    a2 = a if len(shape) == 2 else e.emit(R.reshape(a, [rows, int(shape[-1])]))
+    if not isinstance(a2, relax.Var):
+        a2 = e.emit(a2)
+    y = e.emit(e.scope.root_bb.call_te(dense_packed, a2, e.scope.constant(pack_dense(b, width)),
+                                       primfunc_name_hint="dense"))
+    return y if len(shape) == 2 else R.reshape(y, [*shape[:-1], int(b.shape[1])])

@@ -289,6 +289,7 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     sub = relax.BlockBuilder()
     scope = FusedScope(sub)
     scope.root_bb = outer.root_bb
+    scope.lanes = outer.lanes
     plan = scope.plan = outer.plan
     if alone and plan is not None and id(node) in plan.blocked_nodes:  # the copy decides as its original
         inner = list(body.nodes)[-1]
@@ -340,6 +341,7 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     main.index_checks = index_checks
     main.checks = [] if index_checks else None
     if lanes:
+        main.lanes = lanes
         main.plan = plan_layouts(g, lanes) or None
 
     fused: dict[int, Callable[[Scope, Node], None]] = {}

@@ -108,6 +108,9 @@ class Scope:
         group's function: its indices are still clamped)."""
         self.plan: Any = None
         """``layout.LayoutPlan`` when values may be held in blocked layouts, else None."""
+        self.lanes: int | None = None
+        """f32 vector lanes of the CPU built for (None: not a CPU build with effc's
+        schedules): constant matmul weights are packed into panels of that width."""
         self.blocks: dict[int, int] = {}
         """Value id -> the channel block its lowered expression is in (absent: NCHW)."""
         self._views: dict[tuple[int, int], relax.Expr] = {}

@@ -29,7 +29,7 @@ from effc.ir.opdef import node_attrs, run_ref
 from effc.ir.ops.nn import transpose_geometry, window_geometry
 from effc.ir.types import DType
 
-from .layout import BlockedEmit, emit_conv
+from .layout import BlockedEmit, emit_conv, emit_dense
 from .relax_emit import Emit, relax_dtype
 
 R = relax.op
@@ -507,11 +507,15 @@ def _gemm(e: Emit):
     a = e.attrs
     A = R.permute_dims(e.x(0), [1, 0]) if a["transA"] else e.x(0)
     b = e.const(1)
-    if a["transB"]:
-        B = e.constant(np.asarray(b).T) if b is not None else R.permute_dims(e.x(1), [1, 0])
-    else:
-        B = e.x(1)
-    y = R.matmul(A, B)
+    y = None
+    if b is not None and not a["transA"]:
+        y = emit_dense(e, A, np.asarray(b).T if a["transB"] else np.asarray(b))
+    if y is None:
+        if a["transB"]:
+            B = e.constant(np.asarray(b).T) if b is not None else R.permute_dims(e.x(1), [1, 0])
+        else:
+            B = e.x(1)
+        y = R.matmul(A, B)
     if a["alpha"] != 1.0:
         y = R.multiply(y, e.scalar(a["alpha"]))
     if e.has(2) and a["beta"] != 0.0:
@@ -526,6 +530,11 @@ def _gemm(e: Emit):
 
 @emitter("mat_mul")
 def _mat_mul(e: Emit):
+    b = e.const(1)
+    if b is not None and e.in_type(0).rank >= 2:
+        y = emit_dense(e, e.x(0), np.asarray(b))
+        if y is not None:
+            return y
     return R.matmul(e.x(0), e.x(1))
 
 

@@ -172,10 +172,24 @@ def _inline_spatial(sch: s_tir.Schedule, keep: Sequence[SBlockRV] = ()) -> None:
 # ----------------------------------------------------------------------------- rule 1: matmul
 
 
-def _matmul_axes(sch: s_tir.Schedule, block: SBlockRV) -> tuple[bool, int, int, bool] | None:
+def _panel_width(index: list[tirx.PrimExpr], j: tirx.Var, k: tirx.Var) -> int | None:
+    """``w`` when ``index`` reads a weight packed in panels (``layout.pack_dense``):
+    ``B[j // w, k, j % w]``."""
+    if len(index) != 3 or not _is_var(index[1], k):
+        return None
+    first, last = index[0], index[2]
+    if (isinstance(first, tirx.FloorDiv) and isinstance(last, tirx.FloorMod) and _is_var(first.a, j)
+            and _is_var(last.a, j) and isinstance(first.b, tirx.IntImm) and isinstance(last.b, tirx.IntImm)
+            and first.b.value == last.b.value):
+        return int(first.b.value)
+    return None
+
+
+def _matmul_axes(sch: s_tir.Schedule, block: SBlockRV) -> tuple[bool, int, int, bool, int | None] | None:
     """(B transposed, index of the row iterator, index of the column iterator, B shared
-    by every batch) when the block is ``C[..., i, j] += A[..., i, k] * B[..., k, j]`` (or
-    ``B[..., j, k]``), else None."""
+    by every batch, B's panel width when packed) when the block is ``C[..., i, j] +=
+    A[..., i, k] * B[..., k, j]`` (or ``B[..., j, k]``, or ``B[j // w, k, j % w]``), else
+    None."""
     stmt = sch.get(block)
     kinds = _kinds(sch, block)
     if kinds.count("R") != 1 or kinds.count("S") < 2 or "O" in kinds or len(stmt.writes) != 1:
@@ -199,7 +213,10 @@ def _matmul_axes(sch: s_tir.Schedule, block: SBlockRV) -> tuple[bool, int, int, 
         a, b = b, a
     if not (_is_var(a[-1], k) and _is_var(a[-2], i) and not any(_uses(e, j) for e in a)):
         return None
-    if _is_var(b[-2], k) and _is_var(b[-1], j):
+    panel = _panel_width(b, j, k)
+    if panel is not None:
+        transposed = False
+    elif _is_var(b[-2], k) and _is_var(b[-1], j):
         transposed = False
     elif _is_var(b[-2], j) and _is_var(b[-1], k):
         transposed = True
@@ -209,7 +226,7 @@ def _matmul_axes(sch: s_tir.Schedule, block: SBlockRV) -> tuple[bool, int, int, 
         return None
     batch = [v for v in ivars if not any(v.same_as(x) for x in (i, j, k))]
     shared = not any(_uses(e, v) for e in b for v in batch)
-    return transposed, ivars.index(i), ivars.index(j), shared
+    return transposed, ivars.index(i), ivars.index(j), shared, panel
 
 
 MATMUL_ROWS = (6, 4, 3, 2, 8, 5, 7, 1)
@@ -237,7 +254,7 @@ def _schedule_matmul(sch: s_tir.Schedule, lanes: int, cores: int) -> s_tir.Sched
     found = [(b, axes) for b in blocks if (axes := _matmul_axes(sch, b)) is not None]
     if len(found) != 1:
         return None
-    [(mm, (_transposed, i_index, j_index, shared))] = found
+    [(mm, (_transposed, i_index, j_index, shared, panel))] = found
     if any("R" in _kinds(sch, b) for b in blocks if not sch.get(b).same_as(sch.get(mm))):
         return None
     _inline_spatial(sch)
@@ -256,7 +273,7 @@ def _schedule_matmul(sch: s_tir.Schedule, lanes: int, cores: int) -> s_tir.Sched
     work = _work(sch, mm)
     m, n, k = (_extent(sch, loops[x]) for x in (i_index, j_index, k_index))
     mr = next(r for r in MATMUL_ROWS if m % r == 0)
-    nr = _vector_width(n, lanes, 2 * lanes)
+    nr = panel or _vector_width(n, lanes, 2 * lanes)  # (a packed weight: one panel per tile)
     kc = MATMUL_K_BLOCK if k % MATMUL_K_BLOCK == 0 else k
     batch = [loops[x] for x in range(len(loops)) if x not in (i_index, j_index, k_index)]
     io, ii = sch.split(loops[i_index], [None, mr])

@@ -31,7 +31,9 @@ def _kernels(name: str) -> dict[str, tvm.tirx.PrimFunc]:
     feeds = fixture.inputs(onnx.load(fixture.path()))
     bind_input_shapes(module, {n: a.shape for n, a in feeds.items()})
     optimize(module, "O2")
-    mod = kernel_module(module)
+    # kernels as an AVX-512 build makes them (16-lane blocks, 32-wide panels) on any host:
+    # making them runs nothing; the checks run them built for TARGET
+    mod = kernel_module(module, {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
     return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
@@ -78,15 +80,26 @@ def test_dense_with_epilogue_is_tiled_vectorized_parallel(kernels, name):
     assert 'scope="local"' in script  # the accumulator tile
 
 
-@pytest.mark.parametrize("model,name", [("minilm_l3", "matmul4"), ("minilm_l3", "fused_mat_mul_div_add"),
+@pytest.mark.parametrize("model,name", [("minilm_l3", "matmul"), ("minilm_l3", "fused_mat_mul_div_add"),
                                         ("digits_cnn", "gemm"), ("mobilenet_tiny", "gemm")])
 def test_small_and_batch_matmuls(kernels, model, name):
-    check(kernels[model][name], "T.vectorized", "T.unroll", rtol=1e-4)
+    """The attention's batch matmul (the one kernel named ``matmul...``: its name's number
+    depends on what else the model lowers to), Q.K^T with its scale and mask, and
+    classifier gemms over weights packed in panels."""
+    (func,) = [f for n, f in kernels[model].items() if n == name or name == "matmul" and n.startswith("matmul")]
+    check(func, "T.vectorized", "T.unroll", rtol=1e-4)
+
+
+def test_packed_weights_are_read_in_panels(kernels):
+    """A constant matmul weight is packed ``[N/w, K, w]`` (``layout.pack_dense``) and the
+    tile's columns are one panel: the vectorized loop reads it contiguously."""
+    script = check(kernels["minilm_l3"]["fused_mat_mul_add_add1"], "T.vectorized(T.int64(32))", lanes=16, rtol=1e-4)
+    assert "T.Buffer((T.int64(12), T.int64(1536), T.int64(32))" in script
 
 
 def test_dense_for_avx512_lanes(kernels):
-    check(kernels["minilm_l3"]["fused_mat_mul_add"], "T.vectorized(T.int64(32))", lanes=16,
-          target={"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": CORES}, rtol=1e-4)
+    # (built for AVX2, which every x86 machine running the tests has: a 32-wide vector is four)
+    check(kernels["minilm_l3"]["fused_mat_mul_add"], "T.vectorized(T.int64(32))", lanes=16, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["fused_add_add", "cast1", "multiply4"])
