@@ -6,14 +6,15 @@ For each model, in this order and in one process:
 - plain TVM: ``tvm.relax.frontend.onnx.from_onnx(model, shape_dict)`` + ``tvm.compile`` with
   the same target and TVM's default pipeline (no tuning; "n/a" with the reason if the
   frontend fails);
-- effc untuned: import, ``-O2``, ``build`` (TVM's default schedules);
+- effc untuned: import, ``-O2``, ``build`` (effc's blocked layouts and default schedules);
 - effc tuned: the same module tuned with MetaSchedule (``effc.codegen.tune``) with a budget
   of ``--trials`` per model, into a database shared by all models (``bench/_work/tuning-db``,
   gitignored; ``--fresh-db`` starts it empty), then ``build_tuned``.
 
-Threads: ``TVM_NUM_THREADS`` and ORT's ``intra_op_num_threads`` are both ``--threads``
-(default 2, this machine's core count). TVM reads ``TVM_NUM_THREADS`` when its thread pool
-starts, so it is set before anything runs; without it TVM would use half the cores.
+Threads: ``TVM_NUM_THREADS`` and ORT's ``intra_op_num_threads`` are both the thread count.
+``--threads 1,2`` (the default) runs each count in its own child process (TVM reads
+``TVM_NUM_THREADS`` once, when its thread pool starts) and writes one table with both, and
+the geometric mean and worst effc/onnxruntime ratio per thread count.
 
 The measuring code is ``effc.bench`` (what ``effc bench MODEL`` runs); this script adds the
 fixture models, the table and ``bench/RESULTS.md``.
@@ -26,10 +27,10 @@ Symbolic dims are bound to the fixture's input shapes with the batch set to 1 (e
 ``from_onnx`` + ``compile``; effc import + optimize + build; tuning separately.
 Artifact size: the exported ``.so`` (weights included); ORT: the ``.onnx`` file.
 
-    python bench/run.py                        # default models, 256 trials/model, writes RESULTS.md
-    python bench/run.py --quick                # fewer reps, 64 trials/model
-    python bench/run.py --models digits_cnn,mnist_conv --trials 512
-    python bench/run.py --models all --no-write
+    python bench/run.py --models all --trials 0 # every fixture, untuned, 1 and 2 threads (~25 min)
+    python bench/run.py                         # default models, 256 trials/model, writes RESULTS.md
+    python bench/run.py --quick                 # fewer reps, 64 trials/model
+    python bench/run.py --models digits_cnn,mnist_conv --trials 512 --threads 2
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tvm
 import tvm_ffi
@@ -63,6 +63,9 @@ from effc.ir.core import Module
 from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, safe_target
 from .relax import LoweringError, lower_to_relax
 from .schedules import SCHEDULED, default_schedule, target_lanes
+
+if TYPE_CHECKING:
+    from .rpc import RpcDevice
 
 log = logging.getLogger("effc.tune")
 
@@ -472,12 +475,15 @@ class _Progress:
 
 
 def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | os.PathLike, progress: bool = True,
-         *, seed: int = 0, aot: bool = False) -> TuneReport:
+         *, seed: int = 0, aot: bool = False, rpc: "RpcDevice | None" = None) -> TuneReport:
     """Tune the kernels of ``module`` that the database under ``db_dir`` lacks, with at most
     about ``trials`` measured candidates in all (see the module docstring for what is tuned
     and how the database is keyed). ``aot``: the kernels of its AOT program instead (the
     same, less the concats it drops, plus the one-channel kernels of in-place layers,
-    weighted by their calls). Returns a report; never raises for a kernel that fails to tune."""
+    weighted by their calls). ``rpc`` (``rpc.connect``): measure the candidates on the
+    devices of a TVM RPC tracker instead of here (they are still built here; the database
+    is the target's, as the device is that target). Returns a report; never raises for a
+    kernel that fails to tune."""
     t0 = time.perf_counter()
     target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
@@ -497,7 +503,7 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     report = TuneReport(kernels, 0, trials, 0.0, db_path, records_before, records_before)
     if work:
         try:
-            _tune_kernels(work, plan, target, db, db_path, report, progress, seed)
+            _tune_kernels(work, plan, target, db, db_path, report, progress, seed, rpc)
         finally:
             _remember(db_path, db)
         if report.trials:
@@ -512,9 +518,11 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
 
 
 def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapping[str, Any],
-                  db: ms.database.Database, db_path: Path, report: TuneReport, progress: bool, seed: int) -> None:
+                  db: ms.database.Database, db_path: Path, report: TuneReport, progress: bool, seed: int,
+                  rpc: "RpcDevice | None" = None) -> None:
     """Tune each kernel as its own MetaSchedule task (so one failure stops only that kernel),
-    sharing the builder and runner processes, the cost model and the database."""
+    sharing the builder and runner processes, the cost model and the database. The runner
+    measures here, or on ``rpc``'s devices (``rpc.make_runner``)."""
     _register_tensor_intrinsics(target_dict)
     target = tvm.target.Target(dict(target_dict))
     cores = int(target_dict["num-cores"])
@@ -522,7 +530,12 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
     # is half the cores); the runner process inherits this
     os.environ.setdefault("TVM_NUM_THREADS", str(cores))
     builder = WarmBuilder(max_workers=cores)
-    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+    if rpc is not None:
+        from .rpc import make_runner
+
+        runner = make_runner(rpc, RUN_TIMEOUT_S)
+    else:
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
     cost_model = ms.CostModel.create("xgb", num_tuning_cores=cores)
     bar = _Progress(progress, sum(plan[k.name] for k in work))
     counter = CountTrials(report, bar)
@@ -553,6 +566,8 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
                     db.commit_workload(kernel.workload)  # attempted: a later tune does not retry it
     finally:
         builder.close()
+        if rpc is not None:
+            runner.pool.shutdown()
 
 
 def seed_record(kernel: Kernel, db: ms.database.Database, builder: ms.Builder, runner: ms.Runner,

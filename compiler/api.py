@@ -34,6 +34,7 @@ from effc.version import __version__
 
 if TYPE_CHECKING:  # effc.codegen imports TVM: at run time only where a build or load needs it
     from effc.codegen.dispatch import Artifact, Backend
+    from effc.codegen.rpc import RpcDevice
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -204,8 +205,10 @@ class _TuningLedger:
 
 
 def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db: str | os.PathLike | None,
-                 seconds: dict[str, float], name: str, io: dict[str, bool]) -> tuple[Artifact, str]:
-    """Tune (when ``trials`` > 0) and build with the database's schedules (backends with a ``tune`` entry)."""
+                 seconds: dict[str, float], name: str, io: dict[str, bool],
+                 device: RpcDevice | None = None) -> tuple[Artifact, str]:
+    """Tune (when ``trials`` > 0; on ``device`` when given) and build with the database's
+    schedules (backends with a ``tune`` entry)."""
     from effc.codegen.dispatch import TUNABLE
     from effc.codegen.tune import tune as run_tuning
 
@@ -222,10 +225,11 @@ def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db:
         note = f"this model already had {spent.get(key)} trials in {db_dir}; no new trials (raise --tune to continue)"
     elif trials:
         t = time.perf_counter()
-        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=backend.aot)
+        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=backend.aot, rpc=device)
         seconds["tune"] = time.perf_counter() - t
         spent.add(key, remaining)
-        note = str(report)
+        note = str(report) + (f"; measured on {device.servers} device(s) under key '{device.key}' at "
+                              f"{device.address} (TVM RPC)" if device is not None else "")
     t = time.perf_counter()
     built, built_note = backend.tune(module, tgt, db_dir, name, **io)
     seconds["build"] = time.perf_counter() - t
@@ -244,7 +248,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             options: OptimizeOptions | None = None, sram: int | None = None,
             flash: int | None = None, tune: int = 0, tuning_db: str | os.PathLike | None = None,
-            runtime: str | None = None, io_buffers: str = "arena") -> CompiledModel:
+            runtime: str | None = None, io_buffers: str = "arena", rpc: str | None = None,
+            device_key: str | None = None) -> CompiledModel:
     """Import (when given a path or ModelProto), optimize with ``pipeline`` and build for ``target``.
 
     ``input_shapes`` binds symbolic input dims (e.g. a batch ``N``) to sizes before lowering.
@@ -259,7 +264,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     target's first.
     ``io_buffers`` (AOT builds): ``arena`` puts the inputs and outputs in the arena, as
     TFLite Micro does (the C API hands out pointers into it and reuses an input's bytes once
-    it is consumed); ``caller`` keeps them in the caller's own buffers, outside it."""
+    it is consumed); ``caller`` keeps them in the caller's own buffers, outside it.
+    ``rpc`` (``HOST:PORT`` of a TVM RPC tracker) and ``device_key``: tuning measures its
+    candidates on the devices registered there under the key (``effc.codegen.rpc``); the
+    builds stay here. InputError when the tracker cannot be reached or has no such device."""
     from effc.codegen.dispatch import backend_for, runtime_for
 
     seconds: dict[str, float] = {}
@@ -273,6 +281,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
         raise InputError(f"--io-buffers applies to AOT programs (--runtime=aot), not to target '{tgt.name}' "
                          f"with runtime {runtime}")
     io = {"io_in_arena": io_buffers == "arena"} if backend.aot else {}
+    device = _rpc_device(rpc, device_key, tune)
     module = load_model(model)  # validates the path first, with a clear error
     source_hash = _source_hash(model)
     seconds["import"] = time.perf_counter() - t
@@ -291,7 +300,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     tuning_note = None
     if tune or tuning_db is not None:
         built, tuning_note = _build_tuned(module, tgt, backend, tune, tuning_db, seconds,
-                                          _c_name(model, module), io)  # times tune and build
+                                          _c_name(model, module), io, device)  # times tune and build
     else:
         if (sram is not None or flash is not None) and not backend.budgets:
             raise InputError(f"--sram/--flash apply to microcontroller targets, not '{tgt.name}'")
@@ -301,6 +310,19 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
                            memory=built.memory, tuning=tuning_note, runtime=runtime, arena_bytes=built.arena_bytes)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash, runtime)
+
+
+def _rpc_device(rpc: str | None, device_key: str | None, trials: int) -> RpcDevice | None:
+    """The tracker's devices under ``device_key`` for tuning (``effc.codegen.rpc.connect``), or None."""
+    if rpc is None and device_key is None:
+        return None
+    if rpc is None:
+        raise InputError("--device-key needs --rpc HOST:PORT, the TVM RPC tracker the device registered with")
+    if not trials:
+        raise InputError("--rpc measures tuning trials on a device; give --tune N as well")
+    from effc.codegen.rpc import connect
+
+    return connect(rpc, device_key)
 
 
 RECOMPILE = "recompile the artifact with `effc compile`"

@@ -125,6 +125,9 @@ class Settings:
     reps: int = 50
     max_seconds: float = 15.0
     progress: bool = True
+    device: Any = None
+    """``effc.codegen.rpc.RpcDevice``: effc's builds (and tuning) run on a device of a TVM
+    RPC tracker, timed there by the VM's ``time_evaluator``; None: here, with the others."""
 
 
 @dataclass
@@ -203,10 +206,20 @@ def _effc_module(case: Case):
     return module
 
 
-def _effc_result(built: Any, case: Case, want: list[np.ndarray], compile_s: float) -> tuple[Result, Callable[[], Any]]:
+def _effc_result(built: Any, case: Case, want: list[np.ndarray], compile_s: float,
+                 s: Settings | None = None) -> tuple[Result, Callable[[], Any] | None]:
+    """The build checked against ORT, and its run for ``interleaved_ms``; on an RPC device
+    (``s.device``) it is run, checked and timed there now, and there is no local run."""
     from effc.codegen.baseline import library_size, vm_runner
 
     order = [n for n, _ in built.signature.inputs]
+    if s is not None and s.device is not None:
+        from effc.codegen.rpc import run_remote
+
+        r = run_remote(built.executable, case.feeds, order, s.device, reps=s.reps, max_seconds=s.max_seconds)
+        got = r.outputs[:len(built.signature.outputs)]
+        return Result(r.ms, r.reps, compile_s, library_size(built.executable), _matches(got, want),
+                      note=f"{s.device.label} at {s.device.address}"), None
     run, outputs = vm_runner(built.executable, case.feeds, order)
     got = outputs()[:len(built.signature.outputs)]  # main may return more values; Built.run reads these
     return Result(None, 0, compile_s, library_size(built.executable), _matches(got, want)), run
@@ -219,15 +232,15 @@ def bench_effc(case: Case, s: Settings, want: list[np.ndarray]) -> list[tuple[Re
 
     t = time.perf_counter()
     module = _effc_module(case)
-    out = [_effc_result(build(module, s.target), case, want, time.perf_counter() - t)]
+    out = [_effc_result(build(module, s.target), case, want, time.perf_counter() - t, s)]
     if s.trials <= 0:
         return out
     t = time.perf_counter()
     module = _effc_module(case)
-    report = tune(module, s.target, s.trials, s.db_dir, progress=s.progress)
+    report = tune(module, s.target, s.trials, s.db_dir, progress=s.progress, rpc=s.device)
     tune_s = time.perf_counter() - t
     t = time.perf_counter()
-    tuned, run = _effc_result(build_tuned(module, s.target, s.db_dir), case, want, time.perf_counter() - t)
+    tuned, run = _effc_result(build_tuned(module, s.target, s.db_dir), case, want, time.perf_counter() - t, s)
     tuned.extra = {"tune_s": tune_s, "trials": report.trials, "kernels": len(report.kernels),
                    "reused": report.count("reused"), "tuned": report.count("tuned"),
                    "untuned": report.count("no budget") + report.count("failed") + report.count("skipped"),
@@ -252,22 +265,27 @@ def bench_case(case: Case, s: Settings, log: Callable[[str], None] = print) -> d
     timed = interleaved_ms({k: r for k, r in runs.items() if r is not None}, s.warmup, s.reps, s.max_seconds)
     for key, (ms, reps) in timed.items():
         results[key].ms, results[key].reps = ms, reps
-    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc untuned", "effc_tuned": "effc tuned"}
+    where = f" ({s.device.label})" if s.device is not None else ""
+    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc untuned" + where, "effc_tuned": "effc tuned" + where}
+    width = max(13, *(len(v) for v in labels.values()))
     for key, label in labels.items():
         r = results[key]
         if r is not None:
             extra = (f", tuning {r.extra['tune_s']:.1f} s, {r.extra['trials']} trials, "
                      f"{r.extra['reused']} kernels reused"
                      if r.extra else "")
-            log(f"   {label:<13} {_fmt_ms(r):>12} ms  ({r.reps} runs; compile {_fmt_s(r.compile_s)} s{extra})")
+            log(f"   {label:<{width}} {_fmt_ms(r):>12} ms  ({r.reps} runs; compile {_fmt_s(r.compile_s)} s{extra})")
+    remote = (f"{s.device.key} at {s.device.address}" if s.device is not None else None)
     return {"model": case.name, "shapes": case.shapes, "threads": s.threads, "tvm_threads": runtime_threads(),
+            "remote": remote,
             "trials_budget": s.trials, "load": (load_before, os.getloadavg()[0]), **results}
 
 
 def bench_model(path: str | os.PathLike, target: str = "x86", trials: int = 0, threads: int = DEFAULT_THREADS,
                 db_dir: str | os.PathLike | None = None, progress: bool = True, *, warmup: int = 3,
                 reps: int = 50, max_seconds: float = 15.0,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, rpc: str | None = None,
+                device_key: str | None = None) -> dict[str, Any]:
     """``effc bench MODEL``: one ``.onnx`` model (random inputs, symbolic dims 1) on an x86
     ``target`` against onnxruntime and plain TVM; with ``trials`` > 0 also tuned, into the
     tuning database ``db_dir`` (default ``.effc-tuning``, as ``effc compile --tune``).
@@ -275,7 +293,11 @@ def bench_model(path: str | os.PathLike, target: str = "x86", trials: int = 0, t
     effc/ORT and effc/TVM, compile seconds, bytes, whether outputs match onnxruntime).
     Bad arguments and models are InputErrors. Sets ``TVM_NUM_THREADS``: call it before
     anything in the process has run a TVM kernel (TVM sizes its thread pool once); the
-    row's ``tvm_threads`` says what TVM used."""
+    row's ``tvm_threads`` says what TVM used.
+    ``rpc`` (``HOST:PORT`` of a TVM RPC tracker) and ``device_key``: effc's builds are
+    uploaded to a device registered there under the key, run and timed there (the VM's
+    ``time_evaluator``), their outputs checked here; tuning measures there too.
+    onnxruntime and plain TVM stay here; the row's ``remote`` names the device."""
     from effc.api import DEFAULT_TUNING_DB
     from effc.targets import get_target
 
@@ -288,10 +310,18 @@ def bench_model(path: str | os.PathLike, target: str = "x86", trials: int = 0, t
                          "(compile it with `effc compile` and time it on its device)")
     path = Path(path)
     proto = _onnx_model(path)
+    device = None
+    if rpc is not None or device_key is not None:
+        if rpc is None:
+            raise InputError("effc bench: --device-key needs --rpc HOST:PORT, the TVM RPC tracker the device "
+                             "registered with")
+        from effc.codegen.rpc import connect
+
+        device = connect(rpc, device_key)
     set_threads(threads)
     case = Case(path.stem, path, random_feeds(proto))
     s = Settings(tgt.tvm, threads, trials, Path(db_dir if db_dir is not None else DEFAULT_TUNING_DB),
-                 warmup=warmup, reps=reps, max_seconds=max_seconds, progress=progress)
+                 warmup=warmup, reps=reps, max_seconds=max_seconds, progress=progress, device=device)
     return plain_row(bench_case(case, s, log))
 
 
@@ -324,6 +354,7 @@ def _onnx_model(path: Path):
 def plain_row(row: dict[str, Any]) -> dict[str, Any]:
     """A table row as JSON-friendly values, with the ratios."""
     out = {k: row[k] for k in ("model", "threads", "tvm_threads", "trials_budget", "load")}
+    out["remote"] = row.get("remote")
     out["shapes"] = {k: list(v) for k, v in row["shapes"].items()}
     for key in ("ort", "tvm", "effc", "effc_tuned"):
         r = row[key]
@@ -358,9 +389,15 @@ def _fmt_s(x: float | None) -> str:
 
 def format_row(row: dict[str, Any]) -> str:
     """``effc bench``'s printout of a ``plain_row``: one line per system, then the ratios."""
-    lines = [f"model {row['model']} {row['shapes']}, {row['threads']} threads (TVM uses {row['tvm_threads']})",
-             f"{'system':<14}{'median ms':>12}{'runs':>6}{'compile s':>11}{'bytes':>12}  matches onnxruntime"]
-    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc", "effc_tuned": "effc tuned"}
+    remote = row.get("remote")
+    where = f" (rpc {remote.split(' at ')[0]})" if remote else ""
+    labels = {"ort": "onnxruntime", "tvm": "plain TVM", "effc": "effc" + where, "effc_tuned": "effc tuned" + where}
+    width = max(14, *(len(v) + 2 for v in labels.values()))
+    lines = [f"model {row['model']} {row['shapes']}, {row['threads']} threads (TVM uses {row['tvm_threads']})"]
+    if remote:
+        lines.append(f"effc rows: run and timed over TVM RPC on device key {remote} (time_evaluator); "
+                     "onnxruntime and plain TVM: here")
+    lines.append(f"{'system':<{width}}{'median ms':>12}{'runs':>6}{'compile s':>11}{'bytes':>12}  matches onnxruntime")
     for key, label in labels.items():
         r = row[key]
         if r is None:
@@ -369,7 +406,7 @@ def format_row(row: dict[str, Any]) -> str:
         compile_s = "–" if r["compile_s"] is None else f"{r['compile_s']:.2f}"
         size = "–" if r["bytes"] is None else f"{r['bytes']:,}"
         ok = {True: "yes", False: "NO", None: "–"}[r["matches_ort"]]
-        lines.append(f"{label:<14}{ms:>12}{r['reps']:>6}{compile_s:>11}{size:>12}  {ok}")
+        lines.append(f"{label:<{width}}{ms:>12}{r['reps']:>6}{compile_s:>11}{size:>12}  {ok}")
     names = {"effc_vs_ort": "effc/onnxruntime", "effc_vs_tvm": "effc/plain TVM",
              "effc_tuned_vs_ort": "effc tuned/onnxruntime", "effc_tuned_vs_tvm": "effc tuned/plain TVM"}
     ratios = [f"{name} {row[key]:.2f}" for key, name in names.items() if row.get(key) is not None]

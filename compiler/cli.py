@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AOT programs: the inputs and outputs live in the arena, as in TFLite Micro (default), or in "
                         "the caller's own buffers")
     p.add_argument("-o", "--output", help="artifact folder (default build/<model>-<target>)")
+    _rpc_args(p, "--tune measures its trials on the devices registered under KEY (builds stay here)")
     _threads_arg(p, "threads the kernels run on while tuning measures them (default: every core)")
     add_instrument_flags(p)
     p.set_defaults(func=cmd_compile)
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=15.0,
                    help="stop timing a system after this many seconds, at least one run per block (default 15)")
     p.add_argument("--json", action="store_true", help="print the result row as JSON instead of a table")
+    _rpc_args(p, "effc's builds run and are timed on a device registered under KEY (onnxruntime and plain TVM "
+                 "stay here); --trials tunes on it too")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("targets", help="list the targets effc compiles for and what each needs installed")
@@ -101,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     _threads_arg(p, "threads a compiled model runs on (default: every core)")
     p.set_defaults(func=cmd_run)
     return ap
+
+
+def _rpc_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--rpc", metavar="HOST:PORT", help=f"a TVM RPC tracker (python -m tvm.exec.rpc_tracker): {what}")
+    p.add_argument("--device-key", metavar="KEY", help="the key the device's rpc_server registered with (--rpc)")
 
 
 def _threads_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -233,7 +241,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = effc.compile(model, target=args.target, pipeline=pipeline,
                             input_shapes=parse_input_shapes(args.input_shape), options=opts,
                             sram=args.sram, flash=args.flash, tune=args.tune, tuning_db=args.tuning_db,
-                            runtime=args.runtime, io_buffers=args.io_buffers)
+                            runtime=args.runtime, io_buffers=args.io_buffers, rpc=args.rpc,
+                            device_key=args.device_key)
     suffix = f"-{args.runtime}" if args.runtime else ""
     out = Path(args.output) if args.output else Path("build") / f"{model.stem}-{args.target}{suffix}"
     compiled.export(out)
@@ -250,7 +259,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     row = bench_model(_resolve_model(args.model), target=args.target, trials=args.trials, threads=args.threads,
                       db_dir=args.tuning_db, progress=not args.json, warmup=args.warmup, reps=args.reps,
-                      max_seconds=args.max_seconds, log=lambda line: print(line, file=sys.stderr))
+                      max_seconds=args.max_seconds, log=lambda line: print(line, file=sys.stderr),
+                      rpc=args.rpc, device_key=args.device_key)
     print(json.dumps(row, indent=2) if args.json else format_row(row))
     return 0
 
