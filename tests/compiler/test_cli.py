@@ -109,3 +109,29 @@ def test_default_model_is_the_bundled_example(capsys):
     default = capsys.readouterr().out
     assert main(["info", str(DIGITS)]) == 0
     assert capsys.readouterr().out == default
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_sets_the_kernels_thread_pool(tmp_path, threads):
+    """``--threads N`` on compile and run: TVM's thread pool (sized once per process) has
+    N threads when the compiled model runs, and the outputs are the same."""
+    art = tmp_path / "art"
+    script = (
+        "import sys, numpy as np\n"
+        "from effc.cli import main\n"
+        "from effc.codegen.baseline import runtime_threads\n"
+        f"assert main(['compile', {str(DIGITS)!r}, '--target=x86', '--input-shape', 'x=2,1,8,8', "
+        f"'--threads', '{threads}', '-o', {str(art)!r}]) == 0\n"
+        f"assert main(['run', {str(art)!r}, '--threads', '{threads}', '-o', {str(tmp_path / 'out.npz')!r}]) == 0\n"
+        "print('threads', runtime_threads())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env={**__import__("os").environ, "TVM_NUM_THREADS": "7"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"threads {threads}" in done.stdout
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["logits"].shape == (2, 10)
+
+
+def test_threads_must_be_positive(capsys):
+    assert main(["run", str(DIGITS), "--threads", "0"]) == 2
+    assert "effc run: --threads must be at least 1, got 0" in capsys.readouterr().err
