@@ -184,3 +184,16 @@ def test_symbolic_and_unknown_kernels_are_left_alone(kernels):
     for model in kernels.values():  # never raises, whatever the kernel (convolutions included)
         for func in model.values():
             schedule_generic(func, LANES, CORES)
+
+
+def test_matmul_reading_b_transposed_is_dot_products():
+    """``C[i, j] = sum_k A[i, k] * B[j, k]`` (a weight computed at run time, used
+    transposed: the light ZFNet-512's fc6) runs as vector dot products along k through
+    ``rfactor`` (vectorizing over j would gather B with a stride of K), with a relu after."""
+    a = te.placeholder((2, 512), name="a")
+    b = te.placeholder((96, 512), name="b")
+    k = te.reduce_axis((0, 512), name="k")
+    mm = te.compute((2, 96), lambda i, j: te.sum(a[i, k] * b[j, k], axis=k), name="matmul")
+    out = te.compute((2, 96), lambda i, j: tvm.tirx.max(mm[i, j], tvm.tirx.const(0.0, "float32")), name="relu")
+    script = check(te.create_prim_func([a, b, out]), "T.vectorized", "T.unroll", rtol=1e-4)
+    assert "matmul_rf" in script
