@@ -63,12 +63,16 @@ def _reg_width(extent: int, registers: int = VECTOR_REGISTERS) -> int:
 
 
 def _fold_epilogue(sch: s_tir.Schedule, block: Any, at: Any) -> None:
-    """Inline the elementwise blocks after ``block`` into the one that writes the result
-    and compute that one under loop ``at``: the epilogue (bias, activation, residual add,
-    a hard-swish reading its input twice) runs on the tile while it is in cache."""
+    """Accumulate ``block``'s tile in a buffer of its own and write it back under loop
+    ``at`` (accumulating straight into the output buffer, or into a "local" one, measured
+    2.4x slower: DenseNet's 3x3 convs 4.8 vs 2.0 ms; LLVM keeps the tile of a compacted
+    global buffer in registers) through the epilogue: the elementwise blocks after ``block``
+    (bias, activation, residual add, a hard-swish reading its input twice) inlined into the
+    write-back, which runs on the tile while it is in cache."""
+    sch.cache_write(block, 0, "global")
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
-    after = blocks[names.index(sch.get(block).name_hint) + 1:]
+    write_back, *after = blocks[names.index(sch.get(block).name_hint) + 1:]
     left = []
     for b in after:
         try:
@@ -77,8 +81,14 @@ def _fold_epilogue(sch: s_tir.Schedule, block: Any, at: Any) -> None:
             left.append(b)
     if len(left) == 1:
         try:
-            sch.reverse_compute_at(left[0], at)
-            sch.vectorize(sch.get_loops(left[0])[-1])
+            sch.reverse_compute_inline(left[0])
+            left = []
+        except _SCHEDULE_ERRORS:
+            pass
+    for b in [write_back, *left[:1]] if len(left) <= 1 else [write_back]:
+        try:
+            sch.reverse_compute_at(b, at)
+            sch.vectorize(sch.get_loops(b)[-1])
         except _SCHEDULE_ERRORS:
             pass
 
