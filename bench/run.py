@@ -160,7 +160,7 @@ def threads_table(by_threads: dict[int, list[dict[str, Any]]], s: Settings, seco
              "as effc detects it, batch 1. Latency: median of up to "
              f"{s.reps} runs per system after {s.warmup} warm-up runs, the systems taking turns. effc: `-O2`, "
              "its blocked layouts and default schedules (`codegen/layout.py`, `codegen/schedules/`); plain "
-             "TVM: `from_onnx` + TVM's default pipeline, untuned. "
+             "TVM: `from_onnx` + TVM's default pipeline, untuned; both build with AVX-512 and the LLVM option that keeps it right (`build.safe_target`). "
              + (f"Tuned: MetaSchedule, at most {s.trials} trials per model, database shared by the models. "
                 if s.trials else "") +
              "Ratios below 1 mean effc is faster. Every row's outputs are checked against onnxruntime. "
