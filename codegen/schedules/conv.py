@@ -88,7 +88,9 @@ def _fold_epilogue(sch: s_tir.Schedule, block: Any, at: Any) -> None:
     for b in [write_back, *left[:1]] if len(left) <= 1 else [write_back]:
         try:
             sch.reverse_compute_at(b, at)
-            sch.vectorize(sch.get_loops(b)[-1])
+            inner = sch.get_loops(b)[-1]
+            if not sch.get(inner).same_as(sch.get(at)):  # (a one-pixel tile has no loop of its own:
+                sch.vectorize(inner)                     # vectorizing `at` would vectorize the conv)
         except _SCHEDULE_ERRORS:
             pass
 

@@ -134,3 +134,38 @@ def test_every_conv_kernel_is_scheduled():
             assert func.attrs.get("tir.is_scheduled"), gv.name_hint
             assert "T.parallel" in text and "T.vectorized" in text, gv.name_hint
     assert convs >= 10
+
+
+def _single(node: onnx.NodeProto, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [node, helper.make_node("Relu", [node.output[0]], ["z"])], "one",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inputs.items()],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("case", ["conv-1-channel", "conv-5-wide", "gemm-1x1", "gemm-transposed-1", "gemm-3-rows"])
+def test_one_pixel_and_one_column_tiles(case):
+    """Degenerate tiles: a conv with one output channel and rows of 5 pixels (a tile of one
+    pixel: vectorizing the tile's loop once vectorized the whole conv, summing each row),
+    and gemms with one output column or a weight read transposed."""
+    x5 = RNG.standard_normal((1, 1, 5, 5)).astype(np.float32)
+    w = RNG.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    if case == "conv-1-channel":  # the weight a run-time input: the NCHW conv schedule
+        model = _single(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), {"x": x5, "w": w}, {})
+        feeds = {"x": x5, "w": w}
+    elif case == "conv-5-wide":
+        model = _single(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), {"x": x5},
+                        {"w": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32)})
+        feeds = {"x": x5}
+    else:
+        m, k, n, trans = {"gemm-1x1": (1, 8, 1, 0), "gemm-transposed-1": (1, 64, 1, 1),
+                          "gemm-3-rows": (3, 64, 1, 0)}[case]
+        b = RNG.standard_normal((n, k) if trans else (k, n)).astype(np.float32)
+        x = RNG.standard_normal((m, k)).astype(np.float32)
+        model = _single(helper.make_node("Gemm", ["x", "b"], ["y"], transB=trans), {"x": x, "b": b}, {})
+        feeds = {"x": x, "b": b}
+    module = load_model(model)
+    optimize(module, "O2")
+    assert_close(build(module).run(feeds)["z"], ort_run(model, feeds)["z"], case)
