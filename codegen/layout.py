@@ -292,6 +292,13 @@ def _padded(data: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
         name="pad_nchwc")
 
 
+def _out_size(size: tuple[Any, Any], kernel: tuple[Any, Any], pads: tuple[int, int, int, int], strides: list[int],
+              dilations: list[int]) -> tuple[Any, Any]:
+    """Output rows and columns of a 2-D window (pads: top, left, bottom, right)."""
+    return tuple((size[i] + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                 for i in range(2))
+
+
 def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: tuple[int, int, int, int],
                  dilations: list[int], groups: int = 1) -> te.Tensor:
     """``data [N, C/cb, H, W, cb]`` * ``weight [K/b, C/groups/cb, KH, KW, cb, b]`` →
@@ -303,8 +310,7 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: t
     per_group = ko // groups  # output blocks per group
     sh, sw = strides
     dh, dw = dilations
-    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size((h, w), (kh, kw), pads, strides, dilations)
     p = _padded(data, pads)
     rc = te.reduce_axis((0, cc), "rc")
     ry = te.reduce_axis((0, kh), "ry")
@@ -325,8 +331,7 @@ def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads
     _, kh, kw, _ = weight.shape
     sh, sw = strides
     dh, dw = dilations
-    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size((h, w), (kh, kw), pads, strides, dilations)
     p = _padded(data, pads)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
