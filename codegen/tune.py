@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
@@ -60,7 +61,7 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from effc.ir.core import Module
 
-from .build import Built, Signature, TargetDict, host_x86_target, relax_pipeline, safe_target
+from .build import Built, Signature, TargetDict, build, host_x86_target, relax_pipeline, safe_target
 from .relax import LoweringError, lower_to_relax
 from .schedules import SCHEDULED, default_schedule, target_lanes
 
@@ -404,6 +405,9 @@ class TuneReport:
     records_before: int
     records_after: int
     failures: list[str] = field(default_factory=list)
+    kept_default: list[str] = field(default_factory=list)
+    """Kernels kept at effc's default schedule because the tuned model ran slower than the
+    untuned one (``check_in_model``)."""
 
     def count(self, status: str) -> int:
         return sum(1 for k in self.kernels if k.status.startswith(status))
@@ -412,7 +416,10 @@ class TuneReport:
         return (f"{len(self.kernels)} kernels: {self.count('reused')} reused from the database, "
                 f"{self.count('tuned')} tuned with {self.trials} trials (budget {self.budget}), "
                 f"{self.count('no budget')} left for a larger budget, {self.count('failed')} failed, "
-                f"{self.count('skipped')} skipped; {self.seconds:.1f} s; database {self.db_path}")
+                f"{self.count('skipped')} skipped"
+                + (f", all {len(self.kept_default)} kept at effc's schedules (the tuned model ran slower)"
+                   if self.kept_default else "")
+                + f"; {self.seconds:.1f} s; database {self.db_path}")
 
 
 def _workload_key(workload: tvm.IRModule) -> str:
@@ -508,6 +515,8 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
             _remember(db_path, db)
         if report.trials:
             db = compact_database(db_dir, target)
+            if not aot and rpc is None:
+                report.kept_default = check_in_model(module, target, db_dir)
     totals = _trial_totals(db_path, [k for k in kernels if k.trials])
     for k in kernels:
         k.best_us = _best_us(db, k.workload, tvm_target)
@@ -650,19 +659,82 @@ def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.Path
         mod = make_kernels(mod)
         with db:
             applied = relax.transform.MetaScheduleApplyDatabase()(mod)
-        mod = _mark_scheduled(mod, applied)
+        mod = _mark_scheduled(mod, applied, _prefer_default(db_dir, target))
         mod = lower_kernels(mod)
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
     return Built(executable, Signature.of(module), target, mod)
 
 
-def _mark_scheduled(before: tvm.IRModule, after: tvm.IRModule) -> tvm.IRModule:
+PREFER_DEFAULT = "prefer_default.json"
+"""Beside a database: the kernels (structural hashes) of models whose tuned build ran
+slower than their untuned one (``check_in_model``); tuned builds keep effc's schedules
+for them."""
+
+IN_MODEL_MARGIN = 1.03
+"""A tuned build is kept only when the model runs within this factor of its untuned time."""
+
+
+def _kernel_hash(func: tirx.PrimFunc) -> str:
+    return f"{tvm_ffi.structural_hash(func.without_attr('global_symbol')) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _prefer_default(db_dir: str | os.PathLike, target: TargetDict) -> set[str]:
+    path = database_path(db_dir, target) / PREFER_DEFAULT
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def _model_ms(built: Built, other: Built, runs: int = 40) -> tuple[float, float]:
+    """Median milliseconds of one ``main`` call of ``built`` and of ``other``, taking turns
+    (ones and zeros as inputs: zero ids are in range for embeddings)."""
+    def args_of(b: Built) -> list[Any]:
+        return [tvm.runtime.tensor(np.ones([int(d) for d in t.shape], t.dtype.np) if t.dtype.is_float
+                                   else np.zeros([int(d) for d in t.shape], t.dtype.np)) for _, t in b.signature.inputs]
+
+    calls = []
+    for b in (built, other):
+        vm, args = relax.VirtualMachine(b.executable, tvm.cpu(0)), args_of(b)
+        calls.append((vm["main"], args))
+    times: list[list[float]] = [[], []]
+    for _ in range(runs):
+        for i, (fn, args) in enumerate(calls):
+            t = time.perf_counter()
+            fn(*args)
+            times[i].append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times[0][3:])), 1e3 * float(np.median(times[1][3:]))
+
+
+def check_in_model(module: Module, target: TargetDict | None, db_dir: str | os.PathLike) -> list[str]:
+    """Time ``module`` built untuned and tuned; when the tuned build is slower, record its
+    kernels (``PREFER_DEFAULT``) so ``build_tuned`` keeps effc's schedules for them: tuning
+    never ends slower than untuned. MetaSchedule times a kernel alone, run after run, with
+    TVM's thread pool awake; in the model, kernels it parallelized pay the pool's wake-up
+    and leave workers spinning beside the serial ones (mobilenet_tiny, 2 threads: tuned
+    0.109 ms against 0.068 untuned before this check). Per model, not per kernel: the
+    spinning slows the kernels after a parallel one, so per-kernel times do not add up.
+    Returns the kernels kept at effc's schedule."""
+    target = tuning_target(target)
+    if any(not isinstance(d, int) for _, t in Signature.of(module).inputs for d in t.shape):
+        return []
+    untuned_ms, tuned_ms = _model_ms(build(module, target), build_tuned(module, target, db_dir))
+    if tuned_ms <= IN_MODEL_MARGIN * untuned_ms:
+        return []
+    funcs = {gv.name_hint: f for gv, f in kernel_module(module, target).functions.items()
+             if isinstance(f, tirx.PrimFunc)}
+    prefer = _prefer_default(db_dir, target) | {_kernel_hash(f) for f in funcs.values()}
+    (database_path(db_dir, target) / PREFER_DEFAULT).write_text(json.dumps(sorted(prefer)))
+    log.info("tuned build %.3f ms, untuned %.3f ms: kept effc's schedules for the model's %d kernels",
+             tuned_ms, untuned_ms, len(funcs))
+    return sorted(funcs)
+
+
+def _mark_scheduled(before: tvm.IRModule, after: tvm.IRModule, prefer_default: set[str] = frozenset()) -> tvm.IRModule:
     """``after`` with the PrimFuncs the database scheduled marked as scheduled, so effc's
-    default schedules take only the others (MetaScheduleApplyDatabase marks nothing)."""
+    default schedules take only the others (MetaScheduleApplyDatabase marks nothing); a
+    kernel in ``prefer_default`` goes back to its unscheduled form (effc's schedule)."""
     for gv, func in list(after.functions.items()):
         if isinstance(func, tirx.PrimFunc) and gv in before.functions and not tvm_ffi.structural_equal(
                 func, before[gv]):
-            after[gv] = func.with_attr(SCHEDULED, True)
+            after[gv] = before[gv] if _kernel_hash(before[gv]) in prefer_default else func.with_attr(SCHEDULED, True)
     return after
 
 

@@ -27,7 +27,7 @@ from .generic import SCHEDULE_ERRORS, schedule_generic
 
 log = logging.getLogger("effc.schedule")
 
-SCHEDULED = "tir.is_scheduled"
+SCHEDULED = "tirx.is_scheduled"
 """The PrimFunc attribute of a scheduled kernel (effc's default schedules skip it)."""
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effc.codegen import build, lower_to_relax
 from effc.codegen.build import relax_pipeline
+from effc.codegen.schedules import SCHEDULED
 from effc.models import load_model
 from effc.optimize import optimize
 from tests.fixtures import FIXTURES, assert_close, ort_run
@@ -131,7 +132,7 @@ def test_every_conv_kernel_is_scheduled():
         if "conv" in gv.name_hint:
             convs += 1
             text = func.script()
-            assert func.attrs.get("tir.is_scheduled"), gv.name_hint
+            assert func.attrs.get(SCHEDULED), gv.name_hint
             assert "T.parallel" in text and "T.vectorized" in text, gv.name_hint
     assert convs >= 10
 

@@ -6,9 +6,12 @@ second tune of the same model runs no trials and adds no records, and the second
 reuses the shared kernel. The rest check the pieces without tuning."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from effc.codegen import build, host_x86_target
@@ -139,3 +142,38 @@ def test_database_is_per_target():
     assert target_key(base) != target_key({**base, "num-cores": 4})
     assert target_key(base) != target_key({**base, "mcpu": "znver3"})
     assert target_key(base).startswith("llvm-haswell-2c-")
+
+
+def test_a_model_tuned_slower_keeps_effcs_schedules(tuned_db, tmp_path):
+    """``check_in_model`` records the kernels of a model whose tuned build ran slower than
+    its untuned one (``PREFER_DEFAULT`` beside the database); the database's schedule of
+    such a kernel is dropped for effc's default one (``_mark_scheduled``), and a tuned build
+    with all its kernels listed has the untuned build's kernels."""
+    import shutil
+
+    import tvm_ffi
+
+    from effc.codegen.schedules import SCHEDULED, default_schedule
+    from effc.codegen.tune import PREFER_DEFAULT, _kernel_hash, _mark_scheduled, database_path
+
+    db, module, _ = tuned_db
+    before = kernel_module(module)
+    name, func = next((gv.name_hint, f) for gv, f in before.functions.items() if gv.name_hint.startswith("fused_"))
+    after = tvm.IRModule(dict(before.functions))
+    after[name] = default_schedule(func.with_attr("global_symbol", "main"), 8, 1).mod["main"]  # "the database's"
+    kept = _mark_scheduled(before, tvm.IRModule(dict(after.functions)), {_kernel_hash(func)})
+    assert tvm_ffi.structural_equal(kept[name], func)
+    used = _mark_scheduled(before, tvm.IRModule(dict(after.functions)), set())
+    assert not tvm_ffi.structural_equal(used[name], func) and used[name].attrs.get(SCHEDULED)
+
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    kernels = [f for f in before.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    (database_path(copy, None) / PREFER_DEFAULT).write_text(json.dumps([_kernel_hash(f) for f in kernels]))
+
+    def fused(built):
+        return {gv.name_hint: f for gv, f in built.relax_module.functions.items() if gv.name_hint.startswith("fused_")}
+
+    kept_all, untuned = fused(build_tuned(module, None, copy)), fused(build(module))
+    assert kept_all and set(kept_all) == set(untuned)
+    assert all(tvm_ffi.structural_equal(kept_all[n], untuned[n]) for n in kept_all)
