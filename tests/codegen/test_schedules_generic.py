@@ -144,14 +144,14 @@ def test_global_average_pool():
     check(te.create_prim_func([x, y]), "T.parallel", rtol=1e-4)
 
 
-def test_digits_max_pool(kernels):
-    """digits_cnn's 2x2/2 pool: left alone in NCHW, vectorized over the channel block once
-    the layout pass made it NCHW16c."""
-    pool = kernels["digits_cnn"]["max_pool2d"]
-    if len(pool.params[-1].ty.shape) == 5:
-        check(pool, "T.vectorized")
-    else:
-        assert schedule_generic(pool, LANES, CORES) is None
+def test_max_pools_are_left_to_llvm(kernels):
+    """Max pools (digits_cnn's 2x2/2 on its NCHW16c block, a TOPI 3x3/2 one) are left
+    unscheduled: scheduled, they ran slower inside the models (``_schedule_pool``)."""
+    assert len(kernels["digits_cnn"]["max_pool2d"].params[-1].ty.shape) == 5  # blocked by the layout plan
+    assert schedule_generic(kernels["digits_cnn"]["max_pool2d"], LANES, CORES) is None
+    x = te.placeholder((1, 8, 28, 28, 16), "float32", name="x")
+    y = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "max", layout="NCHW16c")
+    assert schedule_generic(te.create_prim_func([x, y]), LANES, CORES) is None
 
 
 def test_strided_nchw_pools_are_left_alone():
@@ -161,12 +161,12 @@ def test_strided_nchw_pools_are_left_alone():
 
 
 def test_stride_one_nchw_pool_vectorizes_width():
-    x = te.placeholder((1, 64, 28, 28), "float32", name="x")  # inception's 3x3/1 pools
-    y = topi.nn.pool2d(x, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "max", layout="NCHW")
+    x = te.placeholder((1, 64, 28, 28), "float32", name="x")  # a 3x3/1 average pool
+    y = topi.nn.pool2d(x, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "avg", layout="NCHW")
     check(te.create_prim_func([x, y]), "T.parallel", "T.vectorized")
 
 
-@pytest.mark.parametrize("pool_type", ["max", "avg"])
+@pytest.mark.parametrize("pool_type", ["avg"])
 def test_pool_nchw16c_vectorizes_channel_block(pool_type):
     x = te.placeholder((1, 8, 28, 28, 16), "float32", name="x")
     y = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), pool_type, layout="NCHW16c")
