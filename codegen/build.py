@@ -99,7 +99,7 @@ def relax_pipeline(lanes: int | None = None) -> tvm.transform.Pass:
     """effc's Relax pipeline. effc already folded constants and chose the fusion groups, so
     TVM's FoldConstant and FuseOps do not run; FuseTIR turns each of effc's Primitive
     functions into one PrimFunc. ``lanes``: schedule every kernel not scheduled yet with
-    effc's default CPU schedules for that vector width (``schedule.default_schedules``),
+    effc's default CPU schedules for that vector width (``schedules.default_schedules``),
     right after FuseTIR (and after a tuning database, which ``tune`` applies there)."""
     scheduling = [default_schedules(lanes, os.cpu_count() or 1)] if lanes else []
     return tvm.transform.Sequential([

@@ -75,7 +75,8 @@ def _is_nchw_f32(t: TensorType) -> bool:
 
 
 def _conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
-    """``dense`` or ``depthwise`` for a 2-D float convolution effc blocks, else None."""
+    """``dense``, ``depthwise`` or ``grouped`` for a 2-D float convolution over constant
+    weights (the ones effc blocks), else None."""
     x, w = node.input(0), node.input(1)
     if x is None or w is None or not _is_nchw_f32(x.type) or not _is_nchw_f32(node.outputs[0].type):
         return None
@@ -199,14 +200,6 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
 # ----------------------------------------------------------------------------- conversions
 
 
-def to_blocked_index(b: int):
-    return lambda n, c, h, w: (n, c // b, h, w, c % b)
-
-
-def to_plain_index(b: int):
-    return lambda n, c, h, w, i: (n, c * b + i, h, w)
-
-
 def blocked_shape(shape: tuple[Any, ...] | list[Any], b: int) -> list[Any]:
     n, c, h, w = shape
     return [n, c // b, h, w, b]
@@ -224,14 +217,6 @@ def block_array(array: np.ndarray, out_channels: int, b: int) -> np.ndarray:
         return a.reshape(n, 1, h, w, 1)
     assert c == out_channels, (a.shape, out_channels)
     return np.ascontiguousarray(a.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
-
-
-def to_blocked(bb: relax.BlockBuilder, x: relax.Expr, b: int) -> relax.Expr:
-    return bb.emit(R.layout_transform(x, index_map=to_blocked_index(b)))
-
-
-def to_plain(bb: relax.BlockBuilder, x: relax.Expr, b: int) -> relax.Expr:
-    return bb.emit(R.layout_transform(x, index_map=to_plain_index(b)))
 
 
 class BlockedEmit(Emit):
@@ -390,8 +375,9 @@ def panel_width(n: int, lanes: int) -> int | None:
 
 def pack_dense(b: np.ndarray, width: int) -> np.ndarray:
     """A ``[K, N]`` weight as ``[N/width, K, width]``: each panel of ``width`` columns
-    contiguous, so a matmul streams it in order (read as ``[K, N]`` every row of a panel
-    is a page apart: a TLB miss per row on AlexNet's 9216 x 4096 layer)."""
+    contiguous, so a matmul streams it in order (read as ``[K, N]``, consecutive rows of a
+    panel are N floats apart; packing took light AlexNet from 50 to 27 ms at 1 thread,
+    its 9216 x 4096 layer from 22.6 to 7.4 ms)."""
     k, n = b.shape
     return np.ascontiguousarray(b.reshape(k, n // width, width).transpose(1, 0, 2))
 

@@ -159,7 +159,7 @@ class Scope:
 
     def value_in(self, v: Value, block: int | None) -> relax.Expr:
         """``v`` in layout NCHW[block]c (``block`` None: NCHW), converted once per value
-        and layout (a ``layout_transform``)."""
+        and layout (``_to_plain_te``, ``_to_blocked_te``; a block to another goes through NCHW)."""
         have = self.blocks.get(id(v))
         if have == block:
             return self.value(v) if block is None else self.env[id(v)]

@@ -111,9 +111,11 @@ def count_servers(summary: Mapping[str, Any], key: str) -> tuple[int, int]:
     return max(total, free), free
 
 
-def connect(address: str, key: str | None) -> RpcDevice:
-    """The devices under ``key`` at the tracker ``address`` (HOST:PORT); InputError when the
-    tracker cannot be reached or has no server for the key."""
+def connect(address: str | None, key: str | None) -> RpcDevice:
+    """The devices under ``key`` at the tracker ``address`` (HOST:PORT); InputError when
+    either is missing, the tracker cannot be reached or has no server for the key."""
+    if not address:
+        raise InputError("--device-key needs --rpc HOST:PORT, the TVM RPC tracker the device registered with")
     if not key:
         raise InputError("--rpc needs --device-key KEY, the key the device's rpc_server registered with")
     host, port = parse_address(address)

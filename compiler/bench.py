@@ -312,9 +312,6 @@ def bench_model(path: str | os.PathLike, target: str = "x86", trials: int = 0, t
     proto = _onnx_model(path)
     device = None
     if rpc is not None or device_key is not None:
-        if rpc is None:
-            raise InputError("effc bench: --device-key needs --rpc HOST:PORT, the TVM RPC tracker the device "
-                             "registered with")
         from effc.codegen.rpc import connect
 
         device = connect(rpc, device_key)
