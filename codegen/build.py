@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from effc.targets import get_target
 
 from .aot_kernels import ieee_minmax_pass
 from .relax import CHECK_FIELDS, LoweringError, index_check_failure, lower_to_relax
-from .schedules import default_schedules, target_lanes
+from .schedules import Cpu, cpu_for, default_schedules
 
 TargetDict = Mapping[str, Any]
 
@@ -95,13 +95,13 @@ def sort_shape_func_stores(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -
     return mod
 
 
-def relax_pipeline(lanes: int | None = None) -> tvm.transform.Pass:
+def relax_pipeline(cpu: Cpu | None = None) -> tvm.transform.Pass:
     """effc's Relax pipeline. effc already folded constants and chose the fusion groups, so
     TVM's FoldConstant and FuseOps do not run; FuseTIR turns each of effc's Primitive
-    functions into one PrimFunc. ``lanes``: schedule every kernel not scheduled yet with
-    effc's default CPU schedules for that vector width (``schedules.default_schedules``),
-    right after FuseTIR (and after a tuning database, which ``tune`` applies there)."""
-    scheduling = [default_schedules(lanes, os.cpu_count() or 1)] if lanes else []
+    functions into one PrimFunc. ``cpu``: schedule every kernel not scheduled yet with
+    effc's default CPU schedules for it (``schedules.default_schedules``), right after
+    FuseTIR (and after a tuning database, which ``tune`` applies there)."""
+    scheduling = [default_schedules(cpu)] if cpu is not None and cpu.lanes else []
     return tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # shape arithmetic whose result effc already knew
         relax.backend.DispatchSampling(),
@@ -223,24 +223,27 @@ def _peek(t: Any) -> np.ndarray:
 
 
 def build(module: Module, target: TargetDict | None = None, *, index_checks: bool = True,
-          lanes: int | None = None) -> Built:
+          lanes: int | None = None, hardware: Mapping[str, int] | None = None) -> Built:
     """Lower ``module`` to Relax and compile it for ``target`` (default: this x86 host).
 
     Raises UnsupportedOpError or LoweringError before TVM starts when something cannot
     be lowered. ``index_checks=False`` builds without the run-time index checks (only to
     measure what they cost: bench/bounds_checks.py). ``lanes``: the f32 vector lanes the
-    layouts and default schedules are made for (default: the target's, ``target_lanes``;
-    0: no blocked layouts and no default schedules, plain TVM's kernels)."""
+    layouts and default schedules are made for (default: the target's; 0: no blocked
+    layouts and no default schedules, plain TVM's kernels). ``hardware``: the target's
+    ``hardware`` table from ``targets/*.toml`` (``schedules.cpu_for``; None: detected)."""
     target = dict(target) if target is not None else host_x86_target()
     if target.get("kind") != "llvm":
         raise LoweringError(f"build() compiles for LLVM CPU targets; got target kind '{target.get('kind')}'")
     target = safe_target(target)
-    lanes = target_lanes(target) if lanes is None else lanes
-    mod = lower_to_relax(module, index_checks=index_checks, lanes=lanes)
+    cpu = cpu_for(target, hardware)
+    if lanes is not None:
+        cpu = replace(cpu, lanes=lanes)
+    mod = lower_to_relax(module, index_checks=index_checks, lanes=cpu.lanes)
     tvm_target = tvm.target.Target(target)
     with tvm.transform.PassContext(opt_level=3):
         with tvm_target:
-            mod = relax_pipeline(lanes)(mod)
+            mod = relax_pipeline(cpu)(mod)
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
     return Built(executable, Signature.of(module), target, mod)
 

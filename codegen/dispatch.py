@@ -88,10 +88,11 @@ _NATIVE = dict(build=lambda module, target, name=None, io_in_arena=True, **_:
 
 BACKENDS: dict[tuple[str, str], Backend] = {
     ("x86", "vm"): Backend(
-        build=lambda module, target, **_: _m("build").build(module, target.tvm),
+        build=lambda module, target, **_: _m("build").build(module, target.tvm, hardware=target.hardware),
         load=lambda folder, target, ir: _m("build").Built.load(Path(folder) / "model.so", _m("build").Signature.of(ir)),
         required=("model.so",),
-        tune=lambda module, target, db_dir, name: (_m("tune").build_tuned(module, target.tvm, db_dir), "")),
+        tune=lambda module, target, db_dir, name: (_m("tune").build_tuned(module, target.tvm, db_dir, target.hardware),
+                                                   "")),
     ("x86", "aot"): Backend(**_NATIVE, tune=_tuned_aot),
     ("arm", "aot"): Backend(**_NATIVE),
     ("cuda", "vm"): Backend(

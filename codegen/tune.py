@@ -63,7 +63,7 @@ from effc.ir.core import Module
 
 from .build import Built, Signature, TargetDict, build, host_x86_target, relax_pipeline, safe_target
 from .relax import LoweringError, lower_to_relax
-from .schedules import SCHEDULED, default_schedule, target_lanes
+from .schedules import SCHEDULED, Cpu, cpu_for, default_schedule
 
 if TYPE_CHECKING:
     from .rpc import RpcDevice
@@ -80,12 +80,12 @@ measure little more than noise, and a MetaSchedule task costs seconds to set up.
 # ----------------------------------------------------------------------------- pipeline split
 
 
-def _pipeline_halves(lanes: int | None = None) -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
+def _pipeline_halves(cpu: Cpu | None = None) -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
     """effc's ``relax_pipeline`` cut after ``FuseTIR``: the half that makes the kernels, and
-    the half that lowers them (effc's default schedules for ``lanes``, then TVM's default
+    the half that lowers them (effc's default schedules for ``cpu``, then TVM's default
     pipeline). Tuning reads the kernels between the two; ``build_tuned`` applies the
     database there, so the default schedules take only the kernels it lacks."""
-    passes = list(relax_pipeline(lanes).passes)
+    passes = list(relax_pipeline(cpu).passes)
     names = [p.info.name for p in passes]
     if "FuseTIR" not in names:
         raise LoweringError(f"internal: effc's relax pipeline has no FuseTIR to tune after ({names})")
@@ -105,13 +105,14 @@ def tuning_target(target: TargetDict | None) -> dict[str, Any]:
     return safe_target(target)
 
 
-def kernel_module(module: Module, target: TargetDict | None = None) -> tvm.IRModule:
+def kernel_module(module: Module, target: TargetDict | None = None,
+                  hardware: Mapping[str, int] | None = None) -> tvm.IRModule:
     """The Relax module with its kernels as PrimFuncs (effc's pipeline up to ``FuseTIR``,
-    in the blocked layouts the target's build uses)."""
+    in the blocked layouts the target's build uses; ``hardware`` as for ``build``)."""
     target = tuning_target(target)
-    lanes = target_lanes(target)
-    make_kernels, _ = _pipeline_halves(lanes)
-    mod = lower_to_relax(module, lanes=lanes)
+    cpu = cpu_for(target, hardware)
+    make_kernels, _ = _pipeline_halves(cpu)
+    mod = lower_to_relax(module, lanes=cpu.lanes)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(target):
         return make_kernels(mod)
 
@@ -482,19 +483,22 @@ class _Progress:
 
 
 def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | os.PathLike, progress: bool = True,
-         *, seed: int = 0, aot: bool = False, rpc: "RpcDevice | None" = None) -> TuneReport:
+         *, seed: int = 0, aot: bool = False, rpc: "RpcDevice | None" = None,
+         hardware: Mapping[str, int] | None = None) -> TuneReport:
     """Tune the kernels of ``module`` that the database under ``db_dir`` lacks, with at most
     about ``trials`` measured candidates in all (see the module docstring for what is tuned
     and how the database is keyed). ``aot``: the kernels of its AOT program instead (the
     same, less the concats it drops, plus the one-channel kernels of in-place layers,
     weighted by their calls). ``rpc`` (``rpc.connect``): measure the candidates on the
     devices of a TVM RPC tracker instead of here (they are still built here; the database
-    is the target's, as the device is that target). Returns a report; never raises for a
-    kernel that fails to tune."""
+    is the target's, as the device is that target). ``hardware``: the target's table from
+    ``targets/*.toml``, what effc's schedules (the search's starting points) are made for.
+    Returns a report; never raises for a kernel that fails to tune."""
     t0 = time.perf_counter()
     target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
-    kernels = kernels_of(*aot_kernels(module, target)) if aot else kernels_of(kernel_module(module, target))
+    cpu = cpu_for(target, hardware)
+    kernels = kernels_of(*aot_kernels(module, target)) if aot else kernels_of(kernel_module(module, target, hardware))
     db = open_database(db_dir, target)
     db_path = database_path(db_dir, target)
     records_before = len(db)
@@ -510,13 +514,13 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     report = TuneReport(kernels, 0, trials, 0.0, db_path, records_before, records_before)
     if work:
         try:
-            _tune_kernels(work, plan, target, db, db_path, report, progress, seed, rpc)
+            _tune_kernels(work, plan, target, cpu, db, db_path, report, progress, seed, rpc)
         finally:
             _remember(db_path, db)
         if report.trials:
             db = compact_database(db_dir, target)
             if not aot and rpc is None:
-                report.kept_default = check_in_model(module, target, db_dir)
+                report.kept_default = check_in_model(module, target, db_dir, hardware)
     totals = _trial_totals(db_path, [k for k in kernels if k.trials])
     for k in kernels:
         k.best_us = _best_us(db, k.workload, tvm_target)
@@ -526,7 +530,7 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     return report
 
 
-def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapping[str, Any],
+def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapping[str, Any], cpu: Cpu,
                   db: ms.database.Database, db_path: Path, report: TuneReport, progress: bool, seed: int,
                   rpc: "RpcDevice | None" = None) -> None:
     """Tune each kernel as its own MetaSchedule task (so one failure stops only that kernel),
@@ -556,7 +560,7 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
                 counter.kernel = kernel
                 budget = plan[kernel.name]
                 try:
-                    seed_record(kernel, db, builder, runner, target, target_lanes(target_dict), cores)
+                    seed_record(kernel, db, builder, runner, target, cpu)
                     with _task_logger(db_path / "logs", kernel) as logger:
                         ctx = ms.TuneContext(mod=kernel.workload, target=target, space_generator="post-order-apply",
                                              search_strategy=search_strategy(budget), task_name=kernel.name,
@@ -580,7 +584,7 @@ def _tune_kernels(work: list[Kernel], plan: Mapping[str, int], target_dict: Mapp
 
 
 def seed_record(kernel: Kernel, db: ms.database.Database, builder: ms.Builder, runner: ms.Runner,
-                target: tvm.target.Target, lanes: int, cores: int) -> float | None:
+                target: tvm.target.Target, cpu: Cpu) -> float | None:
     """Measure effc's default schedule of ``kernel`` (``schedule.default_schedule``) with
     the tuning builder and runner and commit it to ``db`` as a tuning record, before
     MetaSchedule searches: the search starts from it (the evolutionary search seeds its
@@ -588,7 +592,7 @@ def seed_record(kernel: Kernel, db: ms.database.Database, builder: ms.Builder, r
     fastest record, a tuned build is never slower than the untuned one. Returns the
     measured seconds, or None when no rule applies or it did not build and run."""
     func = kernel.workload["main"]
-    sch = default_schedule(func, lanes, cores)
+    sch = default_schedule(func, cpu)
     if sch is None:
         return None
     built = builder.build([BuilderInput(sch.mod, target)])[0]
@@ -645,15 +649,16 @@ def _task_logger(folder: Path, kernel: Kernel) -> Iterator[logging.Logger]:
 # ----------------------------------------------------------------------------- build
 
 
-def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.PathLike) -> Built:
+def build_tuned(module: Module, target: TargetDict | None, db_dir: str | os.PathLike,
+                hardware: Mapping[str, int] | None = None) -> Built:
     """``build()`` with the best schedules from the database applied to the kernels it holds
     (``MetaScheduleApplyDatabase`` between ``FuseTIR`` and TVM's default pipeline); kernels
     it lacks get effc's default schedules. The database is only read."""
     target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
-    lanes = target_lanes(target)
-    make_kernels, lower_kernels = _pipeline_halves(lanes)
-    mod = lower_to_relax(module, lanes=lanes)
+    cpu = cpu_for(target, hardware)
+    make_kernels, lower_kernels = _pipeline_halves(cpu)
+    mod = lower_to_relax(module, lanes=cpu.lanes)
     db = open_database(db_dir, target)
     with tvm.transform.PassContext(opt_level=3), tvm_target:
         mod = make_kernels(mod)
@@ -703,7 +708,8 @@ def _model_ms(built: Built, other: Built, runs: int = 40) -> tuple[float, float]
     return 1e3 * float(np.median(times[0][3:])), 1e3 * float(np.median(times[1][3:]))
 
 
-def check_in_model(module: Module, target: TargetDict | None, db_dir: str | os.PathLike) -> list[str]:
+def check_in_model(module: Module, target: TargetDict | None, db_dir: str | os.PathLike,
+                   hardware: Mapping[str, int] | None = None) -> list[str]:
     """Time ``module`` built untuned and tuned; when the tuned build is slower, record its
     kernels (``PREFER_DEFAULT``) so ``build_tuned`` keeps effc's schedules for them: tuning
     never ends slower than untuned. MetaSchedule times a kernel alone, run after run, with
@@ -715,10 +721,11 @@ def check_in_model(module: Module, target: TargetDict | None, db_dir: str | os.P
     target = tuning_target(target)
     if any(not isinstance(d, int) for _, t in Signature.of(module).inputs for d in t.shape):
         return []
-    untuned_ms, tuned_ms = _model_ms(build(module, target), build_tuned(module, target, db_dir))
+    untuned_ms, tuned_ms = _model_ms(build(module, target, hardware=hardware),
+                                     build_tuned(module, target, db_dir, hardware))
     if tuned_ms <= IN_MODEL_MARGIN * untuned_ms:
         return []
-    funcs = {gv.name_hint: f for gv, f in kernel_module(module, target).functions.items()
+    funcs = {gv.name_hint: f for gv, f in kernel_module(module, target, hardware).functions.items()
              if isinstance(f, tirx.PrimFunc)}
     prefer = _prefer_default(db_dir, target) | {_kernel_hash(f) for f in funcs.values()}
     (database_path(db_dir, target) / PREFER_DEFAULT).write_text(json.dumps(sorted(prefer)))

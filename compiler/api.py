@@ -225,7 +225,7 @@ def _build_tuned(module: Module, tgt: Target, backend: Backend, trials: int, db:
         note = f"this model already had {spent.get(key)} trials in {db_dir}; no new trials (raise --tune to continue)"
     elif trials:
         t = time.perf_counter()
-        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=backend.aot, rpc=device)
+        report = run_tuning(module, tgt.tvm, remaining, db_dir, aot=backend.aot, rpc=device, hardware=tgt.hardware)
         seconds["tune"] = time.perf_counter() - t
         spent.add(key, remaining)
         note = str(report) + (f"; measured on {device.servers} device(s) under key '{device.key}' at "

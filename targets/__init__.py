@@ -43,6 +43,11 @@ class Target:
     """Boards: the flash budget (text, rodata and the initial values of data)."""
     memory: dict[str, int] = field(default_factory=dict)
     """Boards: the memory map (``flash_origin``, ``sram_origin``, ``stack_bytes``, ``heap_bytes``)."""
+    hardware: dict[str, int] = field(default_factory=dict)
+    """CPU targets: what effc's default schedules are made for (``vector_bits``,
+    ``vector_registers``, ``l1d_kib``; ``codegen/schedules.Cpu``); a key left out is
+    detected (the host) or derived from the LLVM CPU. Core counts are the TVM target's
+    ``num-cores``."""
 
     def missing_tools(self) -> list[str]:
         """Required commands not found on PATH (entries with a note in parentheses are optional)."""
@@ -88,7 +93,18 @@ def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
         raise field_error("runtimes", 'a list of the runtimes the target allows, the default first (e.g. ["vm", "aot"])')
     if not isinstance(data.get("runtime_refused", ""), str):
         raise field_error("runtime_refused", "a string (why the other runtimes are not offered)")
+    for where, table in [("hardware", data.get("hardware", {}))] + [
+            (f"variants.{n}.hardware", v.get("hardware", {})) for n, v in data.get("variants", {}).items()]:
+        bad = {k: v for k, v in table.items() if k not in HARDWARE_KEYS or not isinstance(v, int) or v <= 0} \
+            if isinstance(table, dict) else {where: table}
+        if bad:
+            raise InputError(f"targets/{file}: '{where}' takes positive integers for {', '.join(HARDWARE_KEYS)}; "
+                             f"got {bad}")
     return data
+
+
+HARDWARE_KEYS = ("vector_bits", "vector_registers", "l1d_kib")
+"""The keys of a family's (or variant's) ``hardware`` table."""
 
 
 def _families() -> dict[str, dict[str, Any]]:
@@ -121,7 +137,8 @@ def _make(name: str, family: dict[str, Any], variant: dict[str, Any]) -> Target:
                   toolchain=dict(family.get("toolchain", {})), fast_dtypes=tuple(family.get("fast_dtypes", ())),
                   cpu=tuple(pick("cpu", ())), qemu_machine=pick("qemu_machine", ""),
                   sram_bytes=pick("sram_bytes", None), flash_bytes=pick("flash_bytes", None),
-                  memory={**family.get("memory", {}), **variant.get("memory", {})})
+                  memory={**family.get("memory", {}), **variant.get("memory", {})},
+                  hardware={**family.get("hardware", {}), **variant.get("hardware", {})})
 
 
 def list_targets() -> list[Target]:

@@ -9,14 +9,21 @@ was applied), that schedules each PrimFunc not scheduled yet:
 - every other kernel (``generic.py``): matmul and batch matmul (a register tile in a
   local accumulator, epilogue per tile), reductions, pools, elementwise.
 
-Lanes (f32 per vector register) come from the target (``target_lanes``: 16 with AVX-512,
-8 with AVX2, 4 on Neon); the layout plan (``codegen/layout.py``) uses the same number.
-A rule that does not apply leaves the kernel as it was (never wrong, only slower).
+What a schedule is made for is a ``Cpu``: f32 vector lanes (16 with AVX-512, 8 with AVX2,
+4 on Neon; the layout plan, ``codegen/layout.py``, uses the same number), vector registers
+(the register tiles), the L1 data cache (the matmul's K block) and cores (what runs in
+parallel). ``cpu_for`` reads them from the target's ``hardware`` table in
+``targets/*.toml`` and its TVM target's ``num-cores``; what a table leaves out is derived
+from the LLVM CPU or detected on this machine. A rule that does not apply leaves the
+kernel as it was (never wrong, only slower).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
 
 import tvm
 from tvm import s_tir, tirx
@@ -31,22 +38,60 @@ SCHEDULED = "tirx.is_scheduled"
 """The PrimFunc attribute of a scheduled kernel (effc's default schedules skip it)."""
 
 
-def default_schedule(func: tirx.PrimFunc, lanes: int, cores: int) -> s_tir.Schedule | None:
-    """effc's default schedule of ``func`` (a kernel named ``main``), or None when no rule
-    applies. ``.mod["main"]`` is the scheduled kernel, ``.trace`` how it was scheduled
-    (tuning starts from it: ``tune.seed_record``)."""
-    for rule in (schedule_conv, lambda sch: schedule_plain_conv(sch, lanes)):
+@dataclass(frozen=True)
+class Cpu:
+    """The CPU a build's layouts and default schedules are made for."""
+
+    lanes: int
+    """f32 lanes of a vector register (the channel block of blocked layouts)."""
+    vector_registers: int
+    l1d_bytes: int
+    cores: int
+    """Cores a parallel loop may use (the TVM target's ``num-cores``)."""
+
+
+def cpu_for(target: Mapping[str, Any], hardware: Mapping[str, int] | None = None) -> Cpu:
+    """The ``Cpu`` of an LLVM CPU target (a TVM target dict) with ``hardware`` (a
+    ``targets/*.toml`` ``hardware`` table; None or a key left out: derived from the LLVM
+    CPU, the L1 size detected on this machine)."""
+    hw = dict(hardware or {})
+    lanes = hw["vector_bits"] // 32 if "vector_bits" in hw else target_lanes(target)
+    triple = str(target.get("mtriple", ""))
+    registers = hw.get("vector_registers") or (32 if lanes >= 16 or triple.startswith("aarch64") else 16)
+    l1d = hw["l1d_kib"] * 1024 if "l1d_kib" in hw else _host_l1d_bytes()
+    cores = int(target.get("num-cores") or os.cpu_count() or 1)
+    return Cpu(lanes, registers, l1d, cores)
+
+
+def _host_l1d_bytes(default: int = 32 * 1024) -> int:
+    """This machine's L1 data cache per core, from Linux's sysfs (``default`` elsewhere)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "1" and (index / "type").read_text().strip() == "Data":
+                size = (index / "size").read_text().strip().upper()
+                return int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
+def default_schedule(func: tirx.PrimFunc, cpu: Cpu) -> s_tir.Schedule | None:
+    """effc's default schedule of ``func`` (a kernel named ``main``) for ``cpu``, or None
+    when no rule applies. ``.mod["main"]`` is the scheduled kernel, ``.trace`` how it was
+    scheduled (tuning starts from it: ``tune.seed_record``)."""
+    for rule in (lambda sch: schedule_conv(sch, cpu.vector_registers),
+                 lambda sch: schedule_plain_conv(sch, cpu.lanes)):
         sch = s_tir.Schedule(func)
         try:
             if rule(sch):
                 return sch
         except SCHEDULE_ERRORS as err:  # a rule that did not fit: the next one, or none
             log.debug("conv schedule failed: %s", err)
-    return schedule_generic(func, lanes, cores)
+    return schedule_generic(func, cpu.lanes, cpu.cores, cpu.l1d_bytes)
 
 
-def default_schedules(lanes: int, cores: int) -> tvm.transform.Pass:
-    """Schedule every static PrimFunc of the module that is not scheduled yet."""
+def default_schedules(cpu: Cpu) -> tvm.transform.Pass:
+    """Schedule every static PrimFunc of the module that is not scheduled yet, for ``cpu``."""
 
     @tvm.transform.module_pass(opt_level=0, name="effc.DefaultSchedules")
     def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -56,7 +101,7 @@ def default_schedules(lanes: int, cores: int) -> tvm.transform.Pass:
             # IEEE max/min first: a schedule may split a reduction's init off, and ieee_minmax
             # finds a max reduction's starting value in its init
             func = ieee_minmax(func)
-            sch = default_schedule(func.with_attr("global_symbol", "main"), lanes, cores)
+            sch = default_schedule(func.with_attr("global_symbol", "main"), cpu)
             if sch is not None:
                 scheduled = sch.mod["main"].with_attr(SCHEDULED, True)
                 symbol = func.attrs.get("global_symbol") if func.attrs else None

@@ -1,7 +1,7 @@
 """Default CPU schedules for the kernels that are not convolutions.
 
 TVM 0.27's default CPU pipeline schedules nothing: every kernel is a serial, scalar loop
-nest. ``schedule_generic(func, lanes, cores)`` gives one kernel (a PrimFunc as FuseTIR
+nest. ``schedule_generic(func, lanes, cores, l1d_bytes)`` gives one kernel (a PrimFunc as FuseTIR
 made it) a fixed, untuned schedule by the first rule that applies, or returns ``None``
 (the kernel stays unscheduled; convolutions are ``conv.py``'s):
 
@@ -47,18 +47,22 @@ PARALLEL_MIN_WORK = 1 << 17
 saves."""
 MATMUL_PARALLEL_MIN_WORK = 1 << 20
 """The same for a matmul's multiply-adds, which run ~10x faster per iteration vectorized."""
+L1D_BYTES = 32 * 1024
+"""The L1 data cache assumed when a caller names none."""
 
 
-def schedule_generic(func: tirx.PrimFunc, lanes: int, cores: int) -> s_tir.Schedule | None:
+def schedule_generic(func: tirx.PrimFunc, lanes: int, cores: int,
+                     l1d_bytes: int = L1D_BYTES) -> s_tir.Schedule | None:
     """A schedule of ``func`` for a CPU with ``lanes`` f32 vector lanes (8 for AVX2, 16 for
-    AVX-512, 4 for Neon) and ``cores`` cores (``.mod["main"]`` the scheduled kernel,
-    ``.trace`` how), or None when no rule applies (``func`` is then left to TVM
-    unscheduled)."""
+    AVX-512, 4 for Neon), ``cores`` cores and an L1 data cache of ``l1d_bytes``
+    (``.mod["main"]`` the scheduled kernel, ``.trace`` how), or None when no rule applies
+    (``func`` is then left to TVM unscheduled)."""
     if not isinstance(func, tirx.PrimFunc) or _has_symbolic_shape(func):
         return None
     for rule in RULES:
         try:
-            sch = rule(s_tir.Schedule(func), max(1, lanes), max(1, cores))
+            sch = (_schedule_matmul(s_tir.Schedule(func), max(1, lanes), max(1, cores), l1d_bytes)
+                   if rule is _schedule_matmul else rule(s_tir.Schedule(func), max(1, lanes), max(1, cores)))
         except SCHEDULE_ERRORS:
             continue
         if sch is not None:
@@ -231,16 +235,27 @@ def _matmul_axes(sch: s_tir.Schedule, block: SBlockRV) -> tuple[bool, int, int, 
 
 MATMUL_ROWS = (6, 4, 3, 2, 8, 5, 7, 1)
 """Rows of the accumulator tile, in order of preference (the first that divides M)."""
-MATMUL_K_BLOCK = 64
 
 
-def _schedule_matmul(sch: s_tir.Schedule, lanes: int, cores: int) -> s_tir.Schedule | None:
+def _k_block(k: int, nr: int, l1d_bytes: int) -> int:
+    """The K block of a matmul whose accumulator tile is ``nr`` columns wide: the largest
+    power of two (16 to 512) whose panel of B (K block x ``nr`` f32) takes at most a
+    quarter of the L1 data cache (64 with AVX-512's 32-column tiles and 32 KiB, the value
+    measured best here: 128 and 256 were no faster on minilm_l3 and light_bvlc_alexnet),
+    when it divides ``k``; else all of ``k``."""
+    kc = 512
+    while kc > 16 and kc * nr * 4 > l1d_bytes // 4:
+        kc //= 2
+    return kc if k % kc == 0 else k
+
+
+def _schedule_matmul(sch: s_tir.Schedule, lanes: int, cores: int, l1d_bytes: int = L1D_BYTES) -> s_tir.Schedule | None:
     """Rule 1: one matmul block (``_matmul_axes``), spatial blocks before it (inlined) and
     after it (the epilogue: inlined into one block, computed per tile).
 
     Schedule: an accumulator tile of ``mr`` rows (``MATMUL_ROWS``) x ``2*lanes`` columns
     (or fewer, dividing N) in a local buffer (``cache_write``), loops
-    ``[batch, j/nr, i/mr] (parallel) | k/64 | k%64 | mr (unrolled) | nr (vectorized)``, its
+    ``[batch, j/nr, i/mr] (parallel) | k/kc | k%kc (``_k_block``) | mr (unrolled) | nr (vectorized)``, its
     zero-init split out and vectorized, then the epilogue applied to the tile while it is
     in cache (``reverse_compute_at``), vectorized over columns.
 
@@ -277,7 +292,7 @@ def _schedule_matmul(sch: s_tir.Schedule, lanes: int, cores: int) -> s_tir.Sched
     m, n, k = (_extent(sch, loops[x]) for x in (i_index, j_index, k_index))
     mr = next(r for r in MATMUL_ROWS if m % r == 0)
     nr = panel or _vector_width(n, lanes, 2 * lanes)  # (a packed weight: one panel per tile)
-    kc = MATMUL_K_BLOCK if k % MATMUL_K_BLOCK == 0 else k
+    kc = _k_block(k, nr, l1d_bytes)
     batch = [loops[x] for x in range(len(loops)) if x not in (i_index, j_index, k_index)]
     io, ii = sch.split(loops[i_index], [None, mr])
     jo, ji = sch.split(loops[j_index], [None, nr])

@@ -6,6 +6,7 @@ members ``effc.compile`` and ``effc.load`` use."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from importlib import resources
@@ -82,6 +83,38 @@ def test_family_file_fields_are_checked_and_the_error_names_the_file(key, value,
     with pytest.raises(InputError, match="^" + re.escape(f"targets/x86.toml: {want}")):
         check_family("x86.toml", data)
     assert check_family("x86.toml", _x86_toml())["runtimes"] == ["vm", "aot"]
+
+
+@pytest.mark.parametrize("table", [{"vector_bits": "wide"}, {"vector_bits": 0}, {"l2_kib": 1024}, "fast"])
+def test_hardware_table_is_checked_and_the_error_names_file_and_keys(table):
+    data = _x86_toml()
+    data["variants"]["x86-avx2"]["hardware"] = table
+    with pytest.raises(InputError, match="^" + re.escape("targets/x86.toml: 'variants.x86-avx2.hardware' takes "
+                                                         "positive integers for vector_bits, vector_registers, l1d_kib")):
+        check_family("x86.toml", data)
+
+
+@pytest.mark.parametrize("name, want", [
+    ("arm", (4, 32, 32 * 1024, 4)), ("arm-cortex-a76", (4, 32, 64 * 1024, 4)),
+    ("x86-avx2", (8, 16, 32 * 1024, None)), ("x86-avx512", (16, 32, 32 * 1024, None))])
+def test_schedules_are_made_for_the_targets_hardware_table(name, want):
+    """Vector width, registers and L1 come from targets/*.toml; cores from the TVM target's
+    num-cores (the arm boards': 4; x86: this machine's)."""
+    from effc.codegen.schedules import Cpu, cpu_for
+
+    target = get_target(name)
+    lanes, registers, l1d, cores = want
+    assert cpu_for(target.tvm, target.hardware) == Cpu(lanes, registers, l1d, cores or os.cpu_count())
+
+
+def test_matmul_k_block_follows_the_l1_size():
+    """A panel of B (K block x tile columns, f32) takes at most a quarter of L1: 64 rows of
+    AVX-512's 32-column tile in 32 KiB, 128 of AVX2's 16 columns, twice that in 64 KiB;
+    all of K when the block does not divide it."""
+    from effc.codegen.schedules.generic import _k_block
+
+    assert [_k_block(384, 32, 32 * 1024), _k_block(384, 16, 32 * 1024), _k_block(384, 16, 64 * 1024)] == [64, 128, 384]
+    assert [_k_block(1024, 16, 64 * 1024), _k_block(1536, 8, 32 * 1024), _k_block(100, 32, 32 * 1024)] == [256, 256, 100]
 
 
 NATIVE = (["model.elf"], ["model.elf", "libmodel.a", "model.h", "src/model.c", "src/Makefile"],

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effc.codegen import build, lower_to_relax
 from effc.codegen.build import relax_pipeline
-from effc.codegen.schedules import SCHEDULED
+from effc.codegen.schedules import SCHEDULED, Cpu
 from effc.models import load_model
 from effc.optimize import optimize
 from tests.fixtures import FIXTURES, assert_close, ort_run
@@ -121,7 +121,7 @@ def test_every_conv_kernel_is_scheduled():
     to TVM's serial loop nests) and each conv runs in parallel, vectorized."""
     module = _fixture_module("light_squeezenet")
     mod = lower_to_relax(module, lanes=8)
-    passes = list(relax_pipeline(8).passes)
+    passes = list(relax_pipeline(Cpu(lanes=8, vector_registers=16, l1d_bytes=32 * 1024, cores=2)).passes)
     cut = [p.info.name for p in passes].index("effc.DefaultSchedules") + 1
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
         kernels = tvm.transform.Sequential(passes[:cut])(mod)

@@ -153,14 +153,14 @@ def test_a_model_tuned_slower_keeps_effcs_schedules(tuned_db, tmp_path):
 
     import tvm_ffi
 
-    from effc.codegen.schedules import SCHEDULED, default_schedule
+    from effc.codegen.schedules import SCHEDULED, Cpu, default_schedule
     from effc.codegen.tune import PREFER_DEFAULT, _kernel_hash, _mark_scheduled, database_path
 
     db, module, _ = tuned_db
     before = kernel_module(module)
     name, func = next((gv.name_hint, f) for gv, f in before.functions.items() if gv.name_hint.startswith("fused_"))
     after = tvm.IRModule(dict(before.functions))
-    after[name] = default_schedule(func.with_attr("global_symbol", "main"), 8, 1).mod["main"]  # "the database's"
+    after[name] = default_schedule(func.with_attr("global_symbol", "main"), Cpu(8, 16, 32 * 1024, 1)).mod["main"]  # "the database's"
     kept = _mark_scheduled(before, tvm.IRModule(dict(after.functions)), {_kernel_hash(func)})
     assert tvm_ffi.structural_equal(kept[name], func)
     used = _mark_scheduled(before, tvm.IRModule(dict(after.functions)), set())
