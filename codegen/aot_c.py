@@ -1014,16 +1014,20 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: MemoryP
 
 
 def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None,
-         database: Any = None, io_in_arena: bool = True) -> tuple[AotProgram, Schedule, MemoryPlan]:
+         database: Any = None, io_in_arena: bool = True, cpu: Any = None) -> tuple[AotProgram, Schedule, MemoryPlan]:
     """``module`` (optimized, static shapes) as an AOT C program for ``target`` (a TVM target
     dict of kind ``llvm`` or ``c``; ``toolchain`` goes into its Makefile), with its schedule
     and arena plan (for reports).
-    ``database``: a MetaSchedule database whose schedules the kernels it holds get."""
+    ``database``: a MetaSchedule database whose schedules the kernels it holds get.
+    ``cpu`` (a ``schedules.Cpu``; Linux CPUs): blocked layouts and effc's default
+    schedules for it, as the Relax VM builds have (None: NCHW kernels made lean in
+    memory, ``aot_kernels.fold_scratch``, as microcontrollers need)."""
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
-    schedule = program_schedule(module, target, io_in_arena, pools=database is None)
-    kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database)
+    schedule = program_schedule(module, target, io_in_arena, pools=database is None and cpu is None,
+                                lanes=cpu.lanes if cpu is not None else None)
+    kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database, cpu=cpu)
     plan = plan_program(schedule, kernels)
     return write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan
 

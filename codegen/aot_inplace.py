@@ -367,7 +367,7 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
         index = channelwise_node(node) if node is not None else None
-        if index is None or step.args[-1].storage_key[0] != "arena":
+        if index is None or step.args[-1].storage_key[0] != "arena" or not _plain_layout(step, node):
             continue
         x = node.input(index)
         key = info.storage(x)
@@ -394,6 +394,14 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
     return found
 
 
+def _plain_layout(step: Step, node: Node) -> bool:
+    """The step reads and writes its node's values in their own (NCHW) shapes, not in a
+    blocked layout (``codegen/layout.py``), where channel ``c`` is not the ``c``-th slice."""
+    shapes = {tuple(v.type.shape) for v in [*node.inputs, *node.outputs] if v is not None}
+    return step.args[-1].shape == tuple(node.outputs[0].type.shape) and all(
+        a.shape in shapes for a in step.args if a.storage_key[0] != "weight")
+
+
 def driver_in_place(schedule: Schedule, module: Module) -> int:
     """Transposes and float32 LRNs whose input dies at their step run in place, computed by
     the driver itself (``schedule.own``; no kernel). Returns how many."""
@@ -401,7 +409,8 @@ def driver_in_place(schedule: Schedule, module: Module) -> int:
     for t in schedule.calls:
         step, node = schedule.steps[t], info.node(schedule.steps[t])
         if node is None or node.op not in ("transpose", "lrn") or scratch_inplace(node) is None \
-                or any(a.storage_key[0] != "weight" for a in step.args[1:-1]):  # LRN's kernel takes constants
+                or any(a.storage_key[0] != "weight" for a in step.args[1:-1]) \
+                or not _plain_layout(step, node):  # LRN's kernel takes constants
             continue
         x, out, key = step.args[0], step.args[-1], step.args[0].storage_key
         if out.storage_key[0] != "arena" or not info.dies_at(key, t, step) or key in schedule.slices \
@@ -422,10 +431,11 @@ def driver_in_place(schedule: Schedule, module: Module) -> int:
 
 
 def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True,
-                     pools: bool = True) -> Schedule:
+                     pools: bool = True, lanes: int | None = None) -> Schedule:
     """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
-    stages before the kernels are compiled)."""
-    schedule = read_schedule(lower_for_aot(module, target, pools), Interface.of(module))
+    stages before the kernels are compiled); ``lanes``: in the blocked layouts of a CPU
+    with that many f32 vector lanes (``lower_for_aot``)."""
+    schedule = read_schedule(lower_for_aot(module, target, pools, lanes), Interface.of(module))
     schedule.io_in_arena = io_in_arena
     slices_in_place(schedule, module)
     split_channels(schedule, module, target)

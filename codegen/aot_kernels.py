@@ -259,15 +259,26 @@ def apply_database(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str,
 
 
 def build_kernels(prim_funcs: Mapping[str, tirx.PrimFunc], target: Mapping[str, Any], prefix: str, *,
-                  lean: bool = True, database: Any = None) -> Kernels:
+                  lean: bool = True, database: Any = None, cpu: Any = None) -> Kernels:
     """Compile ``prim_funcs`` (name -> PrimFunc) for ``target``; each gets the C symbol
     ``<prefix>_<name>``, so two programs link into one binary. A kernel ``database`` (a
-    MetaSchedule database) holds a schedule for is compiled with it; the others get
+    MetaSchedule database) holds a schedule for is compiled with it; the others get effc's
+    default schedule for ``cpu`` (a ``schedules.Cpu``) where one applies, else
     ``fold_scratch`` first when ``lean``."""
     flavor = kernel_flavor(target)
     tvm_target = tvm.target.Target(dict(target))
     tuned = apply_database(prim_funcs, target, database) if database is not None else {}
-    mod = tvm.IRModule({name: ieee_minmax(tuned.get(name) or (fold_scratch(f) if lean else f)).with_attr(
+
+    def untuned(func: tirx.PrimFunc) -> tirx.PrimFunc:
+        if cpu is not None:
+            from .schedules import default_schedule
+
+            sch = default_schedule(ieee_minmax(func).with_attr("global_symbol", "main"), cpu)
+            if sch is not None:
+                return sch.mod["main"]
+        return fold_scratch(func) if lean else func
+
+    mod = tvm.IRModule({name: ieee_minmax(tuned.get(name) or untuned(f)).with_attr(
         "global_symbol", f"{prefix}_{name}") for name, f in sorted(prim_funcs.items())})
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         mod = tirx.transform.BindTarget(tvm_target.with_host(tvm_target))(mod)

@@ -23,7 +23,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,7 @@ from .aot import AotProgram, CToolchain, Interface, ToolchainError, index_failur
 from .aot_c import compile_program, emit
 from .aot_c import HEADER
 from .build import safe_target
+from .schedules import Cpu, cpu_for
 
 EXECUTABLE = "model.elf"
 LIBRARY = "libmodel.a"
@@ -183,13 +186,22 @@ def _target(target: Target | str | None) -> Target:
     return tgt
 
 
+def aot_cpu(tvm_target: Mapping[str, Any], hardware: Mapping[str, int] | None) -> Cpu:
+    """What a runtime-free Linux program's kernels are made for: the target's ``Cpu`` on
+    one core, as the AOT driver runs a parallel loop's chunks one after another."""
+    return replace(cpu_for(tvm_target, hardware), cores=1)
+
+
 def build_native(module: Module, target: Target | str | None = None, *, name: str | None = None,
                  tuning_db: str | os.PathLike | None = None, io_in_arena: bool = True) -> NativeBuilt:
     """Emit the AOT C program of ``module`` (optimized; static shapes) and compile it into
     ``libmodel.a`` and a static executable for ``target`` (default ``arm``). ``name`` goes
     into the C API (``effc_<name>_run``; default: the graph's name). ``tuning_db`` (x86):
     the kernels a MetaSchedule database under it holds get its schedules. ``io_in_arena``:
-    the inputs and outputs live in the arena (False: in the caller's own buffers)."""
+    the inputs and outputs live in the arena (False: in the caller's own buffers).
+    Convolutions run in the target's blocked layouts and every kernel without a tuning
+    record gets effc's default schedule for the target's ``hardware`` (Neon on arm), one
+    core (``aot_cpu``)."""
     tgt = _target(target)
     toolchain = native_toolchain(tgt)
     toolchain.require()  # before the (slow) kernel build
@@ -199,7 +211,7 @@ def build_native(module: Module, target: Target | str | None = None, *, name: st
 
         tvm_target = tuning_target(tgt.tvm)
         database = open_database(tuning_db, tvm_target)
-    program = emit(module, tvm_target, toolchain, name, database, io_in_arena)[0]
+    program = emit(module, tvm_target, toolchain, name, database, io_in_arena, aot_cpu(tvm_target, tgt.hardware))[0]
     with tempfile.TemporaryDirectory(prefix="effc-native-build-") as tmp:
         exe = compile_program(program, toolchain, tmp, output=EXECUTABLE, library=LIBRARY)
         data, lib = exe.read_bytes(), (Path(tmp) / LIBRARY).read_bytes()

@@ -240,12 +240,15 @@ def _flops(workload: tvm.IRModule) -> float:
         return 0.0
 
 
-def aot_kernels(module: Module, target: TargetDict | None = None) -> tuple[tvm.IRModule, dict[str, int]]:
+def aot_kernels(module: Module, target: TargetDict | None = None,
+                hardware: Mapping[str, int] | None = None) -> tuple[tvm.IRModule, dict[str, int]]:
     """The PrimFuncs the AOT program of ``module`` calls, and how often each is called (a
     one-channel kernel once per channel)."""
     from .aot_inplace import program_schedule
+    from .native import aot_cpu
 
-    schedule = program_schedule(module, tuning_target(target), pools=False)  # as tuned builds lower it
+    target = tuning_target(target)  # as tuned builds lower it:
+    schedule = program_schedule(module, target, pools=False, lanes=aot_cpu(target, hardware).lanes)
     calls: dict[str, int] = {}
     for t in (t for t in schedule.calls if schedule.kernel_at(t)):
         split = schedule.splits.get(t)
@@ -494,11 +497,13 @@ def tune(module: Module, target: TargetDict | None, trials: int, db_dir: str | o
     is the target's, as the device is that target). ``hardware``: the target's table from
     ``targets/*.toml``, what effc's schedules (the search's starting points) are made for.
     Returns a report; never raises for a kernel that fails to tune."""
+    from .native import aot_cpu
+
     t0 = time.perf_counter()
     target = tuning_target(target)
     tvm_target = tvm.target.Target(target)
-    cpu = cpu_for(target, hardware)
-    kernels = kernels_of(*aot_kernels(module, target)) if aot else kernels_of(kernel_module(module, target, hardware))
+    cpu = aot_cpu(target, hardware) if aot else cpu_for(target, hardware)
+    kernels = kernels_of(*aot_kernels(module, target, hardware)) if aot else kernels_of(kernel_module(module, target, hardware))
     db = open_database(db_dir, target)
     db_path = database_path(db_dir, target)
     records_before = len(db)
