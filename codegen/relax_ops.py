@@ -29,7 +29,7 @@ from effc.ir.opdef import node_attrs, run_ref
 from effc.ir.ops.nn import transpose_geometry, window_geometry
 from effc.ir.types import DType
 
-from .layout import BlockedEmit, emit_conv, emit_dense
+from .layout import BlockedEmit, emit_conv, emit_dense, emit_pointwise
 from .relax_emit import Emit, relax_dtype
 
 R = relax.op
@@ -462,6 +462,9 @@ def _conv(e: Emit):
     begins, ends, strides, dilations = _conv_pads(e, kernel)
     if isinstance(e, BlockedEmit):
         return emit_conv(e, e.scope.plan.convs[id(e.node)], begins, ends, strides, dilations)
+    y = emit_pointwise(e, strides, begins + ends, dilations)
+    if y is not None:
+        return _add_bias(e, y, 2, xt.rank)
     fn, layout, klayout = _CONV[n]
     y = fn(e.x(0), e.x(1), strides=strides, padding=begins + ends, dilation=dilations, groups=e.attrs["group"],
            data_layout=layout, kernel_layout=klayout)

@@ -87,7 +87,7 @@ def default_schedule(func: tirx.PrimFunc, cpu: Cpu) -> s_tir.Schedule | None:
                 return sch
         except SCHEDULE_ERRORS as err:  # a rule that did not fit: the next one, or none
             log.debug("conv schedule failed: %s", err)
-    return schedule_generic(func, cpu.lanes, cpu.cores, cpu.l1d_bytes)
+    return schedule_generic(func, cpu.lanes, cpu.cores, cpu.l1d_bytes, cpu.vector_registers)
 
 
 def default_schedules(cpu: Cpu) -> tvm.transform.Pass:

@@ -170,3 +170,57 @@ def test_one_pixel_and_one_column_tiles(case):
     module = load_model(model)
     optimize(module, "O2")
     assert_close(build(module).run(feeds)["z"], ort_run(model, feeds)["z"], case)
+
+
+def _shuffle_unit() -> onnx.ModelProto:
+    """A ShuffleNet unit (4 groups): grouped 1x1 convs of 34 and 68 channels per group (no
+    block divides 34; 4 divides 68), the channel shuffle (reshape, transpose, reshape), a
+    depthwise 3x3 conv and a residual add; batch 2."""
+    def shuffle(x: str, y: str, c: int) -> list[onnx.NodeProto]:
+        return [helper.make_node("Reshape", [x, f"{y}_s1"], [f"{y}_a"]),
+                helper.make_node("Transpose", [f"{y}_a"], [f"{y}_b"], perm=[0, 2, 1, 3, 4]),
+                helper.make_node("Reshape", [f"{y}_b", f"{y}_s2"], [y])]
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["g1"], group=4),                  # 136 -> 136, 34 per group
+        helper.make_node("Relu", ["g1"], ["r1"]),
+        *shuffle("r1", "sh", 136),
+        helper.make_node("Conv", ["sh", "wd"], ["dw"], pads=[1, 1, 1, 1], group=136),  # depthwise
+        helper.make_node("Conv", ["dw", "w2"], ["g2"], group=4),                       # 136 -> 272, 68 per group
+        helper.make_node("Conv", ["x", "w3"], ["g3"], group=4),                        # 136 -> 272
+        helper.make_node("Add", ["g2", "g3"], ["res"]),
+        helper.make_node("Relu", ["res"], ["y"]),
+    ]
+    inits = [_w("w1", 136, 34, 1, 1), _w("b1", 136), _w("wd", 136, 1, 3, 3), _w("w2", 272, 34, 1, 1),
+             _w("w3", 272, 34, 1, 1),
+             numpy_helper.from_array(np.array([2, 4, 34, 14, 14], np.int64), "sh_s1"),
+             numpy_helper.from_array(np.array([2, 136, 14, 14], np.int64), "sh_s2")]
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 136, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("lanes, registers, pointwise, rows", [(16, 32, 3, 17), (8, 16, 1, 2), (4, 32, 1, 17)])
+def test_grouped_pointwise_convs_run_as_matmuls_per_group(lanes, registers, pointwise, rows):
+    """A grouped 1x1 conv whose groups no block of at least half a vector divides stays
+    NCHW and runs as a matmul per group (``pointwise_nchw``): its rows are output channels,
+    its columns pixels, as many rows per tile as the registers allow (34 rows: 17 with 32
+    registers, 2 with 16). With 16 lanes that is every conv here; with 8 or 4, the
+    68-channel groups take blocks of 4 (half of 8, all of 4). Outputs match onnxruntime."""
+    model = _shuffle_unit()
+    x = RNG.standard_normal((2, 136, 14, 14)).astype(np.float32)
+    module = load_model(model)
+    optimize(module, "O2")
+    want = ort_run(model, {"x": x})["y"]
+    cpu = Cpu(lanes=lanes, vector_registers=registers, l1d_bytes=32 * 1024, cores=2)
+    passes = list(relax_pipeline(cpu).passes)
+    cut = [p.info.name for p in passes].index("effc.DefaultSchedules") + 1
+    with tvm.transform.PassContext(opt_level=3), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
+        kernels = tvm.transform.Sequential(passes[:cut])(lower_to_relax(module, lanes=lanes))
+    scripts = [f.script() for f in kernels.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    matmuls = [s for s in scripts if 'T.sblock("pointwise_conv_update")' in s]
+    assert len(matmuls) == pointwise
+    narrow = [s for s in matmuls if "T.int64(2), T.int64(4), T.int64(34), T.int64(196)" in s]  # 34 rows per group
+    assert narrow and all(f"T.unroll(T.int64({rows}))" in s for s in narrow)
+    got = build(module, {"kind": "llvm", "mcpu": "haswell"}, lanes=lanes).run({"x": x})["y"]
+    assert_close(got, want, f"shuffle unit, lanes={lanes}")

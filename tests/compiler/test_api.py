@@ -168,7 +168,9 @@ def test_io_buffers_caller_or_arena(tmp_path, digits_x):
         assert ("effc_digits_cnn_invoke" in header) == (io == "arena")
         assert_close(effc.load(out).run({"x": digits_x[:1]})["logits"], want, f"digits, I/O in the {io}")
         sizes[io] = json.loads((out / "report.json").read_text())["arena_bytes"]
-    assert sizes == {"arena": 6_144, "caller": 6_144}  # the 256-byte input fits beside the peak either way
+    # the 256-byte input fits beside the peak either way (the x86 program's kernels run in
+    # blocked layouts with no pool fused into its conv: 12 KiB; lean NCHW kernels, 6 KiB)
+    assert sizes == {"arena": 12_288, "caller": 12_288}
     with pytest.raises(InputError, match="--io-buffers applies to AOT programs"):
         effc.compile(DIGITS, target="x86", io_buffers="caller")
     with pytest.raises(InputError, match="'arena' or 'caller', not 'heap'"):
