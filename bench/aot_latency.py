@@ -7,8 +7,8 @@ ORT, plain TVM and effc (Relax VM) are timed in turns as in ``run.py`` (median o
 50 runs); the AOT program is the static executable ``effc compile
 --runtime=aot`` writes, run ``--runs`` times in one process by its own harness, which
 prints the processor time per run (one thread: the same as wall time). Every system's
-outputs are checked against ORT. Untuned, the AOT kernels are the memory-lean ones
-(``fold_scratch``: padding read in place, epilogues fused into the reduction loop). Tuned:
+outputs are checked against ORT. Untuned, the AOT kernels are the VM build's: blocked
+layouts and effc's default schedules, for one core (``native.aot_cpu``). Tuned:
 effc's VM build and the AOT program both take their schedules from the tuning database
 ``run.py`` fills (``--tuning-db``, default ``bench/_work/tuning-db``), and ``--trials``
 more per model go to the AOT program's own kernels it lacks (the one-channel kernels of
