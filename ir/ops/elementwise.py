@@ -503,7 +503,7 @@ def _quant_layout(ctx: InferCtx, x: TensorType, scale: TensorType, what: str) ->
     if block < 0:
         raise ctx.fail(f"block_size must be >= 0, got {block}")
     if block == 0:
-        if scale.rank == 0 or (scale.rank == 1 and scale.shape[0] == 1):
+        if _per_tensor(scale):
             return
         if scale.rank != 1:
             raise ctx.fail(f"{what} of shape {list(scale.shape)} is neither a scalar nor 1-D (per-axis); "
@@ -523,6 +523,19 @@ def _quant_layout(ctx: InferCtx, x: TensorType, scale: TensorType, what: str) ->
         if s != want:
             raise ctx.fail(f"{what} shape {list(scale.shape)} does not fit input shape {list(x.shape)} with "
                            f"axis={axis}, block_size={block} (dim {i} should be {want})")
+
+
+def _check_zero_point(ctx: InferCtx, zp: TensorType, scale: TensorType, what: str) -> None:
+    """The zero point has the scale's shape; a scalar and a one-element 1-D tensor count as
+    the same per-tensor shape (``onnxruntime.quantization`` writes a ``[1]`` scale beside a
+    scalar zero point for biases, and onnxruntime runs it)."""
+    if zp.shape == scale.shape or (_per_tensor(zp) and _per_tensor(scale)):
+        return
+    raise ctx.fail(f"{what}_zero_point shape {list(zp.shape)} differs from {what}_scale shape {list(scale.shape)}")
+
+
+def _per_tensor(t: TensorType) -> bool:
+    return t.rank == 0 or (t.rank == 1 and t.shape[0] == 1)
 
 
 def _axis(ctx: InferCtx, axis: int, rank: int) -> int:
@@ -577,8 +590,8 @@ def _quantize_infer(ctx: InferCtx) -> list[TensorType]:
     if not scale.dtype.is_float:
         raise ctx.unsupported(f"an integer scale ({scale.dtype})")
     _quant_layout(ctx, x, scale, "y_scale")
-    if ctx.has(2) and ctx.type(2).shape != scale.shape:
-        raise ctx.fail(f"y_zero_point shape {list(ctx.type(2).shape)} differs from y_scale shape {list(scale.shape)}")
+    if ctx.has(2):
+        _check_zero_point(ctx, ctx.type(2), scale, "y")
     return [TensorType(_quantize_out_dtype(ctx), x.shape)]
 
 
@@ -627,8 +640,7 @@ def _dequantize_infer(ctx: InferCtx) -> list[TensorType]:
         zp = ctx.type(2)
         if zp.dtype != x.dtype:
             raise ctx.fail(f"x_zero_point has dtype {zp.dtype}, x has {x.dtype}; they must match")
-        if zp.shape != scale.shape:
-            raise ctx.fail(f"x_zero_point shape {list(zp.shape)} differs from x_scale shape {list(scale.shape)}")
+        _check_zero_point(ctx, zp, scale, "x")
     return [TensorType(scale.dtype, x.shape)]
 
 
