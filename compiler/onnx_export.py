@@ -97,7 +97,7 @@ class _Exporter:
             raise ExportError(f"{n.describe()}: op '{n.op}' has no ONNX form")
         attrs = [_attr(k, op.attrs[k].kind if k in op.attrs else "", v) for k, v in sorted(n.attrs.items())]
         proto = helper.make_node(op.onnx_name, [name_of(v) for v in n.inputs], [name_of(v) for v in n.outputs],
-                                 name=self.node_name(n.loc))
+                                 name=self.node_name(n.loc), domain=op.domain or None)
         proto.attribute.extend(attrs)
         self.nodes.append(proto)
 
@@ -133,7 +133,9 @@ def export_onnx(module: Module) -> onnx.ModelProto:
         outputs.append(_value_info(v))
     graph = helper.make_graph(ex.nodes, g.name, [_value_info(v) for v in g.inputs], outputs, ex.inits)
     opset = BF16_EXPORT_OPSET if _uses_bf16(g) else EXPORT_OPSET
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+    domains = sorted({p.domain for p in ex.nodes if p.domain})
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]
+                              + [helper.make_opsetid(d, 1) for d in domains],  # (com.microsoft: version 1)
                               producer_name="effc", ir_version=EXPORT_IR_VERSION)
     for k, val in sorted(module.metadata.items()):
         model.metadata_props.add(key=k, value=val)

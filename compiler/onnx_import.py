@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from effc.ir import ops as _ops  # noqa: F401  (fills the registry)
 from effc.ir.core import Graph, Module, Node, Resource, Value
 from effc.ir.errors import EffcError, ModelError, ShapeError, UnsupportedOpError
-from effc.ir.opdef import BY_ONNX, OpDef, UpgradeCtx, infer_types
+from effc.ir.opdef import BY_ONNX, OpDef, UpgradeCtx, infer_types, onnx_key
 from effc.ir.types import UNKNOWN_DIM, DType, TensorType, tensor_nbytes
 
 INLINE_LIMIT = 16
@@ -382,9 +382,9 @@ class _Importer:
         bad = []
         for i, n in enumerate(order):
             label = _node_label(n, i)
-            if n.domain not in ONNX_DOMAINS:
+            if n.domain not in ONNX_DOMAINS and onnx_key(n.domain, n.op_type) not in BY_ONNX:
                 bad.append((f"{n.domain}::{n.op_type}", label, "operator from a custom domain"))
-            elif n.op_type != "Constant" and n.op_type not in BY_ONNX:
+            elif n.domain in ONNX_DOMAINS and n.op_type != "Constant" and n.op_type not in BY_ONNX:
                 bad.append((n.op_type, label, ""))
         if bad:
             raise UnsupportedOpError(bad)
@@ -457,7 +457,7 @@ class _Importer:
             self._import_constant(n, attrs, label)
             return
         raw = {k: self._attr_value(a, kind, f"{where} attribute '{k}'") for k, (a, kind) in attrs.items()}
-        op = BY_ONNX[n.op_type]
+        op = BY_ONNX[onnx_key(n.domain, n.op_type)]
         inputs = [self.values[x] if x else None for x in n.input]
 
         def fail(msg: str) -> Exception:

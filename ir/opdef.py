@@ -116,6 +116,9 @@ class OpDef:
     """Class for MAC/op reports: conv, matmul, norm, pool, activation, elementwise, shape, quant."""
     min_opset: int = 1
     """First ONNX opset that defines this op."""
+    domain: str = ""
+    """ONNX domain of ``onnx_name``: "" (the ONNX standard) or ``com.microsoft``
+    (onnxruntime's contrib ops, which its quantizer writes)."""
 
     def min_inputs(self) -> int:
         return sum(1 for s in self.inputs if not s.endswith("?") and not s.endswith("*"))
@@ -145,8 +148,14 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op {op.name} registered twice")
     REGISTRY[op.name] = op
     if op.onnx_name:
-        BY_ONNX[op.onnx_name] = op
+        BY_ONNX[onnx_key(op.domain, op.onnx_name)] = op
     return op
+
+
+def onnx_key(domain: str, op_type: str) -> str:
+    """``BY_ONNX``'s key of an ONNX op: its op_type for the standard domain ("" or
+    ``ai.onnx``), ``domain::op_type`` for another."""
+    return op_type if domain in ("", "ai.onnx") else f"{domain}::{op_type}"
 
 
 def get_op(name: str) -> OpDef:

@@ -1,2 +1,2 @@
 """Op definitions. Importing this package fills ``ir.opdef.REGISTRY``."""
-from . import basic, elementwise, fused, lrn, nn, reduce, tensor  # noqa: F401
+from . import basic, elementwise, fused, lrn, nn, quant, reduce, tensor  # noqa: F401
