@@ -165,3 +165,25 @@ def test_onnxruntime_contrib_qlinear_ops_import_and_match(tmp_path, activation):
         got = run_module(module, {"x": x})["logits"]
         np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)
         np.testing.assert_array_equal(ort_run(exported, {"x": x})["logits"], want)  # the same com.microsoft ops
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+def test_qdq_to_integer_turns_onnxruntime_qdq_into_integer_ops(tmp_path, per_channel, activation):
+    """``qdq-to-integer`` on the QDQ digits CNN: its three convs and its gemm become
+    qlinear_conv and qgemm (exact int32 sums, one requantization each), no float conv or
+    gemm remains, and the outputs still match onnxruntime (which fuses the same patterns
+    into its integer kernels) within one output step, with the same classes."""
+    from effc.passes import run_pipeline
+
+    model = _quantized(tmp_path, per_channel, activation)
+    module = load_model(model)
+    run_pipeline(module, "qdq-to-integer,dce")
+    ops = [n.op for n in module.graph.nodes]
+    assert ops.count("qlinear_conv") == 3 and ops.count("qgemm") == 1
+    assert "conv" not in ops and "gemm" not in ops
+    x = _images()
+    want = ort_run(model, {"x": x})["logits"]
+    got = run_module(module, {"x": x})["logits"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=_output_step(model) * 1.01)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))

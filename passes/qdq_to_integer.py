@@ -1,0 +1,165 @@
+"""qdq-to-integer: float ops between DequantizeLinear and QuantizeLinear become integer ops.
+
+A QDQ model (what ``onnxruntime.quantization.quantize_static`` writes by default, and
+what ``effc quantize`` will write) keeps every op in float, between a DequantizeLinear of
+each 8-bit input and a QuantizeLinear of the output. Where the quantized values alone
+determine the result, this pass computes it on them:
+
+- ``Q(conv(DQ(x), DQ(w), DQ(b)?))`` -> ``qlinear_conv(x, .., w, .., y_scale, y_zp, b)``
+- ``Q(gemm(DQ(a), DQ(w), DQ(c)?))`` (2-D, alpha 1, beta 1 or no C) -> ``qgemm`` (C int32)
+- ``Q(mat_mul(DQ(a), DQ(w)))`` -> ``qlinear_mat_mul``
+- with a ``relu`` before the Q: the same, then ``max(y, y_zp)`` on the 8-bit result
+  (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``).
+
+The integer ops sum exact int32 products and requantize with the float multiplier
+``x_scale * w_scale / y_scale`` (ONNX's QLinearConv, what onnxruntime computes when it
+fuses the same pattern), so the result differs from the float path by at most one
+quantization step, where rounding the float sum and rounding the exact sum disagree.
+
+A pattern is rewritten only when it means the same thing in integers: constant scales and
+zero points, per-tensor for activations (per output channel allowed for weights), a
+weight of 8 bits, and a bias quantized to int32 with zero point 0 and scale
+``x_scale * w_scale`` (as onnxruntime writes it); anything else stays in float. Run it
+before ``fold-constants``, which would fold the weights' DequantizeLinear into float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from effc.ir.builder import Builder
+from effc.ir.core import Module, Value
+from effc.ir.opdef import node_attrs
+from effc.ir.types import DType
+
+from .base import Pass, PassContext, register_pass
+from .rewrite import Any, Const, Match, Op, Rule, apply_rules
+
+EIGHT_BIT = (DType.u8, DType.i8)
+
+
+def _dq(prefix: str, data: object, shared: bool = False) -> Op:
+    return Op("dequantize_linear", data, Const(f"{prefix}s"), Const(f"{prefix}z"), name=f"{prefix}dq", shared=shared)
+
+
+def _scalar(a: np.ndarray) -> bool:
+    return a.size == 1
+
+
+def _per_tensor(m: Match, prefix: str) -> bool:
+    return _scalar(m.const(f"{prefix}s")) and _scalar(m.const(f"{prefix}z"))
+
+
+def _eight_bit(v: Value) -> bool:
+    return v.type.dtype in EIGHT_BIT
+
+
+def _bias_ok(m: Match, xs: np.ndarray, ws: np.ndarray, channels: int) -> bool:
+    """The bias is int32, zero point 0, scale ``x_scale * w_scale`` (per channel when the
+    weight is), one element per output channel."""
+    bq = m.const("bq")
+    if bq.dtype != np.int32 or bq.ndim != 1 or bq.size != channels or np.any(m.const("bz") != 0):
+        return False
+    want = (np.float32(xs.reshape(-1)[0]) * ws.astype(np.float32).reshape(-1)).astype(np.float32)
+    got = m.const("bs").astype(np.float32).reshape(-1)
+    return got.size in (1, channels) and bool(np.all(np.broadcast_to(got, (channels,)) == np.broadcast_to(want, (channels,))))
+
+
+def _weight_ok(m: Match, channels: int, axis: int) -> bool:
+    """An 8-bit constant weight, per tensor or per output channel along ``axis``."""
+    ws, wz = m.const("ws"), m.const("wz")
+    if not _eight_bit(m["wq"]) or ws.size != wz.size or ws.size not in (1, channels):
+        return False
+    return ws.size == 1 or node_attrs(m.node("wdq"))["axis"] % m["wq"].type.rank == axis
+
+
+def _y(m: Match) -> tuple[Value, Value]:
+    return m.value("ys"), m.value("yz")
+
+
+def _common(m: Match) -> bool:
+    return (_eight_bit(m["xq"]) and _per_tensor(m, "x") and _per_tensor(m, "y")
+            and m.const("yz").dtype in (np.uint8, np.int8) and m.root is not None and len(m.root.outputs) == 1
+            and not node_attrs(m.root)["block_size"])
+
+
+def _relu_clamp(b: Builder, y: Value, yz: Value) -> Value:
+    """``max(y, y_zp)``: a relu before the output Q, on the quantized result."""
+    return b.max(y, b.const(np.asarray(yz.const_value).reshape(()), name_hint="relu_floor"))
+
+
+def _conv(relu: bool):
+    def rewrite(m: Match, b: Builder) -> Value | None:
+        conv = m.node("conv")
+        channels = m["wq"].type.shape[0]
+        if not (_common(m) and isinstance(channels, int) and _weight_ok(m, channels, 0)):
+            return None
+        bias = None
+        if "bq" in m:
+            if not _bias_ok(m, m.const("xs"), m.const("ws"), channels):
+                return None
+            bias = m["bq"]
+        ys, yz = _y(m)
+        y = b.qlinear_conv(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), ys, yz,
+                           bias, **conv.attrs)
+        return _relu_clamp(b, y, yz) if relu else y
+    return rewrite
+
+
+def _gemm(relu: bool):
+    def rewrite(m: Match, b: Builder) -> Value | None:
+        a = node_attrs(m.node("gemm"))
+        if a["alpha"] != 1.0 or ("bq" in m and a["beta"] != 1.0) or a["transA"]:
+            return None
+        w = m["wq"].type
+        if w.rank != 2 or m["xq"].type.rank != 2:
+            return None
+        channels = w.shape[0] if a["transB"] else w.shape[1]
+        if not (_common(m) and isinstance(channels, int) and _weight_ok(m, channels, 0 if a["transB"] else 1)):
+            return None
+        bias = None
+        if "bq" in m:
+            if not _bias_ok(m, m.const("xs"), m.const("ws"), channels):
+                return None
+            bias = m["bq"]
+        ys, yz = _y(m)
+        y = b.qgemm(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), bias, ys, yz,
+                    transB=a["transB"])
+        return _relu_clamp(b, y, yz) if relu else y
+    return rewrite
+
+
+def _matmul(m: Match, b: Builder) -> Value | None:
+    w = m["wq"].type
+    if w.rank != 2 or not isinstance(w.shape[1], int) or not (_common(m) and _weight_ok(m, w.shape[1], 1)):
+        return None
+    ys, yz = _y(m)
+    return b.qlinear_mat_mul(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), ys, yz)
+
+
+def _q(inner: Op) -> Op:
+    return Op("quantize_linear", inner, Const("ys"), Const("yz"))
+
+
+RULES = []
+for _relu in (False, True):
+    for _with_bias in (True, False):
+        _bias = [Op("dequantize_linear", Const("bq"), Const("bs"), Const("bz"), name="bdq")] if _with_bias else []
+        _conv_op = Op("conv", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")), *_bias, name="conv")
+        _gemm_op = Op("gemm", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")), *_bias, name="gemm")
+        _wrap = (lambda p: _q(Op("relu", p))) if _relu else _q
+        RULES.append(Rule(f"qdq-conv{'-bias' if _with_bias else ''}{'-relu' if _relu else ''}", _wrap(_conv_op),
+                          _conv(_relu)))
+        RULES.append(Rule(f"qdq-gemm{'-bias' if _with_bias else ''}{'-relu' if _relu else ''}", _wrap(_gemm_op),
+                          _gemm(_relu)))
+RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
+
+
+@register_pass
+@dataclass(frozen=True)
+class QdqToInteger(Pass):
+    name = "qdq-to-integer"
+
+    def run(self, module: Module, ctx: PassContext) -> bool:
+        return apply_rules(module, RULES).total > 0
