@@ -52,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_flags(p)
     p.set_defaults(func=cmd_opt)
 
+    p = sub.add_parser("quantize", help="static post-training int8 quantization (QDQ), calibrated on samples")
+    _model_arg(p, "an .onnx model or .effc IR file (float)")
+    p.add_argument("--calib", required=True, metavar="CALIB.npz",
+                   help="calibration samples keyed by the model's input names, stacked on axis 0")
+    p.add_argument("-o", "--output", required=True, help="the quantized model: .onnx (QDQ, runs in onnxruntime) or .effc")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="how activation ranges are chosen (default minmax)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                   help="one weight scale per output channel (default)")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    p.add_argument("--activations", default="int8", choices=["int8", "uint8"], help="activation type (default int8)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric activations (int8, zero point 0)")
+    p.add_argument("--exclude", default="", metavar="NODE,...", help="nodes (by output name) to keep in float")
+    p.add_argument("--weights-only", action="store_true", help="int8 weights only; activations and compute stay float")
+    p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("compile", help="optimize and build a model for a target; writes an artifact folder")
     _model_arg(p, "an .onnx model or .effc IR file")
     p.add_argument("--target", "-t", default="x86", help="target name (default x86; `effc targets` lists them)")
@@ -171,6 +189,52 @@ def _write_or_print(module, output: str | None) -> int:
     else:
         sys.stdout.write(module_text(module))
     return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Load, fold (constants, BN), calibrate with a progress bar, insert Q/DQ, write."""
+    from effc.models import load_model, save_model
+    from effc.passes import run_pipeline
+    from effc.passes.quantize import QuantizeOptions, quantize
+    from effc.tensors import load_npz
+
+    samples = load_npz(args.calib)
+    module = load_model(_resolve_model(args.model))
+    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+    options = QuantizeOptions(method=args.method, per_channel=args.per_channel, activations=args.activations,
+                              symmetric=args.symmetric, weights_only=args.weights_only,
+                              exclude=tuple(n for n in args.exclude.split(",") if n))
+    with _progress() as progress:
+        report = quantize(module, samples, options, progress)
+    table = report.table()
+    print(table, file=sys.stderr)
+    if args.report:
+        Path(args.report).write_text(table + "\n")
+    written = save_model(module, args.output)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+class _progress:
+    """A rich progress bar on stderr per calibration pass: ``progress(label, total)`` gives
+    the function that advances it by one sample."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("samples"), TimeElapsedColumn(), console=Console(stderr=True))
+        self.bar.start()
+
+        def start(label: str, total: int):
+            task = self.bar.add_task(label, total=total)
+            return lambda: self.bar.advance(task)
+
+        return start
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

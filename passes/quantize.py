@@ -1,0 +1,246 @@
+"""Static post-training quantization to int8 (``effc quantize``): QDQ form, as onnxruntime
+writes it, so the result exports to an ONNX model onnxruntime runs with its integer
+kernels, and ``qdq-to-integer`` turns it into effc's integer ops.
+
+What is quantized: every ``conv``, ``gemm`` and ``mat_mul`` with a constant weight (not
+``exclude``d, not inside a fused group: quantize before ``fuse``):
+
+- the weight: int8, symmetric (zero point 0), per output channel (``per_channel``) or per
+  tensor, ``scale = max|w| / 127``; stored as int8 behind a DequantizeLinear;
+- the bias: int32 at scale ``x_scale * w_scale``, zero point 0 (what integer kernels add
+  to their int32 sums);
+- the activation it reads: a QuantizeLinear/DequantizeLinear pair (one per value, shared
+  by its readers) over the calibrated range (``quantize_calibrate``): int8 or uint8,
+  asymmetric (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or
+  ``symmetric`` (int8, zero point 0);
+- ``weights_only``: the weights alone (float compute on int8-stored weights).
+
+The report gives, per quantized op, the activation range and scale, the weight scales and
+the SQNR of its output (quantized model against float, on the calibration samples).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from effc.ir.builder import Builder
+from effc.ir.core import Module, Node, Value
+from effc.ir.errors import InputError
+from effc.ir.opdef import node_attrs
+from effc.ir.types import DType
+
+from .quantize_calibrate import METHODS, choose_range, collect, iterate, run_watching
+
+QUANTIZED_OPS = ("conv", "gemm", "mat_mul")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    method: str = "minmax"
+    """Calibration: ``minmax``, ``percentile``, ``entropy`` or ``mse``."""
+    per_channel: bool = True
+    activations: str = "int8"
+    """``int8`` or ``uint8``."""
+    symmetric: bool = False
+    """Activations symmetric around 0 (int8, zero point 0)."""
+    exclude: tuple[str, ...] = ()
+    """Nodes (by output value name) left in float."""
+    weights_only: bool = False
+    percentile: float = 99.99
+
+
+@dataclass
+class LayerReport:
+    node: str
+    op: str
+    act_range: tuple[float, float] | None
+    act_scale: float | None
+    act_zero_point: int | None
+    weight_scales: tuple[float, float]
+    """Smallest and largest weight scale (one per channel, or the one)."""
+    sqnr_db: float | None = None
+
+
+@dataclass
+class QuantizeReport:
+    layers: list[LayerReport] = field(default_factory=list)
+    samples: int = 0
+    weight_bytes_float: int = 0
+    weight_bytes_quantized: int = 0
+    """The quantized ops' weights: float32, and int8 with their scales."""
+    bias_bytes: int = 0
+    """Their biases (float32 before, int32 after: the same size)."""
+    options: QuantizeOptions = field(default_factory=QuantizeOptions)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.weight_bytes_float / max(1, self.weight_bytes_quantized)
+
+    def table(self) -> str:
+        rows = [f"{'layer':<40} {'op':<8} {'activation range':>22} {'scale':>10} {'zp':>5} "
+                f"{'weight scales':>21} {'SQNR dB':>8}"]
+        for r in self.layers:
+            rng = f"[{r.act_range[0]:.4g}, {r.act_range[1]:.4g}]" if r.act_range else "-"
+            sc = f"{r.act_scale:.4g}" if r.act_scale is not None else "-"
+            zp = str(r.act_zero_point) if r.act_zero_point is not None else "-"
+            ws = f"{r.weight_scales[0]:.3g}..{r.weight_scales[1]:.3g}"
+            sq = f"{r.sqnr_db:.1f}" if r.sqnr_db is not None else "-"
+            rows.append(f"{r.node[:40]:<40} {r.op:<8} {rng:>22} {sc:>10} {zp:>5} {ws:>21} {sq:>8}")
+        o = self.options
+        rows.append(f"{len(self.layers)} ops quantized ({o.method}, {'per-channel' if o.per_channel else 'per-tensor'} "
+                    f"int8 weights, {'no' if o.weights_only else o.activations} activations"
+                    f"{', symmetric' if o.symmetric and not o.weights_only else ''}) on {self.samples} samples; "
+                    f"weights {self.weight_bytes_float:,} -> {self.weight_bytes_quantized:,} bytes "
+                    f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32)")
+        return "\n".join(rows)
+
+
+def _targets(module: Module, options: QuantizeOptions) -> list[Node]:
+    unknown = set(options.exclude) - {v.name for n in module.graph.nodes for v in n.outputs}
+    if unknown:
+        raise InputError(f"--exclude names no node of the model: {sorted(unknown)} (name a node by its output value, "
+                         "as `effc info` and the IR text show it)")
+    out = []
+    for n in module.graph.nodes:
+        if n.op not in QUANTIZED_OPS or n.outputs[0].name in options.exclude:
+            continue
+        w = n.input(1)
+        if w is None or not w.is_const or w.type.dtype != DType.f32 or n.input(0).type.dtype != DType.f32:
+            continue
+        if n.op == "gemm" and (w.type.rank != 2 or node_attrs(n)["transA"]):
+            continue
+        if n.op == "mat_mul" and w.type.rank != 2:
+            continue
+        out.append(n)
+    return out
+
+
+def _weight_axis(n: Node) -> int:
+    """The output-channel axis of the weight: 0 for a conv's ``[M, C/g, k...]`` and a gemm's
+    transposed ``[N, K]``, 1 for ``[K, N]``."""
+    if n.op == "conv" or (n.op == "gemm" and node_attrs(n)["transB"]):
+        return 0
+    return 1
+
+
+def _weight_scales(w: np.ndarray, axis: int, per_channel: bool) -> np.ndarray:
+    if per_channel:
+        m = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    else:
+        m = np.array([np.abs(w).max()])
+    return np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
+
+
+def _activation_params(lo: float, hi: float, options: QuantizeOptions) -> tuple[np.float32, np.ndarray]:
+    signed = options.activations == "int8"
+    if options.symmetric:
+        if not signed:
+            raise InputError("--symmetric needs --activations int8")
+        m = max(-lo, hi)
+        scale = np.float32(m / 127.0 if m > 0 else 1.0)
+        return scale, np.array(0, dtype=np.int8)
+    scale = np.float32((hi - lo) / 255.0 if hi > lo else 1.0)
+    qmin = -128 if signed else 0
+    zp = int(np.clip(round(qmin - lo / float(scale)), qmin, qmin + 255))
+    return scale, np.array(zp, dtype=np.int8 if signed else np.uint8)
+
+
+def quantize(module: Module, samples: Mapping[str, np.ndarray], options: QuantizeOptions = QuantizeOptions(),
+             progress: Callable[[str, int], Callable[[], None]] | None = None) -> QuantizeReport:
+    """Quantize ``module`` in place (see the module docstring); ``samples`` maps each input
+    name to its calibration samples stacked on axis 0. Returns the report."""
+    if options.method not in METHODS:
+        raise InputError(f"unknown calibration method '{options.method}' (one of {', '.join(METHODS)})")
+    if options.activations not in ("int8", "uint8"):
+        raise InputError(f"--activations takes int8 or uint8, not '{options.activations}'")
+    targets = _targets(module, options)
+    if not targets:
+        raise InputError("the model has no conv, gemm or mat_mul with a constant float weight to quantize "
+                         "(quantize before `fuse`: effc quantize runs on the model as imported and BN-folded)")
+    report = QuantizeReport(options=options)
+    acts = list(dict.fromkeys(n.input(0) for n in targets))
+    cal = collect(module, samples, [] if options.weights_only else acts, options.method, progress)
+    report.samples = cal.samples
+    outputs = [n.outputs[0] for n in targets]
+    float_out = _outputs_of(module, samples, cal.samples, outputs)
+
+    g = module.graph
+    qdq: dict[int, Value] = {}
+    act_params: dict[int, tuple[tuple[float, float], np.float32, np.ndarray]] = {}
+    for n in targets:
+        x = n.input(0)
+        b = Builder(module, insert_before=n)
+        xs = None
+        if not options.weights_only:
+            if id(x) not in qdq:
+                lo, hi = choose_range(cal.stats[x.name], options.method, options.percentile, options.symmetric)
+                scale, zp = _activation_params(lo, hi, options)
+                at = Builder(module, insert_before=x.producer.next if x.producer is not None else g.first)
+                s_v, z_v = at.const(np.asarray(scale, np.float32), name_hint=f"{x.name}_scale"), \
+                    at.const(zp, name_hint=f"{x.name}_zero_point")
+                q = at.quantize_linear(x, s_v, z_v)
+                qdq[id(x)] = at.dequantize_linear(q, s_v, z_v)
+                act_params[id(x)] = ((lo, hi), scale, zp)
+            n.set_input(0, qdq[id(x)])
+            xs = act_params[id(x)][1]
+        w = n.input(1)
+        wf = np.asarray(w.const_value, dtype=np.float32)
+        axis = _weight_axis(n)
+        ws = _weight_scales(wf, axis, options.per_channel)
+        shape = [1] * wf.ndim
+        shape[axis] = ws.size
+        wq = np.clip(np.rint(wf / ws.reshape(shape)), -127, 127).astype(np.int8)
+        report.weight_bytes_float += wf.nbytes
+        report.weight_bytes_quantized += wq.nbytes + ws.nbytes
+        ws_v = b.const(ws if ws.size > 1 else ws.reshape(()), name_hint=f"{w.name}_scale")
+        wz_v = b.const(np.zeros(ws.shape if ws.size > 1 else (), np.int8), name_hint=f"{w.name}_zero_point")
+        wq_v = b.const(wq, name_hint=f"{w.name}_quantized")
+        n.set_input(1, b.dequantize_linear(wq_v, ws_v, wz_v, axis=axis))
+        bias = n.input(2) if len(n.inputs) > 2 else None
+        if bias is not None and bias.is_const and xs is not None and bias.type.rank == 1 \
+                and bias.type.shape[0] == wf.shape[axis]:
+            bf = np.asarray(bias.const_value, dtype=np.float64)
+            bs = (np.float32(xs) * ws).astype(np.float32)
+            bs_full = np.broadcast_to(bs, bf.shape)
+            bq = np.clip(np.rint(bf / bs_full), -2**31, 2**31 - 1).astype(np.int32)
+            report.bias_bytes += bq.nbytes
+            n.set_input(2, b.dequantize_linear(b.const(bq, name_hint=f"{bias.name}_quantized"),
+                                               b.const(bs if bs.size > 1 else bs.reshape(()), name_hint=f"{bias.name}_scale"),
+                                               b.const(np.zeros(bs.shape if bs.size > 1 else (), np.int32),
+                                                       name_hint=f"{bias.name}_zero_point"),
+                                               axis=0))
+        rng = act_params.get(id(x))
+        report.layers.append(LayerReport(n.outputs[0].name, n.op, rng[0] if rng else None,
+                                         float(rng[1]) if rng else None, int(rng[2]) if rng else None,
+                                         (float(ws.min()), float(ws.max()))))
+    g.eliminate_dead_code()
+    quant_out = _outputs_of(module, samples, cal.samples, outputs)
+    for r, v in zip(report.layers, outputs):
+        r.sqnr_db = _sqnr(float_out[v.name], quant_out[v.name])
+    return report
+
+
+SQNR_SAMPLES = 16
+"""Calibration samples the per-layer SQNR is measured on."""
+
+
+def _outputs_of(module: Module, samples: Mapping[str, np.ndarray], n: int, values: list[Value]) -> dict[str, list]:
+    got: dict[str, list] = {v.name: [] for v in values}
+    watched = {id(v) for v in values}
+    for feeds in list(iterate(samples, n))[:SQNR_SAMPLES]:
+        run_watching(module, feeds, watched, lambda v, a: got[v.name].append(np.asarray(a, dtype=np.float64)))
+    return got
+
+
+def _sqnr(ref: list, got: list) -> float | None:
+    if not ref:
+        return None
+    r, g = np.concatenate([a.ravel() for a in ref]), np.concatenate([a.ravel() for a in got])
+    noise = float(np.sum((r - g) ** 2))
+    signal = float(np.sum(r ** 2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
