@@ -291,7 +291,8 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     scope.root_bb = outer.root_bb
     scope.lanes = outer.lanes
     plan = scope.plan = outer.plan
-    if alone and plan is not None and id(node) in plan.blocked_nodes:  # the copy decides as its original
+    copied = alone and plan is not None and id(node) in plan.blocked_nodes
+    if copied:  # the copy decides as its original
         inner = list(body.nodes)[-1]
         plan.blocked_nodes.add(id(inner))
         plan.convs[id(inner)] = plan.convs[id(node)]
@@ -317,6 +318,10 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
             outs = [scope.value_in(v, b) for v, b in zip(body.outputs, out_blocks)]
             out = sub.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         sub_gv = sub.emit_func_output(out)
+    if copied:  # the copy dies with this function: a later node must not inherit its id's entries
+        plan.blocked_nodes.discard(id(inner))
+        plan.convs.pop(id(inner), None)
+        plan.block.pop(id(inner.outputs[0]), None)
     func = sub.get()[sub_gv]
     if scope.const_params:
         func = relax.Function(params + scope.const_params, func.body, func.ret_ty, func.is_pure, func.attrs)
