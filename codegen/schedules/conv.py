@@ -98,6 +98,19 @@ def _inline_producers(sch: s_tir.Schedule, block: Any) -> None:
                 sch.compute_inline(p)
             except SCHEDULE_ERRORS:
                 pass
+    for p in sch.get_producers(block):
+        if sch.get(p).name_hint.startswith("to_blocked"):
+            _vectorize_transform(sch, p)
+
+
+def _vectorize_transform(sch: s_tir.Schedule, block: Any) -> None:
+    """A layout transform the kernel makes of its input (``to_blocked``, left as a stage of
+    its own: inlined, the conv would gather the input anew for every tap): vectorized along
+    the channel block it writes, which is contiguous."""
+    *_, inner = sch.get_loops(block)
+    extent = sch.get(inner).extent
+    if isinstance(extent, tirx.IntImm) and 2 <= int(extent) <= 64:
+        sch.vectorize(inner)
 
 
 def _parallel_rows(sch: s_tir.Schedule, conv: Any, rows: Any) -> None:
