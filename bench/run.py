@@ -107,8 +107,8 @@ def table(rows: list[dict[str, Any]], s: Settings, seconds: float, heading: str 
     load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?"
     lines = [heading, "",
              f"One process, {s.threads} threads for every system (TVM_NUM_THREADS, ORT intra_op_num_threads); "
-             f"target `{s.target.get('kind')}` mcpu `{cpu}` with `-avx512f` (what effc builds for; TVM's LLVM "
-             f"miscompiles unscheduled AVX-512 loops), batch 1. Latency: median of up to {s.reps} runs per system "
+             f"target `{s.target.get('kind')}` mcpu `{cpu}` (AVX-512 with the LLVM option that keeps it right, "
+             f"`build.safe_target`), batch 1. Latency: median of up to {s.reps} runs per system "
              f"after {s.warmup} warm-up runs, the systems taking turns in {min(5, s.reps)} blocks (at most {s.max_seconds:.0f} s per "
              f"system, at least one run per block); load average on the machine during the run: {load}, "
              "about 2 being this benchmark alone. "
