@@ -55,32 +55,40 @@ def measure(case, s: Settings, runs: int) -> dict:
     ort, want, ort_run = bench_ort(case, s)
     tvm_res, tvm_run = bench_plain_tvm(case, s, want)
     vm_res, vm_run = _effc_result(build(_effc_module(case), s.target), case, want, 0.0)
-    vmt_res, vmt_run = _effc_result(build_tuned(_effc_module(case), s.target, s.db_dir), case, want, 0.0)
     aot_ms, aot_ok, native = _aot(case, runs, want, None)
-    aott_ms, aott_ok, tuned = _aot(case, runs, want, s.db_dir)
-    timed = {"ort": ort_run, "vm": vm_run, "vmt": vmt_run, **({"tvm": tvm_run} if tvm_run is not None else {})}
+    timed = {"ort": ort_run, "vm": vm_run, **({"tvm": tvm_run} if tvm_run is not None else {})}
+    row = {"model": case.name, "aot": aot_ms, "arena": native.program.arena_bytes, "lib": len(native.library),
+           "tvm_note": tvm_res.note, "vmt": None, "aott": None, "arena_t": None, "tuned_kernels": 0,
+           "kernels": len(native.program.notes["kernel_names"])}
+    ok = vm_res.ok and aot_ok and tvm_res.ok is not False
+    if s.trials > 0:  # the tuned columns: the database's schedules for the VM build and the AOT program
+        vmt_res, timed["vmt"] = _effc_result(build_tuned(_effc_module(case), s.target, s.db_dir), case, want, 0.0)
+        row["aott"], aott_ok, tuned = _aot(case, runs, want, s.db_dir)
+        row.update(arena_t=tuned.program.arena_bytes, tuned_kernels=tuned.program.notes["tuned_kernels"])
+        ok = ok and vmt_res.ok and aott_ok
     ms = interleaved_ms(timed, s.warmup, s.reps, s.max_seconds)
-    row = {"model": case.name, "ort": ms["ort"][0], "tvm": ms.get("tvm", (None,))[0], "vm": ms["vm"][0],
-           "vmt": ms["vmt"][0], "aot": aot_ms, "aott": aott_ms,
-           "ok": vm_res.ok and vmt_res.ok and aot_ok and aott_ok and tvm_res.ok is not False,
-           "arena": native.program.arena_bytes, "arena_t": tuned.program.arena_bytes, "lib": len(native.library),
-           "tuned_kernels": tuned.program.notes["tuned_kernels"], "kernels": len(tuned.program.notes["kernel_names"]),
-           "tvm_note": tvm_res.note}
+    row.update(ort=ms["ort"][0], tvm=ms.get("tvm", (None,))[0], vm=ms["vm"][0], ok=ok)
+    if "vmt" in ms:
+        row["vmt"] = ms["vmt"][0]
     print(f"{case.name}: ORT {row['ort']:.3f} ms, TVM {row['tvm'] or float('nan'):.3f}, VM {row['vm']:.3f}, "
-          f"AOT {row['aot']:.3f}, VM tuned {row['vmt']:.3f}, AOT tuned {row['aott']:.3f} ms "
-          f"(outputs match: {row['ok']})", file=sys.stderr)
+          f"AOT {row['aot']:.3f} ms, tuned VM/AOT {row['vmt']} / {row['aott']} (outputs match: {row['ok']})",
+          file=sys.stderr)
     return row
 
 
 def table(rows: list[dict], runs: int, seconds: float, trials: int) -> str:
     def r(a, b):
-        return "" if a is None or b is None else f"{a / b:.2f}"
+        return "–" if a is None or b is None else f"{a / b:.2f}"
+
+    def t(a):
+        return "–" if a is None else f"{a:.3f}"
 
     lines = [SECTION, "",
              f"One thread for every system, batch 1, target `x86` as effc detects it. ORT, plain TVM (untuned) and "
              f"effc's VM builds: median of up to 50 runs, taking turns; effc AOT: the static executable of `effc "
              f"compile --target=x86 --runtime=aot [--tuning-db]`, {runs} runs in one process, processor time per "
-             f"run. Untuned: TVM's default schedules (the AOT kernels memory-lean); tuned: the schedules of "
+             f"run. Untuned: effc's blocked layouts and default schedules (the AOT program's for one core); "
+             f"tuned (when --trials > 0; else '–'): the schedules of "
              f"`bench/_work/tuning-db` as `bench/run.py` left it (256 trials per model), for the VM build and the "
              f"AOT program alike, plus at most {trials} trials per model for AOT kernels the database lacked (the "
              f"one-channel kernels of in-place layers); kernels still without a record stay untuned. Every system's outputs match onnxruntime. Ratios below 1: AOT is faster. Run took "
@@ -90,10 +98,11 @@ def table(rows: list[dict], runs: int, seconds: float, trials: int) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         tvm = f"{row['tvm']:.3f}" if row["tvm"] is not None else row["tvm_note"]
+        tuned_arena = f" ({row['arena_t']:,})" if row["arena_t"] else ""
         lines.append(f"| {row['model']} | {row['ort']:.3f} | {tvm} | {row['vm']:.3f} | {row['aot']:.3f} | "
-                     f"{row['vmt']:.3f} | {row['aott']:.3f} | {r(row['aot'], row['vm'])} | "
+                     f"{t(row['vmt'])} | {t(row['aott'])} | {r(row['aot'], row['vm'])} | "
                      f"{r(row['aott'], row['vmt'])} | {r(row['aott'], row['ort'])} | "
-                     f"{row['tuned_kernels']}/{row['kernels']} | {row['arena']:,} ({row['arena_t']:,}) |")
+                     f"{row['tuned_kernels']}/{row['kernels']} | {row['arena']:,}{tuned_arena} |")
     lines.append("")
     return "\n".join(lines)
 
