@@ -89,17 +89,25 @@ def _relu_clamp(b: Builder, y: Value, yz: Value) -> Value:
     return b.max(y, b.const(np.asarray(yz.const_value).reshape(()), name_hint="relu_floor"))
 
 
+_DECLINE = object()
+
+
+def _integer_bias(m: Match, channels: object, axis: int) -> Value | None | object:
+    """The int32 bias to pass on (None when the pattern has none), or ``_DECLINE`` when the
+    pattern's integers would not mean what its floats do."""
+    if not (_common(m) and isinstance(channels, int) and _weight_ok(m, channels, axis)):
+        return _DECLINE
+    if "bq" not in m:
+        return None
+    return m["bq"] if _bias_ok(m, m.const("xs"), m.const("ws"), channels) else _DECLINE
+
+
 def _conv(relu: bool):
     def rewrite(m: Match, b: Builder) -> Value | None:
         conv = m.node("conv")
-        channels = m["wq"].type.shape[0]
-        if not (_common(m) and isinstance(channels, int) and _weight_ok(m, channels, 0)):
+        bias = _integer_bias(m, m["wq"].type.shape[0], 0)
+        if bias is _DECLINE:
             return None
-        bias = None
-        if "bq" in m:
-            if not _bias_ok(m, m.const("xs"), m.const("ws"), channels):
-                return None
-            bias = m["bq"]
         ys, yz = _y(m)
         y = b.qlinear_conv(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), ys, yz,
                            bias, **conv.attrs)
@@ -115,14 +123,9 @@ def _gemm(relu: bool):
         w = m["wq"].type
         if w.rank != 2 or m["xq"].type.rank != 2:
             return None
-        channels = w.shape[0] if a["transB"] else w.shape[1]
-        if not (_common(m) and isinstance(channels, int) and _weight_ok(m, channels, 0 if a["transB"] else 1)):
+        bias = _integer_bias(m, w.shape[0] if a["transB"] else w.shape[1], 0 if a["transB"] else 1)
+        if bias is _DECLINE:
             return None
-        bias = None
-        if "bq" in m:
-            if not _bias_ok(m, m.const("xs"), m.const("ws"), channels):
-                return None
-            bias = m["bq"]
         ys, yz = _y(m)
         y = b.qgemm(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), bias, ys, yz,
                     transB=a["transB"])

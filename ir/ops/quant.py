@@ -68,6 +68,21 @@ def _param_shape(ctx: InferCtx, t: TensorType, what: str, per: Dim | None) -> No
     raise ctx.fail(f"{what} of shape {list(t.shape)} must be {want}")
 
 
+def _qlinear_params(ctx: InferCtx, names: tuple[str, str], per: Dim) -> TensorType:
+    """The scales and zero points of a QLinear op (inputs 1, 2, 4, 5, 6, 7: the first
+    operand's, the second's, per tensor or ``per`` elements, and the output's); returns
+    the output zero point's type."""
+    first, second = names
+    _scale(ctx, 1, f"{first}_scale")
+    _zero_point(ctx, 2, 0, f"{first}_zero_point")
+    _scale(ctx, 4, f"{second}_scale", per=per, like=1)
+    _zero_point(ctx, 5, 3, f"{second}_zero_point", per=per)
+    _scale(ctx, 6, "y_scale", like=1)
+    y = _eight_bit(ctx, 7, "y_zero_point")
+    _param_shape(ctx, y, "y_zero_point", None)
+    return y
+
+
 def _conv_output(ctx: InferCtx, x: TensorType, w: TensorType) -> tuple[Dim, list[Dim]]:
     """Output channels and spatial sizes of an integer convolution (Conv's geometry)."""
     if x.rank < 3 or w.rank != x.rank:
@@ -159,13 +174,7 @@ register(OpDef("conv_integer", "ConvInteger", ("x", "w", "x_zero_point?", "w_zer
 def _infer_qlinear_conv(ctx: InferCtx) -> list[TensorType]:
     x, w = _eight_bit(ctx, 0, "x"), _eight_bit(ctx, 3, "w")
     m, out = _conv_output(ctx, x, w)
-    _scale(ctx, 1, "x_scale")
-    _zero_point(ctx, 2, 0, "x_zero_point")
-    _scale(ctx, 4, "w_scale", per=m, like=1)
-    _zero_point(ctx, 5, 3, "w_zero_point", per=m)
-    _scale(ctx, 6, "y_scale", like=1)
-    y = _eight_bit(ctx, 7, "y_zero_point")
-    _param_shape(ctx, y, "y_zero_point", None)
+    y = _qlinear_params(ctx, ("x", "w"), m)
     if ctx.has(8):
         b = ctx.type(8)
         if b.dtype != DType.i32 or b.rank != 1 or (is_known(b.shape[0]) and is_known(m) and b.shape[0] != m):
@@ -231,14 +240,8 @@ register(OpDef("mat_mul_integer", "MatMulInteger", ("A", "B", "a_zero_point?", "
 
 def _infer_qlinear_matmul(ctx: InferCtx) -> list[TensorType]:
     a, b = _eight_bit(ctx, 0, "a"), _eight_bit(ctx, 3, "b")
-    m, n, shape = _matmul_shape(ctx, a, b)
-    _scale(ctx, 1, "a_scale")
-    _zero_point(ctx, 2, 0, "a_zero_point")
-    _scale(ctx, 4, "b_scale", per=n, like=1)
-    _zero_point(ctx, 5, 3, "b_zero_point", per=n)
-    _scale(ctx, 6, "y_scale", like=1)
-    y = _eight_bit(ctx, 7, "y_zero_point")
-    _param_shape(ctx, y, "y_zero_point", None)
+    _, n, shape = _matmul_shape(ctx, a, b)
+    y = _qlinear_params(ctx, ("a", "b"), n)
     return [TensorType(y.dtype, shape)]
 
 
