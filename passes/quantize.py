@@ -9,10 +9,12 @@ What is quantized: every ``conv``, ``gemm`` and ``mat_mul`` with a constant weig
   tensor, ``scale = max|w| / 127``; stored as int8 behind a DequantizeLinear;
 - the bias: int32 at scale ``x_scale * w_scale``, zero point 0 (what integer kernels add
   to their int32 sums);
-- the activation it reads: a QuantizeLinear/DequantizeLinear pair (one per value, shared
-  by its readers) over the calibrated range (``quantize_calibrate``): int8 or uint8,
-  asymmetric (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or
-  ``symmetric`` (int8, zero point 0);
+- the activation it reads and the one it writes (after its relu): a
+  QuantizeLinear/DequantizeLinear pair (one per value, shared by its readers) over the
+  calibrated range (``quantize_calibrate``): int8 or uint8, asymmetric
+  (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or ``symmetric`` (int8,
+  zero point 0); a max pool, reshape, flatten or transpose of a quantized value keeps its
+  parameters (``SCALE_PRESERVING``), as onnxruntime does;
 - ``weights_only``: the weights alone (float compute on int8-stored weights).
 
 The report gives, per quantized op, the activation range and scale, the weight scales and
@@ -35,6 +37,29 @@ from effc.ir.types import DType
 from .quantize_calibrate import METHODS, choose_range, collect, iterate, run_watching
 
 QUANTIZED_OPS = ("conv", "gemm", "mat_mul")
+SCALE_PRESERVING = ("max_pool", "reshape", "flatten", "transpose")
+"""Ops whose output holds some of their input's values, rearranged: a quantized output of
+one takes its input's parameters, so it runs on the 8-bit values as they are."""
+
+
+def _activation_points(module: Module, targets: list[Node]) -> list[Value]:
+    """The activations quantized (a Q/DQ pair each), in graph order: what each quantized op
+    reads, and what it writes (after its relu, when a relu is its one user), unless that
+    is a graph output."""
+    points: dict[int, Value] = {}
+    for n in targets:
+        points.setdefault(id(n.input(0)), n.input(0))
+        out = n.outputs[0]
+        users = out.users()
+        if len(users) == 1 and users[0].op == "relu":
+            out = users[0].outputs[0]
+        if not out.is_graph_output:
+            points.setdefault(id(out), out)
+    order = {id(v): i for i, v in enumerate(module.graph.inputs)}
+    for i, node in enumerate(module.graph.nodes):
+        for v in node.outputs:
+            order[id(v)] = len(module.graph.inputs) + i
+    return sorted(points.values(), key=lambda v: order[id(v)])
 
 
 @dataclass(frozen=True)
@@ -161,30 +186,36 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray], options: Quantiz
         raise InputError("the model has no conv, gemm or mat_mul with a constant float weight to quantize "
                          "(quantize before `fuse`: effc quantize runs on the model as imported and BN-folded)")
     report = QuantizeReport(options=options)
-    acts = list(dict.fromkeys(n.input(0) for n in targets))
-    cal = collect(module, samples, [] if options.weights_only else acts, options.method, progress)
+    points = [] if options.weights_only else _activation_points(module, targets)
+    cal = collect(module, samples, points, options.method, progress)
     report.samples = cal.samples
     outputs = [n.outputs[0] for n in targets]
     float_out = _outputs_of(module, samples, cal.samples, outputs)
 
     g = module.graph
-    qdq: dict[int, Value] = {}
     act_params: dict[int, tuple[tuple[float, float], np.float32, np.ndarray]] = {}
+    for v in points:
+        src = v.producer.input(0) if v.producer is not None and v.producer.op in SCALE_PRESERVING else None
+        if src is not None and id(src) in act_params:  # the same values, rearranged: the same parameters
+            act_params[id(v)] = act_params[id(src)]
+            continue
+        lo, hi = choose_range(cal.stats[v.name], options.method, options.percentile, options.symmetric)
+        act_params[id(v)] = ((lo, hi), *_activation_params(lo, hi, options))
+    for v in points:
+        uses = v.uses()
+        _, scale, zp = act_params[id(v)]
+        at = Builder(module, insert_before=v.producer.next if v.producer is not None else g.first)
+        s_v, z_v = at.const(np.asarray(scale, np.float32), name_hint=f"{v.name}_scale"), \
+            at.const(zp, name_hint=f"{v.name}_zero_point")
+        dq = at.dequantize_linear(at.quantize_linear(v, s_v, z_v), s_v, z_v)
+        for use in uses:
+            use.node.set_input(use.index, dq)
     for n in targets:
         x = n.input(0)
         b = Builder(module, insert_before=n)
         xs = None
         if not options.weights_only:
-            if id(x) not in qdq:
-                lo, hi = choose_range(cal.stats[x.name], options.method, options.percentile, options.symmetric)
-                scale, zp = _activation_params(lo, hi, options)
-                at = Builder(module, insert_before=x.producer.next if x.producer is not None else g.first)
-                s_v, z_v = at.const(np.asarray(scale, np.float32), name_hint=f"{x.name}_scale"), \
-                    at.const(zp, name_hint=f"{x.name}_zero_point")
-                q = at.quantize_linear(x, s_v, z_v)
-                qdq[id(x)] = at.dequantize_linear(q, s_v, z_v)
-                act_params[id(x)] = ((lo, hi), scale, zp)
-            n.set_input(0, qdq[id(x)])
+            x = x.producer.input(0).producer.input(0)  # through this DQ and its Q, the value it stands for
             xs = act_params[id(x)][1]
         w = n.input(1)
         wf = np.asarray(w.const_value, dtype=np.float32)

@@ -9,7 +9,8 @@ determine the result, this pass computes it on them:
 - ``Q(gemm(DQ(a), DQ(w), DQ(c)?))`` (2-D, alpha 1, beta 1 or no C) -> ``qgemm`` (C int32)
 - ``Q(mat_mul(DQ(a), DQ(w)))`` -> ``qlinear_mat_mul``
 - with a ``relu`` before the Q: the same, then ``max(y, y_zp)`` on the 8-bit result
-  (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``).
+  (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``);
+- ``Q(max_pool(DQ(q)))`` with the same parameters on both sides -> ``max_pool(q)`` (exact).
 
 The integer ops sum exact int32 products and requantize with the float multiplier
 ``x_scale * w_scale / y_scale`` (ONNX's QLinearConv, what onnxruntime computes when it
@@ -156,6 +157,18 @@ for _relu in (False, True):
                           _conv(_relu)))
         RULES.append(Rule(f"qdq-gemm{'-bias' if _with_bias else ''}{'-relu' if _relu else ''}", _wrap(_gemm_op),
                           _gemm(_relu)))
+def _max_pool(m: Match, b: Builder) -> Value | None:
+    """``Q(max_pool(DQ(q)))`` with the same scale and zero point on both sides is the max
+    pool of ``q`` itself (DequantizeLinear is increasing)."""
+    if not (_scalar(m.const("xs")) and _scalar(m.const("xz")) and m.const("ys").reshape(())
+            == m.const("xs").reshape(()) and m.const("yz").reshape(()) == m.const("xz").reshape(())
+            and m.const("xs").reshape(()) > 0 and m.root is not None and not node_attrs(m.root)["block_size"]
+            and len(m.node("pool").outputs) == 1):
+        return None
+    return b.max_pool(m["xq"], **m.node("pool").attrs)
+
+
+RULES.append(Rule("qdq-max-pool", _q(Op("max_pool", _dq("x", Any("xq"), shared=True), name="pool")), _max_pool))
 RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
 
 
