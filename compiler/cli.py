@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symmetric", action="store_true", help="symmetric activations (int8, zero point 0)")
     p.add_argument("--exclude", default="", metavar="NODE,...", help="nodes (by output name) to keep in float")
     p.add_argument("--weights-only", action="store_true", help="int8 weights only; activations and compute stay float")
+    p.add_argument("--no-equalize", dest="equalize", action="store_false",
+                   help="skip cross-layer equalization of conv chains (DFQ), on by default")
     p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
     p.set_defaults(func=cmd_quantize)
 
@@ -202,7 +204,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
     options = QuantizeOptions(method=args.method, per_channel=args.per_channel, activations=args.activations,
-                              symmetric=args.symmetric, weights_only=args.weights_only,
+                              symmetric=args.symmetric, weights_only=args.weights_only, equalize=args.equalize,
                               exclude=tuple(n for n in args.exclude.split(",") if n))
     with _progress() as progress:
         report = quantize(module, samples, options, progress)

@@ -35,6 +35,7 @@ from effc.ir.opdef import node_attrs
 from effc.ir.types import DType
 
 from .quantize_calibrate import METHODS, choose_range, collect, iterate, run_watching
+from .quantize_equalize import equalize
 
 QUANTIZED_OPS = ("conv", "gemm", "mat_mul")
 SCALE_PRESERVING = ("max_pool", "reshape", "flatten", "transpose")
@@ -75,6 +76,8 @@ class QuantizeOptions:
     """Nodes (by output value name) left in float."""
     weights_only: bool = False
     percentile: float = 99.99
+    equalize: bool = True
+    """Cross-layer equalization of conv chains first (``quantize_equalize``, DFQ)."""
 
 
 @dataclass
@@ -99,6 +102,8 @@ class QuantizeReport:
     bias_bytes: int = 0
     """Their biases (float32 before, int32 after: the same size)."""
     options: QuantizeOptions = field(default_factory=QuantizeOptions)
+    equalized: int = 0
+    """Conv pairs cross-layer equalization scaled."""
 
     @property
     def size_ratio(self) -> float:
@@ -119,7 +124,8 @@ class QuantizeReport:
                     f"int8 weights, {'no' if o.weights_only else o.activations} activations"
                     f"{', symmetric' if o.symmetric and not o.weights_only else ''}) on {self.samples} samples; "
                     f"weights {self.weight_bytes_float:,} -> {self.weight_bytes_quantized:,} bytes "
-                    f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32)")
+                    f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32); "
+                    f"{self.equalized} conv pairs equalized")
         return "\n".join(rows)
 
 
@@ -186,6 +192,8 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray], options: Quantiz
         raise InputError("the model has no conv, gemm or mat_mul with a constant float weight to quantize "
                          "(quantize before `fuse`: effc quantize runs on the model as imported and BN-folded)")
     report = QuantizeReport(options=options)
+    if options.equalize:
+        report.equalized = equalize(module)
     points = [] if options.weights_only else _activation_points(module, targets)
     cal = collect(module, samples, points, options.method, progress)
     report.samples = cal.samples

@@ -11,7 +11,8 @@ range always holds 0 (so 0 is exact, as the zero point needs).
 - ``percentile``: the ``p``-th and ``100-p``-th percentiles (default 99.99), cutting
   outliers that would spend the 256 levels on a few values.
 - ``entropy``: TensorRT's KL-divergence calibration (Migacz 2017) on the magnitudes: the
-  clipping threshold whose 128-level quantized histogram diverges least from the original.
+  clipping threshold whose 128-level quantized histogram diverges least from the original
+  (the bin of zeros left out: they are exact at any threshold).
 - ``mse``: the clipping threshold that minimizes the expected squared error (clipping error
   plus the rounding error of the levels, ``step^2 / 12`` per value), over the histogram.
 """
@@ -185,6 +186,8 @@ def _kl_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 128) -> flo
     ``levels`` up), the distribution clipped at it (outliers added to the last bin) against
     its quantization to ``levels`` levels; the threshold of least KL divergence."""
     total = hist.astype(np.float64)
+    total[0] = 0.0  # the zeros (a relu's, most of all) are exact at any threshold; counted, they
+    # pulled the choice to the smallest candidate (digits CNN, equalized: 16.7% accuracy; left out: 99.7%)
     best, best_i = np.inf, len(total)
     for i in range(levels, len(total) + 1, max(1, (len(total) - levels) // 256)):
         p = total[:i].copy()

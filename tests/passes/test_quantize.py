@@ -77,10 +77,10 @@ def test_int8_keeps_float_accuracy_and_is_never_below_onnxruntime(digits, tmp_pa
     assert all(r.sqnr_db > 25 for r in report.layers), report.table()
 
 
-@pytest.mark.parametrize("method, most_drop", [("percentile", 0.01), ("entropy", 0.02), ("mse", 0.01)])
+@pytest.mark.parametrize("method, most_drop", [("percentile", 0.01), ("entropy", 0.01), ("mse", 0.01)])
 def test_every_calibration_method_keeps_accuracy(digits, method, most_drop):
-    """percentile and mse keep float's 99.72%; entropy (KL) clips this small model's
-    activations harder: 98.61% measured, 1.1 points below float."""
+    """Each keeps float's 99.72% (entropy counting the relus' zeros picked the smallest
+    threshold: 16.7% after equalization)."""
     calib, x, y = digits
     module = _folded()
     float_acc = _accuracy(run_module(module, {"x": x})["logits"], y)
@@ -150,3 +150,24 @@ def test_bad_calibration_data_names_the_input(calib, message, tmp_path, capsys):
     assert main(["quantize", str(DIGITS), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "q.onnx")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cross_layer_equalization_keeps_the_float_function(digits):
+    """DFQ's scaling of conv -> relu -> conv (the digits CNN's first pair; its other convs
+    feed a max pool or the global pool) changes the weights, not the outputs, and gives
+    both convs equal per-channel ranges: sqrt(r1 * r2) each."""
+    from effc.passes.quantize_equalize import _input_channel_view, equalize
+
+    _, x, _ = digits
+    module = _folded()
+    want = run_module(module, {"x": x})["logits"]
+    convs = [n for n in module.graph.nodes if n.op == "conv"]
+    r1 = np.abs(convs[0].input(1).const_value.reshape(convs[0].input(1).type.shape[0], -1)).max(axis=1)
+    r2 = np.abs(_input_channel_view(convs[1].input(1).const_value, 1)).max(axis=1)
+    assert equalize(module, rounds=1) == 1
+    convs = [n for n in module.graph.nodes if n.op == "conv"]
+    got_r1 = np.abs(convs[0].input(1).const_value.reshape(len(r1), -1)).max(axis=1)
+    got_r2 = np.abs(_input_channel_view(convs[1].input(1).const_value, 1)).max(axis=1)
+    np.testing.assert_allclose(got_r1, np.sqrt(r1 * r2), rtol=1e-5)
+    np.testing.assert_allclose(got_r2, np.sqrt(r1 * r2), rtol=1e-5)
+    np.testing.assert_allclose(run_module(module, {"x": x})["logits"], want, rtol=0, atol=1e-5 * np.abs(want).max())
