@@ -98,7 +98,7 @@ def _conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
 def _pointwise(node: Node) -> bool:
     """A 1x1 convolution with stride 1 and no padding (``emit_pointwise`` lowers it as a
     matmul per group when it stays NCHW: ShuffleNet's 272-channel 4-group conv at 14x14
-    ran 0.086 ms so against 0.175 in NCHW4c on AVX-512; 544 channels in NCHW8c, 0.092
+    ran 0.086 ms against 0.175 in NCHW4c on AVX-512; 544 channels in NCHW8c, 0.092
     against 0.104 as a matmul)."""
     a = node_attrs(node)
     w = node.input(1)

@@ -32,12 +32,11 @@ import numpy as np
 from effc.ir.builder import Builder
 from effc.ir.core import Module, Value
 from effc.ir.opdef import node_attrs
-from effc.ir.types import DType
+from effc.ir.ops.quant import EIGHT_BIT
 
 from .base import Pass, PassContext, register_pass
 from .rewrite import Any, Const, Match, Op, Rule, apply_rules
 
-EIGHT_BIT = (DType.u8, DType.i8)
 
 
 def _dq(prefix: str, data: object, shared: bool = False) -> Op:

@@ -294,15 +294,16 @@ CONTRIB = "com.microsoft"
 
 
 def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None) -> np.ndarray:
-    return (_shifted(q, zp).astype(np.float32) * np.float32(np.asarray(scale).reshape(-1)[0])).astype(np.float32)
+    """DequantizeLinear's reference, per tensor."""
+    op = REGISTRY["dequantize_linear"]
+    return op.ref([q, np.asarray(scale).reshape(()), zp], op.with_defaults({}), 1)[0]
 
 
 def _quantized(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    q = np.rint(x.astype(np.float32) / np.float32(np.asarray(scale).reshape(-1)[0])).astype(np.float64)
-    if zp is not None:
-        q = q + np.asarray(zp).astype(np.float64).reshape(())
-    info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    """QuantizeLinear's reference, per tensor, to ``dtype`` when there is no zero point."""
+    op = REGISTRY["quantize_linear"]
+    zp = np.zeros((), dtype) if zp is None else np.asarray(zp).reshape(())
+    return op.ref([x, np.asarray(scale).reshape(()), zp], op.with_defaults({}), 1)[0]
 
 
 def _out_dtype(ctx: InferCtx, zp: int, default: int) -> DType:
