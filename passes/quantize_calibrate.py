@@ -87,6 +87,24 @@ def check_samples(module: Module, samples: Mapping[str, np.ndarray]) -> int:
     return n
 
 
+def stack_samples(samples: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
+    """Samples as one array per input, stacked on axis 0: a mapping passes as it is, an
+    iterable of samples (one mapping of input name to a batch-1 array each) is stacked."""
+    if isinstance(samples, Mapping):
+        return samples
+    listed = [dict(s) for s in samples]
+    if not listed:
+        raise InputError("calibration data holds no sample (the iterable was empty)")
+    names = set(listed[0])
+    for i, s in enumerate(listed):
+        if set(s) != names:
+            raise InputError(f"calibration sample {i} has inputs {sorted(s)}; sample 0 has {sorted(names)}")
+    try:
+        return {k: np.concatenate([np.asarray(s[k]) for s in listed]) for k in listed[0]}
+    except ValueError as e:
+        raise InputError(f"calibration samples differ in shape: {e}") from None
+
+
 def iterate(samples: Mapping[str, np.ndarray], n: int) -> Iterable[dict[str, np.ndarray]]:
     for i in range(n):
         yield {k: np.asarray(v)[i:i + 1] for k, v in samples.items()}
@@ -156,15 +174,11 @@ def choose_range(s: Stats, method: str, percentile: float = 99.99, symmetric: bo
         q_lo = float(edges[:-1][np.searchsorted(cdf, 1.0 - percentile / 100.0)])
         lo, hi = min(q_lo, 0.0), max(q_hi, 0.0)
         return _symmetric(lo, hi) if symmetric else (lo, hi)
-    # entropy and mse choose a clipping threshold on the magnitudes, scaled back to each side
+    # entropy and mse choose a clipping threshold on the magnitudes; each side is clipped to it
     mags, mag_edges = _magnitude_hist(s.hist, edges)
     t = _kl_threshold(mags, mag_edges) if method == "entropy" else _mse_threshold(mags, mag_edges,
                                                                                   256 if not symmetric else 255)
-    top = max(-lo, hi)
-    if top <= 0:
-        return lo, hi
-    f = min(1.0, t / top)
-    return (-t, t) if symmetric else (lo * f, hi * f)
+    return (-t, t) if symmetric else (max(lo, -t), min(hi, t))
 
 
 def _symmetric(lo: float, hi: float) -> tuple[float, float]:

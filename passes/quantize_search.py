@@ -1,0 +1,172 @@
+"""Accuracy-aware quantization: quantize, and if the model loses more than a budget, put
+the layers it is most sensitive to back in float until it is within the budget.
+
+1. The float model's score (``metric``: higher is better, e.g. top-1 accuracy in percent).
+2. Equalization (when on) and calibration run once, on every activation any trial may
+   quantize; every trial below reuses the statistics.
+3. The int8 model's score. Within ``max_drop`` of float: done, nothing in float.
+4. Sensitivity: per quantized layer, the model with that one layer in float (and its
+   input left unquantized where no other quantized layer reads it), scored by the SQNR of
+   the named output against the float model on a few calibration samples (cheap: no
+   evaluation set). The layers are ranked by how much float brings them.
+5. Fallback: the ``k`` most sensitive layers in float, ``k`` = 1, 2, 4, ... until the score
+   is within budget, then a bisection for the smallest such ``k``; each trial is scored
+   with ``metric``. When even every layer in float misses (the budget is below the
+   noise of the metric), the best trial is kept and the report says so.
+
+``table()`` prints the sensitivity ranking and the trials.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from effc.ir.core import Module
+from effc.ir.errors import InputError
+from effc.ir.parser import copy_module
+
+from .quantize import QuantizeOptions, QuantizeReport, _sqnr, activation_points, quantize, targets_of
+from .quantize_calibrate import collect, iterate, run_watching, stack_samples
+from .quantize_equalize import equalize
+
+SENSITIVITY_SAMPLES = 8
+"""Calibration samples the sensitivity of each layer is measured on."""
+
+
+@dataclass
+class Sensitivity:
+    layer: str
+    op: str
+    sqnr_db: float
+    """The named output's SQNR against float with this layer alone in float."""
+
+
+@dataclass
+class Trial:
+    in_float: int
+    score: float
+
+
+@dataclass
+class SearchReport:
+    float_score: float
+    int8_score: float
+    max_drop: float
+    sensitivities: list[Sensitivity] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+    in_float: list[str] = field(default_factory=list)
+    score: float = math.nan
+    all_int8_sqnr_db: float | None = None
+
+    @property
+    def within_budget(self) -> bool:
+        return self.float_score - self.score <= self.max_drop
+
+    def table(self) -> str:
+        rows = [f"float {self.float_score:.4g}, int8 {self.int8_score:.4g} (drop {self.float_score - self.int8_score:.4g}, "
+                f"budget {self.max_drop:.4g})"]
+        if self.sensitivities:
+            rows.append(f"sensitivity: output SQNR with one layer in float (all int8: "
+                        f"{self.all_int8_sqnr_db:.1f} dB), most sensitive first")
+            rows.append(f"{'rank':>4} {'layer':<40} {'op':<8} {'SQNR dB':>8} {'in float':>8}")
+            chosen = set(self.in_float)
+            for i, s in enumerate(self.sensitivities, 1):
+                rows.append(f"{i:>4} {s.layer[:40]:<40} {s.op:<8} {s.sqnr_db:>8.1f} {'yes' if s.layer in chosen else '':>8}")
+        for t in self.trials:
+            rows.append(f"trial: {t.in_float} layers in float -> {t.score:.4g} (drop {self.float_score - t.score:.4g})")
+        verdict = "within budget" if self.within_budget else "NOT within budget (best trial kept)"
+        rows.append(f"result: {len(self.in_float)} layers in float, score {self.score:.4g}, {verdict}")
+        return "\n".join(rows)
+
+
+def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+                    metric: Callable[[Module], float], max_drop: float, options: QuantizeOptions = QuantizeOptions(),
+                    output: str | None = None, progress: Callable[[str, int], Callable[[], None]] | None = None,
+                    log: Callable[[str], None] | None = None) -> tuple[QuantizeReport, SearchReport]:
+    """Quantize ``module`` in place so that ``metric`` (higher is better) drops by at most
+    ``max_drop`` from float, putting the most sensitive layers back in float as needed.
+    ``output`` names the output the sensitivity is measured on (default: the first)."""
+    if max_drop < 0:
+        raise InputError(f"--max-drop must be >= 0, got {max_drop}")
+    samples = stack_samples(samples)
+    say = log or (lambda s: None)
+    names = [v.name for v in module.graph.outputs]
+    output = output or names[0]
+    if output not in names:
+        raise InputError(f"--output '{output}' is not an output of the model (its outputs: {', '.join(names)})")
+    base = copy_module(module)
+    float_score = float(metric(base))
+    say(f"float: {float_score:.4g}")
+    if options.equalize:
+        equalize(base)
+    layers = targets_of(base, options)
+    points = [] if options.weights_only else activation_points(base, layers)
+    cal = collect(base, samples, points, options.method, progress)
+    trial_options = QuantizeOptions(**{**options.__dict__, "equalize": False})
+
+    def quantized(exclude: tuple[str, ...]) -> tuple[Module, QuantizeReport]:
+        m = copy_module(base)
+        opts = QuantizeOptions(**{**trial_options.__dict__, "exclude": tuple(options.exclude) + exclude})
+        return m, quantize(m, samples, opts, calibration=cal)
+
+    int8, report = quantized(())
+    int8_score = float(metric(int8))
+    say(f"int8: {int8_score:.4g}")
+    result = SearchReport(float_score, int8_score, max_drop, score=int8_score)
+    best = (int8_score, int8, report, [])
+    if float_score - int8_score > max_drop:
+        feeds = list(iterate(samples, cal.samples))[:SENSITIVITY_SAMPLES]
+        want = [_output(base, f, output) for f in feeds]
+        result.all_int8_sqnr_db = _sqnr(want, [_output(int8, f, output) for f in feeds])
+        tick = progress("sensitivity", len(report.layers)) if progress else None
+        for r in report.layers:
+            m, _ = quantized((r.node,))
+            result.sensitivities.append(Sensitivity(r.node, r.op, _sqnr(want, [_output(m, f, output) for f in feeds])))
+            if tick:
+                tick()
+        result.sensitivities.sort(key=lambda s: -s.sqnr_db)
+        ranked = [s.layer for s in result.sensitivities]
+        scores: dict[int, tuple[float, Module, QuantizeReport]] = {}
+
+        def score_of(k: int) -> float:
+            if k not in scores:
+                m, rep = quantized(tuple(ranked[:k]))
+                scores[k] = (float(metric(m)), m, rep)
+                result.trials.append(Trial(k, scores[k][0]))
+                say(f"{k} layers in float: {scores[k][0]:.4g}")
+            return scores[k][0]
+
+        ok = lambda k: float_score - score_of(k) <= max_drop  # noqa: E731
+        k = 1
+        while k < len(ranked) and not ok(k):
+            k *= 2
+        k = min(k, len(ranked))
+        if ok(k):
+            lo = k // 2  # not within budget (or 0, the int8 model, which was not)
+            while k - lo > 1:
+                mid = (lo + k) // 2
+                if ok(mid):
+                    k = mid
+                else:
+                    lo = mid
+            best = (scores[k][0], scores[k][1], scores[k][2], ranked[:k])
+        else:
+            top = max(scores, key=lambda j: scores[j][0])
+            if scores[top][0] > int8_score:
+                best = (scores[top][0], scores[top][1], scores[top][2], ranked[:top])
+    result.score, chosen, report, result.in_float = best[0], best[1], best[2], list(best[3])
+    _replace(module, chosen)
+    return report, result
+
+
+def _output(module: Module, feeds: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    return np.asarray(run_watching(module, feeds, set(), lambda v, a: None)[name], np.float64)
+
+
+def _replace(module: Module, other: Module) -> None:
+    """Make ``module`` (the caller's object) hold ``other``'s graph and weights."""
+    module.graph = other.graph
+    module.weights = other.weights
