@@ -161,7 +161,7 @@ def method_table(models: list[Model], log) -> list[str]:
         f_acc = accuracy(ort_predict(m.path(), data.input, out), data.x, data.y, batch)
         cells = []
         for meth, eq in cols:
-            module, report = effc_quantized(m, data, QuantizeOptions(method=meth, equalize=eq))
+            module, report = effc_quantized(m, data, QuantizeOptions(method=meth, equalize=eq, bias_correction=eq))
             acc = accuracy(lambda b: run_module(module, {data.input: b})[out], data.x, data.y, batch)
             log(f"{m.name} {meth} dfq={eq}: {acc:.4f} ({report.equalized} pairs equalized)")
             cells.append(f"{100 * acc:.2f}")
@@ -169,10 +169,77 @@ def method_table(models: list[Model], log) -> list[str]:
     return rows
 
 
+def _token_batch(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` sequences of 16 random word-piece ids between [CLS] and [SEP] (MiniLM ships no
+    tokenizer, and nothing may be downloaded)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (n, 16)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones((n, 16), np.int64)}
+
+
+def _sqnr_db(want: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(want.astype(np.float64) ** 2) / np.sum((want.astype(np.float64) - got) ** 2)))
+
+
+def _cosine(want: np.ndarray, got: np.ndarray) -> float:
+    w, g = want.astype(np.float64), got.astype(np.float64)
+    return float(((w * g).sum(-1) / np.linalg.norm(w, axis=-1) / np.linalg.norm(g, axis=-1)).min())
+
+
+def fidelity_table(log) -> list[str]:
+    """MiniLM-L3 (no labelled task ships with it): the quantized token embeddings against
+    float (SQNR) and the sentence embeddings' worst cosine similarity, on 32 sequences."""
+    from tests.fixtures import _minilm_path
+
+    path = _minilm_path()
+    model = onnx.load(str(path))
+    tokens = next(o.name for o in model.graph.output if len(o.type.tensor_type.shape.dim) == 3)
+    pooled = next(o.name for o in model.graph.output if len(o.type.tensor_type.shape.dim) == 2
+                  and o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
+    calib, ev = _token_batch(32, 1), _token_batch(32, 2)
+    import onnxruntime as ort
+
+    def ort_outputs(m) -> tuple[np.ndarray, np.ndarray]:
+        sess = ort.InferenceSession(m.SerializeToString() if isinstance(m, onnx.ModelProto) else str(m),
+                                    providers=["CPUExecutionProvider"])
+        return tuple(sess.run([tokens, pooled], ev))
+
+    want_t, want_p = ort_outputs(path)
+    rows = ["| model | quantization | token embeddings SQNR dB | sentence embeddings, worst cosine |", "|---|---|---:|---:|"]
+    variants = [("effc int8 (defaults: MinMax, SmoothQuant)", QuantizeOptions()),
+                ("effc int8, no SmoothQuant", QuantizeOptions(smooth_alpha=None)),
+                ("effc int8, percentile, SmoothQuant", QuantizeOptions(method="percentile"))]
+    for label, options in variants:
+        module = load_model(path)
+        run_pipeline(module, FOLD)
+        report = quantize(module, calib, options)
+        got = run_module(module, ev)
+        log(f"minilm_l3 {label}: {_sqnr_db(want_t, got[tokens]):.1f} dB ({report.smoothed} smoothed)")
+        rows.append(f"| minilm_l3 | {label} | {_sqnr_db(want_t, got[tokens]):.1f} | {_cosine(want_p, got[pooled]):.4f} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter([{k: v[i:i + 1] for k, v in calib.items()} for i in range(32)])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        q = Path(tmp) / "q.onnx"
+        quantize_static(str(path), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+        got_t, got_p = ort_outputs(q)
+    rows.append(f"| minilm_l3 | ORT int8 (quantize_static QDQ, per-channel, MinMax) | {_sqnr_db(want_t, got_t):.1f} | "
+                f"{_cosine(want_p, got_p):.4f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="all", help="comma-separated names, or all")
     ap.add_argument("--no-methods", action="store_true", help="skip the calibration-method table")
+    ap.add_argument("--no-fidelity", action="store_true", help="skip the MiniLM fidelity table")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
     models = MODELS if args.models == "all" else [m for m in MODELS if m.name in args.models.split(",")]
@@ -185,9 +252,13 @@ def main(argv: list[str] | None = None) -> int:
              "`quantize_static` (QDQ, per-channel, MinMax).", ""]
     lines += main_table(models, log)
     if not args.no_methods:
-        lines += ["", "effc int8 by calibration method, cross-layer equalization (DFQ) on (default) and off "
-                  "(`--no-equalize`):", ""]
+        lines += ["", "effc int8 by calibration method, DFQ (cross-layer equalization and bias correction) on (default) and off "
+                  "(`--no-equalize --no-bias-correction`):", ""]
         lines += method_table(models, log)
+    if not args.no_fidelity:
+        lines += ["", "A transformer without a labelled task: MiniLM-L3 (paraphrase embeddings), 32 calibration and 32 "
+                  "evaluation sequences of random word pieces, against float:", ""]
+        lines += fidelity_table(log)
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

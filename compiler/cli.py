@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p, "an .onnx model or .effc IR file (float)")
     p.add_argument("--calib", required=True, metavar="CALIB.npz",
                    help="calibration samples keyed by the model's input names, stacked on axis 0")
-    p.add_argument("-o", "--output", required=True, help="the quantized model: .onnx (QDQ, runs in onnxruntime) or .effc")
+    p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
+                   help="the quantized model: .onnx (QDQ, runs in onnxruntime) or .effc")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"],
                    help="how activation ranges are chosen (default minmax)")
     g = p.add_mutually_exclusive_group()
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-only", action="store_true", help="int8 weights only; activations and compute stay float")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="skip cross-layer equalization of conv chains (DFQ), on by default")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="skip the correction of each layer's bias for its weights' rounding (DFQ), on by default")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="accuracy-aware: put the most sensitive layers back in float until the score (top-1, percent) "
+                        "is at most POINTS below float's; needs --eval")
+    p.add_argument("--eval", metavar="EVAL.npz", help="evaluation samples for --max-drop, keyed like --calib")
+    p.add_argument("--labels", metavar="LABELS.npy",
+                   help="class index per evaluation sample; without it, top-1 agreement with the float model is the score")
+    p.add_argument("--output", dest="score_output", metavar="NAME",
+                   help="the model output scored and whose sensitivity is measured (default: the first)")
     p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
     p.set_defaults(func=cmd_quantize)
 
@@ -198,21 +209,34 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from effc.models import load_model, save_model
     from effc.passes import run_pipeline
     from effc.passes.quantize import QuantizeOptions, quantize
-    from effc.tensors import load_npz
+    from effc.passes.quantize_search import quantize_within, top1_metric
+    from effc.tensors import load_labels, load_npz
 
     samples = load_npz(args.calib)
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
     options = QuantizeOptions(method=args.method, per_channel=args.per_channel, activations=args.activations,
                               symmetric=args.symmetric, weights_only=args.weights_only, equalize=args.equalize,
+                              bias_correction=args.bias_correction,
                               exclude=tuple(n for n in args.exclude.split(",") if n))
+    if (args.eval or args.labels or args.score_output) and args.max_drop is None:
+        raise InputError("--eval, --labels and --output score the model for --max-drop; give --max-drop POINTS too")
+    search = None
     with _progress() as progress:
-        report = quantize(module, samples, options, progress)
-    table = report.table()
+        if args.max_drop is None:
+            report = quantize(module, samples, options, progress)
+        else:
+            if not args.eval:
+                raise InputError("--max-drop needs --eval EVAL.npz (evaluation samples, keyed like --calib)")
+            labels = load_labels(args.labels) if args.labels else None
+            metric = top1_metric(module, load_npz(args.eval), args.score_output, labels)
+            report, search = quantize_within(module, samples, metric, args.max_drop, options, args.score_output,
+                                             progress, log=lambda s: print(s, file=sys.stderr))
+    table = report.table() + ("\n" + search.table() if search else "")
     print(table, file=sys.stderr)
     if args.report:
         Path(args.report).write_text(table + "\n")
-    written = save_model(module, args.output)
+    written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 

@@ -48,6 +48,22 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
+def load_labels(path: str | os.PathLike) -> np.ndarray:
+    """Class labels from an ``.npy`` file (one integer per sample; never unpickled)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such labels file")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{p}: not a readable .npy file ({type(e).__name__}: {e})") from None
+    if not isinstance(a, np.ndarray):
+        raise InputError(f"{p}: an .npz archive; --labels wants one .npy array of class indices (np.save)")
+    if a.dtype.kind not in "iu" or a.ndim != 1:
+        raise InputError(f"{p}: labels must be a 1-D array of integer class indices, not {a.dtype} {list(a.shape)}")
+    return a
+
+
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to an ``.npz`` at exactly ``path``, each under its own name, whatever
     it is (``np.savez`` would drop names like ``file`` or ``allow_pickle`` and append

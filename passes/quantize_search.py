@@ -2,7 +2,7 @@
 the layers it is most sensitive to back in float until it is within the budget.
 
 1. The float model's score (``metric``: higher is better, e.g. top-1 accuracy in percent).
-2. Equalization (when on) and calibration run once, on every activation any trial may
+2. Equalization, smoothing (when on) and calibration run once, on every activation any trial may
    quantize; every trial below reuses the statistics.
 3. The int8 model's score. Within ``max_drop`` of float: done, nothing in float.
 4. Sensitivity: per quantized layer, the model with that one layer in float (and its
@@ -29,8 +29,9 @@ from effc.ir.errors import InputError
 from effc.ir.parser import copy_module
 
 from .quantize import QuantizeOptions, QuantizeReport, _sqnr, activation_points, quantize, targets_of
-from .quantize_calibrate import collect, iterate, run_watching, stack_samples
+from .quantize_calibrate import check_samples, collect, iterate, run_watching, stack_samples
 from .quantize_equalize import equalize
+from .quantize_smooth import smooth
 
 SENSITIVITY_SAMPLES = 8
 """Calibration samples the sensitivity of each layer is measured on."""
@@ -103,9 +104,11 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
     if options.equalize:
         equalize(base)
     layers = targets_of(base, options)
+    if options.smooth_alpha is not None and not options.weights_only:
+        smooth(base, layers, samples, check_samples(base, samples), options.smooth_alpha, progress)
     points = [] if options.weights_only else activation_points(base, layers)
     cal = collect(base, samples, points, options.method, progress)
-    trial_options = QuantizeOptions(**{**options.__dict__, "equalize": False})
+    trial_options = QuantizeOptions(**{**options.__dict__, "equalize": False, "smooth_alpha": None})
 
     def quantized(exclude: tuple[str, ...]) -> tuple[Module, QuantizeReport]:
         m = copy_module(base)
@@ -140,11 +143,12 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
             return scores[k][0]
 
         ok = lambda k: float_score - score_of(k) <= max_drop  # noqa: E731
+        most = len(ranked) - 1  # every layer in float is the float model
         k = 1
-        while k < len(ranked) and not ok(k):
+        while k < most and not ok(k):
             k *= 2
-        k = min(k, len(ranked))
-        if ok(k):
+        k = min(k, most)
+        if k >= 1 and ok(k):
             lo = k // 2  # not within budget (or 0, the int8 model, which was not)
             while k - lo > 1:
                 mid = (lo + k) // 2
@@ -153,13 +157,53 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
                 else:
                     lo = mid
             best = (scores[k][0], scores[k][1], scores[k][2], ranked[:k])
-        else:
+        elif scores:
             top = max(scores, key=lambda j: scores[j][0])
             if scores[top][0] > int8_score:
                 best = (scores[top][0], scores[top][1], scores[top][2], ranked[:top])
     result.score, chosen, report, result.in_float = best[0], best[1], best[2], list(best[3])
     _replace(module, chosen)
     return report, result
+
+
+EVAL_BATCH = 64
+
+
+def top1_metric(module: Module, samples: Mapping[str, np.ndarray], output: str | None = None,
+                labels: np.ndarray | None = None) -> Callable[[Module], float]:
+    """Top-1 accuracy in percent of the argmax of ``output`` (default: the first) over
+    ``samples`` (stacked on axis 0) against ``labels``; without labels, top-1 agreement in
+    percent with ``module`` (the float model) on the same samples, a fidelity stand-in."""
+    n = check_samples(module, samples)
+    names = [v.name for v in module.graph.outputs]
+    output = output or names[0]
+    if output not in names:
+        raise InputError(f"--output '{output}' is not an output of the model (its outputs: {', '.join(names)})")
+    dims = [v.type.shape[0] if v.type.rank else 1 for v in module.graph.inputs]
+    fixed = [d for d in dims if isinstance(d, int)]
+    batch = min(fixed) if fixed else EVAL_BATCH
+    used = n - n % batch if fixed else n  # a model of fixed batch b scores whole batches of b
+    if used == 0:
+        raise InputError(f"the model takes batches of {batch}; the evaluation data has {n} samples")
+
+    def predict(m: Module) -> np.ndarray:
+        picks = []
+        for i in range(0, used, batch):
+            feeds = {k: np.asarray(v)[i:min(i + batch, used)] for k, v in samples.items()}
+            y = np.asarray(run_watching(m, feeds, set(), lambda v, a: None)[output])
+            picks.append(y.reshape(min(i + batch, used) - i, -1).argmax(axis=1))
+        return np.concatenate(picks)
+
+    if labels is None:
+        want = predict(module)
+    else:
+        want = np.asarray(labels).reshape(-1)
+        if want.shape[0] != n:
+            raise InputError(f"--labels holds {want.shape[0]} labels for {n} evaluation samples")
+        if want.dtype.kind not in "iu":
+            raise InputError(f"--labels must hold integer class indices, not {want.dtype}")
+        want = want[:used]
+    return lambda m: 100.0 * float((predict(m) == want).mean())
 
 
 def _output(module: Module, feeds: Mapping[str, np.ndarray], name: str) -> np.ndarray:
