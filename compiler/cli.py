@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration samples keyed by the model's input names, stacked on axis 0")
     p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
                    help="the quantized model: .onnx (QDQ, runs in onnxruntime) or .effc")
-    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"],
-                   help="how activation ranges are chosen (default minmax)")
+    p.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="how activation ranges are chosen (default percentile, 99.99)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="one weight scale per output channel (default)")

@@ -95,7 +95,12 @@ class _Exporter:
         op = REGISTRY[n.op]
         if op.onnx_name is None:
             raise ExportError(f"{n.describe()}: op '{n.op}' has no ONNX form")
-        attrs = [_attr(k, op.attrs[k].kind if k in op.attrs else "", v) for k, v in sorted(n.attrs.items())]
+        if n.attrs.get("rounding", "onnx") != "onnx":
+            raise ExportError(f"{n.describe()}: requantizes with rounding={n.attrs['rounding']}, which ONNX's "
+                              f"{op.onnx_name} cannot say (its rounding is the float multiplier's, half to even); export "
+                              "the model before qdq-to-integer, or run qdq-to-integer with rounding=onnx")
+        attrs = [_attr(k, op.attrs[k].kind if k in op.attrs else "", v) for k, v in sorted(n.attrs.items())
+                 if k != "rounding"]
         proto = helper.make_node(op.onnx_name, [name_of(v) for v in n.inputs], [name_of(v) for v in n.outputs],
                                  name=self.node_name(n.loc), domain=op.domain or None)
         proto.attribute.extend(attrs)

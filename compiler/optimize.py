@@ -56,10 +56,19 @@ def instruments_for(opts: OptimizeOptions) -> list[Instrument]:
     return out
 
 
+def _target_options(target: str | None) -> dict:
+    """What passes read of the target: ``quant_rounding`` (``qdq-to-integer``)."""
+    if target is None:
+        return {}
+    from effc.targets import get_target
+
+    return {"quant_rounding": get_target(target).quant_rounding}
+
+
 def optimize(module: Module, pipeline: str, opts: OptimizeOptions | None = None) -> PipelineRunner:
     """Run ``pipeline`` on ``module`` in place; returns the runner (its ``history`` lists the passes run)."""
     opts = opts or OptimizeOptions()
-    ctx = PassContext(target=opts.target, instruments=instruments_for(opts))
+    ctx = PassContext(target=opts.target, instruments=instruments_for(opts), options=_target_options(opts.target))
     runner = PipelineRunner(parse_pipeline(pipeline), ctx, opts.stop_after_pass)
     runner.run(module)
     return runner

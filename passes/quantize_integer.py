@@ -12,10 +12,13 @@ determine the result, this pass computes it on them:
   (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``);
 - ``Q(max_pool(DQ(q)))`` with the same parameters on both sides -> ``max_pool(q)`` (exact).
 
-The integer ops sum exact int32 products and requantize with the float multiplier
-``x_scale * w_scale / y_scale`` (ONNX's QLinearConv, what onnxruntime computes when it
-fuses the same pattern), so the result differs from the float path by at most one
-quantization step, where rounding the float sum and rounding the exact sum disagree.
+The integer ops sum exact int32 products and requantize with the multiplier
+``x_scale * w_scale / y_scale``: as a float, rounded half to even (``rounding=onnx``,
+ONNX's QLinearConv, what onnxruntime computes when it fuses the same pattern), or as a
+31-bit fixed-point multiplier and shift with one rounding (``rounding=fixed_point``,
+TFLite's and CMSIS-NN's, for the targets whose ``quant_rounding`` says so). Either differs
+from the float path by at most one quantization step, where rounding the float sum and
+rounding the exact sum disagree.
 
 A pattern is rewritten only when it means the same thing in integers: constant scales and
 zero points, per-tensor for activations (per output channel allowed for weights), a
@@ -32,7 +35,8 @@ import numpy as np
 from effc.ir.builder import Builder
 from effc.ir.core import Module, Value
 from effc.ir.opdef import node_attrs
-from effc.ir.ops.quant import EIGHT_BIT
+from effc.ir.errors import InputError
+from effc.ir.ops.quant import EIGHT_BIT, ROUNDINGS
 
 from .base import Pass, PassContext, register_pass
 from .rewrite import Any, Const, Match, Op, Rule, apply_rules
@@ -171,10 +175,27 @@ RULES.append(Rule("qdq-max-pool", _q(Op("max_pool", _dq("x", Any("xq"), shared=T
 RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
 
 
+INTEGER_OPS = ("qlinear_conv", "qgemm", "qlinear_mat_mul")
+
+
 @register_pass
 @dataclass(frozen=True)
 class QdqToInteger(Pass):
+    """``rounding``: how the integer ops it writes requantize (``ir/ops/quant.py``):
+    ``onnx`` or ``fixed_point``; empty (the default): the target's ``quant_rounding``
+    (``ctx.options``), else ``onnx``."""
+
     name = "qdq-to-integer"
+    rounding: str = ""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        return apply_rules(module, RULES).total > 0
+        rounding = self.rounding or ctx.options.get("quant_rounding", "onnx")
+        if rounding not in ROUNDINGS:
+            raise InputError(f"qdq-to-integer: rounding must be one of {', '.join(ROUNDINGS)}, got '{rounding}'")
+        before = {id(n) for n in module.graph.nodes if n.op in INTEGER_OPS}
+        changed = apply_rules(module, RULES).total > 0
+        if rounding != "onnx":
+            for n in module.graph.nodes:
+                if n.op in INTEGER_OPS and id(n) not in before:
+                    n.attrs["rounding"] = rounding
+        return changed

@@ -43,6 +43,10 @@ class Target:
     """Boards: the flash budget (text, rodata and the initial values of data)."""
     memory: dict[str, int] = field(default_factory=dict)
     """Boards: the memory map (``flash_origin``, ``sram_origin``, ``stack_bytes``, ``heap_bytes``)."""
+    quant_rounding: str = "onnx"
+    """How ``qdq-to-integer``'s integer ops requantize on this target: ``onnx`` (float
+    multiplier, half to even: onnxruntime's) or ``fixed_point`` (31-bit multiplier and
+    shift, one rounding: TFLite's and CMSIS-NN's); ``ir/ops/quant.py``."""
     hardware: dict[str, int] = field(default_factory=dict)
     """CPU targets: what effc's default schedules are made for (``vector_bits``,
     ``vector_registers``, ``l1d_kib``; ``codegen/schedules.Cpu``); a key left out is
@@ -91,6 +95,8 @@ def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(runtimes, list) and runtimes and all(isinstance(r, str) for r in runtimes)
             and len(set(runtimes)) == len(runtimes)):
         raise field_error("runtimes", 'a list of the runtimes the target allows, the default first (e.g. ["vm", "aot"])')
+    if data.get("quant_rounding", "onnx") not in QUANT_ROUNDINGS:
+        raise field_error("quant_rounding", " or ".join(f'"{r}"' for r in QUANT_ROUNDINGS))
     if not isinstance(data.get("runtime_refused", ""), str):
         raise field_error("runtime_refused", "a string (why the other runtimes are not offered)")
     for where, table in [("hardware", data.get("hardware", {}))] + [
@@ -104,6 +110,8 @@ def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 HARDWARE_KEYS = ("vector_bits", "vector_registers", "l1d_kib")
+QUANT_ROUNDINGS = ("onnx", "fixed_point")
+"""``ir.ops.quant.ROUNDINGS`` (a test checks the two agree; targets/ does not import ir/ops)."""
 """The keys of a family's (or variant's) ``hardware`` table."""
 
 
@@ -138,6 +146,7 @@ def _make(name: str, family: dict[str, Any], variant: dict[str, Any]) -> Target:
                   cpu=tuple(pick("cpu", ())), qemu_machine=pick("qemu_machine", ""),
                   sram_bytes=pick("sram_bytes", None), flash_bytes=pick("flash_bytes", None),
                   memory={**family.get("memory", {}), **variant.get("memory", {})},
+                  quant_rounding=family.get("quant_rounding", "onnx"),
                   hardware={**family.get("hardware", {}), **variant.get("hardware", {})})
 
 

@@ -12,6 +12,18 @@ writes with ``QuantFormat.QOperator`` and which the IR's integer lowering target
 - ``dynamic_quantize_linear`` (DynamicQuantizeLinear): uint8 from a float tensor's own
   range (which always holds 0), with its scale and zero point.
 
+Requantization has two roundings, the op's ``rounding`` attribute (effc's own; ONNX has
+one rounding, and export refuses the other):
+
+- ``onnx`` (the default): the float multiplier, rounded half to even, as above;
+- ``fixed_point``: TFLite's (and TVM's ``q_multiply_shift``, CMSIS-NN's) integer-only
+  form: the multiplier as a 31-bit fraction ``q`` and a power of two,
+  ``m = q * 2^(shift - 31)``, ``q`` in ``[2^30, 2^31)``, and one rounding, half up:
+  ``(acc * q + 2^(r - 1)) >> r`` with ``r = 31 - shift``. It differs from ``onnx`` by at
+  most one step (where the two round a tie differently, or the 31-bit multiplier moves a
+  value across a boundary). A target's ``quant_rounding`` (``targets/*.toml``) picks it
+  for ``qdq-to-integer``: microcontrollers use ``fixed_point``.
+
 Zero points and scales are per tensor, or per output channel for a weight
 (``w_scale``/``w_zero_point`` of ``M`` elements), per row of A / per column of B for the
 matmuls. Padding of an integer convolution is the input's zero point (a real 0).
@@ -120,13 +132,51 @@ def _int_conv(x: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     return _conv_nd(x, w, a["group"], out, begins, strides, dilations)
 
 
-def _requantize(acc: np.ndarray, multiplier: np.ndarray, zp: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """``round_half_even(acc * multiplier) + zp``, saturated to ``dtype`` (the multiplier
-    formed in the scales' type, applied in float64, as ONNX's reference computes it)."""
+ROUNDINGS = ("onnx", "fixed_point")
+_ROUNDING_ATTR = {"rounding": attr("str", "onnx")}
+
+
+def _check_rounding(ctx: InferCtx) -> None:
+    if ctx.attrs["rounding"] not in ROUNDINGS:
+        raise ctx.fail(f"rounding must be one of {', '.join(ROUNDINGS)}, got '{ctx.attrs['rounding']}'")
+
+
+def quantized_multiplier(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (positive) float multiplier as TFLite's ``(q, shift)``: ``q`` an int64 in
+    ``[2^30, 2^31)`` (0 for a zero multiplier) with ``multiplier ~= q * 2^(shift - 31)``."""
+    frac, exp = np.frexp(np.asarray(multiplier, np.float64))
+    q = np.rint(frac * 2.0 ** 31).astype(np.int64)
+    carry = q == 2 ** 31  # the fraction rounded up to 1.0
+    q = np.where(carry, q // 2, q)
+    return q, (exp + carry).astype(np.int64)
+
+
+def _fixed_point(acc: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
+    """``(acc * q + 2^(r - 1)) >> r``, ``r = 31 - shift``, in int64 (``|acc * q| < 2^62``).
+    A multiplier under ``2^-31`` gives 0 (as TFLite, which cannot shift further); one of
+    ``2^30`` or more (``r < 1``) is no requantization anyone writes and is refused."""
+    q, shift = quantized_multiplier(multiplier)
+    r = np.broadcast_to(31 - shift, acc.shape)
+    if (r < 1).any():
+        raise ValueError("fixed_point requantization of a multiplier of 2^30 or more")
+    tiny = r > 62
+    r = np.where(tiny, 62, r)
+    y = (acc.astype(np.int64) * np.broadcast_to(q, acc.shape) + (np.int64(1) << (r - 1))) >> r
+    return np.where(tiny, 0, y)
+
+
+def _requantize(acc: np.ndarray, multiplier: np.ndarray, zp: np.ndarray | None, dtype: np.dtype,
+                rounding: str = "onnx") -> np.ndarray:
+    """``round(acc * multiplier) + zp``, saturated to ``dtype``: ``onnx`` rounding (the
+    multiplier formed in the scales' type, applied in float64, half to even, as ONNX's
+    reference computes it) or ``fixed_point`` (see the module docstring)."""
+    info = np.iinfo(dtype)
+    if rounding == "fixed_point":
+        y = _fixed_point(acc, multiplier) + (0 if zp is None else int(np.asarray(zp).reshape(())))
+        return np.clip(y, info.min, info.max).astype(dtype)
     r = acc.astype(np.float64) * multiplier.astype(np.float64)
     if zp is not None:
         r = r + np.asarray(zp).astype(np.float64).reshape(())
-    info = np.iinfo(dtype)
     return np.clip(np.rint(r), info.min, info.max).astype(dtype)
 
 
@@ -174,6 +224,7 @@ register(OpDef("conv_integer", "ConvInteger", ("x", "w", "x_zero_point?", "w_zer
 def _infer_qlinear_conv(ctx: InferCtx) -> list[TensorType]:
     x, w = _eight_bit(ctx, 0, "x"), _eight_bit(ctx, 3, "w")
     m, out = _conv_output(ctx, x, w)
+    _check_rounding(ctx)
     y = _qlinear_params(ctx, ("x", "w"), m)
     if ctx.has(8):
         b = ctx.type(8)
@@ -193,12 +244,13 @@ def _ref_qlinear_conv(ins: list, a: dict, n_out: int) -> list:
     acc = _int_conv(_shifted(x, xz), _shifted(w, wz), a)
     if b is not None:
         acc = acc + b.astype(np.int64).reshape((-1,) + (1,) * (acc.ndim - 2))
-    return [_requantize(acc, _channel_multiplier(xs, ws, ys, acc.ndim), yz, yz.dtype)]
+    return [_requantize(acc, _channel_multiplier(xs, ws, ys, acc.ndim), yz, yz.dtype, a["rounding"])]
 
 
 register(OpDef("qlinear_conv", "QLinearConv",
                ("x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point", "B?"),
-               ("y",), _infer_qlinear_conv, _ref_qlinear_conv, attrs=dict(_CONV_ATTRS), macs=_macs_qlinear_conv,
+               ("y",), _infer_qlinear_conv, _ref_qlinear_conv, attrs={**_CONV_ATTRS, **_ROUNDING_ATTR},
+               macs=_macs_qlinear_conv,
                op_class="conv", min_opset=10))
 
 
@@ -241,6 +293,7 @@ register(OpDef("mat_mul_integer", "MatMulInteger", ("A", "B", "a_zero_point?", "
 def _infer_qlinear_matmul(ctx: InferCtx) -> list[TensorType]:
     a, b = _eight_bit(ctx, 0, "a"), _eight_bit(ctx, 3, "b")
     _, n, shape = _matmul_shape(ctx, a, b)
+    _check_rounding(ctx)
     y = _qlinear_params(ctx, ("a", "b"), n)
     return [TensorType(y.dtype, shape)]
 
@@ -248,12 +301,13 @@ def _infer_qlinear_matmul(ctx: InferCtx) -> list[TensorType]:
 def _ref_qlinear_matmul(ins: list, at: dict, n_out: int) -> list:
     a, as_, az, b, bs, bz, ys, yz = ins
     acc = np.matmul(_shifted(a, az), _shifted(b, bz, b.ndim - 1))
-    return [_requantize(acc, _channel_multiplier(as_, bs, ys, acc.ndim, acc.ndim - 1), yz, yz.dtype)]
+    return [_requantize(acc, _channel_multiplier(as_, bs, ys, acc.ndim, acc.ndim - 1), yz, yz.dtype, at["rounding"])]
 
 
 register(OpDef("qlinear_mat_mul", "QLinearMatMul",
                ("a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point", "y_scale", "y_zero_point"), ("y",),
-               _infer_qlinear_matmul, _ref_qlinear_matmul, macs=_macs_matmul, op_class="matmul", min_opset=10))
+               _infer_qlinear_matmul, _ref_qlinear_matmul, attrs=dict(_ROUNDING_ATTR), macs=_macs_matmul,
+               op_class="matmul", min_opset=10))
 
 
 # ----------------------------------------------------------------------------- DynamicQuantizeLinear
@@ -332,6 +386,7 @@ def _infer_qgemm(ctx: InferCtx) -> list[TensorType]:
         raise ctx.fail(f"C has dtype {ctx.type(6).dtype}; expected i32 (quantized with the scale a_scale * b_scale)")
     if ctx.has(8) and not ctx.has(7):
         raise ctx.fail("y_zero_point without y_scale")
+    _check_rounding(ctx)
     if ctx.has(7):
         _scale(ctx, 7, "y_scale", like=1)
         return [TensorType(_out_dtype(ctx, 8, 0) if ctx.has(8) else DType.u8, (m, n))]
@@ -353,13 +408,14 @@ def _ref_qgemm(ins: list, a: dict, n_out: int) -> list:
         scale = (alpha * np.float32(np.asarray(as_).reshape(-1)[0]) * np.asarray(bs, np.float32).reshape(-1))
         return [(acc.astype(np.float32) * scale.astype(np.float32)).astype(np.float32)]
     mult = _channel_multiplier(np.asarray(as_, np.float32) * alpha, bs, ys, 2, 1)
-    return [_requantize(acc, mult, yz, yz.dtype if yz is not None else np.dtype(np.uint8))]
+    return [_requantize(acc, mult, yz, yz.dtype if yz is not None else np.dtype(np.uint8), a["rounding"])]
 
 
 register(OpDef("qgemm", "QGemm",
                ("A", "a_scale", "a_zero_point", "B", "b_scale", "b_zero_point", "C?", "y_scale?", "y_zero_point?"),
                ("Y",), _infer_qgemm, _ref_qgemm,
-               attrs={"alpha": attr("float", 1.0), "transA": attr("int", 0), "transB": attr("int", 0)},
+               attrs={"alpha": attr("float", 1.0), "transA": attr("int", 0), "transB": attr("int", 0),
+                      **_ROUNDING_ATTR},
                macs=_macs_matmul, op_class="matmul", domain=CONTRIB))
 
 
