@@ -41,6 +41,10 @@ RELAX_DTYPES: dict[DType, str] = {
 
 
 def relax_dtype(dtype: DType) -> str:
+    if dtype not in RELAX_DTYPES:
+        raise LoweringError(f"{dtype} tensors are not compiled: effc's kernels take no {dtype.bits}-bit elements. "
+                            "4-bit weights behind a DequantizeLinear fold into float weights with fold-constants "
+                            "(in -O1 and up); 4-bit graph inputs or activations run in the interpreter only")
     return RELAX_DTYPES[dtype]
 
 

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symmetric", action="store_true", help="symmetric activations (int8, zero point 0)")
     p.add_argument("--exclude", default="", metavar="NODE,...", help="nodes (by output name) to keep in float")
     p.add_argument("--weights-only", action="store_true", help="int8 weights only; activations and compute stay float")
+    p.add_argument("--weight-bits", type=int, default=8, choices=[4, 8],
+                   help="with --weights-only: 4 stores int4 weights (default 8)")
+    p.add_argument("--block-size", type=int, default=0, metavar="B",
+                   help="with --weights-only: matmul/gemm weights in blocks of B along the reduction axis, "
+                        "one scale each (e.g. 32 with --weight-bits 4)")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="skip cross-layer equalization of conv chains (DFQ), on by default")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
@@ -217,7 +222,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
     options = QuantizeOptions(method=args.method, per_channel=args.per_channel, activations=args.activations,
                               symmetric=args.symmetric, weights_only=args.weights_only, equalize=args.equalize,
-                              bias_correction=args.bias_correction,
+                              bias_correction=args.bias_correction, weight_bits=args.weight_bits,
+                              block_size=args.block_size,
                               exclude=tuple(n for n in args.exclude.split(",") if n))
     if (args.eval or args.labels or args.score_output) and args.max_drop is None:
         raise InputError("--eval, --labels and --output score the model for --max-drop; give --max-drop POINTS too")

@@ -196,6 +196,9 @@ def _external_loader(t: onnx.TensorProto, src: _Source, what: str) -> Any:
     """A lazy loader (memory-mapped) for a tensor stored outside the model file. The file
     is checked now, and checked again when the data is read."""
     _external_file(t, src, what)
+    if _tensor_dtype(t.data_type, what).bits < 8:
+        raise ModelError(f"{what} (tensor '{t.name}'): 4-bit tensors in external data are not supported; "
+                         "save the model with its weights inside (onnx.save(model, path))")
     dtype = _tensor_dtype(t.data_type, what).np
     shape = tuple(int(d) for d in t.dims)
 
@@ -218,11 +221,12 @@ def _inline_loader(t: onnx.TensorProto, src: _Source, what: str) -> Any:
     dtype = _tensor_dtype(t.data_type, what)
     shape = _tensor_shape(t, dtype.itemsize, what)
     numel = math.prod(shape)
+    stored = -(-numel * dtype.bits // 8)  # int4: two to a byte (and to an int32_data value)
     if t.HasField("raw_data"):
-        held, need, unit = len(t.raw_data), numel * dtype.itemsize, "bytes of raw_data"
+        held, need, unit = len(t.raw_data), stored, "bytes of raw_data"
     else:
         field = onnx.helper.tensor_dtype_to_field(t.data_type)
-        held, need, unit = len(getattr(t, field)), numel, f"values in {field}"
+        held, need, unit = len(getattr(t, field)), numel if dtype.bits >= 8 else stored, f"values in {field}"
     if held != need:
         raise ModelError(f"{what} (tensor '{t.name}'): its shape {list(shape)} of {dtype} needs {need} {unit}, "
                          f"it holds {held}; the model is corrupted")

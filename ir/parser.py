@@ -835,6 +835,10 @@ _DIGITS_DOT = frozenset("0123456789.")
 @cache
 def _int_range(dtype: DType) -> np.iinfo:
     """``np.iinfo`` of an integer dtype, made once (dense literals ask for it thousands of times)."""
+    if dtype.bits < 8:  # int4/uint4: numpy has no iinfo for ml_dtypes' types
+        import ml_dtypes
+
+        return ml_dtypes.iinfo(dtype.np)
     return np.iinfo(dtype.np)
 
 

@@ -40,10 +40,12 @@ class DType(enum.Enum):
     bf16 = "bf16"
     f32 = "f32"
     f64 = "f64"
+    i4 = "i4"
     i8 = "i8"
     i16 = "i16"
     i32 = "i32"
     i64 = "i64"
+    u4 = "u4"
     u8 = "u8"
     u16 = "u16"
     u32 = "u32"
@@ -67,7 +69,13 @@ class DType(enum.Enum):
 
     @property
     def is_signed(self) -> bool:
-        return self.is_float or self in (DType.i8, DType.i16, DType.i32, DType.i64)
+        return self.is_float or self in (DType.i4, DType.i8, DType.i16, DType.i32, DType.i64)
+
+    @property
+    def bits(self) -> int:
+        """Bits per element (4 for the int4 types, whose numpy arrays still take a byte each;
+        ONNX packs two to a byte)."""
+        return 4 if self in (DType.i4, DType.u4) else 8 * self.itemsize
 
     @property
     def itemsize(self) -> int:
@@ -89,21 +97,23 @@ class DType(enum.Enum):
             raise ValueError(f"unknown dtype '{name}' (known: {', '.join(d.value for d in DType)})") from None
 
 
-def _bfloat16() -> np.dtype:
+def _ml_dtype(name: str) -> np.dtype:
     import ml_dtypes  # installed with onnx
 
-    return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(getattr(ml_dtypes, name))
 
 
 _TO_NUMPY: dict[DType, np.dtype] = {
     DType.f16: np.dtype(np.float16),
-    DType.bf16: _bfloat16(),
+    DType.bf16: _ml_dtype("bfloat16"),
     DType.f32: np.dtype(np.float32),
     DType.f64: np.dtype(np.float64),
+    DType.i4: _ml_dtype("int4"),
     DType.i8: np.dtype(np.int8),
     DType.i16: np.dtype(np.int16),
     DType.i32: np.dtype(np.int32),
     DType.i64: np.dtype(np.int64),
+    DType.u4: _ml_dtype("uint4"),
     DType.u8: np.dtype(np.uint8),
     DType.u16: np.dtype(np.uint16),
     DType.u32: np.dtype(np.uint32),

@@ -15,7 +15,10 @@ What is quantized: every ``conv``, ``gemm`` and ``mat_mul`` with a constant weig
   (``scale = (hi - lo) / 255``, the zero point placing 0 exactly) or ``symmetric`` (int8,
   zero point 0); a max pool, reshape, flatten or transpose of a quantized value keeps its
   parameters (``SCALE_PRESERVING``), as onnxruntime does;
-- ``weights_only``: the weights alone (float compute on int8-stored weights).
+- ``weights_only``: the weights alone (float compute on int8-stored weights), optionally
+  int4 (``weight_bits``) and in blocks along the reduction axis of matmuls
+  (``block_size``: one scale per ``block_size`` weights of a column, DequantizeLinear's
+  blocked form, as LLM weight-only quantizers write it).
 
 The report gives, per quantized op, the activation range and scale, the weight scales and
 the SQNR of its output (quantized model against float, on the calibration samples).
@@ -96,6 +99,11 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()
     """Nodes (by output value name) left in float."""
     weights_only: bool = False
+    weight_bits: int = 8
+    """8, or 4 (int4 weights; with ``weights_only``)."""
+    block_size: int = 0
+    """Matmul/gemm weights in blocks of this many along the reduction axis, one scale each
+    (0: per channel or per tensor); with ``weights_only``."""
     percentile: float = 99.99
     equalize: bool = True
     """Cross-layer equalization of conv chains first (``quantize_equalize``, DFQ)."""
@@ -151,7 +159,8 @@ class QuantizeReport:
             rows.append(f"{r.node[:40]:<40} {r.op:<8} {rng:>22} {sc:>10} {zp:>5} {ws:>21} {sq:>8}")
         o = self.options
         rows.append(f"{len(self.layers)} ops quantized ({o.method}, {'per-channel' if o.per_channel else 'per-tensor'} "
-                    f"int8 weights, {'no' if o.weights_only else o.activations} activations"
+                    f"int{o.weight_bits} weights{f' in blocks of {o.block_size}' if o.block_size else ''}, "
+                    f"{'no' if o.weights_only else o.activations} activations"
                     f"{', symmetric' if o.symmetric and not o.weights_only else ''}) on {self.samples} samples; "
                     f"weights {self.weight_bytes_float:,} -> {self.weight_bytes_quantized:,} bytes "
                     f"({self.size_ratio:.2f}x smaller; biases {self.bias_bytes:,} bytes as int32); "
@@ -187,12 +196,40 @@ def _weight_axis(n: Node) -> int:
     return 1
 
 
-def _weight_scales(w: np.ndarray, axis: int, per_channel: bool) -> np.ndarray:
-    if per_channel:
-        m = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+def _expand(scale: np.ndarray, shape: tuple[int, ...], axis: int, block: int) -> np.ndarray:
+    """A weight's scales broadcast to its shape: one per channel along ``axis``, per
+    tensor, or (``block``) blocked: ``scale`` has the weight's rank, each element covering
+    ``block`` consecutive elements along ``axis``."""
+    if block:
+        return np.repeat(scale, block, axis=axis)[tuple(slice(0, d) for d in shape)]
+    if scale.size == 1:
+        return scale.reshape(())
+    out = [1] * len(shape)
+    out[axis] = scale.size
+    return scale.reshape(out)
+
+
+def _quantize_weight(w: np.ndarray, n: Node, options: QuantizeOptions) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(wq, scale, axis, block_size)``: ``w`` rounded to ``weight_bits`` (symmetric, zero
+    point 0, ``scale = max|w| / qmax``) per output channel, per tensor, or in blocks of
+    ``block_size`` along the reduction axis (matmul and gemm weights; the DequantizeLinear
+    axis is then that one)."""
+    qmax = 2 ** (options.weight_bits - 1) - 1
+    dtype = DType.i4 if options.weight_bits == 4 else DType.i8
+    block = options.block_size if n.op in ("mat_mul", "gemm") else 0
+    if block:
+        axis = 1 - _weight_axis(n)  # the K axis of [K, N] (0) or of a transposed [N, K] (1)
+        k = w.shape[axis]
+        padded = np.pad(np.abs(w), [(0, -k % block) if a == axis else (0, 0) for a in range(2)])
+        blocks = padded.reshape((-1, block, w.shape[1]) if axis == 0 else (w.shape[0], -1, block))
+        m = blocks.max(axis=1 if axis == 0 else 2)
     else:
-        m = np.array([np.abs(w).max()])
-    return np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
+        axis = _weight_axis(n)
+        m = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1) if options.per_channel \
+            else np.array([np.abs(w).max()])
+    scale = np.where(m > 0, m / qmax, 1.0).astype(np.float32)
+    wq = np.clip(np.rint(w / _expand(scale, w.shape, axis, block)), -qmax, qmax).astype(dtype.np)
+    return wq, scale, axis, block
 
 
 def _activation_params(lo: float, hi: float, options: QuantizeOptions) -> tuple[np.float32, np.ndarray]:
@@ -222,6 +259,12 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
     samples = stack_samples(samples)
     if options.method not in METHODS:
         raise InputError(f"unknown calibration method '{options.method}' (one of {', '.join(METHODS)})")
+    if options.weight_bits not in (4, 8):
+        raise InputError(f"--weight-bits takes 4 or 8, not {options.weight_bits}")
+    if (options.weight_bits == 4 or options.block_size) and not options.weights_only:
+        raise InputError("int4 and blocked weights are for --weights-only (no integer kernel reads them)")
+    if options.block_size < 0 or options.block_size % 2 or options.block_size == 2:
+        raise InputError(f"--block-size takes an even number of at least 4 (e.g. 32), not {options.block_size}")
     if options.activations not in ("int8", "uint8"):
         raise InputError(f"--activations takes int8 or uint8, not '{options.activations}'")
     targets = targets_of(module, options)
@@ -264,18 +307,14 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
         b = Builder(module, insert_before=n)
         w = n.input(1)
         wf = np.asarray(w.const_value, dtype=np.float32)
-        axis = _weight_axis(n)
-        ws = _weight_scales(wf, axis, options.per_channel)
-        shape = [1] * wf.ndim
-        shape[axis] = ws.size
-        wq = np.clip(np.rint(wf / ws.reshape(shape)), -127, 127).astype(np.int8)
+        wq, ws, axis, block = _quantize_weight(wf, n, options)
         report.weight_bytes_float += wf.nbytes
-        report.weight_bytes_quantized += wq.nbytes + ws.nbytes
+        report.weight_bytes_quantized += (wq.size * options.weight_bits + 7) // 8 + ws.nbytes
         ws_v = b.const(ws if ws.size > 1 else ws.reshape(()), name_hint=f"{w.name}_scale")
-        wz_v = b.const(np.zeros(ws.shape if ws.size > 1 else (), np.int8), name_hint=f"{w.name}_zero_point")
+        wz_v = b.const(np.zeros(ws.shape if ws.size > 1 else (), wq.dtype), name_hint=f"{w.name}_zero_point")
         wq_v = b.const(wq, name_hint=f"{w.name}_quantized")
-        n.set_input(1, b.dequantize_linear(wq_v, ws_v, wz_v, axis=axis))
-        rounded.append((n, wf, wq.astype(np.float32) * ws.reshape(shape)))
+        n.set_input(1, b.dequantize_linear(wq_v, ws_v, wz_v, axis=axis, **({"block_size": block} if block else {})))
+        rounded.append((n, wf, wq.astype(np.float32) * _expand(ws, wf.shape, axis, block)))
         weight_scales[id(n)] = ws
     if options.bias_correction:
         report.bias_corrected = correct_biases(module, rounded, samples, cal.samples, progress)

@@ -493,8 +493,9 @@ register(OpDef("cast_like", "CastLike", ("input", "target_type"), ("output",), _
 # a 1-D tensor of the axis' length is per-axis, a tensor of the input's rank whose `axis` dim
 # is ceil(D / block_size) is blocked.
 
-_Q_RANGES = {DType.u8: (0, 255), DType.i8: (-128, 127), DType.u16: (0, 65535), DType.i16: (-32768, 32767)}
-_DQ_INPUTS = (DType.u8, DType.i8, DType.u16, DType.i16, DType.i32)
+_Q_RANGES = {DType.u8: (0, 255), DType.i8: (-128, 127), DType.u16: (0, 65535), DType.i16: (-32768, 32767),
+             DType.u4: (0, 15), DType.i4: (-8, 7)}
+_DQ_INPUTS = (DType.u8, DType.i8, DType.u16, DType.i16, DType.i32, DType.u4, DType.i4)
 
 
 def _quant_layout(ctx: InferCtx, x: TensorType, scale: TensorType, what: str) -> None:
@@ -579,8 +580,8 @@ def _quantize_out_dtype(ctx: InferCtx) -> DType:
         out = zp
     out = out or DType.u8
     if out not in _Q_RANGES:
-        raise ctx.fail(f"cannot quantize to {out}; QuantizeLinear produces uint8, int8, uint16 or int16 "
-                       "(or float8/int4/int2, which effc does not support)")
+        raise ctx.fail(f"cannot quantize to {out}; QuantizeLinear produces uint8, int8, uint16, int16, uint4 or "
+                       "int4 (or float8/int2, which effc does not support)")
     return out
 
 

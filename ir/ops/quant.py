@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import Node
-from ..opdef import REGISTRY, InferCtx, OpDef, attr, register
+from ..opdef import BY_ONNX, REGISTRY, InferCtx, OpDef, attr, onnx_key, register
 from ..shapes import broadcast_shapes, is_known
 from ..errors import ShapeError
 from ..types import UNKNOWN_DIM, Dim, DType, TensorType
@@ -537,3 +537,10 @@ def _ref_qlinear_concat(ins: list, a: dict, n_out: int) -> list:
 register(OpDef("qlinear_concat", "QLinearConcat", ("Y_scale", "Y_zero_point", "inputs*"), ("Y",),
                _infer_qlinear_concat, _ref_qlinear_concat, attrs={"axis": attr("int")}, op_class="shape",
                domain=CONTRIB))
+
+
+# onnxruntime's quantizer writes QuantizeLinear/DequantizeLinear in the com.microsoft domain
+# for 16- and 4-bit types when the model's opset is under 21 (the standard ops took those
+# types at 21): the same definitions (per-tensor or per-axis), read as the standard ops.
+for _name in ("QuantizeLinear", "DequantizeLinear"):
+    BY_ONNX[onnx_key(CONTRIB, _name)] = BY_ONNX[_name]

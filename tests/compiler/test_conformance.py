@@ -40,6 +40,14 @@ KNOWN_ORT_LIMITS: dict[str, tuple[str, str]] = {
 }
 
 
+def _int4_io(r) -> bool:
+    """int4/uint4 arrays (ml_dtypes; numpy type numbers 272/273, onnxruntime's Int4x2) cannot
+    cross onnxruntime's Python API as inputs or outputs: the interpreter's results were
+    checked against ONNX's expected outputs, only the onnxruntime rerun of the export is not
+    possible."""
+    return "int4" in r.name.lower() and ("Numpy_type 27" in r.detail or "Int4x2" in r.detail)
+
+
 @pytest.fixture(scope="module")
 def results():
     return run_all()
@@ -51,7 +59,7 @@ def test_conformance(results, capsys):
         print("\n" + summary_table(results))
     wrong = [r for r in results if r.status in ("fail", "wrong-accept")]
     assert not wrong, "\n".join(f"{r.name}: {r.detail}" for r in wrong[:30])
-    unexplained = [r for r in results if r.status == "ort-fail"
+    unexplained = [r for r in results if r.status == "ort-fail" and not _int4_io(r)
                    and (r.name not in KNOWN_ORT_LIMITS or KNOWN_ORT_LIMITS[r.name][0] not in r.detail)]
     assert not unexplained, "\n".join(f"{r.name}: {r.detail}" for r in unexplained[:30])
 
@@ -59,7 +67,7 @@ def test_conformance(results, capsys):
 # The only forms of claimed ops effc may refuse: element types it has no DType for, values
 # that are not tensors, training-mode Dropout (random), and forms ONNX added after opset 21.
 ALLOWED_REFUSALS = re.compile(
-    r"^dtype (FLOAT8E4M3FN|FLOAT8E4M3FNUZ|FLOAT8E5M2|FLOAT8E5M2FNUZ|FLOAT8E8M0|FLOAT4E2M1|INT4|UINT4|INT2|UINT2|STRING) "
+    r"^dtype (FLOAT8E4M3FN|FLOAT8E4M3FNUZ|FLOAT8E5M2|FLOAT8E5M2FNUZ|FLOAT8E8M0|FLOAT4E2M1|INT2|UINT2|STRING) "
     r"|must be a tensor|training-mode Dropout|from opset 2[2-8]")
 
 

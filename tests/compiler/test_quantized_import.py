@@ -34,7 +34,7 @@ def _images() -> np.ndarray:
     return np.load(REPO / "examples" / "digits_test.npz")["x"]
 
 
-def _quantized(tmp_path, per_channel: bool, activation: str, fmt: str = "QDQ") -> onnx.ModelProto:
+def _quantized(tmp_path, per_channel: bool, activation: str, fmt: str = "QDQ", weight: str = "int8") -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     images = _images()
@@ -46,10 +46,11 @@ def _quantized(tmp_path, per_channel: bool, activation: str, fmt: str = "QDQ") -
         def get_next(self):
             return next(self.it, None)
 
-    out = tmp_path / f"digits_q_{per_channel}_{activation}_{fmt}.onnx"
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int16": QuantType.QInt16,
+             "uint16": QuantType.QUInt16, "int4": QuantType.QInt4, "uint4": QuantType.QUInt4}
+    out = tmp_path / f"digits_q_{per_channel}_{activation}_{weight}_{fmt}.onnx"
     quantize_static(str(DIGITS), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+                    activation_type=types[activation], weight_type=types[weight])
     return onnx.load(str(out))
 
 
@@ -187,3 +188,31 @@ def test_qdq_to_integer_turns_onnxruntime_qdq_into_integer_ops(tmp_path, per_cha
     got = run_module(module, {"x": x})["logits"]
     np.testing.assert_allclose(got, want, rtol=0, atol=_output_step(model) * 1.01)
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+@pytest.mark.parametrize("activation, weight", [("int16", "int4"), ("uint16", "uint4"), ("uint8", "int4"),
+                                                ("int16", "int8")])
+def test_sixteen_and_four_bit_qdq_models_import_and_match(tmp_path, activation, weight):
+    """``quantize_static`` with 16-bit activations and 4-bit weights (QDQ): the int4/uint4
+    weights arrive packed two to a byte, unpack into effc's i4/u4 tensors, print and parse
+    back, and the model matches onnxruntime within one output step."""
+    model = _quantized(tmp_path, True, activation, "QDQ", weight)
+    inits = {t.name: t for t in model.graph.initializer}
+    want_elem = {"int4": onnx.TensorProto.INT4, "uint4": onnx.TensorProto.UINT4, "int8": onnx.TensorProto.INT8}[weight]
+    assert any(t.data_type == want_elem for t in inits.values())
+    x = _images()
+    want = ort_run(model, {"x": x})["logits"]
+    module = load_model(model)
+    short = {"int4": "i4", "uint4": "u4", "int8": "i8"}[weight]
+    assert any(n.op == "const" and n.outputs[0].type.dtype.value == short for n in module.graph.nodes)
+    got = run_module(module, {"x": x})["logits"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=_output_step(model) * 1.01)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    from effc.ir.printer import referenced_resources
+
+    text = print_module(module)
+    again = parse_module(text, {k: r.get() for k, r in referenced_resources(module).items()})
+    assert print_module(again) == text
+    np.testing.assert_array_equal(run_module(again, {"x": x})["logits"], got)
+    exported = export_onnx(module)  # int4 packs again; onnxruntime runs effc's export as the original
+    np.testing.assert_allclose(ort_run(exported, {"x": x})["logits"], want, rtol=0, atol=_output_step(model) * 1.01)
