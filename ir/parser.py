@@ -839,7 +839,7 @@ def _int_range(dtype: DType) -> np.iinfo:
         import ml_dtypes
 
         return ml_dtypes.iinfo(dtype.np)
-    return np.iinfo(dtype.np)
+    return np.iinfo(dtype.np)  # (DType.int_range is the plain form; this object is cached)
 
 
 def _items(lit: Lit) -> list[Lit]:

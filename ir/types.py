@@ -72,6 +72,15 @@ class DType(enum.Enum):
         return self.is_float or self in (DType.i4, DType.i8, DType.i16, DType.i32, DType.i64)
 
     @property
+    def int_range(self) -> tuple[int, int]:
+        """The smallest and largest value of an integer dtype (numpy's ``iinfo`` does not
+        know ml_dtypes' int4)."""
+        if self in (DType.i4, DType.u4):
+            return (-8, 7) if self is DType.i4 else (0, 15)
+        info = np.iinfo(self.np)
+        return int(info.min), int(info.max)
+
+    @property
     def bits(self) -> int:
         """Bits per element (4 for the int4 types, whose numpy arrays still take a byte each;
         ONNX packs two to a byte)."""

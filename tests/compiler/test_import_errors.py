@@ -70,7 +70,7 @@ REPRODUCERS = {
     "Constant dims 2**62": (_const_model(_f32([2**62], raw_data=b"")), "more than any machine can address"),
     "Constant with fewer values than its shape": (_const_model(_f32([4], float_data=[1.0, 2.0])),
                                                   "needs 4 values in float_data, it holds 2"),
-    "INT4 Constant without data": (_const_model(TensorProto(name="c", data_type=TensorProto.INT4, dims=[4])), "dtype INT4"),
+    "INT4 Constant without data": (_const_model(TensorProto(name="c", data_type=TensorProto.INT4, dims=[4])), "needs 2 values in int32_data, it holds 0"),
     "external offset -64": (_add_initializer(_external("w", [4], offset="-64")),
                             "offset '-64' is not a non-negative whole number"),
     "external offset abc": (_add_initializer(_external("w", [4], offset="abc")),

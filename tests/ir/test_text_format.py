@@ -265,9 +265,9 @@ def _special_values(dtype: DType) -> np.ndarray:
     if dtype is DType.bool:
         return rng.integers(0, 2, 10).astype(bool)
     if dtype.is_int:
-        info = np.iinfo(dtype.np)
-        randoms = rng.integers(0, 256, 8 * dtype.itemsize, dtype=np.uint8).view(dtype.np)
-        return np.concatenate([np.array([info.min, info.max, 0, 1], dtype=dtype.np), randoms])
+        lo, hi = dtype.int_range
+        randoms = rng.integers(lo, hi, 8, endpoint=True, dtype=np.int64 if lo < 0 else np.uint64).astype(dtype.np)
+        return np.concatenate([np.array([lo, hi, 0, 1]).astype(dtype.np), randoms])
     info = ml_dtypes.finfo(dtype.np)
     specials = [np.nan, np.inf, -np.inf, -0.0, 0.0, 0.1, 1 / 3, float(info.max), float(info.tiny),
                 float(info.smallest_subnormal), float(-info.max)]
