@@ -9,8 +9,13 @@ determine the result, this pass computes it on them:
 - ``Q(gemm(DQ(a), DQ(w), DQ(c)?))`` (2-D, alpha 1, beta 1 or no C) -> ``qgemm`` (C int32)
 - ``Q(mat_mul(DQ(a), DQ(w)))`` -> ``qlinear_mat_mul``
 - with a ``relu`` before the Q: the same, then ``max(y, y_zp)`` on the 8-bit result
-  (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``);
-- ``Q(max_pool(DQ(q)))`` with the same parameters on both sides -> ``max_pool(q)`` (exact).
+  (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``); with a
+  ``clip`` of constant bounds (ReLU6), ``clip(y, Q(lo), Q(hi))`` the same way;
+- ``Q(max_pool(DQ(q)))`` with the same parameters on both sides -> ``max_pool(q)`` (exact);
+- ``Q([relu](add|mul(DQ(a), DQ(b))))`` -> ``qlinear_add|mul`` (exact: onnxruntime's contrib
+  ops are defined as that), ``Q(global_average_pool(DQ(x)))`` ->
+  ``qlinear_global_average_pool`` (exact, the same way): MobileNetV2's residual adds and the
+  pool before a classifier stay integer.
 
 The integer ops sum exact int32 products and requantize with the multiplier
 ``x_scale * w_scale / y_scale``: as a float, rounded half to even (``rounding=onnx``,
@@ -37,6 +42,7 @@ from effc.ir.core import Module, Value
 from effc.ir.opdef import node_attrs
 from effc.ir.errors import InputError
 from effc.ir.ops.quant import EIGHT_BIT, ROUNDINGS
+from effc.ir.types import DType
 
 from .base import Pass, PassContext, register_pass
 from .rewrite import Any, Const, Match, Op, Rule, apply_rules
@@ -93,6 +99,27 @@ def _relu_clamp(b: Builder, y: Value, yz: Value) -> Value:
     return b.max(y, b.const(np.asarray(yz.const_value).reshape(()), name_hint="relu_floor"))
 
 
+def _quantized_bound(v: np.ndarray, ys: np.ndarray, yz: np.ndarray) -> np.ndarray:
+    """QuantizeLinear of one float bound (float32 division, half to even, saturated)."""
+    info = np.iinfo(yz.dtype)
+    q = np.rint(np.float32(np.asarray(v).reshape(())) / np.float32(np.asarray(ys).reshape(()))) + int(yz.reshape(()))
+    return np.asarray(np.clip(q, info.min, info.max), dtype=yz.dtype)
+
+
+def _activation(act: str, m: Match, b: Builder, y: Value) -> Value:
+    """The activation between the op and the output Q, on the quantized result: Q is
+    monotonic, so ``Q(relu(v)) = max(Q(v), Q(0))`` and
+    ``Q(clip(v, lo, hi)) = clip(Q(v), Q(lo), Q(hi))`` (ReLU6)."""
+    ys, yz = _y(m)
+    if act == "relu":
+        return _relu_clamp(b, y, yz)
+    if act == "clip":
+        s, z = m.const("ys"), np.asarray(m.const("yz"))
+        return b.clip(y, b.const(_quantized_bound(m.const("lo"), s, z), name_hint="clip_lo"),
+                      b.const(_quantized_bound(m.const("hi"), s, z), name_hint="clip_hi"))
+    return y
+
+
 _DECLINE = object()
 
 
@@ -106,7 +133,7 @@ def _integer_bias(m: Match, channels: object, axis: int) -> Value | None | objec
     return m["bq"] if _bias_ok(m, m.const("xs"), m.const("ws"), channels) else _DECLINE
 
 
-def _conv(relu: bool):
+def _conv(act: str):
     def rewrite(m: Match, b: Builder) -> Value | None:
         conv = m.node("conv")
         bias = _integer_bias(m, m["wq"].type.shape[0], 0)
@@ -115,11 +142,11 @@ def _conv(relu: bool):
         ys, yz = _y(m)
         y = b.qlinear_conv(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), ys, yz,
                            bias, **conv.attrs)
-        return _relu_clamp(b, y, yz) if relu else y
+        return _activation(act, m, b, y)
     return rewrite
 
 
-def _gemm(relu: bool):
+def _gemm(act: str):
     def rewrite(m: Match, b: Builder) -> Value | None:
         a = node_attrs(m.node("gemm"))
         if a["alpha"] != 1.0 or ("bq" in m and a["beta"] != 1.0) or a["transA"]:
@@ -133,7 +160,7 @@ def _gemm(relu: bool):
         ys, yz = _y(m)
         y = b.qgemm(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), bias, ys, yz,
                     transB=a["transB"])
-        return _relu_clamp(b, y, yz) if relu else y
+        return _activation(act, m, b, y)
     return rewrite
 
 
@@ -149,17 +176,18 @@ def _q(inner: Op) -> Op:
     return Op("quantize_linear", inner, Const("ys"), Const("yz"))
 
 
+_ACTIVATIONS = {"": lambda p: p, "relu": lambda p: Op("relu", p), "clip": lambda p: Op("clip", p, Const("lo"), Const("hi"))}
 RULES = []
-for _relu in (False, True):
+for _act, _wrap_act in _ACTIVATIONS.items():
     for _with_bias in (True, False):
         _bias = [Op("dequantize_linear", Const("bq"), Const("bs"), Const("bz"), name="bdq")] if _with_bias else []
         _conv_op = Op("conv", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")), *_bias, name="conv")
         _gemm_op = Op("gemm", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")), *_bias, name="gemm")
-        _wrap = (lambda p: _q(Op("relu", p))) if _relu else _q
-        RULES.append(Rule(f"qdq-conv{'-bias' if _with_bias else ''}{'-relu' if _relu else ''}", _wrap(_conv_op),
-                          _conv(_relu)))
-        RULES.append(Rule(f"qdq-gemm{'-bias' if _with_bias else ''}{'-relu' if _relu else ''}", _wrap(_gemm_op),
-                          _gemm(_relu)))
+        _suffix = f"{'-bias' if _with_bias else ''}{'-' + _act if _act else ''}"
+        RULES.append(Rule(f"qdq-conv{_suffix}", _q(_wrap_act(_conv_op)), _conv(_act)))
+        RULES.append(Rule(f"qdq-gemm{_suffix}", _q(_wrap_act(_gemm_op)), _gemm(_act)))
+
+
 def _max_pool(m: Match, b: Builder) -> Value | None:
     """``Q(max_pool(DQ(q)))`` with the same scale and zero point on both sides is the max
     pool of ``q`` itself (DequantizeLinear is increasing)."""
@@ -171,11 +199,43 @@ def _max_pool(m: Match, b: Builder) -> Value | None:
     return b.max_pool(m["xq"], **m.node("pool").attrs)
 
 
+def _elementwise(op: str, relu: bool):
+    """``Q([relu](add|mul(DQ(a), DQ(b))))`` -> ``qlinear_add|mul`` (onnxruntime's contrib ops,
+    defined as exactly this: dequantize, the float op, quantize), every parameter per
+    tensor and the three 8-bit types the same."""
+    def rewrite(m: Match, b: Builder) -> Value | None:
+        if not (_common(m) and _eight_bit(m["bq"]) and _per_tensor(m, "b")
+                and m["xq"].type.dtype == m["bq"].type.dtype == DType.from_numpy(m.const("yz").dtype)):
+            return None
+        ys, yz = _y(m)
+        y = getattr(b, f"qlinear_{op}")(m["xq"], m.value("xs"), m.value("xz"), m["bq"], m.value("bs"), m.value("bz"),
+                                         ys, yz)
+        return _relu_clamp(b, y, yz) if relu else y
+    return rewrite
+
+
+def _global_pool(m: Match, b: Builder) -> Value | None:
+    """``Q(global_average_pool(DQ(x)))`` -> ``qlinear_global_average_pool`` (the same
+    definition: the float pool between the two)."""
+    if not (_common(m) and m["xq"].type.dtype == DType.from_numpy(m.const("yz").dtype)):
+        return None
+    ys, yz = _y(m)
+    return b.qlinear_global_average_pool(m["xq"], m.value("xs"), m.value("xz"), ys, yz)
+
+
+for _relu in (False, True):
+    for _op in ("add", "mul"):
+        _inner = Op(_op, _dq("x", Any("xq"), shared=True), _dq("b", Any("bq"), shared=True), name="op")
+        RULES.append(Rule(f"qdq-{_op}{'-relu' if _relu else ''}", _q(Op("relu", _inner)) if _relu else _q(_inner),
+                          _elementwise(_op, _relu)))
+RULES.append(Rule("qdq-global-average-pool", _q(Op("global_average_pool", _dq("x", Any("xq"), shared=True),
+                                                    name="pool")), _global_pool))
 RULES.append(Rule("qdq-max-pool", _q(Op("max_pool", _dq("x", Any("xq"), shared=True), name="pool")), _max_pool))
 RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
 
 
 INTEGER_OPS = ("qlinear_conv", "qgemm", "qlinear_mat_mul")
+"""The integer ops that requantize an int32 sum (and so take a ``rounding``)."""
 
 
 @register_pass

@@ -254,3 +254,24 @@ def test_int4_blocked_weights_only(tmp_path, capsys):
     assert main(["quantize", str(TRANSFORMER), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "q.onnx"),
                  "--weight-bits", "4"]) == 2
     assert "int4 and blocked weights are for --weights-only" in capsys.readouterr().err
+
+
+def test_mobilenet_v2_becomes_integer_through_its_relu6_and_residual_adds():
+    """mobilenet_tiny (MobileNetV2-style: ReLU6 = clip(0, 6), depthwise convs, residual
+    adds) quantized, then ``qdq-to-integer``: every conv is a qlinear_conv, every ReLU6 a
+    clip of int8 values, every residual add a qlinear_add; only the classifier's pool and
+    gemm stay float. Its logits stay within a few output steps of the QDQ model's."""
+    from collections import Counter
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3, 64, 64), dtype=np.float32)
+    module = _folded(REPO / "examples" / "mobilenet_tiny.onnx")
+    quantize(module, {"input": x})
+    want = [run_module(module, {"input": x[i:i + 1]})["logits"] for i in range(4)]
+    run_pipeline(module, "qdq-to-integer,dce")
+    ops = Counter(n.op for n in module.graph.nodes if n.op != "const")
+    assert ops["qlinear_conv"] == 25 and ops["qlinear_add"] == 3 and ops["clip"] == 17 and ops["conv"] == 0, ops
+    assert all(n.outputs[0].type.dtype.value == "i8" for n in module.graph.nodes if n.op == "clip")
+    got = [run_module(module, {"input": x[i:i + 1]})["logits"] for i in range(4)]
+    spread = max(float(np.abs(w).max()) for w in want)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) <= 0.05 * spread
