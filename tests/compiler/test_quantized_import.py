@@ -216,3 +216,27 @@ def test_sixteen_and_four_bit_qdq_models_import_and_match(tmp_path, activation, 
     np.testing.assert_array_equal(run_module(again, {"x": x})["logits"], got)
     exported = export_onnx(module)  # int4 packs again; onnxruntime runs effc's export as the original
     np.testing.assert_allclose(ort_run(exported, {"x": x})["logits"], want, rtol=0, atol=_output_step(model) * 1.01)
+
+
+@pytest.mark.slow
+def test_quantize_dynamic_transformer_imports_and_matches(tmp_path):
+    """``quantize_dynamic`` on MiniLM-L3: DynamicQuantizeLinear on each projection's input,
+    MatMulInteger on int8 weights, the float rescale after. effc's interpreter against
+    onnxruntime's unoptimized run of the same model (its optimizer fuses the pattern into
+    kernels that round differently): the same to float32 rounding."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from tests.fixtures import _minilm_path
+
+    out = tmp_path / "minilm_dyn.onnx"
+    quantize_dynamic(str(_minilm_path()), str(out))
+    model = onnx.load(str(out))
+    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == 18
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 30000, (2, 12)).astype(np.int64),
+             "attention_mask": np.ones((2, 12), np.int64)}
+    want = ort_run(model, feeds, optimize=False)
+    got = run_module(load_model(model), feeds)
+    for name, w in want.items():
+        if w.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], w, rtol=0, atol=1e-4 * np.abs(w).max(), err_msg=name)
