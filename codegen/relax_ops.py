@@ -361,9 +361,10 @@ def _param_shape(rank: int, axis: int, n: int) -> list[int]:
     return shape
 
 
-def _quant_param(e: Emit, i: int, target: DType) -> relax.Expr:
-    """A scale or zero point shaped to broadcast over x (per tensor, or along ``axis``)."""
-    xt, pt = e.in_type(0), e.in_type(i)
+def _quant_param(e: Emit, i: int, target: DType, like: int = 0) -> relax.Expr:
+    """A scale or zero point shaped to broadcast over input ``like`` (per tensor, or along
+    ``axis``)."""
+    xt, pt = e.in_type(like), e.in_type(i)
     c = e.const(i)
     if pt.rank == 0 or (pt.rank == 1 and pt.shape[0] == 1 and xt.rank != 1):
         if c is not None:
@@ -387,12 +388,19 @@ def _check_quant(node: Node, const: ConstOf) -> str | None:
 
 @emitter("quantize_linear", check=_check_quant)
 def _quantize_linear(e: Emit):
-    x, xt = e.x(0), e.in_type(0)
-    work = DType.f32 if xt.dtype != DType.f64 else DType.f64
-    xf = _cast_to(e, x, xt.dtype, work)
-    q = _round_half_even(e, R.divide(xf, _quant_param(e, 1, work)), work)
-    if e.has(2):
-        q = R.add(q, _quant_param(e, 2, work))
+    return _quantize_linear_of(e, e.x(0), 1, 2 if e.has(2) else None, e.in_type(0).dtype)
+
+
+def _quantize_linear_of(e: Emit, x: relax.Expr, scale: int, zero_point: int | None,
+                        src: DType = DType.f32) -> relax.Expr:
+    """QuantizeLinear of ``x`` (of dtype ``src``) with the node's inputs ``scale`` and
+    ``zero_point`` (per tensor, or along the node's ``axis``) into output 0's dtype; the
+    integer ops' emitters (``relax_quant.py``) use it for their float parts."""
+    work = DType.f32 if src != DType.f64 else DType.f64
+    xf = _cast_to(e, x, src, work)
+    q = _round_half_even(e, R.divide(xf, _quant_param(e, scale, work)), work)
+    if zero_point is not None and e.has(zero_point):
+        q = R.add(q, _quant_param(e, zero_point, work))
     out = e.out_type().dtype
     lo, hi = _Q_RANGES[out]
     return R.astype(R.clip(q, _prim(float(lo), work), _prim(float(hi), work)), relax_dtype(out))
@@ -408,15 +416,21 @@ def _round_half_even(e: Emit, x: relax.Expr, dt: DType) -> relax.Expr:
 
 @emitter("dequantize_linear", check=_check_quant)
 def _dequantize_linear(e: Emit):
-    x, xt = e.x(0), e.in_type(0)
-    out = e.out_type().dtype
-    if e.has(2):
+    return _dequantize_linear_of(e, 0, 1, 2)
+
+
+def _dequantize_linear_of(e: Emit, x: int, scale: int, zero_point: int) -> relax.Expr:
+    """DequantizeLinear of the node's input ``x`` with inputs ``scale`` and ``zero_point``
+    (absent or not), in the scale's dtype."""
+    xt = e.in_type(x)
+    out = e.in_type(scale).dtype
+    if e.has(zero_point):
         # subtract in int32 (exact for 8/16-bit data), then scale in float
-        d = R.subtract(R.astype(x, "int32"), _quant_param(e, 2, DType.i32))
+        d = R.subtract(R.astype(e.x(x), "int32"), _quant_param(e, zero_point, DType.i32, x))
         xf = R.astype(d, relax_dtype(out))
     else:
-        xf = _cast_to(e, x, xt.dtype, out)
-    return R.multiply(xf, _quant_param(e, 1, out))
+        xf = _cast_to(e, e.x(x), xt.dtype, out)
+    return R.multiply(xf, _quant_param(e, scale, out, x))
 
 
 # ----------------------------------------------------------------------------- nn
@@ -1299,3 +1313,6 @@ def _resize(e: Emit):
 UNSUPPORTED_REASONS = {
     "non_zero": "its output shape depends on the data",
 }
+
+
+from . import relax_quant  # noqa: E402,F401  (the integer ops' emitters register themselves)

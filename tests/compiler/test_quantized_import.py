@@ -8,8 +8,7 @@ interpreter and its x86 build run the QDQ graph as written (float compute betwee
 Q/DQ pairs). The two may round an activation differently at a Q node, so outputs are
 compared within one quantization step of the output (the scale of the DequantizeLinear
 that produces it), and the predicted classes must agree. QOperator models (integer ops)
-run in the interpreter only: their x86 build refuses them by name until integer kernels
-are lowered.
+build with effc's integer kernels (codegen/relax_quant.py).
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import onnx
 import pytest
 
 from effc.codegen import build
-from effc.ir.errors import UnsupportedOpError
 from effc.ir.interpreter import run_module
 from effc.ir.parser import parse_module
 from effc.ir.printer import print_module
@@ -80,12 +78,9 @@ def test_onnxruntime_quantize_static_model_imports_and_matches(tmp_path, per_cha
     np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01, err_msg="interpreter")
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
     optimize(module, "O2")
-    if fmt == "QOperator":  # integer kernels are not lowered yet: the build says which ops, by node
-        with pytest.raises(UnsupportedOpError, match="QLinearConv .*no lowering to TVM Relax yet"):
-            build(module)
-        return
-    built = build(module).run({"x": x})["logits"]
+    built = build(module).run({"x": x})["logits"]  # QOperator: the integer ops' own kernels (relax_quant.py)
     np.testing.assert_allclose(built, want, rtol=0, atol=step * 1.01, err_msg="x86 build")
+    np.testing.assert_allclose(built, run_module(module, {"x": x})["logits"], rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def test_onnxruntime_quantize_dynamic_model_imports_and_matches(tmp_path):

@@ -1,0 +1,147 @@
+"""Emitters for the integer ops (``ir/ops/quant.py``), bit-exact with the interpreter.
+
+The int32 sum of a ``qlinear_conv``, ``qlinear_mat_mul`` or ``qgemm`` is exact: the 8-bit
+operands less their zero points (the weight's subtracted at compile time) in int32, and
+``conv2d``/``matmul`` with ``out_dtype="int32"``. Requantization follows the op's
+``rounding``:
+
+- ``onnx``: the multiplier formed as the interpreter forms it (``_channel_multiplier``,
+  in the scales' type) and applied in float64, half to even, plus the zero point,
+  saturated: the same IEEE operations in the same order, so the same bits;
+- ``fixed_point``: ``(acc * q + 2^(r - 1)) >> r`` in int64 with the interpreter's
+  ``quantized_multiplier`` (TFLite's single rounding).
+
+``qlinear_add``/``qlinear_mul`` compose DequantizeLinear, the float op and QuantizeLinear
+as their definition says (float32 arithmetic: the interpreter's, to the bit where TVM does
+the same operations). Scales and zero points must be constants (they are in every model
+a quantizer writes). These kernels are plain (int32 widening, no tensorized dot products):
+correctness first; the fast paths are the integer-kernels issue's work.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from effc.ir.core import Node
+from effc.ir.ops.quant import _channel_multiplier, quantized_multiplier
+from effc.ir.types import DType
+
+from .relax_emit import Emit, relax_dtype
+from .relax_ops import ConstOf, _conv_pads, _quantize_linear_of, _dequantize_linear_of, emitter
+
+R = relax.op
+
+_PARAMS = {"qlinear_conv": (1, 2, 4, 5, 6, 7), "qlinear_mat_mul": (1, 2, 4, 5, 6, 7), "qgemm": (1, 2, 4, 5, 7, 8),
+           "qlinear_add": (1, 2, 4, 5, 6, 7), "qlinear_mul": (1, 2, 4, 5, 6, 7)}
+
+
+def _check_params(node: Node, const: ConstOf) -> str | None:
+    """Scales and zero points known at compile time (the weight too, for the sums)."""
+    for i in _PARAMS[node.op]:
+        v = node.input(i)
+        if v is not None and const(v) is None:
+            return f"a quantization parameter computed at run time (input {i})"
+    if node.op in ("qlinear_conv", "qlinear_mat_mul", "qgemm") and const(node.input(3)) is None:
+        return "a weight computed at run time"
+    return None
+
+
+def _zp(e: Emit, i: int) -> np.ndarray:
+    c = e.const(i) if e.has(i) else None
+    return np.zeros((), np.int64) if c is None else np.asarray(c).astype(np.int64)
+
+
+def _minus_zp(e: Emit, i: int, zp: int) -> relax.Expr:
+    x = R.astype(e.x(i), "int32")
+    return R.subtract(x, e.scalar(zp, DType.i32)) if zp else x
+
+
+def _requantize(e: Emit, acc: relax.Expr, multiplier: np.ndarray, zp: int) -> relax.Expr:
+    out = e.out_type().dtype
+    lo, hi = out.int_range
+    if e.attrs.get("rounding", "onnx") == "fixed_point":
+        q, shift = quantized_multiplier(multiplier)
+        r = 31 - shift
+        if (r < 1).any():
+            raise e.fail("fixed_point requantization of a multiplier of 2^30 or more")
+        tiny = r > 62
+        r = np.minimum(r, 62)
+        y = R.right_shift(R.add(R.multiply(R.astype(acc, "int64"), e.constant(q, DType.i64)),
+                                e.constant(np.left_shift(np.int64(1), r - 1), DType.i64)), e.constant(r, DType.i64))
+        if tiny.any():
+            y = R.where(e.constant(tiny), e.scalar(0, DType.i64), y)
+        y = R.add(y, e.scalar(int(zp), DType.i64))
+        y = R.minimum(R.maximum(y, e.scalar(lo, DType.i64)), e.scalar(hi, DType.i64))
+        return R.astype(y, relax_dtype(out))
+    y = R.multiply(R.astype(acc, "float64"), e.constant(np.asarray(multiplier, np.float64), DType.f64))
+    y = R.add(y, e.scalar(float(zp), DType.f64))
+    from .relax_ops import _round_half_even
+
+    y = _round_half_even(e, y, DType.f64)
+    y = R.minimum(R.maximum(y, e.scalar(float(lo), DType.f64)), e.scalar(float(hi), DType.f64))
+    return R.astype(y, relax_dtype(out))
+
+
+@emitter("qlinear_conv", check=_check_params)
+def _qlinear_conv(e: Emit):
+    xt, wt = e.in_type(0), e.in_type(3)
+    if xt.rank != 4:
+        raise e.fail(f"{xt.rank - 2}-D integer convolution (2-D only)")
+    kernel = [int(d) for d in wt.shape[2:]]
+    begins, ends, strides, dilations = _conv_pads(e, kernel)
+    w = np.asarray(e.const(3)).astype(np.int32)
+    wz = _zp(e, 5)
+    w = w - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz).astype(np.int32)
+    acc = R.nn.conv2d(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(w, DType.i32), strides=strides,
+                      padding=begins + ends, dilation=dilations, groups=e.attrs["group"], data_layout="NCHW",
+                      kernel_layout="OIHW", out_dtype="int32")
+    if e.has(8):
+        acc = R.add(acc, e.constant(np.asarray(e.const(8), np.int32).reshape(1, -1, 1, 1), DType.i32))
+    mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), 4)
+    return _requantize(e, acc, mult, int(_zp(e, 7)))
+
+
+def _weight_minus_zp(w: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """B less its zero point (one per column, along the last axis, or one)."""
+    return w.astype(np.int32) - zp.astype(np.int32).reshape((-1,) if zp.size > 1 else ())
+
+
+@emitter("qlinear_mat_mul", check=_check_params)
+def _qlinear_mat_mul(e: Emit):
+    at = e.in_type(0)
+    b = _weight_minus_zp(np.asarray(e.const(3)), _zp(e, 5))
+    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(b, DType.i32), out_dtype="int32")
+    rank = max(at.rank, b.ndim)
+    mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), rank, rank - 1)
+    return _requantize(e, acc, mult, int(_zp(e, 7)))
+
+
+@emitter("qgemm", check=_check_params)
+def _qgemm(e: Emit):
+    a = e.attrs
+    if a["transA"]:
+        raise e.fail("qgemm with transA=1")
+    bq = np.asarray(e.const(3))
+    bq = bq.T if a["transB"] else bq
+    b = _weight_minus_zp(bq, _zp(e, 5))
+    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(b, DType.i32), out_dtype="int32")
+    if e.has(6):
+        acc = R.add(acc, R.astype(e.x(6), "int32"))
+    alpha = np.float32(a["alpha"])
+    if not e.has(7):
+        scale = (alpha * np.float32(np.asarray(e.const(1)).reshape(-1)[0]) * np.asarray(e.const(4), np.float32).reshape(-1))
+        return R.multiply(R.astype(acc, "float32"), e.constant(scale.astype(np.float32), DType.f32))
+    mult = _channel_multiplier(np.asarray(e.const(1), np.float32) * alpha, e.const(4), e.const(7), 2, 1)
+    return _requantize(e, acc, mult, int(_zp(e, 8)))
+
+
+def _binary(fn):
+    def emit(e: Emit):
+        a = _dequantize_linear_of(e, 0, 1, 2)
+        b = _dequantize_linear_of(e, 3, 4, 5)
+        return _quantize_linear_of(e, fn(a, b), 6, 7)
+    return emit
+
+
+emitter("qlinear_add", check=_check_params)(_binary(R.add))
+emitter("qlinear_mul", check=_check_params)(_binary(R.multiply))
