@@ -221,9 +221,14 @@ def _lower_graph_body(scope: Scope, g: Graph, emitters: Mapping[str, Any],
 VALUE_NAMES = "effc_value_names"
 """IRModule attribute of ``lower_to_relax``'s result: ``main``'s var names -> effc value names."""
 
-GROUPED_ALONE = {"conv": 3, "conv_transpose": 3, "gemm": 3, "lrn": 1}
+GROUPED_ALONE = {"conv": 3, "conv_transpose": 3, "gemm": 3, "lrn": 1, "qlinear_conv": 8, "qlinear_mat_mul": 8,
+                 "qgemm": 6, "quantize_linear": 2, "dequantize_linear": 2}
 """Ops whose emitters emit several Relax ops (a conv and its bias add; a gemm's transposes,
-scaling and bias; LRN's square, window sum, power and divide), with the inputs a node
+scaling and bias; LRN's square, window sum, power and divide; an integer op's zero-point
+subtraction, int32 sum and requantization; Q/DQ's scaling, rounding and clamping), with the
+inputs a node (not ``qlinear_add``/``mul``: in one kernel LLVM contracts their dequantizing
+multiply and the add into an FMA, which rounds once where the definition rounds twice, and
+the result moved by a step against the interpreter)
 needs for that: a node of them outside any fused group is lowered as a group of its own,
 so it becomes one kernel, not a kernel per op with a full-size tensor between them."""
 
