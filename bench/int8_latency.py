@@ -1,0 +1,121 @@
+"""Latency of int8 against float on x86: effc float, effc int8 (``effc quantize``, then
+``qdq-to-integer`` and -O2: effc's integer kernels), onnxruntime float and onnxruntime
+int8 (effc's QDQ export, which onnxruntime's optimizer fuses into its integer kernels),
+in one process at one thread count, systems taking turns (``effc.bench.interleaved_ms``).
+
+Calibration: the fixture's labelled calibration samples where it has them
+(tests/labelled.py), else 8 seeded random inputs. Every effc int8 output is checked
+against effc's interpreter on the same integer module.
+
+    python bench/int8_latency.py                      # digits_cnn, mobilenet_tiny, mnist_conv; 1 and 2 threads
+    python bench/int8_latency.py --models digits_cnn --threads 1 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SECTION = "## Int8 latency on x86: effc integer kernels vs float vs onnxruntime int8"
+MODELS = ["digits_cnn", "mobilenet_tiny", "mnist_conv"]
+FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
+
+
+def _case(name: str):
+    from tests import labelled
+    from tests.fixtures import REPO, _site_file
+
+    if name == "digits_cnn":
+        d = labelled.digits(32)
+        return REPO / "examples" / "digits_cnn.onnx", "x", d.calib, d.x[:1]
+    if name == "mnist_conv":
+        d = labelled.digits_as_mnist(32)
+        return _site_file("qonnx", "data/onnx/mnist-conv/model.onnx"), "Input3", d.calib, d.x[:1]
+    calib = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
+    return REPO / "examples" / "mobilenet_tiny.onnx", "input", calib, calib[:1]
+
+
+def measure(name: str, threads: int, rounding: str) -> dict:
+    from effc.bench import interleaved_ms, set_threads
+
+    set_threads(threads)
+    import onnxruntime as ort
+
+    from effc.codegen import build
+    from effc.ir.interpreter import run_module
+    from effc.ir.parser import copy_module
+    from effc.models import load_model
+    from effc.onnx_export import export_onnx
+    from effc.passes import run_pipeline
+    from effc.passes.quantize import quantize
+
+    path, inp, calib, x = _case(name)
+    module = load_model(path)
+    run_pipeline(module, FOLD)
+    float_module = copy_module(module)
+    run_pipeline(float_module, "O2")
+    quantize(module, {inp: calib})
+    qdq = export_onnx(module)
+    run_pipeline(module, f"qdq-to-integer{{rounding={rounding}}},dce,O2")
+    float_art, int_art = build(float_module), build(module)
+    feeds = {inp: x}
+    want = run_module(module, feeds)
+    got = int_art.run(feeds)
+    worst = max(float(np.abs(got[k] - w).max() / max(1e-12, np.abs(w).max())) for k, w in want.items())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    ort_float = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ort_int8 = ort.InferenceSession(qdq.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ms = interleaved_ms({"effc float": lambda: float_art.run(feeds), "effc int8": lambda: int_art.run(feeds),
+                         "ort float": lambda: ort_float.run(None, feeds), "ort int8": lambda: ort_int8.run(None, feeds)},
+                        warmup=10, reps=200, max_seconds=20)
+    return {"model": name, "threads": threads, "rounding": rounding, "worst_rel_diff": worst,
+            **{k: v[0] for k, v in ms.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounding", default="onnx", choices=["onnx", "fixed_point"])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    if args.child:  # one (model, threads) per process: TVM reads its thread count once
+        model, threads = args.child.split(":")
+        print(json.dumps(measure(model, int(threads), args.rounding)))
+        return 0
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for model in args.models.split(","):
+            out = subprocess.run([sys.executable, __file__, "--child", f"{model}:{threads}", "--rounding", args.rounding],
+                                 capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(rows[-1], file=sys.stderr, flush=True)
+    lines = [SECTION, "", f"Measured {time.strftime('%Y-%m-%d')} by `python bench/int8_latency.py` (median ms, batch 1, "
+             f"`{args.rounding}` rounding; untuned: effc's integer kernels widen to int32 and have no tensorized dot "
+             "product yet). ORT int8 runs effc's QDQ export.", "",
+             "| model | threads | effc float | effc int8 | ORT float | ORT int8 | int8/float (effc) | effc int8 / ORT int8 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['threads']} | {r['effc float']:.3f} | {r['effc int8']:.3f} | "
+                     f"{r['ort float']:.3f} | {r['ort int8']:.3f} | {r['effc int8'] / r['effc float']:.2f} | "
+                     f"{r['effc int8'] / r['ort int8']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        from bench.node_counts import write_section
+
+        write_section(text, SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
