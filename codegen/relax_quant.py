@@ -1,7 +1,8 @@
 """Emitters for the integer ops (``ir/ops/quant.py``), bit-exact with the interpreter.
 
 The int32 sum of a ``qlinear_conv``, ``qlinear_mat_mul`` or ``qgemm`` is exact: the 8-bit
-operands less their zero points (the weight's subtracted at compile time) in int32, and
+operands less their zero points in int32 (a symmetric weight stays an 8-bit constant and
+widens in the kernel; another's difference is formed at compile time), and
 ``conv2d``/``matmul`` with ``out_dtype="int32"``. Requantization follows the op's
 ``rounding``:
 
@@ -89,10 +90,7 @@ def _qlinear_conv(e: Emit):
         raise e.fail(f"{xt.rank - 2}-D integer convolution (2-D only)")
     kernel = [int(d) for d in wt.shape[2:]]
     begins, ends, strides, dilations = _conv_pads(e, kernel)
-    w = np.asarray(e.const(3)).astype(np.int32)
-    wz = _zp(e, 5)
-    w = w - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz).astype(np.int32)
-    acc = R.nn.conv2d(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(w, DType.i32), strides=strides,
+    acc = R.nn.conv2d(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1, 1, 1, 1)), strides=strides,
                       padding=begins + ends, dilation=dilations, groups=e.attrs["group"], data_layout="NCHW",
                       kernel_layout="OIHW", out_dtype="int32")
     if e.has(8):
@@ -101,17 +99,24 @@ def _qlinear_conv(e: Emit):
     return _requantize(e, acc, mult, int(_zp(e, 7)))
 
 
-def _weight_minus_zp(w: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    """B less its zero point (one per column, along the last axis, or one)."""
-    return w.astype(np.int32) - zp.astype(np.int32).reshape((-1,) if zp.size > 1 else ())
+def _weight(e: Emit, zp_shape: tuple[int, ...], transpose: bool = False) -> relax.Expr:
+    """The 8-bit weight (input 3) less its zero point (input 5), as int32 for the sum. With
+    zero points all 0 (symmetric weights: what effc and onnxruntime write) the constant
+    stays 8-bit and widens inside the kernel, so a deployment stores one byte per weight;
+    otherwise the difference is an int32 constant."""
+    w = np.asarray(e.const(3))
+    w = w.T if transpose else w
+    zp = _zp(e, 5)
+    if not zp.any():
+        return R.astype(e.constant(w, DType.from_numpy(w.dtype)), "int32")
+    return e.constant(w.astype(np.int32) - zp.astype(np.int32).reshape(zp_shape if zp.size > 1 else ()), DType.i32)
 
 
 @emitter("qlinear_mat_mul", check=_check_params)
 def _qlinear_mat_mul(e: Emit):
     at = e.in_type(0)
-    b = _weight_minus_zp(np.asarray(e.const(3)), _zp(e, 5))
-    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(b, DType.i32), out_dtype="int32")
-    rank = max(at.rank, b.ndim)
+    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,)), out_dtype="int32")
+    rank = max(at.rank, e.in_type(3).rank)
     mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), rank, rank - 1)
     return _requantize(e, acc, mult, int(_zp(e, 7)))
 
@@ -121,10 +126,7 @@ def _qgemm(e: Emit):
     a = e.attrs
     if a["transA"]:
         raise e.fail("qgemm with transA=1")
-    bq = np.asarray(e.const(3))
-    bq = bq.T if a["transB"] else bq
-    b = _weight_minus_zp(bq, _zp(e, 5))
-    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), e.constant(b, DType.i32), out_dtype="int32")
+    acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,), transpose=bool(a["transB"])), out_dtype="int32")
     if e.has(6):
         acc = R.add(acc, R.astype(e.x(6), "int32"))
     alpha = np.float32(a["alpha"])
