@@ -133,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(model, int(threads), args.rounding)))
         return 0
     if args.footprint_only:
-        text = footprint(args.models.split(","))
-        print(text)
-        if not args.no_write:
-            from bench.node_counts import write_section
-
-            write_section(text, FOOTPRINT)
-        return 0
+        return _publish(footprint(args.models.split(",")), FOOTPRINT, not args.no_write)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for model in args.models.split(","):
@@ -156,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['model']} | {r['threads']} | {r['effc float']:.3f} | {r['effc int8']:.3f} | "
                      f"{r['ort float']:.3f} | {r['ort int8']:.3f} | {r['effc int8'] / r['effc float']:.2f} | "
                      f"{r['effc int8'] / r['ort int8']:.2f} |")
-    text = "\n".join(lines) + "\n"
+    return _publish("\n".join(lines) + "\n", SECTION, not args.no_write)
+
+
+def _publish(text: str, section: str, write: bool) -> int:
     print(text)
-    if not args.no_write:
+    if write:
         from bench.node_counts import write_section
 
-        write_section(text, SECTION)
+        write_section(text, section)
     return 0
 
 
