@@ -178,6 +178,41 @@ class QuantizeReport:
         return "\n".join(rows)
 
 
+def fold_bias_adds(module: Module) -> int:
+    """``add(conv(x, W, b?), c)`` with ``c`` a constant of one value per output channel
+    (``[M, 1, 1]`` or ``[1, M, 1, 1]``), the add the conv's only user -> ``conv(x, W, b + c)``:
+    models exported with the bias as its own Add (the ONNX model zoo's MNIST) then quantize
+    the bias as int32 with the conv, and ``qdq-to-integer`` finds the conv -> relu pattern.
+    Returns how many were folded."""
+    folded = 0
+    for add in list(module.graph.nodes):
+        if add.op != "add" or add.outputs[0].is_graph_output:
+            continue
+        for i in (0, 1):
+            y, c = add.input(i), add.input(1 - i)
+            conv = y.producer
+            if conv is None or conv.op != "conv" or not c.is_const or y.is_graph_output or len(y.uses()) != 1 \
+                    or y.type.rank != 4 or not isinstance(y.type.shape[1], int):
+                continue
+            m = y.type.shape[1]
+            cv = np.asarray(c.const_value)
+            old = conv.input(2)
+            if cv.dtype != np.float32 or cv.shape not in ((m, 1, 1), (1, m, 1, 1)) or (old is not None and not old.is_const):
+                continue
+            bias = cv.reshape(m) + (0 if old is None else np.asarray(old.const_value, np.float32))
+            new = Builder(module, insert_before=conv).const(bias.astype(np.float32),
+                                                            name_hint=f"{conv.outputs[0].name}_bias")
+            if old is None:
+                conv.inputs = [*conv.inputs, *[None] * (2 - len(conv.inputs)), new]
+            else:
+                conv.set_input(2, new)
+            add.outputs[0].replace_all_uses_with(y)
+            folded += 1
+            break
+    module.graph.eliminate_dead_code()
+    return folded
+
+
 def targets_of(module: Module, options: QuantizeOptions) -> list[Node]:
     unknown = set(options.exclude) - {v.name for n in module.graph.nodes for v in n.outputs}
     if unknown:
@@ -278,6 +313,7 @@ def quantize(module: Module, samples: Mapping[str, np.ndarray] | Iterable[Mappin
         raise InputError(f"--block-size takes an even number of at least 4 (e.g. 32), not {options.block_size}")
     if options.activations not in ("int8", "uint8"):
         raise InputError(f"--activations takes int8 or uint8, not '{options.activations}'")
+    fold_bias_adds(module)
     targets = targets_of(module, options)
     if not targets:
         raise InputError("the model has no conv, gemm or mat_mul with a constant float weight to quantize "

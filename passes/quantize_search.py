@@ -30,7 +30,8 @@ from effc.ir.core import Module
 from effc.ir.errors import InputError
 from effc.ir.parser import copy_module
 
-from .quantize import QuantizeOptions, QuantizeReport, _sqnr, activation_points, quantize, targets_of
+from .quantize import (QuantizeOptions, QuantizeReport, _sqnr, activation_points, fold_bias_adds, quantize,
+                       targets_of)
 from .quantize_calibrate import check_samples, collect, iterate, run_watching, stack_samples
 from .quantize_equalize import equalize
 from .quantize_smooth import smooth
@@ -114,6 +115,7 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
     if output not in names:
         raise InputError(f"--output '{output}' is not an output of the model (its outputs: {', '.join(names)})")
     base = copy_module(module)
+    fold_bias_adds(base)
     float_score = float(metric(base))
     say(f"float: {float_score:.4g}")
     if options.equalize:
