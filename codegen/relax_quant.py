@@ -28,7 +28,7 @@ from effc.ir.ops.quant import _channel_multiplier, quantized_multiplier
 from effc.ir.types import DType
 
 from .relax_emit import Emit, relax_dtype
-from .relax_ops import ConstOf, _conv_pads, _quantize_linear_of, _dequantize_linear_of, emitter
+from .relax_ops import ConstOf, _conv_pads, _dequantize_linear_of, _quantize_linear_of, _round_half_even, emitter
 
 R = relax.op
 
@@ -76,8 +76,6 @@ def _requantize(e: Emit, acc: relax.Expr, multiplier: np.ndarray, zp: int) -> re
         return R.astype(y, relax_dtype(out))
     y = R.multiply(R.astype(acc, "float64"), e.constant(np.asarray(multiplier, np.float64), DType.f64))
     y = R.add(y, e.scalar(float(zp), DType.f64))
-    from .relax_ops import _round_half_even
-
     y = _round_half_even(e, y, DType.f64)
     y = R.minimum(R.maximum(y, e.scalar(float(lo), DType.f64)), e.scalar(float(hi), DType.f64))
     return R.astype(y, relax_dtype(out))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -125,14 +125,14 @@ def quantize_within(module: Module, samples: Mapping[str, np.ndarray] | Iterable
         smooth(base, layers, samples, check_samples(base, samples), options.smooth_alpha, progress)
     points = [] if options.weights_only else activation_points(base, layers)
     cal = collect(base, samples, points, options.method, progress)
-    trial_options = QuantizeOptions(**{**options.__dict__, "equalize": False, "smooth_alpha": None})
+    trial_options = replace(options, equalize=False, smooth_alpha=None)  # done once, on base
 
     def quantized(exclude: tuple[str, ...], quick: bool = False) -> tuple[Module, QuantizeReport]:
         """A trial: ``quick`` (the sensitivity scan) leaves out bias correction and the
         report's SQNR, the two passes over the samples that do not change the ranking."""
         m = copy_module(base)
-        opts = QuantizeOptions(**{**trial_options.__dict__, "exclude": tuple(options.exclude) + exclude,
-                                  "bias_correction": trial_options.bias_correction and not quick})
+        opts = replace(trial_options, exclude=tuple(options.exclude) + exclude,
+                       bias_correction=options.bias_correction and not quick)
         return m, quantize(m, samples, opts, calibration=cal, measure=not quick)
 
     int8, report = quantized(())
