@@ -239,7 +239,7 @@ def build(module: Module, target: TargetDict | None = None, *, index_checks: boo
     cpu = cpu_for(target, hardware)
     if lanes is not None:
         cpu = replace(cpu, lanes=lanes)
-    mod = lower_to_relax(module, index_checks=index_checks, lanes=cpu.lanes)
+    mod = lower_to_relax(module, index_checks=index_checks, lanes=cpu.lanes, int8_dot=cpu.int8_dot if cpu.lanes else None)
     tvm_target = tvm.target.Target(target)
     with tvm.transform.PassContext(opt_level=3):
         with tvm_target:

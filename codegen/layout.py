@@ -106,11 +106,52 @@ def _pointwise(node: Node) -> bool:
             and not any(a.get("pads") or []) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
 
 
+INT8_BLOCK = 16
+"""The channel block of 8-bit values on a CPU with VNNI: one ``vpdpbusd`` of int32 sums
+(``layout_int8.py``)."""
+
+INT8_ELEMENTWISE = frozenset({"clip", "relu", "max", "min", "identity", "qlinear_add", "qlinear_mul"})
+"""Ops on 8-bit values that any layout will do for (their scales and zero points scalars)."""
+
+
+def _int8_conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
+    """``int8`` (one group: ``layout_int8.qconv2d_u8s8``) or ``int8_depthwise``
+    (``qdepthwise_nchwc``) for a 2-D ``qlinear_conv`` of 8-bit activations, constant
+    symmetric int8 weights and constant scales and zero points, whose output channels
+    fill ``INT8_BLOCK``s; else None."""
+    x, w = node.input(0), node.input(3)
+    if x is None or w is None or x.type.rank != 4 or x.type.dtype not in (DType.i8, DType.u8):
+        return None
+    params = [node.input(i) for i in (1, 2, 4, 5, 6, 7) if node.input(i) is not None]
+    if not all(_is_const(v, const) for v in [w, *params]) or (node.input(8) is not None and not _is_const(node.input(8), const)):
+        return None
+    wv = const.get(id(w), w.const_value)
+    zp = node.input(5)
+    if wv is None or wv.dtype != np.int8 or (zp is not None and np.asarray(const.get(id(zp), zp.const_value)).any()):
+        return None
+    k, c = int(wv.shape[0]), x.type.shape[1]
+    group = int(node_attrs(node)["group"])
+    if k % INT8_BLOCK or not isinstance(c, int):
+        return None
+    if group == 1:
+        return "int8"
+    return "int8_depthwise" if group == c == k and wv.shape[1] == 1 else None
+
+
+def _blockable(t: TensorType, plan: "LayoutPlan") -> bool:
+    """A 4-D tensor of known channels that a layout plan may block: float32, or 8-bit
+    integers where the plan blocks them."""
+    return t.rank == 4 and isinstance(t.shape[1], int) and (
+        t.dtype == DType.f32 or plan.int8 and t.dtype in (DType.i8, DType.u8))
+
+
 class LayoutPlan:
     """Value id -> channel block, for the values held blocked; and the convs to block."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, int8: bool = False):
         self.lanes = lanes
+        self.int8 = int8
+        """Block 8-bit values too (``INT8_BLOCK``: the CPU has VNNI)."""
         self.block: dict[int, int] = {}
         self.convs: dict[int, str] = {}
         """Conv node id -> ``dense`` | ``depthwise`` | ``grouped``."""
@@ -123,11 +164,12 @@ class LayoutPlan:
         return bool(self.block)
 
 
-def plan_layouts(graph: Graph, lanes: int) -> LayoutPlan:
+def plan_layouts(graph: Graph, lanes: int, int8: bool = False) -> LayoutPlan:
     """Blocked layouts for ``graph`` (fused bodies included) on a CPU with ``lanes`` f32
     vector lanes. Greedy and forward, as TVM's ConvertLayout: a conv blocks its output;
-    an op that does not care about layout keeps the block of its blocked operands."""
-    plan = LayoutPlan(lanes)
+    an op that does not care about layout keeps the block of its blocked operands.
+    ``int8``: integer convolutions (``qlinear_conv``) block theirs too, in ``INT8_BLOCK``."""
+    plan = LayoutPlan(lanes, int8)
     _plan_graph(graph, plan, {})
     return plan
 
@@ -163,6 +205,12 @@ def _is_const(v: Value, const: dict[int, np.ndarray]) -> bool:
 
 def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> int | None:
     out = node.outputs[0].type
+    if node.op == "qlinear_conv":
+        kind = _int8_conv_kind(node, const) if plan.int8 else None
+        if kind is None or kind == "int8_depthwise" and plan.of(node.input(0)) not in (None, INT8_BLOCK):
+            return None
+        plan.convs[id(node)] = kind
+        return INT8_BLOCK
     if node.op == "conv":
         kind = _conv_kind(node, const)
         if kind is None:
@@ -175,7 +223,7 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
             return None  # (a depthwise conv reads and writes one block)
         plan.convs[id(node)] = kind
         return b
-    if not _is_nchw_f32(out):
+    if not _blockable(out, plan):
         return None
     data = [v for v in node.inputs if v is not None and not _is_const(v, const)]
     blocks = {plan.of(v) for v in data} - {None}
@@ -184,6 +232,8 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
     (b,) = blocks
     if out.shape[1] % b:
         return None
+    if out.dtype != DType.f32 and node.op not in INT8_ELEMENTWISE | {"max_pool", "global_max_pool", "concat"}:
+        return None
     if node.op in POOLS:
         return b if node.input(0) is not None and plan.of(node.input(0)) == b and (
             node.op.startswith("global") or len(node_attrs(node)["kernel_shape"]) == 2) else None
@@ -191,9 +241,9 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
         rank = node.inputs[0].type.rank
         if node_attrs(node)["axis"] % rank != 1:
             return None
-        return b if all(_is_nchw_f32(v.type) and v.type.shape[1] % b == 0 and not _is_const(v, const)
+        return b if all(_blockable(v.type, plan) and v.type.shape[1] % b == 0 and not _is_const(v, const)
                         for v in node.inputs if v is not None) else None
-    if node.op not in ELEMENTWISE or len(node.outputs) > 1 and node.op != "dropout":
+    if node.op not in ELEMENTWISE | INT8_ELEMENTWISE or len(node.outputs) > 1 and node.op != "dropout":
         return None
     if node.op == "batch_normalization" and not all(
             node.input(i) is not None and _is_const(node.input(i), const) for i in range(1, 5)):
@@ -202,7 +252,7 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
         t = v.type
         if plan.of(v) == b and tuple(t.shape) == tuple(out.shape):
             continue
-        if t.rank == 4 and t.dtype == DType.f32 and t.shape[1] in (1, out.shape[1]) and plan.of(v) is None:
+        if _blockable(t, plan) and t.shape[1] in (1, out.shape[1]) and plan.of(v) is None:
             continue  # converted when read
         return None
     return b

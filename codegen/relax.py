@@ -295,6 +295,7 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     scope = FusedScope(sub)
     scope.root_bb = outer.root_bb
     scope.lanes = outer.lanes
+    scope.int8_dot = outer.int8_dot
     plan = scope.plan = outer.plan
     copied = alone and plan is not None and id(node) in plan.blocked_nodes
     if copied:  # the copy decides as its original
@@ -334,7 +335,8 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
 
 
 def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: bool = True,
-                   labels_in_result: bool = True, lanes: int | None = None) -> tvm.IRModule:
+                   labels_in_result: bool = True, lanes: int | None = None,
+                   int8_dot: str | None = None) -> tvm.IRModule:
     """The module as a Relax IRModule whose ``main`` takes the graph inputs in order and
     returns a tuple of the graph outputs, then ``CHECK_FIELDS`` fields per run-time index
     check (``index_check_results``). Raises UnsupportedOpError / LoweringError before
@@ -342,7 +344,8 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     ``labels_in_result=False`` returns only each check's status (the AOT C driver names
     the node from the ``INDEX_CHECKS`` attribute instead). ``lanes``: hold convolutions and
     what follows them in blocked channel layouts for a CPU with that many f32 vector lanes
-    (``layout.plan_layouts``); None: every value NCHW."""
+    (``layout.plan_layouts``); None: every value NCHW. ``int8_dot``: the CPU's 8-bit
+    dot-product instructions (``schedules.Cpu.int8_dot``; None: plain integer kernels)."""
     check_tensor_sizes(module)  # before TVM allocates anything: a tensor too large is the user's error
     check_lowerable(module)
     g = module.graph
@@ -350,9 +353,10 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     main = Scope(bb)
     main.index_checks = index_checks
     main.checks = [] if index_checks else None
+    main.int8_dot = int8_dot
     if lanes:
         main.lanes = lanes
-        main.plan = plan_layouts(g, lanes) or None
+        main.plan = plan_layouts(g, lanes, int8=int8_dot == "avx512-vnni") or None
 
     fused: dict[int, Callable[[Scope, Node], None]] = {}
     for n in g.nodes:

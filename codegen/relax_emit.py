@@ -115,6 +115,9 @@ class Scope:
         self.lanes: int | None = None
         """f32 vector lanes of the CPU built for (None: not a CPU build with effc's
         schedules): constant matmul weights are packed into panels of that width."""
+        self.int8_dot: str | None = None
+        """The CPU's 8-bit dot-product instruction set (``schedules.Cpu.int8_dot``), for
+        the integer kernels' fast paths; None: plain integer kernels."""
         self.blocks: dict[int, int] = {}
         """Value id -> the channel block its lowered expression is in (absent: NCHW)."""
         self._views: dict[tuple[int, int], relax.Expr] = {}

@@ -27,6 +27,8 @@ from effc.ir.core import Node
 from effc.ir.ops.quant import _channel_multiplier, quantized_multiplier
 from effc.ir.types import DType
 
+from .layout import BlockedEmit, pack_depthwise
+from .layout_int8 import correction, emit_args, qconv2d_u8s8, qdepthwise_nchwc, requant_params, vnni_conv_ok
 from .relax_emit import Emit, relax_dtype
 from .relax_ops import ConstOf, _conv_pads, _dequantize_linear_of, _quantize_linear_of, _round_half_even, emitter
 
@@ -88,6 +90,9 @@ def _qlinear_conv(e: Emit):
         raise e.fail(f"{xt.rank - 2}-D integer convolution (2-D only)")
     kernel = [int(d) for d in wt.shape[2:]]
     begins, ends, strides, dilations = _conv_pads(e, kernel)
+    if isinstance(e, BlockedEmit) or e.scope.int8_dot == "avx512-vnni" and vnni_conv_ok(relax_dtype(xt.dtype), np.asarray(e.const(3)), _zp(e, 5),
+                                                           int(e.attrs["group"]), xt.rank):
+        return _vnni_conv(e, begins, ends, strides, dilations)
     acc = R.nn.conv2d(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1, 1, 1, 1)), strides=strides,
                       padding=begins + ends, dilation=dilations, groups=e.attrs["group"], data_layout="NCHW",
                       kernel_layout="OIHW", out_dtype="int32")
@@ -95,6 +100,38 @@ def _qlinear_conv(e: Emit):
         acc = R.add(acc, e.constant(np.asarray(e.const(8), np.int32).reshape(1, -1, 1, 1), DType.i32))
     mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), 4)
     return _requantize(e, acc, mult, int(_zp(e, 7)))
+
+
+def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], dilations: list[int]) -> relax.Expr:
+    """``qlinear_conv`` as one ``layout_int8`` kernel: ``qconv2d_u8s8`` (AVX-512 VNNI), or
+    ``qdepthwise_nchwc`` where the layout plan made it a blocked depthwise convolution."""
+    w = np.asarray(e.const(3))
+    xv = e.node.input(0)
+    x_dtype, out = relax_dtype(e.in_type(0).dtype), e.out_type().dtype
+    rounding = e.attrs.get("rounding", "onnx")
+    bias = e.const(8) if e.has(8) else None
+    mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), 4)
+    try:
+        params = requant_params(mult, int(w.shape[0]), rounding)
+    except ValueError as err:
+        raise e.fail(str(err)) from None
+    const = e.scope.constant
+    common = dict(pads=(begins[0], begins[1], ends[0], ends[1]), strides=strides, dilations=dilations,
+                  zp_out=int(_zp(e, 7)), out_dtype=relax_dtype(out), bounds=out.int_range, rounding=rounding)
+    blocked = isinstance(e, BlockedEmit)
+    if blocked and e.scope.plan.convs[id(e.node)] == "int8_depthwise":
+        zero = int(_zp(e, 2))
+        return e.scope.root_bb.call_te(
+            qdepthwise_nchwc, e.scope.value_in(xv, e.block), const(pack_depthwise(w, e.block)),
+            const(correction(w, bias, zero)), *(const(p) for p in params), zero=zero, **common,
+            primfunc_name_hint="qdwconv_nchwc")
+    cb = e.scope.block_of(xv)
+    x = e.scope.value_in(xv, cb) if cb is not None and cb % 4 == 0 else e.scope.value(xv)
+    packed = emit_args(w, bias, int(_zp(e, 2)), x_dtype)
+    return e.scope.root_bb.call_te(
+        qconv2d_u8s8, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
+        channels=int(w.shape[0]), shift=packed["shift"], zero=packed["zero"], blocked=blocked, **common,
+        primfunc_name_hint="qconv_u8s8")
 
 
 def _weight(e: Emit, zp_shape: tuple[int, ...], transpose: bool = False) -> relax.Expr:

@@ -72,7 +72,7 @@ def host_cpu() -> str:
     except OSError:
         return "x86-64"
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "skylake-avx512"
+        return "cascadelake" if "avx512_vnni" in flags else "skylake-avx512"  # (cascadelake: + VNNI)
     if {"avx2", "fma", "bmi2"} <= flags:
         return "haswell"
     if "sse4_2" in flags:

@@ -31,6 +31,7 @@ from tvm import s_tir, tirx
 from ..aot_kernels import ieee_minmax
 from .conv import schedule_conv, schedule_plain_conv
 from .generic import SCHEDULE_ERRORS, schedule_generic
+from .int8 import schedule_int8_conv
 
 log = logging.getLogger("effc.schedule")
 
@@ -48,6 +49,9 @@ class Cpu:
     l1d_bytes: int
     cores: int
     """Cores a parallel loop may use (the TVM target's ``num-cores``)."""
+    int8_dot: str | None = None
+    """8-bit dot-product instructions the integer kernels use: ``avx512-vnni``
+    (``vpdpbusd``, ``int8.py``); None: plain int32 arithmetic."""
 
 
 def cpu_for(target: Mapping[str, Any], hardware: Mapping[str, int] | None = None) -> Cpu:
@@ -60,7 +64,10 @@ def cpu_for(target: Mapping[str, Any], hardware: Mapping[str, int] | None = None
     registers = hw.get("vector_registers") or (32 if lanes >= 16 or triple.startswith("aarch64") else 16)
     l1d = hw["l1d_kib"] * 1024 if "l1d_kib" in hw else _host_l1d_bytes()
     cores = int(target.get("num-cores") or os.cpu_count() or 1)
-    return Cpu(lanes, registers, l1d, cores)
+    int8_dot = hw["int8_dot"] if "int8_dot" in hw else target_int8_dot(target)
+    if int8_dot not in INT8_DOTS:
+        raise ValueError(f"hardware int8_dot = '{int8_dot}': effc knows {sorted(d for d in INT8_DOTS if d)}")
+    return Cpu(lanes, registers, l1d, cores, int8_dot or None)
 
 
 def _host_l1d_bytes(default: int = 32 * 1024) -> int:
@@ -79,7 +86,8 @@ def default_schedule(func: tirx.PrimFunc, cpu: Cpu) -> s_tir.Schedule | None:
     """effc's default schedule of ``func`` (a kernel named ``main``) for ``cpu``, or None
     when no rule applies. ``.mod["main"]`` is the scheduled kernel, ``.trace`` how it was
     scheduled (tuning starts from it: ``tune.seed_record``)."""
-    for rule in (lambda sch: schedule_conv(sch, cpu.vector_registers),
+    for rule in (lambda sch: schedule_int8_conv(sch, cpu.vector_registers),
+                 lambda sch: schedule_conv(sch, cpu.vector_registers),
                  lambda sch: schedule_plain_conv(sch, cpu.lanes)):
         sch = s_tir.Schedule(func)
         try:
@@ -110,6 +118,22 @@ def default_schedules(cpu: Cpu) -> tvm.transform.Pass:
         return mod
 
     return apply
+
+
+INT8_DOTS = ("", None, "avx512-vnni")
+"""Values of a ``hardware`` table's ``int8_dot`` ("": none, plain int32 kernels)."""
+
+
+def target_int8_dot(target: dict[str, Any]) -> str | None:
+    """The 8-bit dot-product instructions of an LLVM CPU target: ``avx512-vnni`` where
+    its CPU has AVX-512 VNNI (and ``-mattr`` does not turn it off), else None."""
+    mattr = [str(a) for a in target.get("mattr") or []]
+    if not str(target.get("mtriple", "")).startswith("x86_64") or "-avx512vnni" in mattr or "-avx512f" in mattr:
+        return None
+    from tvm.target import codegen
+
+    t = tvm.target.Target(dict(target))
+    return "avx512-vnni" if codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], t) else None
 
 
 def target_lanes(target: dict[str, Any]) -> int:

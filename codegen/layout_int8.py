@@ -1,0 +1,195 @@
+"""Integer convolutions in the layouts of 8-bit dot-product instructions (x86 VNNI).
+
+``vpdpbusd`` (AVX-512 VNNI) multiplies unsigned bytes by signed bytes and sums each four
+products into an int32 lane. A ``qlinear_conv`` over int8 or uint8 activations and
+symmetric int8 weights becomes one kernel (``qconv2d_u8s8``) of three stages:
+
+1. ``pack_u8``: the input, padded, as ``[N, H, W, C4]`` uint8 (four channels of a pixel
+   contiguous, channels padded to a multiple of four). int8 activations are shifted by
+   128 into uint8 (``x + 128``, the sign bit flipped); padding holds the zero point
+   (shifted), which is what a real 0.0 quantizes to, as in the definition;
+2. ``conv2d_u8s8``: ``acc[n, y, x, k] = sum u8 * s8`` over taps and channel groups of four,
+   weights packed at compile time as ``[K16/16, KH, KW, C4/4, 16, 4]`` (one ``vpdpbusd``
+   operand of 64 bytes per tap and channel group, contiguous);
+3. the requantization: ``acc + corr[k]`` is the definition's int32 sum exactly, with
+   ``corr = bias - (zp + shift) * sum(w[k])`` (the shift and the zero point multiply every
+   weight of the window, padding included, so they fold into one constant per channel),
+   then requantized as ``relax_quant._requantize`` does (the same operations, so the same
+   bits), written as NCHW.
+
+``schedules/int8.py`` tensorizes stage 2 and computes stage 3 per register tile.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import te, tirx
+
+from effc.ir.ops.quant import quantized_multiplier
+
+from .layout import DEPTHWISE_BLOCK
+
+INT8_CONV_BLOCK = "conv2d_u8s8"
+"""The block name of the convolution stage (``schedules/int8.py`` schedules it)."""
+DOT_LANES = 16
+"""int32 sums per ``vpdpbusd``: the output-channel block."""
+DOT_DEPTH = 4
+"""Products per int32 sum: the input-channel group."""
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pack_weight_u8s8(w: np.ndarray) -> np.ndarray:
+    """OIHW int8 → ``[K16/16, KH, KW, C4/4, 16, 4]``, zeros in the padded channels."""
+    k, c, kh, kw = w.shape
+    k16, c4 = _ceil_to(k, DOT_LANES), _ceil_to(c, DOT_DEPTH)
+    full = np.zeros((k16, c4, kh, kw), np.int8)
+    full[:k, :c] = w
+    return np.ascontiguousarray(full.reshape(k16 // DOT_LANES, DOT_LANES, c4 // DOT_DEPTH, DOT_DEPTH, kh, kw)
+                                .transpose(0, 4, 5, 2, 1, 3))
+
+
+def correction(w: np.ndarray, bias: np.ndarray | None, zero: int) -> np.ndarray:
+    """``bias - zero * sum(w[k])`` per output channel (int32), ``zero`` the input's zero
+    point as a uint8 (the zero point plus the int8 shift)."""
+    k = w.shape[0]
+    corr = -np.int64(zero) * w.reshape(k, -1).astype(np.int64).sum(axis=1)
+    if bias is not None:
+        corr = corr + np.asarray(bias, np.int64).reshape(-1)
+    return corr.astype(np.int32)
+
+
+def requant_params(multiplier: np.ndarray, channels: int, rounding: str) -> list[np.ndarray]:
+    """The per-channel constants of the requantization: the float64 multiplier (``onnx``)
+    or ``q``, the right shift and the rounding term (``fixed_point``), each ``[K]``."""
+    m = np.broadcast_to(np.asarray(multiplier, np.float64).reshape(-1), (channels,))
+    if rounding != "fixed_point":
+        return [np.ascontiguousarray(m)]
+    q, shift = quantized_multiplier(m)
+    r = 31 - shift
+    if (r < 1).any():
+        raise ValueError("fixed_point requantization of a multiplier of 2^30 or more")
+    q = np.where(r > 62, 0, q)  # (below 2^-31: 0, as the interpreter)
+    r = np.minimum(r, 62)
+    return [q.astype(np.int64), r.astype(np.int64), np.left_shift(np.int64(1), r - 1).astype(np.int64)]
+
+
+def _requant(s: Any, k: Any, params: tuple[te.Tensor, ...], zp_out: int, out_dtype: str,
+             bounds: tuple[int, int], rounding: str) -> Any:
+    """The int32 sum ``s`` of output channel ``k`` requantized as ``relax_quant._requantize``
+    does (the same operations in the same order: the same bits)."""
+    lo, hi = bounds
+    if rounding == "fixed_point":
+        q, r, half = params
+        v = tirx.shift_right(s.astype("int64") * q[k] + half[k], r[k]) + tirx.const(zp_out, "int64")
+        return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
+    (m,) = params
+    v = tirx.nearbyint(s.astype("float64") * m[k] + tirx.const(float(zp_out), "float64"))
+    return tirx.max(tirx.min(v, tirx.const(float(hi), "float64")), tirx.const(float(lo), "float64")).astype(out_dtype)
+
+
+def _reader(data: te.Tensor) -> tuple[Any, int, int, int, int]:
+    """``(read(n, c, y, x), N, C, H, W)`` of an NCHW or ``[N, C/b, H, W, b]`` tensor."""
+    n = data.shape[0]  # (the batch may be symbolic)
+    if len(data.shape) == 4:
+        c, h, w = (int(d) for d in data.shape[1:])
+        return (lambda a, ch, y, x: data[a, ch, y, x]), n, c, h, w
+    co, h, w, b = (int(d) for d in data.shape[1:])
+    return (lambda a, ch, y, x: data[a, ch // b, y, x, ch % b]), n, co * b, h, w
+
+
+def qconv2d_u8s8(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te.Tensor, pads: tuple[int, ...],
+                 strides: list[int], dilations: list[int], channels: int, shift: int, zero: int, zp_out: int,
+                 out_dtype: str, bounds: tuple[int, int], rounding: str, blocked: bool) -> te.Tensor:
+    """``data`` (NCHW or channel-blocked, int8 or uint8) convolved with the packed
+    ``weight`` and requantized to ``out_dtype``: ``[N, channels, OH, OW]``, or with
+    ``blocked`` ``[N, channels/16, OH, OW, 16]`` (see the module docstring)."""
+    read, n, c, h, w = _reader(data)
+    k16o, kh, kw, c4o, _, _ = (int(d) for d in weight.shape)
+    top, left, bottom, right = pads
+    sh, sw = strides
+    dh, dw = dilations
+    hp, wp = h + top + bottom, w + left + right
+    oh = (hp - dh * (kh - 1) - 1) // sh + 1
+    ow = (wp - dw * (kw - 1) - 1) // sw + 1
+    pad = tirx.const(zero, "uint8")
+
+    def packed(a, y, x, ch):
+        inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left, ch < c)
+        v = read(a, tirx.min(ch, c - 1), y - top, x - left)
+        u = tirx.Cast("uint8", tirx.Cast("int32", v) + shift) if shift else v
+        return tirx.if_then_else(inside, u, pad)
+
+    p = te.compute((n, hp, wp, c4o * DOT_DEPTH), packed, name="pack_u8")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    rc = te.reduce_axis((0, c4o), "rc")
+    ri = te.reduce_axis((0, DOT_DEPTH), "ri")
+    acc = te.compute(
+        (n, oh, ow, k16o * DOT_LANES),
+        lambda a, y, x, k: te.sum(
+            p[a, y * sh + ry * dh, x * sw + rx * dw, rc * DOT_DEPTH + ri].astype("int32")
+            * weight[k // DOT_LANES, ry, rx, rc, k % DOT_LANES, ri].astype("int32"), axis=[ry, rx, rc, ri]),
+        name=INT8_CONV_BLOCK)
+    args = (params, zp_out, out_dtype, bounds, rounding)
+    if blocked:
+        return te.compute((n, channels // DOT_LANES, oh, ow, DOT_LANES),
+                          lambda a, ko, y, x, j: _requant(acc[a, y, x, ko * DOT_LANES + j] + corr[ko * DOT_LANES + j],
+                                                          ko * DOT_LANES + j, *args), name="requant")
+    return te.compute((n, channels, oh, ow), lambda a, k, y, x: _requant(acc[a, y, x, k] + corr[k], k, *args),
+                      name="requant")
+
+
+def qdepthwise_nchwc(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te.Tensor,
+                     pads: tuple[int, ...], strides: list[int], dilations: list[int], zero: int, zp_out: int,
+                     out_dtype: str, bounds: tuple[int, int], rounding: str) -> te.Tensor:
+    """An integer depthwise convolution in ``[N, C/b, H, W, b]``: int32 sums of the 8-bit
+    input (padded with its zero point) times the int8 ``weight [C/b, KH, KW, b]``, plus
+    ``corr = bias - zp * sum(w)``, requantized. Its block is ``DEPTHWISE_BLOCK``, so the float
+    depthwise schedule (``schedules/conv.py``) tiles it and computes the requantization
+    per tile."""
+    n = data.shape[0]
+    cc, h, w, b = (int(d) for d in data.shape[1:])
+    _, kh, kw, _ = (int(d) for d in weight.shape)
+    top, left, bottom, right = pads
+    sh, sw = strides
+    dh, dw = dilations
+    hp, wp = h + top + bottom, w + left + right
+    oh = (hp - dh * (kh - 1) - 1) // sh + 1
+    ow = (wp - dw * (kw - 1) - 1) // sw + 1
+    if any(pads):
+        fill = tirx.const(zero, data.dtype)
+        p = te.compute((n, cc, hp, wp, b), lambda a, c, y, x, j: tirx.if_then_else(
+            tirx.all(y >= top, y < h + top, x >= left, x < w + left), data[a, c, y - top, x - left, j], fill),
+            name="pad_int8")
+    else:
+        p = data
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    acc = te.compute(
+        (n, cc, oh, ow, b),
+        lambda a, c, y, x, j: te.sum(p[a, c, y * sh + ry * dh, x * sw + rx * dw, j].astype("int32")
+                                     * weight[c, ry, rx, j].astype("int32"), axis=[ry, rx]),
+        name=DEPTHWISE_BLOCK)
+    args = (params, zp_out, out_dtype, bounds, rounding)
+    return te.compute((n, cc, oh, ow, b),
+                      lambda a, c, y, x, j: _requant(acc[a, c, y, x, j] + corr[c * b + j], c * b + j, *args),
+                      name="requant")
+
+
+def vnni_conv_ok(x_dtype: str, w: np.ndarray, w_zp: np.ndarray, group: int, rank: int) -> bool:
+    """Whether ``qconv2d_u8s8`` computes this ``qlinear_conv``: 2-D, one group, 8-bit
+    activations, symmetric int8 weights."""
+    return (rank == 4 and group == 1 and x_dtype in ("int8", "uint8") and w.dtype == np.int8
+            and not np.asarray(w_zp).any())
+
+
+def emit_args(w: np.ndarray, bias: np.ndarray | None, x_zp: int, x_dtype: str) -> dict[str, Any]:
+    """The packed weight, the correction and the shift for ``qconv2d_u8s8``."""
+    shift = 128 if x_dtype == "int8" else 0
+    zero = x_zp + shift
+    return {"weight": pack_weight_u8s8(w), "corr": correction(w, bias, zero), "shift": shift,
+            "zero": zero}

@@ -1,0 +1,97 @@
+"""effc's default schedules for integer convolutions and matmuls on x86 with VNNI.
+
+AVX-512 VNNI's ``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds each
+group of four products into one of 16 int32 lanes, with no intermediate saturation: 64
+exact multiply-adds per instruction, four times an f32 FMA's 16. ``layout_int8.py`` writes
+convolutions whose reduction ends in four input channels (``[..., C/4, 16, 4]`` weights,
+u8 activations with four channels contiguous per pixel), so the two innermost loops, 16
+output channels by 4 input channels, are one ``vpdpbusd`` (``DOT_U8S8_16X4``).
+
+The schedule is the float blocked convolution's (``conv.py``): a row of output pixels
+split into a register tile, one accumulator vector per pixel and 16 output channels, the
+reduction outside the tile, the requantization epilogue computed per tile while it is in
+registers, rows in parallel when the convolution is big enough.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.script import tirx as T
+
+from ..layout_int8 import INT8_CONV_BLOCK
+from .conv import TILE_REGISTERS, _block_named, _parallel_rows, _reg_width
+from .generic import SCHEDULE_ERRORS
+
+DOT_U8S8_16X4 = "effc_dot_u8s8_16x4_vnni"
+"""16 int32 sums += 4 u8 (one broadcast) x [16, 4] s8 with ``vpdpbusd`` (AVX-512 VNNI).
+TVM ships one (``dot_16x4_vnni``) written for older LLVMs: LLVM 22 types the instruction's
+operands as bytes (``<64 x i8>``), and TVM's fails to build; this one passes bytes."""
+
+
+@T.prim_func(s_tir=True)
+def _dot_desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+              c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+              c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        a4 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(a4, 16), dtype="int8x64"), b.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16")
+
+
+s_tir.TensorIntrin.register(DOT_U8S8_16X4, _dot_desc, _dot_vnni, override=True)
+
+
+def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTERS) -> bool:
+    """Schedule the ``conv2d_u8s8`` convolution of ``sch``'s kernel and its epilogue (the
+    requantization and the clamps fused after it); False when the kernel holds none."""
+    conv = _block_named(sch, INT8_CONV_BLOCK)
+    if conv is None:
+        return False
+    n, y, x, k, ry, rx, rc, ri = sch.get_loops(conv)
+    width = sch.get(x).extent
+    if not isinstance(width, tirx.IntImm):
+        return False
+    ko, ki = sch.split(k, [None, 16])
+    xo, xi = sch.split(x, [None, _reg_width(int(width), min(vector_registers, TILE_REGISTERS))])
+    sch.reorder(n, ko, y, xo, ry, rx, rc, xi, ki, ri)
+    _epilogue_per_tile(sch, conv, xo)
+    _parallel_rows(sch, conv, sch.fuse(n, ko, y))
+    init = sch.decompose_reduction(conv, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(xi)
+    sch.tensorize(ki, DOT_U8S8_16X4)
+    return True
+
+
+def _epilogue_per_tile(sch: s_tir.Schedule, conv: Any, at: Any) -> None:
+    """The blocks after ``conv`` (the requantization, then any clamp) in one block computed
+    under loop ``at``, on the tile ``conv`` just summed: its int32 sums never leave the
+    tile buffer (compacted to the tile, which LLVM keeps in registers)."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    *inner, last = blocks[names.index(sch.get(conv).name_hint) + 1:]
+    for b in inner:
+        sch.compute_inline(b)
+    sch.reverse_compute_at(last, at)
+    loops = sch.get_loops(last)
+    try:
+        sch.vectorize(loops[-1])
+    except SCHEDULE_ERRORS:
+        pass
