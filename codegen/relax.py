@@ -222,7 +222,7 @@ VALUE_NAMES = "effc_value_names"
 """IRModule attribute of ``lower_to_relax``'s result: ``main``'s var names -> effc value names."""
 
 GROUPED_ALONE = {"conv": 3, "conv_transpose": 3, "gemm": 3, "lrn": 1, "qlinear_conv": 8, "qlinear_mat_mul": 8,
-                 "qgemm": 6, "quantize_linear": 2, "dequantize_linear": 2}
+                 "qgemm": 6, "quantize_linear": 2, "dequantize_linear": 2, "qlinear_global_average_pool": 4}
 """Ops whose emitters emit several Relax ops (a conv and its bias add; a gemm's transposes,
 scaling and bias; LRN's square, window sum, power and divide; an integer op's zero-point
 subtraction, int32 sum and requantization; Q/DQ's scaling, rounding and clamping), with the

@@ -24,7 +24,7 @@ import numpy as np
 from tvm import relax
 
 from effc.ir.core import Node
-from effc.ir.ops.quant import _channel_multiplier, quantized_multiplier
+from effc.ir.ops.quant import _channel_multiplier, global_pool_multiplier, quantized_multiplier
 from effc.ir.types import DType
 
 from .layout import BlockedEmit, pack_depthwise
@@ -35,7 +35,8 @@ from .relax_ops import ConstOf, _conv_pads, _dequantize_linear_of, _quantize_lin
 R = relax.op
 
 _PARAMS = {"qlinear_conv": (1, 2, 4, 5, 6, 7), "qlinear_mat_mul": (1, 2, 4, 5, 6, 7), "qgemm": (1, 2, 4, 5, 7, 8),
-           "qlinear_add": (1, 2, 4, 5, 6, 7), "qlinear_mul": (1, 2, 4, 5, 6, 7)}
+           "qlinear_add": (1, 2, 4, 5, 6, 7), "qlinear_mul": (1, 2, 4, 5, 6, 7),
+           "qlinear_global_average_pool": (1, 2, 3, 4)}
 
 
 def _check_params(node: Node, const: ConstOf) -> str | None:
@@ -118,8 +119,8 @@ def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], 
     const = e.scope.constant
     common = dict(pads=(begins[0], begins[1], ends[0], ends[1]), strides=strides, dilations=dilations,
                   zp_out=int(_zp(e, 7)), out_dtype=relax_dtype(out), bounds=out.int_range, rounding=rounding)
-    blocked = isinstance(e, BlockedEmit)
-    if blocked and e.scope.plan.convs[id(e.node)] == "int8_depthwise":
+    block = e.block if isinstance(e, BlockedEmit) else None
+    if block and e.scope.plan.convs[id(e.node)] == "int8_depthwise":
         zero = int(_zp(e, 2))
         return e.scope.root_bb.call_te(
             qdepthwise_nchwc, e.scope.value_in(xv, e.block), const(pack_depthwise(w, e.block)),
@@ -130,7 +131,7 @@ def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], 
     packed = emit_args(w, bias, int(_zp(e, 2)), x_dtype)
     return e.scope.root_bb.call_te(
         qconv2d_u8s8, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
-        channels=int(w.shape[0]), shift=packed["shift"], zero=packed["zero"], blocked=blocked, **common,
+        channels=int(w.shape[0]), shift=packed["shift"], zero=packed["zero"], block=block, **common,
         primfunc_name_hint="qconv_u8s8")
 
 
@@ -170,6 +171,22 @@ def _qgemm(e: Emit):
         return R.multiply(R.astype(acc, "float32"), e.constant(scale.astype(np.float32), DType.f32))
     mult = _channel_multiplier(np.asarray(e.const(1), np.float32) * alpha, e.const(4), e.const(7), 2, 1)
     return _requantize(e, acc, mult, int(_zp(e, 8)))
+
+
+@emitter("qlinear_global_average_pool", check=_check_params)
+def _qlinear_global_average_pool(e: Emit):
+    """The int32 sum over the pixels, less the zero point's, requantized once (the
+    interpreter's definition, ``global_pool_multiplier``)."""
+    xt = e.in_type(0)
+    axes = list(range(2, xt.rank))
+    if not all(isinstance(xt.shape[i], int) for i in axes):
+        raise e.fail("an integer global pool over symbolic spatial dims")
+    count = int(np.prod([xt.shape[i] for i in axes]))
+    acc = R.sum(R.astype(e.x(0), "int32"), axis=axes, keepdims=True)
+    zp = int(_zp(e, 2))
+    if zp:
+        acc = R.subtract(acc, e.scalar(zp * count, DType.i32))
+    return _requantize(e, acc, global_pool_multiplier(e.const(1), e.const(3), count), int(_zp(e, 4)))
 
 
 def _binary(fn):

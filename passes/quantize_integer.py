@@ -14,8 +14,9 @@ determine the result, this pass computes it on them:
 - ``Q(max_pool(DQ(q)))`` with the same parameters on both sides -> ``max_pool(q)`` (exact);
 - ``Q([relu](add|mul(DQ(a), DQ(b))))`` -> ``qlinear_add|mul`` (exact: onnxruntime's contrib
   ops are defined as that), ``Q(global_average_pool(DQ(x)))`` ->
-  ``qlinear_global_average_pool`` (exact, the same way): MobileNetV2's residual adds and the
-  pool before a classifier stay integer.
+  ``qlinear_global_average_pool`` (its integer sum requantized once, as onnxruntime's
+  kernel: within one step of the float pool): MobileNetV2's residual adds and the pool
+  before a classifier stay integer.
 
 The integer ops sum exact int32 products and requantize with the multiplier
 ``x_scale * w_scale / y_scale``: as a float, rounded half to even (``rounding=onnx``,
@@ -215,8 +216,8 @@ def _elementwise(op: str, relu: bool):
 
 
 def _global_pool(m: Match, b: Builder) -> Value | None:
-    """``Q(global_average_pool(DQ(x)))`` -> ``qlinear_global_average_pool`` (the same
-    definition: the float pool between the two)."""
+    """``Q(global_average_pool(DQ(x)))`` -> ``qlinear_global_average_pool`` (an integer
+    sum and one requantization: within one step of the float pool)."""
     if not (_common(m) and m["xq"].type.dtype == DType.from_numpy(m.const("yz").dtype)):
         return None
     ys, yz = _y(m)

@@ -20,7 +20,7 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
 from ..layout_int8 import INT8_CONV_BLOCK
-from .conv import TILE_REGISTERS, _block_named, _parallel_rows, _reg_width
+from .conv import TILE_REGISTERS, _block_named, _fold_epilogue, _parallel_rows, _reg_width
 from .generic import SCHEDULE_ERRORS
 
 DOT_U8S8_16X4 = "effc_dot_u8s8_16x4_vnni"
@@ -71,13 +71,32 @@ def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTE
     ko, ki = sch.split(k, [None, 16])
     xo, xi = sch.split(x, [None, _reg_width(int(width), min(vector_registers, TILE_REGISTERS))])
     sch.reorder(n, ko, y, xo, ry, rx, rc, xi, ki, ri)
-    _epilogue_per_tile(sch, conv, xo)
+    _fold_epilogue(sch, conv, xo)
     _parallel_rows(sch, conv, sch.fuse(n, ko, y))
+    _vectorize_pack(sch)
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
     sch.tensorize(ki, DOT_U8S8_16X4)
     return True
+
+
+PACK_VECTOR = 64
+"""Bytes per vector of the packing stage (one AVX-512 register)."""
+
+
+def _vectorize_pack(sch: s_tir.Schedule) -> None:
+    """The packing stage of a blocked input (shifted to uint8 and padded, ``[N, H, W, C4]``):
+    a row of pixels and channels, contiguous, in vectors."""
+    pack = _block_named(sch, "pack_u8")
+    if pack is None or sch.get(pack).name_hint != "pack_u8":  # (from NCHW: a gather, left scalar)
+        return
+    n, y, x, c = sch.get_loops(pack)
+    row = sch.fuse(x, c)
+    extent = sch.get(row).extent
+    if isinstance(extent, tirx.IntImm) and int(extent) >= 16:
+        _, inner = sch.split(row, [None, PACK_VECTOR if int(extent) >= PACK_VECTOR else 16])
+        sch.vectorize(inner)
 
 
 def _epilogue_per_tile(sch: s_tir.Schedule, conv: Any, at: Any) -> None:

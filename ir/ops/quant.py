@@ -451,9 +451,10 @@ _binary_q("qlinear_add", "QLinearAdd", np.add)
 _binary_q("qlinear_mul", "QLinearMul", np.multiply)
 
 
-def _unary_q(name: str, onnx_name: str, float_op: str, attrs: dict, shape_of) -> None:
+def _unary_q(name: str, onnx_name: str, float_op: str, attrs: dict, shape_of, integer_ref=None) -> None:
     """X, X_scale, X_zero_point?, Y_scale, Y_zero_point? around the IR's float op
-    ``float_op`` (its reference, with the node's attributes)."""
+    ``float_op`` (its reference, with the node's attributes; ``integer_ref``: a reference
+    of its own instead)."""
     def infer(ctx: InferCtx) -> list[TensorType]:
         x = _eight_bit(ctx, 0, "X")
         _scale(ctx, 1, "X_scale")
@@ -472,7 +473,7 @@ def _unary_q(name: str, onnx_name: str, float_op: str, attrs: dict, shape_of) ->
         return [_quantized(y, ys, yz, yz.dtype if yz is not None else x.dtype)]
 
     register(OpDef(name, onnx_name, ("X", "X_scale", "X_zero_point?", "Y_scale", "Y_zero_point?"), ("Y",), infer,
-                   ref, attrs=attrs, op_class="pool" if "pool" in float_op else "activation", domain=CONTRIB))
+                   integer_ref or ref, attrs=attrs, op_class="pool" if "pool" in float_op else "activation", domain=CONTRIB))
 
 
 def _same_shape(ctx: InferCtx, x: TensorType) -> tuple[Dim, ...]:
@@ -490,8 +491,32 @@ def _avg_pooled(ctx: InferCtx, x: TensorType) -> tuple[Dim, ...]:
     return tuple(shape)
 
 
+def global_pool_multiplier(x_scale: np.ndarray, y_scale: np.ndarray, count: int) -> np.ndarray:
+    """``x_scale / (y_scale * count)`` in the scales' type: the requantization of a global
+    average pool's integer sum over ``count`` pixels."""
+    xs, ys = np.asarray(x_scale).reshape(()), np.asarray(y_scale).reshape(())
+    return np.asarray(xs / (ys * ys.dtype.type(count))).astype(xs.dtype)
+
+
+def _qlinear_global_average_pool_ref(ins: list, a: dict, n_out: int) -> list:
+    """The int32 sum of ``x - x_zp`` over the pixels, requantized once by
+    ``global_pool_multiplier`` (half to even, plus ``y_zp``, saturated): onnxruntime's
+    kernel computes the same integer sum and one requantization (in float32: it may
+    differ by a step where the float64 product sits on a half). Integer sums, unlike a
+    float mean, do not depend on the order a kernel adds in, so every target's result is
+    this one to the bit."""
+    x, xs, xz, ys = ins[:4]
+    yz = ins[4] if len(ins) > 4 else None
+    axes = tuple(range(2, x.ndim))
+    count = int(np.prod([x.shape[i] for i in axes]))
+    acc = x.astype(np.int64).sum(axis=axes, keepdims=True)
+    if xz is not None:
+        acc = acc - np.int64(np.asarray(xz).reshape(())) * count
+    return [_requantize(acc, global_pool_multiplier(xs, ys, count), yz, yz.dtype if yz is not None else x.dtype)]
+
+
 _unary_q("qlinear_global_average_pool", "QLinearGlobalAveragePool", "global_average_pool",
-         {"channels_last": attr("int", 0)}, _global_pooled)
+         {"channels_last": attr("int", 0)}, _global_pooled, _qlinear_global_average_pool_ref)
 _unary_q("qlinear_average_pool", "QLinearAveragePool", "average_pool",
          {**_POOL_ATTRS, "count_include_pad": attr("int", 0), "channels_last": attr("int", 0)}, _avg_pooled)
 _unary_q("qlinear_leaky_relu", "QLinearLeakyRelu", "leaky_relu", {"alpha": attr("float", 0.01)}, _same_shape)
