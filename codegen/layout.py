@@ -116,8 +116,16 @@ def int8_block(channels: int) -> int | None:
     """The block of an integer convolution's ``channels`` outputs (None: stay NCHW)."""
     return next((b for b in (INT8_BLOCK, 8, 4) if channels % b == 0), None)
 
-INT8_ELEMENTWISE = frozenset({"clip", "relu", "max", "min", "identity", "qlinear_add", "qlinear_mul"})
-"""Ops on 8-bit values that any layout will do for (their scales and zero points scalars)."""
+INT8_ELEMENTWISE = frozenset({"clip", "relu", "max", "min", "identity", "qlinear_add", "qlinear_mul",
+                              "quantize_linear", "dequantize_linear"})
+"""Ops on (or to, or from) 8-bit values that any layout will do for, their scales and
+zero points scalars (a per-channel QuantizeLinear stays NCHW)."""
+
+
+def _per_tensor(node: Node, const: dict[int, np.ndarray]) -> bool:
+    """Every constant operand of ``node`` a scalar (a per-tensor scale or zero point)."""
+    return all(np.asarray(const.get(id(v), v.const_value)).size == 1
+               for v in node.inputs if v is not None and _is_const(v, const))
 
 
 def _int8_conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
@@ -240,6 +248,8 @@ def _node_block(node: Node, plan: LayoutPlan, const: dict[int, np.ndarray]) -> i
     if out.shape[1] % b:
         return None
     if out.dtype != DType.f32 and node.op not in INT8_ELEMENTWISE | {"max_pool", "global_max_pool", "concat"}:
+        return None
+    if node.op in INT8_ELEMENTWISE - ELEMENTWISE and not (plan.int8 and _per_tensor(node, const)):
         return None
     if node.op in POOLS:
         return b if node.input(0) is not None and plan.of(node.input(0)) == b and (

@@ -87,9 +87,8 @@ def _requant(s: Any, k: Any, params: tuple[te.Tensor, ...], zp_out: int, out_dty
         v = tirx.shift_right(s.astype("int64") * q[k] + half[k], r[k]) + tirx.const(zp_out, "int64")
         return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
     (m,) = params
-    # (LLVM's roundeven, half to even as np.rint: TVM vectorizes it, not tirx.nearbyint)
-    v = tirx.call_llvm_pure_intrin("float64", "llvm.roundeven",
-                                   s.astype("float64") * m[k] + tirx.const(float(zp_out), "float64"))
+    # (half to even; aot_kernels.vector_roundeven makes it a vector roundeven on LLVM)
+    v = tirx.nearbyint(s.astype("float64") * m[k] + tirx.const(float(zp_out), "float64"))
     return tirx.max(tirx.min(v, tirx.const(float(hi), "float64")), tirx.const(float(lo), "float64")).astype(out_dtype)
 
 

@@ -301,7 +301,8 @@ def _build_fused(bb: relax.BlockBuilder, outer: Scope, node: Node, emitters: Map
     if copied:  # the copy decides as its original
         inner = list(body.nodes)[-1]
         plan.blocked_nodes.add(id(inner))
-        plan.convs[id(inner)] = plan.convs[id(node)]
+        if id(node) in plan.convs:
+            plan.convs[id(inner)] = plan.convs[id(node)]
         plan.block[id(inner.outputs[0])] = plan.block[id(node.outputs[0])]
     params, in_blocks = [], []
     for bv, ov in zip(body.inputs, [v for v in node.inputs if v is not None]):
