@@ -10,7 +10,8 @@ Recognition rules (run first):
 - SiLU/Swish: ``x * sigmoid(x)`` → a ``fused{kind="silu"}`` node
 
 Grouping rules (to a fixpoint): an elementwise op whose input comes from a conv,
-conv_transpose, gemm, mat_mul, elementwise op or fused node, used only there, joins that
+conv_transpose, gemm, mat_mul (or their integer forms: qlinear_conv, qlinear_mat_mul,
+qgemm), elementwise op or fused node, used only there, joins that
 producer's group: Conv/Gemm/MatMul + bias + activation, residual Add + activation into the
 producing conv, and chains of elementwise ops each become one node of at most ``max-ops`` ops.
 With ``pools`` (``fuse{pools=true}``; every AOT build runs it, ``codegen.aot.lower_for_aot``),
@@ -156,7 +157,9 @@ RECOGNIZE = (
 
 # ----------------------------------------------------------------------------- grouping
 
-ANCHORS = {"conv", "conv_transpose", "gemm", "mat_mul"}
+ANCHORS = {"conv", "conv_transpose", "gemm", "mat_mul", "qlinear_conv", "qlinear_mat_mul", "qgemm"}
+"""Compute ops the elementwise ops after them join (an integer op's clamp, ReLU6 as
+``clip`` on its 8-bit output, is computed in its kernel's epilogue)."""
 
 
 def _elementwise_ops() -> tuple[str, ...]:

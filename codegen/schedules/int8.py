@@ -20,7 +20,7 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
 from ..layout_int8 import INT8_CONV_BLOCK
-from .conv import TILE_REGISTERS, _block_named, _fold_epilogue, _parallel_rows, _reg_width
+from .conv import TILE_REGISTERS, _block_named, _parallel_rows, _reg_width
 from .generic import SCHEDULE_ERRORS
 
 DOT_U8S8_16X4 = "effc_dot_u8s8_16x4_vnni"
@@ -71,7 +71,7 @@ def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTE
     ko, ki = sch.split(k, [None, 16])
     xo, xi = sch.split(x, [None, _reg_width(int(width), min(vector_registers, TILE_REGISTERS))])
     sch.reorder(n, ko, y, xo, ry, rx, rc, xi, ki, ri)
-    _fold_epilogue(sch, conv, xo)
+    _epilogue_per_tile(sch, conv, xo)
     _parallel_rows(sch, conv, sch.fuse(n, ko, y))
     _vectorize_pack(sch)
     init = sch.decompose_reduction(conv, ry)
@@ -102,7 +102,9 @@ def _vectorize_pack(sch: s_tir.Schedule) -> None:
 def _epilogue_per_tile(sch: s_tir.Schedule, conv: Any, at: Any) -> None:
     """The blocks after ``conv`` (the requantization, then any clamp) in one block computed
     under loop ``at``, on the tile ``conv`` just summed: its int32 sums never leave the
-    tile buffer (compacted to the tile, which LLVM keeps in registers)."""
+    tile buffer (compacted to the tile, which LLVM keeps in registers). Not
+    ``conv._fold_epilogue``: its write-back spans the sums' 16 channels, and inlining an
+    epilogue of fewer (8 output channels) into it wrote past the output."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
     *inner, last = blocks[names.index(sch.get(conv).name_hint) + 1:]

@@ -1,0 +1,109 @@
+"""effc's x86 int8 fast path (codegen/layout_int8.py, codegen/schedules/int8.py) against the
+interpreter, bit for bit: AVX-512 VNNI convolutions (``qconv_u8s8``: NCHW and blocked
+inputs, padding, strides, dilation, channels not a multiple of 4 or 16), integer depthwise
+convolutions in the blocked layout (``qdwconv_nchwc``), fused ReLU6 clamps, residual
+``qlinear_add``, a broadcasting ``qlinear_mul`` and ``qlinear_global_average_pool``, in
+both requantization roundings; and no kernel writes outside its output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from effc.codegen import build, host_x86_target
+from effc.codegen.schedules import cpu_for
+from effc.ir.builder import Builder
+from effc.ir.core import Graph, Module
+from effc.ir.interpreter import run_module
+from effc.ir.types import DType, TensorType
+from effc.passes import run_pipeline
+
+VNNI = cpu_for(host_x86_target()).int8_dot == "avx512-vnni"
+
+
+def _chain(rounding: str, batch: int = 2) -> Module:
+    """u8 input (5 channels: the NCHW packing, channels padded to 8) -> 3x3 conv to 16
+    (int8 output, ReLU6 clamp) -> depthwise 3x3 stride 2 -> 1x1 to 32 -> 3x3 dilation 2 to
+    16 -> + the depthwise output (qlinear_add) -> 1x1 to 8 (a block of 8) -> 1x1 to 10
+    (NCHW, its sums padded to 16 channels) -> x the global pool of the 16-channel sum
+    (a broadcasting qlinear_mul). Every integer value an output."""
+    rng = np.random.default_rng(7)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    f32 = lambda v: c(np.asarray(v, np.float32))  # noqa: E731
+    extra = {} if rounding == "onnx" else {"rounding": rounding}
+    x = m.graph.add_input("x", TensorType(DType.u8, (batch, 5, 12, 12)))
+
+    def conv(v, scale, zp, k, ksize, out_scale, out_zp, group=1, **attrs):
+        cin = v.type.shape[1] // group
+        w = rng.integers(-128, 128, (k, cin, ksize, ksize)).astype(np.int8)
+        return b.qlinear_conv(v, f32(scale), zp, c(w), f32(rng.uniform(0.001, 0.01, k)), c(np.zeros(k, np.int8)),
+                              f32(out_scale), out_zp, c(rng.integers(-4000, 4000, k).astype(np.int32)),
+                              kernel_shape=[ksize, ksize], group=group, **attrs, **extra)
+
+    z = c(np.int8(-9))
+    a = conv(x, 0.02, c(np.uint8(131)), 16, 3, 0.05, z, pads=[1, 1, 1, 1])
+    a = b.clip(a, z, c(np.int8(100)))
+    d = conv(a, 0.05, z, 16, 3, 0.04, c(np.int8(5)), group=16, pads=[1, 1, 1, 1], strides=[2, 2])
+    p = conv(d, 0.04, c(np.int8(5)), 32, 1, 0.06, c(np.int8(-3)))
+    q = conv(p, 0.06, c(np.int8(-3)), 16, 3, 0.05, c(np.int8(2)), pads=[2, 2, 2, 2], dilations=[2, 2])
+    s = b.qlinear_add(q, f32(0.05), c(np.int8(2)), d, f32(0.04), c(np.int8(5)), f32(0.07), c(np.int8(-1)))
+    e = conv(s, 0.07, c(np.int8(-1)), 8, 1, 0.05, c(np.int8(0)))
+    t = conv(e, 0.05, c(np.int8(0)), 10, 1, 0.08, c(np.int8(4)))
+    g = b.qlinear_global_average_pool(s, f32(0.07), c(np.int8(-1)), f32(0.03), c(np.int8(1)))
+    g10 = conv(g, 0.03, c(np.int8(1)), 10, 1, 0.02, c(np.int8(-6)))
+    y = b.qlinear_mul(t, f32(0.08), c(np.int8(4)), g10, f32(0.02), c(np.int8(-6)), f32(0.1), c(np.int8(3)))
+    m.graph.set_outputs([a, d, p, q, s, e, t, g, y])
+    return m
+
+
+@pytest.mark.parametrize("rounding", ["onnx", "fixed_point"])
+def test_int8_chain_bit_exact(rounding):
+    module = _chain(rounding)
+    run_pipeline(module, "fuse")  # (the clamp joins its conv's kernel, as -O2 does)
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.integers(0, 256, (2, 5, 12, 12)).astype(np.uint8)}
+    want = run_module(module, feeds)
+    art = build(module)
+    got = art.run(feeds)
+    for v in module.graph.outputs:
+        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding})")
+        assert len(np.unique(want[v.name])) > 5, v.name  # not saturated to a constant
+    kernels = {gv.name_hint for gv in art.relax_module.functions}
+    script = art.relax_module.script()
+    if VNNI:  # the fast path was taken: tensorized convs, blocked depthwise
+        assert "llvm.x86.avx512.vpdpbusd.512" in script and "dwconv2d_nchwc" in script, sorted(kernels)
+    else:
+        assert "vpdpbusd" not in script
+
+
+def test_int8_kernels_write_only_their_outputs():
+    """Each integer kernel, called on its own with every output a view into a larger
+    buffer filled with a sentinel: the bytes after the view stay untouched (an epilogue
+    over the sums' 16 padded channels once wrote past an 8-channel output)."""
+    module = _chain("onnx", batch=1)
+    art = build(module)
+    target = tvm.target.Target(art.target)
+    dev = tvm.cpu()
+    checked = 0
+    for gv, f in art.relax_module.functions.items():
+        if not isinstance(f, tvm.tirx.PrimFunc) or not any(k in gv.name_hint for k in ("qlinear", "qconv")):
+            continue
+        lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
+        args, guards = [], []
+        for i, buf in enumerate(f.params):
+            shape = [int(d) for d in buf.shape]
+            size = int(np.prod(shape))
+            raw = np.full(size + 256 + 64, 0x5A, dtype=np.dtype(str(buf.dtype)))
+            skip = (-raw.ctypes.data % 64) // raw.itemsize  # (TVM wants 64-byte aligned tensors)
+            data = raw[skip:skip + size + 256]
+            if i < len(f.params) - 1:
+                data[:size] = np.random.default_rng(i).integers(-20, 20, size).astype(data.dtype)
+            guards.append((data, size))
+            args.append(tvm.runtime.from_dlpack(data[:size].reshape(shape)))
+        lib["main"](*args)
+        out, size = guards[-1]
+        assert (out[size:] == np.full(256, 0x5A, out.dtype)).all(), f"{gv.name_hint} wrote past its output"
+        checked += 1
+    assert checked >= 8, checked
