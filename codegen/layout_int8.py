@@ -80,8 +80,12 @@ def requant_params(multiplier: np.ndarray, channels: int, rounding: str) -> list
 def _requant(s: Any, k: Any, params: tuple[te.Tensor, ...], zp_out: int, out_dtype: str,
              bounds: tuple[int, int], rounding: str) -> Any:
     """The int32 sum ``s`` of output channel ``k`` requantized as ``relax_quant._requantize``
-    does (the same operations in the same order: the same bits)."""
+    does (the same operations in the same order: the same bits); ``rounding="float"``:
+    ``float32(s) * scale[k]``, a float output."""
     lo, hi = bounds
+    if rounding == "float":  # (no requantization: the sum scaled to float32, qgemm without y_scale)
+        (scale,) = params
+        return s.astype("float32") * scale[k]
     if rounding == "fixed_point":
         q, r, half = params
         v = tirx.shift_right(s.astype("int64") * q[k] + half[k], r[k]) + tirx.const(zp_out, "int64")

@@ -135,6 +135,39 @@ def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], 
         primfunc_name_hint="qconv_u8s8")
 
 
+def _vnni_dense(e: Emit, w: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray,
+                zp_out: int, rounding: str | None = None) -> relax.Expr | None:
+    """``a [..., K] x w [K, N]`` (an int8 constant, symmetric), requantized per column
+    (``rounding="float"``: scaled to float32 by ``multiplier``, qgemm's float output), as
+    ``qconv2d_u8s8`` over ``a`` viewed as a ``[1, 1, 1, M, K]`` blocked image (one block of K
+    channels, M pixels; the weight a 1x1 convolution's), its output ``[1, 1, 1, M, N]`` a
+    view of ``[..., N]``. None where the VNNI path does not apply."""
+    at = e.in_type(0)
+    x_dtype = relax_dtype(at.dtype)
+    if (e.scope.int8_dot != "avx512-vnni" or isinstance(e, BlockedEmit) or at.rank < 2
+            or not all(isinstance(d, int) for d in at.shape) or w.ndim != 2
+            or not vnni_conv_ok(x_dtype, w, _zp(e, 5), 1, 4)):
+        return None
+    k, n = (int(d) for d in w.shape)
+    rows = int(np.prod(at.shape[:-1]))
+    rounding = rounding or e.attrs.get("rounding", "onnx")
+    try:
+        params = [np.ascontiguousarray(np.broadcast_to(np.asarray(multiplier, np.float32).reshape(-1), (n,)))] \
+            if rounding == "float" else requant_params(multiplier, n, rounding)
+    except ValueError as err:
+        raise e.fail(str(err)) from None
+    packed = emit_args(np.ascontiguousarray(w.T).reshape(n, k, 1, 1), bias, int(_zp(e, 2)), x_dtype)
+    out = e.out_type().dtype
+    const = e.scope.constant
+    x = e.emit(R.reshape(e.x(0), [1, 1, 1, rows, k]))
+    y = e.emit(e.scope.root_bb.call_te(
+        qconv2d_u8s8, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
+        pads=(0, 0, 0, 0), strides=[1, 1], dilations=[1, 1], channels=n, shift=packed["shift"], zero=packed["zero"],
+        zp_out=zp_out, out_dtype=relax_dtype(out), bounds=out.int_range if out.is_int else (0, 0),
+        rounding=rounding, block=n, primfunc_name_hint="qdense_u8s8"))
+    return R.reshape(y, [*at.shape[:-1], n])
+
+
 def _weight(e: Emit, zp_shape: tuple[int, ...], transpose: bool = False) -> relax.Expr:
     """The 8-bit weight (input 3) less its zero point (input 5), as int32 for the sum. With
     zero points all 0 (symmetric weights: what effc and onnxruntime write) the constant
@@ -151,6 +184,11 @@ def _weight(e: Emit, zp_shape: tuple[int, ...], transpose: bool = False) -> rela
 @emitter("qlinear_mat_mul", check=_check_params)
 def _qlinear_mat_mul(e: Emit):
     at = e.in_type(0)
+    if e.in_type(3).rank == 2:
+        mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), 2, 1)
+        fast = _vnni_dense(e, np.asarray(e.const(3)), None, mult, int(_zp(e, 7)))
+        if fast is not None:
+            return fast
     acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,)), out_dtype="int32")
     rank = max(at.rank, e.in_type(3).rank)
     mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), rank, rank - 1)
@@ -162,12 +200,22 @@ def _qgemm(e: Emit):
     a = e.attrs
     if a["transA"]:
         raise e.fail("qgemm with transA=1")
+    w = np.asarray(e.const(3))
+    if e.has(7) and (not e.has(6) or e.const(6) is not None):
+        mult = _channel_multiplier(np.asarray(e.const(1), np.float32) * np.float32(a["alpha"]), e.const(4), e.const(7), 2, 1)
+        fast = _vnni_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None, mult, int(_zp(e, 8)))
+        if fast is not None:
+            return fast
     acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,), transpose=bool(a["transB"])), out_dtype="int32")
     if e.has(6):
         acc = R.add(acc, R.astype(e.x(6), "int32"))
     alpha = np.float32(a["alpha"])
     if not e.has(7):
         scale = (alpha * np.float32(np.asarray(e.const(1)).reshape(-1)[0]) * np.asarray(e.const(4), np.float32).reshape(-1))
+        fast = _vnni_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None,
+                           scale.astype(np.float32), 0, rounding="float") if e.const(6) is not None or not e.has(6) else None
+        if fast is not None:
+            return fast
         return R.multiply(R.astype(acc, "float32"), e.constant(scale.astype(np.float32), DType.f32))
     mult = _channel_multiplier(np.asarray(e.const(1), np.float32) * alpha, e.const(4), e.const(7), 2, 1)
     return _requantize(e, acc, mult, int(_zp(e, 8)))

@@ -7,7 +7,10 @@ determine the result, this pass computes it on them:
 
 - ``Q(conv(DQ(x), DQ(w), DQ(b)?))`` -> ``qlinear_conv(x, .., w, .., y_scale, y_zp, b)``
 - ``Q(gemm(DQ(a), DQ(w), DQ(c)?))`` (2-D, alpha 1, beta 1 or no C) -> ``qgemm`` (C int32)
-- ``Q(mat_mul(DQ(a), DQ(w)))`` -> ``qlinear_mat_mul``
+- ``Q(mat_mul(DQ(a), DQ(w)))`` -> ``qlinear_mat_mul``; ``mat_mul(DQ(a), DQ(w))`` with a
+  float result -> ``qgemm`` without an output scale (the int32 sum scaled to float, as
+  onnxruntime's MatMulIntegerToFloat; equal up to float32 rounding): a transformer's
+  projections and MLPs run integer sums;
 - with a ``relu`` before the Q: the same, then ``max(y, y_zp)`` on the 8-bit result
   (``Q(relu(v)) = max(Q(v), Q(0))``, Q being monotonic and ``Q(0) = y_zp``); with a
   ``clip`` of constant bounds (ReLU6), ``clip(y, Q(lo), Q(hi))`` the same way;
@@ -173,6 +176,26 @@ def _matmul(m: Match, b: Builder) -> Value | None:
     return b.qlinear_mat_mul(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), ys, yz)
 
 
+def _matmul_to_float(m: Match, b: Builder) -> Value | None:
+    """``mat_mul(DQ(a), DQ(w))`` whose result stays float (effc's quantizer leaves matmul
+    outputs unquantized) -> ``qgemm`` without an output scale: the exact int32 sum times
+    ``a_scale * w_scale`` per column, onnxruntime's MatMulIntegerToFloat; it differs from
+    the float product of the dequantized operands only by float32 rounding. An ``a`` of
+    rank 3 or more is viewed as ``[M, K]`` around it. Not where a QuantizeLinear reads the
+    result (``qdq-matmul`` makes that a ``qlinear_mat_mul``)."""
+    w, x = m["wq"].type, m["xq"].type
+    out = m.root.outputs[0]
+    if (w.rank != 2 or not all(isinstance(d, int) for d in (*w.shape, *x.shape)) or x.rank < 2
+            or any(u.op == "quantize_linear" for u in out.users())
+            or not (_eight_bit(m["xq"]) and _per_tensor(m, "x") and _weight_ok(m, w.shape[1], 1))
+            or m.const("wz").any() or m.const("ws").dtype != np.float32 or m.const("xs").dtype != np.float32):
+        return None
+    k, n = w.shape
+    a = m["xq"] if x.rank == 2 else b.reshape(m["xq"], b.const(np.asarray([-1, k], np.int64)))
+    y = b.qgemm(a, m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"))
+    return y if x.rank == 2 else b.reshape(y, b.const(np.asarray([*x.shape[:-1], n], np.int64)))
+
+
 def _q(inner: Op) -> Op:
     return Op("quantize_linear", inner, Const("ys"), Const("yz"))
 
@@ -233,6 +256,8 @@ RULES.append(Rule("qdq-global-average-pool", _q(Op("global_average_pool", _dq("x
                                                     name="pool")), _global_pool))
 RULES.append(Rule("qdq-max-pool", _q(Op("max_pool", _dq("x", Any("xq"), shared=True), name="pool")), _max_pool))
 RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
+RULES.append(Rule("qdq-matmul-float", Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq"))),
+                  _matmul_to_float))
 
 
 INTEGER_OPS = ("qlinear_conv", "qgemm", "qlinear_mat_mul")

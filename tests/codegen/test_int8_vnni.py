@@ -107,3 +107,50 @@ def test_int8_kernels_write_only_their_outputs():
         assert (out[size:] == np.full(256, 0x5A, out.dtype)).all(), f"{gv.name_hint} wrote past its output"
         checked += 1
     assert checked >= 8, checked
+
+
+@pytest.mark.parametrize("rounding", ["onnx", "fixed_point"])
+def test_int8_matmul_and_gemm_bit_exact(rounding):
+    """qlinear_mat_mul over a 3-D int8 activation and qgemm (transB, int32 bias) over a
+    uint8 one, K not a multiple of 4: VNNI dense kernels (``qdense_u8s8``) on a VNNI CPU."""
+    rng = np.random.default_rng(5)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    f32 = lambda v: c(np.asarray(v, np.float32))  # noqa: E731
+    extra = {} if rounding == "onnx" else {"rounding": rounding}
+    a = m.graph.add_input("a", TensorType(DType.i8, (2, 7, 30)))
+    u = m.graph.add_input("u", TensorType(DType.u8, (5, 30)))
+    mm = b.qlinear_mat_mul(a, f32(0.1), c(np.int8(-5)), c(rng.integers(-128, 128, (30, 48)).astype(np.int8)),
+                           f32(rng.uniform(0.001, 0.01, 48)), c(np.zeros(48, np.int8)), f32(0.3), c(np.int8(3)), **extra)
+    gemm = b.qgemm(u, f32(0.05), c(np.uint8(120)), c(rng.integers(-128, 128, (20, 30)).astype(np.int8)),
+                   f32(rng.uniform(0.001, 0.01, 20)), c(np.zeros(20, np.int8)),
+                   c(rng.integers(-900, 900, 20).astype(np.int32)), f32(0.12), c(np.uint8(128)), transB=1, **extra)
+    m.graph.set_outputs([mm, gemm])
+    feeds = {"a": rng.integers(-128, 128, (2, 7, 30)).astype(np.int8), "u": rng.integers(0, 256, (5, 30)).astype(np.uint8)}
+    want = run_module(m, feeds)
+    art = build(m)
+    got = art.run(feeds)
+    for v in m.graph.outputs:
+        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding})")
+        assert len(np.unique(want[v.name])) > 10
+    assert ("llvm.x86.avx512.vpdpbusd.512" in art.relax_module.script()) == VNNI
+
+
+def test_float_output_qgemm_bit_exact():
+    """qgemm without an output scale (what ``qdq-to-integer`` makes of a matmul whose result
+    stays float): the int32 sum (plus its int32 bias) times ``a_scale * b_scale`` per
+    column, a float32 output equal to the interpreter's to the bit."""
+    rng = np.random.default_rng(9)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    a = m.graph.add_input("a", TensorType(DType.i8, (6, 40)))
+    y = b.qgemm(a, c(np.float32(0.05)), c(np.int8(7)), c(rng.integers(-128, 128, (40, 32)).astype(np.int8)),
+                c(rng.uniform(0.001, 0.01, 32).astype(np.float32)), c(np.zeros(32, np.int8)),
+                c(rng.integers(-900, 900, 32).astype(np.int32)))
+    m.graph.set_outputs([y])
+    feeds = {"a": rng.integers(-128, 128, (6, 40)).astype(np.int8)}
+    art = build(m)
+    np.testing.assert_array_equal(art.run(feeds)[y.name], run_module(m, feeds)[y.name])
+    assert ("llvm.x86.avx512.vpdpbusd.512" in art.relax_module.script()) == VNNI
