@@ -107,9 +107,9 @@ def _pointwise(node: Node) -> bool:
 
 
 INT8_BLOCK = 16
-"""The channel block of 8-bit values on a CPU with VNNI: one ``vpdpbusd`` of int32 sums
+"""The channel block of 8-bit values on a CPU with an integer dot product
 (``layout_int8.py``); 8 or 4 where the channels are fewer (MobileNetV2's 8-channel
-bottlenecks), the sums then padded to 16 with zero weights."""
+bottlenecks)."""
 
 
 def int8_block(channels: int) -> int | None:
@@ -129,7 +129,7 @@ def _per_tensor(node: Node, const: dict[int, np.ndarray]) -> bool:
 
 
 def _int8_conv_kind(node: Node, const: dict[int, np.ndarray]) -> str | None:
-    """``int8`` (one group: ``layout_int8.qconv2d_u8s8``) or ``int8_depthwise``
+    """``int8`` (one group: ``layout_int8.qconv2d_dot``) or ``int8_depthwise``
     (``qdepthwise_nchwc``) for a 2-D ``qlinear_conv`` of 8-bit activations, constant
     symmetric int8 weights and constant scales and zero points, whose output channels
     fill blocks (``int8_block``); else None."""
@@ -165,7 +165,7 @@ class LayoutPlan:
     def __init__(self, lanes: int, int8: bool = False):
         self.lanes = lanes
         self.int8 = int8
-        """Block 8-bit values too (``INT8_BLOCK``: the CPU has VNNI)."""
+        """Block 8-bit values too (``INT8_BLOCK``: the CPU has an integer dot product)."""
         self.block: dict[int, int] = {}
         self.convs: dict[int, str] = {}
         """Conv node id -> ``dense`` | ``depthwise`` | ``grouped``."""

@@ -1,26 +1,34 @@
-"""Integer convolutions in the layouts of 8-bit dot-product instructions (x86 VNNI).
+"""Integer convolutions in the layouts of x86 dot-product instructions (``Dot``).
 
-``vpdpbusd`` (AVX-512 VNNI) multiplies unsigned bytes by signed bytes and sums each four
-products into an int32 lane. A ``qlinear_conv`` over int8 or uint8 activations and
-symmetric int8 weights becomes one kernel (``qconv2d_u8s8``) of three stages:
+- ``avx512-vnni``: ``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds
+  each four products into one of 16 int32 lanes, with no intermediate saturation;
+- ``avx2``: AVX2 has no exact byte dot product (``vpmaddubsw`` saturates its int16 pair
+  sums with full-range weights, which is why onnxruntime quantizes weights to 7 bits
+  there); ``vpmaddwd`` on int16 operands is exact (``(x - zp) * w`` pairs fit int32): 8 int32
+  lanes of two products each, twice an f32 FMA's multiply-adds, every weight bit kept.
 
-1. ``pack_u8``: the input, padded, as ``[N, H, W, C4]`` uint8 (four channels of a pixel
-   contiguous, channels padded to a multiple of four). int8 activations are shifted by
-   128 into uint8 (``x + 128``, the sign bit flipped); padding holds the zero point
-   (shifted), which is what a real 0.0 quantizes to, as in the definition;
-2. ``conv2d_u8s8``: ``acc[n, y, x, k] = sum u8 * s8`` over taps and channel groups of four,
-   weights packed at compile time as ``[K16/16, KH, KW, C4/4, 16, 4]`` (one ``vpdpbusd``
-   operand of 64 bytes per tap and channel group, contiguous);
+A ``qlinear_conv`` over int8 or uint8 activations and symmetric int8 weights becomes one
+kernel (``qconv2d_dot``) of three stages:
+
+1. ``pack``: the input, padded, as ``[N, H, W, C']`` (``depth`` channels of a pixel
+   contiguous, channels padded to a multiple of ``depth``) of the instruction's operand
+   type, shifted: ``x + 128`` for int8 into uint8 on VNNI (the sign bit flipped), ``x - zp``
+   into int16 on AVX2. Padding holds the zero point (shifted), which is what a real 0.0
+   quantizes to, as in the definition;
+2. the dot block (``Dot.block``): ``acc[n, y, x, k] = sum packed * w`` over taps and channel
+   groups, weights packed at compile time as ``[K'/lanes, KH, KW, C'/depth, lanes, depth]``
+   (one instruction operand per tap and channel group, contiguous);
 3. the requantization: ``acc + corr[k]`` is the definition's int32 sum exactly, with
-   ``corr = bias - (zp + shift) * sum(w[k])`` (the shift and the zero point multiply every
-   weight of the window, padding included, so they fold into one constant per channel),
+   ``corr = bias - (zp + shift) * sum(w[k])`` (the shifted zero point multiplies every
+   weight of the window, padding included, so it folds into one constant per channel),
    then requantized as ``relax_quant._requantize`` does (the same operations, so the same
-   bits), written as NCHW.
+   bits), in NCHW or a blocked layout.
 
 ``schedules/int8.py`` tensorizes stage 2 and computes stage 3 per register tile.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,31 +38,47 @@ from effc.ir.ops.quant import quantized_multiplier
 
 from .layout import DEPTHWISE_BLOCK
 
-INT8_CONV_BLOCK = "conv2d_u8s8"
-"""The block name of the convolution stage (``schedules/int8.py`` schedules it)."""
-DOT_LANES = 16
-"""int32 sums per ``vpdpbusd``: the output-channel block."""
-DOT_DEPTH = 4
-"""Products per int32 sum: the input-channel group."""
+@dataclass(frozen=True)
+class Dot:
+    """An integer dot-product instruction a convolution is tensorized with."""
+
+    name: str
+    """``schedules.Cpu.int8_dot``."""
+    lanes: int
+    """int32 sums per instruction: the output-channel block of the sums."""
+    depth: int
+    """Products per int32 sum: the input-channel group."""
+    operand: str
+    """The packed activations' type."""
+    weight: str
+    """The packed weights' type."""
+    block: str
+    """The name of the convolution stage (``schedules/int8.py`` finds it by it)."""
+
+
+DOTS = {"avx512-vnni": Dot("avx512-vnni", 16, 4, "uint8", "int8", "conv2d_u8s8"),
+        "avx2": Dot("avx2", 8, 2, "int16", "int16", "conv2d_s16s16")}
+INT8_CONV_BLOCKS = {d.block: d for d in DOTS.values()}
 
 
 def _ceil_to(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def pack_weight_u8s8(w: np.ndarray) -> np.ndarray:
-    """OIHW int8 → ``[K16/16, KH, KW, C4/4, 16, 4]``, zeros in the padded channels."""
+def pack_weight(w: np.ndarray, dot: Dot) -> np.ndarray:
+    """OIHW int8 → ``[K'/lanes, KH, KW, C'/depth, lanes, depth]`` of ``dot.weight``, zeros in
+    the padded channels."""
     k, c, kh, kw = w.shape
-    k16, c4 = _ceil_to(k, DOT_LANES), _ceil_to(c, DOT_DEPTH)
-    full = np.zeros((k16, c4, kh, kw), np.int8)
+    kp, cp = _ceil_to(k, dot.lanes), _ceil_to(c, dot.depth)
+    full = np.zeros((kp, cp, kh, kw), dot.weight)
     full[:k, :c] = w
-    return np.ascontiguousarray(full.reshape(k16 // DOT_LANES, DOT_LANES, c4 // DOT_DEPTH, DOT_DEPTH, kh, kw)
+    return np.ascontiguousarray(full.reshape(kp // dot.lanes, dot.lanes, cp // dot.depth, dot.depth, kh, kw)
                                 .transpose(0, 4, 5, 2, 1, 3))
 
 
 def correction(w: np.ndarray, bias: np.ndarray | None, zero: int) -> np.ndarray:
     """``bias - zero * sum(w[k])`` per output channel (int32), ``zero`` the input's zero
-    point as a uint8 (the zero point plus the int8 shift)."""
+    point as packed (the zero point plus the shift)."""
     k = w.shape[0]
     corr = -np.int64(zero) * w.reshape(k, -1).astype(np.int64).sum(axis=1)
     if bias is not None:
@@ -106,39 +130,40 @@ def _reader(data: te.Tensor) -> tuple[Any, int, int, int, int]:
     return (lambda a, ch, y, x: data[a, ch // b, y, x, ch % b]), n, co * b, h, w
 
 
-def qconv2d_u8s8(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te.Tensor, pads: tuple[int, ...],
-                 strides: list[int], dilations: list[int], channels: int, shift: int, zero: int, zp_out: int,
-                 out_dtype: str, bounds: tuple[int, int], rounding: str, block: int | None) -> te.Tensor:
+def qconv2d_dot(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te.Tensor, pads: tuple[int, ...],
+                strides: list[int], dilations: list[int], channels: int, shift: int, zero: int, zp_out: int,
+                out_dtype: str, bounds: tuple[int, int], rounding: str, block: int | None, dot: str) -> te.Tensor:
     """``data`` (NCHW or channel-blocked, int8 or uint8) convolved with the packed
     ``weight`` and requantized to ``out_dtype``: ``[N, channels, OH, OW]``, or with a
     ``block`` ``[N, channels/block, OH, OW, block]`` (see the module docstring)."""
+    d = DOTS[dot]
     read, n, c, h, w = _reader(data)
-    k16o, kh, kw, c4o, _, _ = (int(d) for d in weight.shape)
+    ko_, kh, kw, co_, _, _ = (int(v) for v in weight.shape)
     top, left, bottom, right = pads
     sh, sw = strides
     dh, dw = dilations
     hp, wp = h + top + bottom, w + left + right
     oh = (hp - dh * (kh - 1) - 1) // sh + 1
     ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    pad = tirx.const(zero, "uint8")
+    pad = tirx.const(zero, d.operand)
 
     def packed(a, y, x, ch):
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left, ch < c)
         v = read(a, tirx.min(ch, c - 1), y - top, x - left)
-        u = tirx.Cast("uint8", tirx.Cast("int32", v) + shift) if shift else v
+        u = tirx.Cast(d.operand, tirx.Cast("int32", v) + shift) if shift or str(v.dtype) != d.operand else v
         return tirx.if_then_else(inside, u, pad)
 
-    p = te.compute((n, hp, wp, c4o * DOT_DEPTH), packed, name="pack_u8" if len(data.shape) == 5 else "pack_u8_nchw")
+    p = te.compute((n, hp, wp, co_ * d.depth), packed, name="pack" if len(data.shape) == 5 else "pack_nchw")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    rc = te.reduce_axis((0, c4o), "rc")
-    ri = te.reduce_axis((0, DOT_DEPTH), "ri")
+    rc = te.reduce_axis((0, co_), "rc")
+    ri = te.reduce_axis((0, d.depth), "ri")
     acc = te.compute(
-        (n, oh, ow, k16o * DOT_LANES),
+        (n, oh, ow, ko_ * d.lanes),
         lambda a, y, x, k: te.sum(
-            p[a, y * sh + ry * dh, x * sw + rx * dw, rc * DOT_DEPTH + ri].astype("int32")
-            * weight[k // DOT_LANES, ry, rx, rc, k % DOT_LANES, ri].astype("int32"), axis=[ry, rx, rc, ri]),
-        name=INT8_CONV_BLOCK)
+            p[a, y * sh + ry * dh, x * sw + rx * dw, rc * d.depth + ri].astype("int32")
+            * weight[k // d.lanes, ry, rx, rc, k % d.lanes, ri].astype("int32"), axis=[ry, rx, rc, ri]),
+        name=d.block)
     args = (params, zp_out, out_dtype, bounds, rounding)
     if block:
         return te.compute((n, channels // block, oh, ow, block),
@@ -185,16 +210,20 @@ def qdepthwise_nchwc(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *param
                       name="requant")
 
 
-def vnni_conv_ok(x_dtype: str, w: np.ndarray, w_zp: np.ndarray, group: int, rank: int) -> bool:
-    """Whether ``qconv2d_u8s8`` computes this ``qlinear_conv``: 2-D, one group, 8-bit
+def dot_conv_ok(x_dtype: str, w: np.ndarray, w_zp: np.ndarray, group: int, rank: int) -> bool:
+    """Whether ``qconv2d_dot`` computes this ``qlinear_conv``: 2-D, one group, 8-bit
     activations, symmetric int8 weights."""
     return (rank == 4 and group == 1 and x_dtype in ("int8", "uint8") and w.dtype == np.int8
             and not np.asarray(w_zp).any())
 
 
-def emit_args(w: np.ndarray, bias: np.ndarray | None, x_zp: int, x_dtype: str) -> dict[str, Any]:
-    """The packed weight, the correction and the shift for ``qconv2d_u8s8``."""
-    shift = 128 if x_dtype == "int8" else 0
+def emit_args(w: np.ndarray, bias: np.ndarray | None, x_zp: int, x_dtype: str, dot: Dot) -> dict[str, Any]:
+    """The packed weight, the correction, the shift and the packed zero point for
+    ``qconv2d_dot``: VNNI shifts int8 by 128 into uint8; AVX2 subtracts the zero point (its
+    int16 operands hold ``x - zp``, padding 0, no correction but the bias)."""
+    if dot.operand == "uint8":
+        shift = 128 if x_dtype == "int8" else 0
+    else:
+        shift = -x_zp
     zero = x_zp + shift
-    return {"weight": pack_weight_u8s8(w), "corr": correction(w, bias, zero), "shift": shift,
-            "zero": zero}
+    return {"weight": pack_weight(w, dot), "corr": correction(w, bias, zero), "shift": shift, "zero": zero}

@@ -357,7 +357,7 @@ def lower_to_relax(module: Module, *, func_name: str = "main", index_checks: boo
     main.int8_dot = int8_dot
     if lanes:
         main.lanes = lanes
-        main.plan = plan_layouts(g, lanes, int8=int8_dot == "avx512-vnni") or None
+        main.plan = plan_layouts(g, lanes, int8=int8_dot is not None) or None
 
     fused: dict[int, Callable[[Scope, Node], None]] = {}
     for n in g.nodes:

@@ -28,7 +28,7 @@ from effc.ir.ops.quant import _channel_multiplier, global_pool_multiplier, quant
 from effc.ir.types import DType
 
 from .layout import BlockedEmit, pack_depthwise
-from .layout_int8 import correction, emit_args, qconv2d_u8s8, qdepthwise_nchwc, requant_params, vnni_conv_ok
+from .layout_int8 import DOTS, correction, dot_conv_ok, emit_args, qconv2d_dot, qdepthwise_nchwc, requant_params
 from .relax_emit import Emit, relax_dtype
 from .relax_ops import ConstOf, _conv_pads, _dequantize_linear_of, _quantize_linear_of, _round_half_even, emitter
 
@@ -91,9 +91,9 @@ def _qlinear_conv(e: Emit):
         raise e.fail(f"{xt.rank - 2}-D integer convolution (2-D only)")
     kernel = [int(d) for d in wt.shape[2:]]
     begins, ends, strides, dilations = _conv_pads(e, kernel)
-    if isinstance(e, BlockedEmit) or e.scope.int8_dot == "avx512-vnni" and vnni_conv_ok(relax_dtype(xt.dtype), np.asarray(e.const(3)), _zp(e, 5),
+    if isinstance(e, BlockedEmit) or e.scope.int8_dot in DOTS and dot_conv_ok(relax_dtype(xt.dtype), np.asarray(e.const(3)), _zp(e, 5),
                                                            int(e.attrs["group"]), xt.rank):
-        return _vnni_conv(e, begins, ends, strides, dilations)
+        return _dot_conv(e, begins, ends, strides, dilations)
     acc = R.nn.conv2d(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1, 1, 1, 1)), strides=strides,
                       padding=begins + ends, dilation=dilations, groups=e.attrs["group"], data_layout="NCHW",
                       kernel_layout="OIHW", out_dtype="int32")
@@ -103,8 +103,8 @@ def _qlinear_conv(e: Emit):
     return _requantize(e, acc, mult, int(_zp(e, 7)))
 
 
-def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], dilations: list[int]) -> relax.Expr:
-    """``qlinear_conv`` as one ``layout_int8`` kernel: ``qconv2d_u8s8`` (AVX-512 VNNI), or
+def _dot_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], dilations: list[int]) -> relax.Expr:
+    """``qlinear_conv`` as one ``layout_int8`` kernel: ``qconv2d_dot`` (the CPU's dot product), or
     ``qdepthwise_nchwc`` where the layout plan made it a blocked depthwise convolution."""
     w = np.asarray(e.const(3))
     xv = e.node.input(0)
@@ -128,25 +128,26 @@ def _vnni_conv(e: Emit, begins: list[int], ends: list[int], strides: list[int], 
             primfunc_name_hint="qdwconv_nchwc")
     cb = e.scope.block_of(xv)
     x = e.scope.value_in(xv, cb) if cb is not None and cb % 4 == 0 else e.scope.value(xv)
-    packed = emit_args(w, bias, int(_zp(e, 2)), x_dtype)
+    dot = DOTS[e.scope.int8_dot]
+    packed = emit_args(w, bias, int(_zp(e, 2)), x_dtype, dot)
     return e.scope.root_bb.call_te(
-        qconv2d_u8s8, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
-        channels=int(w.shape[0]), shift=packed["shift"], zero=packed["zero"], block=block, **common,
-        primfunc_name_hint="qconv_u8s8")
+        qconv2d_dot, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
+        channels=int(w.shape[0]), shift=packed["shift"], zero=packed["zero"], block=block, dot=dot.name, **common,
+        primfunc_name_hint="qconv_dot")
 
 
-def _vnni_dense(e: Emit, w: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray,
+def _dot_dense(e: Emit, w: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray,
                 zp_out: int, rounding: str | None = None) -> relax.Expr | None:
     """``a [..., K] x w [K, N]`` (an int8 constant, symmetric), requantized per column
     (``rounding="float"``: scaled to float32 by ``multiplier``, qgemm's float output), as
-    ``qconv2d_u8s8`` over ``a`` viewed as a ``[1, 1, 1, M, K]`` blocked image (one block of K
+    ``qconv2d_dot`` over ``a`` viewed as a ``[1, 1, 1, M, K]`` blocked image (one block of K
     channels, M pixels; the weight a 1x1 convolution's), its output ``[1, 1, 1, M, N]`` a
-    view of ``[..., N]``. None where the VNNI path does not apply."""
+    view of ``[..., N]``. None where no dot-product kernel applies."""
     at = e.in_type(0)
     x_dtype = relax_dtype(at.dtype)
-    if (e.scope.int8_dot != "avx512-vnni" or isinstance(e, BlockedEmit) or at.rank < 2
+    if (e.scope.int8_dot not in DOTS or isinstance(e, BlockedEmit) or at.rank < 2
             or not all(isinstance(d, int) for d in at.shape) or w.ndim != 2
-            or not vnni_conv_ok(x_dtype, w, _zp(e, 5), 1, 4)):
+            or not dot_conv_ok(x_dtype, w, _zp(e, 5), 1, 4)):
         return None
     k, n = (int(d) for d in w.shape)
     rows = int(np.prod(at.shape[:-1]))
@@ -156,15 +157,16 @@ def _vnni_dense(e: Emit, w: np.ndarray, bias: np.ndarray | None, multiplier: np.
             if rounding == "float" else requant_params(multiplier, n, rounding)
     except ValueError as err:
         raise e.fail(str(err)) from None
-    packed = emit_args(np.ascontiguousarray(w.T).reshape(n, k, 1, 1), bias, int(_zp(e, 2)), x_dtype)
+    dot = DOTS[e.scope.int8_dot]
+    packed = emit_args(np.ascontiguousarray(w.T).reshape(n, k, 1, 1), bias, int(_zp(e, 2)), x_dtype, dot)
     out = e.out_type().dtype
     const = e.scope.constant
     x = e.emit(R.reshape(e.x(0), [1, 1, 1, rows, k]))
     y = e.emit(e.scope.root_bb.call_te(
-        qconv2d_u8s8, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
+        qconv2d_dot, x, const(packed["weight"]), const(packed["corr"]), *(const(p) for p in params),
         pads=(0, 0, 0, 0), strides=[1, 1], dilations=[1, 1], channels=n, shift=packed["shift"], zero=packed["zero"],
         zp_out=zp_out, out_dtype=relax_dtype(out), bounds=out.int_range if out.is_int else (0, 0),
-        rounding=rounding, block=n, primfunc_name_hint="qdense_u8s8"))
+        rounding=rounding, block=n, dot=dot.name, primfunc_name_hint="qdense_dot"))
     return R.reshape(y, [*at.shape[:-1], n])
 
 
@@ -186,7 +188,7 @@ def _qlinear_mat_mul(e: Emit):
     at = e.in_type(0)
     if e.in_type(3).rank == 2:
         mult = _channel_multiplier(e.const(1), e.const(4), e.const(6), 2, 1)
-        fast = _vnni_dense(e, np.asarray(e.const(3)), None, mult, int(_zp(e, 7)))
+        fast = _dot_dense(e, np.asarray(e.const(3)), None, mult, int(_zp(e, 7)))
         if fast is not None:
             return fast
     acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,)), out_dtype="int32")
@@ -203,7 +205,7 @@ def _qgemm(e: Emit):
     w = np.asarray(e.const(3))
     if e.has(7) and (not e.has(6) or e.const(6) is not None):
         mult = _channel_multiplier(np.asarray(e.const(1), np.float32) * np.float32(a["alpha"]), e.const(4), e.const(7), 2, 1)
-        fast = _vnni_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None, mult, int(_zp(e, 8)))
+        fast = _dot_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None, mult, int(_zp(e, 8)))
         if fast is not None:
             return fast
     acc = R.matmul(_minus_zp(e, 0, int(_zp(e, 2))), _weight(e, (-1,), transpose=bool(a["transB"])), out_dtype="int32")
@@ -212,7 +214,7 @@ def _qgemm(e: Emit):
     alpha = np.float32(a["alpha"])
     if not e.has(7):
         scale = (alpha * np.float32(np.asarray(e.const(1)).reshape(-1)[0]) * np.asarray(e.const(4), np.float32).reshape(-1))
-        fast = _vnni_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None,
+        fast = _dot_dense(e, w.T if a["transB"] else w, e.const(6) if e.has(6) else None,
                            scale.astype(np.float32), 0, rounding="float") if e.const(6) is not None or not e.has(6) else None
         if fast is not None:
             return fast

@@ -47,7 +47,7 @@ class Target:
     """How ``qdq-to-integer``'s integer ops requantize on this target: ``onnx`` (float
     multiplier, half to even: onnxruntime's) or ``fixed_point`` (31-bit multiplier and
     shift, one rounding: TFLite's and CMSIS-NN's); ``ir/ops/quant.py``."""
-    hardware: dict[str, int] = field(default_factory=dict)
+    hardware: dict[str, int | str] = field(default_factory=dict)
     """CPU targets: what effc's default schedules are made for (``vector_bits``,
     ``vector_registers``, ``l1d_kib``; ``codegen/schedules.Cpu``); a key left out is
     detected (the host) or derived from the LLVM CPU. Core counts are the TVM target's
@@ -101,18 +101,22 @@ def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
         raise field_error("runtime_refused", "a string (why the other runtimes are not offered)")
     for where, table in [("hardware", data.get("hardware", {}))] + [
             (f"variants.{n}.hardware", v.get("hardware", {})) for n, v in data.get("variants", {}).items()]:
-        bad = {k: v for k, v in table.items() if k not in HARDWARE_KEYS or not isinstance(v, int) or v <= 0} \
+        bad = {k: v for k, v in table.items()
+               if not (k in HARDWARE_KEYS and isinstance(v, int) and v > 0 or k == "int8_dot" and v in INT8_DOTS)} \
             if isinstance(table, dict) else {where: table}
         if bad:
-            raise InputError(f"targets/{file}: '{where}' takes positive integers for {', '.join(HARDWARE_KEYS)}; "
-                             f"got {bad}")
+            raise InputError(f"targets/{file}: '{where}' takes positive integers for {', '.join(HARDWARE_KEYS)} and "
+                             f"int8_dot = {' or '.join(repr(d) for d in INT8_DOTS)}; got {bad}")
     return data
 
 
 HARDWARE_KEYS = ("vector_bits", "vector_registers", "l1d_kib")
+"""The integer keys of a family's (or variant's) ``hardware`` table."""
+INT8_DOTS = ("", "avx512-vnni", "avx2")
+"""A ``hardware`` table's ``int8_dot``: the integer dot product effc's int8 kernels use
+("": none; codegen/schedules/__init__.py's ``INT8_DOTS``, a test checks the two agree)."""
 QUANT_ROUNDINGS = ("onnx", "fixed_point")
 """``ir.ops.quant.ROUNDINGS`` (a test checks the two agree; targets/ does not import ir/ops)."""
-"""The keys of a family's (or variant's) ``hardware`` table."""
 
 
 def _families() -> dict[str, dict[str, Any]]:

@@ -50,8 +50,9 @@ class Cpu:
     cores: int
     """Cores a parallel loop may use (the TVM target's ``num-cores``)."""
     int8_dot: str | None = None
-    """8-bit dot-product instructions the integer kernels use: ``avx512-vnni``
-    (``vpdpbusd``, ``int8.py``); None: plain int32 arithmetic."""
+    """Integer dot-product instructions the integer kernels use: ``avx512-vnni``
+    (``vpdpbusd``) or ``avx2`` (``vpmaddwd`` on int16), ``int8.py``; None: plain int32
+    arithmetic."""
 
 
 def cpu_for(target: Mapping[str, Any], hardware: Mapping[str, int] | None = None) -> Cpu:
@@ -120,20 +121,24 @@ def default_schedules(cpu: Cpu) -> tvm.transform.Pass:
     return apply
 
 
-INT8_DOTS = ("", None, "avx512-vnni")
+INT8_DOTS = ("", None, "avx512-vnni", "avx2")
 """Values of a ``hardware`` table's ``int8_dot`` ("": none, plain int32 kernels)."""
 
 
 def target_int8_dot(target: dict[str, Any]) -> str | None:
-    """The 8-bit dot-product instructions of an LLVM CPU target: ``avx512-vnni`` where
-    its CPU has AVX-512 VNNI (and ``-mattr`` does not turn it off), else None."""
+    """The integer dot-product instructions of an LLVM CPU target: ``avx512-vnni`` where
+    its CPU has AVX-512 VNNI, ``avx2`` where it has AVX2 (``-mattr`` turning them off
+    respected), else None."""
     mattr = [str(a) for a in target.get("mattr") or []]
-    if not str(target.get("mtriple", "")).startswith("x86_64") or "-avx512vnni" in mattr or "-avx512f" in mattr:
+    if not str(target.get("mtriple", "")).startswith("x86_64"):
         return None
     from tvm.target import codegen
 
     t = tvm.target.Target(dict(target))
-    return "avx512-vnni" if codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], t) else None
+    if "-avx512vnni" not in mattr and "-avx512f" not in mattr and codegen.llvm_cpu_has_features(
+            ["avx512vnni", "avx512bw"], t):
+        return "avx512-vnni"
+    return "avx2" if "-avx2" not in mattr and codegen.llvm_cpu_has_features("avx2", t) else None
 
 
 def target_lanes(target: dict[str, Any]) -> int:

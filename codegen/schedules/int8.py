@@ -1,11 +1,13 @@
-"""effc's default schedules for integer convolutions and matmuls on x86 with VNNI.
+"""effc's default schedules for integer convolutions and matmuls on x86 dot products.
 
 AVX-512 VNNI's ``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds each
 group of four products into one of 16 int32 lanes, with no intermediate saturation: 64
-exact multiply-adds per instruction, four times an f32 FMA's 16. ``layout_int8.py`` writes
-convolutions whose reduction ends in four input channels (``[..., C/4, 16, 4]`` weights,
-u8 activations with four channels contiguous per pixel), so the two innermost loops, 16
-output channels by 4 input channels, are one ``vpdpbusd`` (``DOT_U8S8_16X4``).
+exact multiply-adds per instruction, four times an f32 FMA's 16. AVX2's ``vpmaddwd`` on
+int16 operands adds pairs of exact products into 8 int32 lanes: 16 per instruction, twice
+an AVX2 FMA's 8. ``layout_int8.py`` writes convolutions whose reduction ends in ``depth``
+input channels (``[..., C'/depth, lanes, depth]`` weights, activations with ``depth``
+channels contiguous per pixel), so the two innermost loops, ``lanes`` output channels by
+``depth`` input channels, are one instruction (``INTRINSICS``).
 
 The schedule is the float blocked convolution's (``conv.py``): a row of output pixels
 split into a register tile, one accumulator vector per pixel and 16 output channels, the
@@ -19,7 +21,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
-from ..layout_int8 import INT8_CONV_BLOCK
+from ..layout_int8 import INT8_CONV_BLOCKS
 from .conv import TILE_REGISTERS, _block_named, _parallel_rows, _reg_width
 from .generic import SCHEDULE_ERRORS
 
@@ -57,18 +59,56 @@ def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), 
 
 s_tir.TensorIntrin.register(DOT_U8S8_16X4, _dot_desc, _dot_vnni, override=True)
 
+DOT_S16_8X2 = "effc_dot_s16_8x2_avx2"
+"""8 int32 sums += 2 int16 (one broadcast) x [8, 2] int16 with ``vpmaddwd`` (AVX2): the
+pair sums are exact (``|x - zp| <= 255``, ``|w| <= 128``)."""
+
+
+@T.prim_func(s_tir=True)
+def _pair_desc(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), "int16", offset_factor=1),
+               c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+        T.writes(c[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _pair_avx2(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), "int16", offset_factor=1),
+               c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+        T.writes(c[0:8])
+        a2 = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
+        c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), T.reinterpret(T.broadcast(a2, 8), dtype="int16x16"),
+            b.vload([0, 0], dtype="int16x16"), dtype="int32x8")
+
+
+s_tir.TensorIntrin.register(DOT_S16_8X2, _pair_desc, _pair_avx2, override=True)
+
+INTRINSICS = {"avx512-vnni": DOT_U8S8_16X4, "avx2": DOT_S16_8X2}
+"""``layout_int8.Dot.name`` -> its tensor intrinsic."""
+
 
 def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTERS) -> bool:
-    """Schedule the ``conv2d_u8s8`` convolution of ``sch``'s kernel and its epilogue (the
-    requantization and the clamps fused after it); False when the kernel holds none."""
-    conv = _block_named(sch, INT8_CONV_BLOCK)
+    """Schedule the dot-product convolution (``layout_int8.INT8_CONV_BLOCKS``) of ``sch``'s
+    kernel and its epilogue (the requantization and the clamps fused after it); False when
+    the kernel holds none."""
+    conv = next((b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                 if sch.get(b).name_hint in INT8_CONV_BLOCKS), None)
     if conv is None:
         return False
+    dot = INT8_CONV_BLOCKS[sch.get(conv).name_hint]
     n, y, x, k, ry, rx, rc, ri = sch.get_loops(conv)
     width = sch.get(x).extent
     if not isinstance(width, tirx.IntImm):
         return False
-    ko, ki = sch.split(k, [None, 16])
+    ko, ki = sch.split(k, [None, dot.lanes])
     xo, xi = sch.split(x, [None, _reg_width(int(width), min(vector_registers, TILE_REGISTERS))])
     sch.reorder(n, ko, y, xo, ry, rx, rc, xi, ki, ri)
     _epilogue_per_tile(sch, conv, xo)
@@ -77,7 +117,7 @@ def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTE
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
-    sch.tensorize(ki, DOT_U8S8_16X4)
+    sch.tensorize(ki, INTRINSICS[dot.name])
     return True
 
 
@@ -88,8 +128,8 @@ PACK_VECTOR = 64
 def _vectorize_pack(sch: s_tir.Schedule) -> None:
     """The packing stage of a blocked input (shifted to uint8 and padded, ``[N, H, W, C4]``):
     a row of pixels and channels, contiguous, in vectors."""
-    pack = _block_named(sch, "pack_u8")
-    if pack is None or sch.get(pack).name_hint != "pack_u8":  # (from NCHW: a gather, left scalar)
+    pack = _block_named(sch, "pack")
+    if pack is None or sch.get(pack).name_hint != "pack":  # (from NCHW: a gather, left scalar)
         return
     n, y, x, c = sch.get_loops(pack)
     row = sch.fuse(x, c)

@@ -1,5 +1,6 @@
-"""effc's x86 int8 fast path (codegen/layout_int8.py, codegen/schedules/int8.py) against the
-interpreter, bit for bit: AVX-512 VNNI convolutions (``qconv_u8s8``: NCHW and blocked
+"""effc's x86 int8 fast paths (codegen/layout_int8.py, codegen/schedules/int8.py) against the
+interpreter, bit for bit, on this machine (AVX-512 VNNI where it has it) and on AVX2
+(Haswell: vpmaddwd on int16): dot-product convolutions (``qconv_dot``: NCHW and blocked
 inputs, padding, strides, dilation, channels not a multiple of 4 or 16), integer depthwise
 convolutions in the blocked layout (``qdwconv_nchwc``), fused ReLU6 clamps, residual
 ``qlinear_add``, a broadcasting ``qlinear_mul`` and ``qlinear_global_average_pool``, in
@@ -10,15 +11,29 @@ import numpy as np
 import pytest
 import tvm
 
-from effc.codegen import build, host_x86_target
+from effc.codegen import build
 from effc.codegen.schedules import cpu_for
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module
 from effc.ir.interpreter import run_module
 from effc.ir.types import DType, TensorType
 from effc.passes import run_pipeline
+from effc.targets import get_target
 
-VNNI = cpu_for(host_x86_target()).int8_dot == "avx512-vnni"
+INTRINSIC = {"avx512-vnni": "llvm.x86.avx512.vpdpbusd.512", "avx2": "llvm.x86.avx2.pmadd.wd"}
+TARGETS = ["x86", "x86-avx2"]
+"""This machine (AVX-512 VNNI where it has it) and Haswell's AVX2 (vpmaddwd on int16)."""
+
+
+def _build(module: Module, target: str):
+    """The x86 build for ``target`` and the dot product its CPU has (None: plain kernels)."""
+    t = get_target(target)
+    return build(module, dict(t.tvm), hardware=t.hardware), cpu_for(dict(t.tvm), t.hardware).int8_dot
+
+
+def _uses_dot(art, dot: str | None) -> bool:
+    script = art.relax_module.script()
+    return (INTRINSIC[dot] in script) if dot else not any(i in script for i in INTRINSIC.values())
 
 
 def _chain(rounding: str, batch: int = 2) -> Module:
@@ -58,37 +73,35 @@ def _chain(rounding: str, batch: int = 2) -> Module:
     return m
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("rounding", ["onnx", "fixed_point"])
-def test_int8_chain_bit_exact(rounding):
+def test_int8_chain_bit_exact(rounding, target):
     module = _chain(rounding)
     run_pipeline(module, "fuse")  # (the clamp joins its conv's kernel, as -O2 does)
     rng = np.random.default_rng(1)
     feeds = {"x": rng.integers(0, 256, (2, 5, 12, 12)).astype(np.uint8)}
     want = run_module(module, feeds)
-    art = build(module)
+    art, dot = _build(module, target)
     got = art.run(feeds)
     for v in module.graph.outputs:
-        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding})")
+        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding}, {target})")
         assert len(np.unique(want[v.name])) > 5, v.name  # not saturated to a constant
-    kernels = {gv.name_hint for gv in art.relax_module.functions}
-    script = art.relax_module.script()
-    if VNNI:  # the fast path was taken: tensorized convs, blocked depthwise
-        assert "llvm.x86.avx512.vpdpbusd.512" in script and "dwconv2d_nchwc" in script, sorted(kernels)
-    else:
-        assert "vpdpbusd" not in script
+    assert _uses_dot(art, dot)  # the fast path was taken: tensorized convs,
+    assert (dot is None) or "dwconv2d_nchwc" in art.relax_module.script()  # a blocked depthwise
 
 
-def test_int8_kernels_write_only_their_outputs():
+@pytest.mark.parametrize("target", TARGETS)
+def test_int8_kernels_write_only_their_outputs(target):
     """Each integer kernel, called on its own with every output a view into a larger
     buffer filled with a sentinel: the bytes after the view stay untouched (an epilogue
     over the sums' 16 padded channels once wrote past an 8-channel output)."""
     module = _chain("onnx", batch=1)
-    art = build(module)
+    art, _ = _build(module, target)
     target = tvm.target.Target(art.target)
     dev = tvm.cpu()
     checked = 0
     for gv, f in art.relax_module.functions.items():
-        if not isinstance(f, tvm.tirx.PrimFunc) or not any(k in gv.name_hint for k in ("qlinear", "qconv")):
+        if not isinstance(f, tvm.tirx.PrimFunc) or not any(k in gv.name_hint for k in ("qlinear", "qconv", "qdw")):
             continue
         lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
         args, guards = [], []
@@ -109,8 +122,9 @@ def test_int8_kernels_write_only_their_outputs():
     assert checked >= 8, checked
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("rounding", ["onnx", "fixed_point"])
-def test_int8_matmul_and_gemm_bit_exact(rounding):
+def test_int8_matmul_and_gemm_bit_exact(rounding, target):
     """qlinear_mat_mul over a 3-D int8 activation and qgemm (transB, int32 bias) over a
     uint8 one, K not a multiple of 4: VNNI dense kernels (``qdense_u8s8``) on a VNNI CPU."""
     rng = np.random.default_rng(5)
@@ -129,15 +143,16 @@ def test_int8_matmul_and_gemm_bit_exact(rounding):
     m.graph.set_outputs([mm, gemm])
     feeds = {"a": rng.integers(-128, 128, (2, 7, 30)).astype(np.int8), "u": rng.integers(0, 256, (5, 30)).astype(np.uint8)}
     want = run_module(m, feeds)
-    art = build(m)
+    art, dot = _build(m, target)
     got = art.run(feeds)
     for v in m.graph.outputs:
-        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding})")
+        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({rounding}, {target})")
         assert len(np.unique(want[v.name])) > 10
-    assert ("llvm.x86.avx512.vpdpbusd.512" in art.relax_module.script()) == VNNI
+    assert _uses_dot(art, dot)
 
 
-def test_float_output_qgemm_bit_exact():
+@pytest.mark.parametrize("target", TARGETS)
+def test_float_output_qgemm_bit_exact(target):
     """qgemm without an output scale (what ``qdq-to-integer`` makes of a matmul whose result
     stays float): the int32 sum (plus its int32 bias) times ``a_scale * b_scale`` per
     column, a float32 output equal to the interpreter's to the bit."""
@@ -151,6 +166,19 @@ def test_float_output_qgemm_bit_exact():
                 c(rng.integers(-900, 900, 32).astype(np.int32)))
     m.graph.set_outputs([y])
     feeds = {"a": rng.integers(-128, 128, (6, 40)).astype(np.int8)}
-    art = build(m)
+    art, dot = _build(m, target)
     np.testing.assert_array_equal(art.run(feeds)[y.name], run_module(m, feeds)[y.name])
-    assert ("llvm.x86.avx512.vpdpbusd.512" in art.relax_module.script()) == VNNI
+    assert _uses_dot(art, dot)
+
+
+def test_target_tables_name_the_dot_product_their_cpu_has():
+    """targets/x86.toml's variants declare ``int8_dot``; each is what effc derives from the
+    variant's LLVM CPU, and the values the target loader accepts are codegen's."""
+    from effc.codegen.schedules import INT8_DOTS, target_int8_dot
+    from effc.targets import INT8_DOTS as TABLE_DOTS
+
+    assert set(TABLE_DOTS) == set(INT8_DOTS) - {None}
+    for name, want in [("x86-avx2", "avx2"), ("x86-avx512", "avx2"), ("x86-vnni", "avx512-vnni")]:
+        t = get_target(name)
+        assert t.hardware["int8_dot"] == want == target_int8_dot(dict(t.tvm)), name
+        assert cpu_for(dict(t.tvm), t.hardware).int8_dot == want
