@@ -95,16 +95,17 @@ def test_hardware_table_is_checked_and_the_error_names_file_and_keys(table):
 
 
 @pytest.mark.parametrize("name, want", [
-    ("arm", (4, 32, 32 * 1024, 4)), ("arm-cortex-a76", (4, 32, 64 * 1024, 4)),
-    ("x86-avx2", (8, 16, 32 * 1024, None)), ("x86-avx512", (16, 32, 32 * 1024, None))])
+    ("arm", (4, 32, 32 * 1024, 4, None)), ("arm-cortex-a76", (4, 32, 64 * 1024, 4, None)),
+    ("x86-avx2", (8, 16, 32 * 1024, None, "avx2")), ("x86-avx512", (16, 32, 32 * 1024, None, "avx2")),
+    ("x86-vnni", (16, 32, 32 * 1024, None, "avx512-vnni"))])
 def test_schedules_are_made_for_the_targets_hardware_table(name, want):
-    """Vector width, registers and L1 come from targets/*.toml; cores from the TVM target's
-    num-cores (the arm boards': 4; x86: this machine's)."""
+    """Vector width, registers, L1 and the int8 dot product come from targets/*.toml;
+    cores from the TVM target's num-cores (the arm boards': 4; x86: this machine's)."""
     from effc.codegen.schedules import Cpu, cpu_for
 
     target = get_target(name)
-    lanes, registers, l1d, cores = want
-    assert cpu_for(target.tvm, target.hardware) == Cpu(lanes, registers, l1d, cores or os.cpu_count())
+    lanes, registers, l1d, cores, dot = want
+    assert cpu_for(target.tvm, target.hardware) == Cpu(lanes, registers, l1d, cores or os.cpu_count(), dot)
 
 
 def test_matmul_k_block_follows_the_l1_size():
