@@ -182,3 +182,26 @@ def test_target_tables_name_the_dot_product_their_cpu_has():
         t = get_target(name)
         assert t.hardware["int8_dot"] == want == target_int8_dot(dict(t.tvm)), name
         assert cpu_for(dict(t.tvm), t.hardware).int8_dot == want
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_int8_conv_on_a_prime_width_sums_padded_columns(target):
+    """A 23-column output row (no tile of 4 to 14 divides it) is summed as 24 columns over
+    padding, the last never written: still the interpreter's bits, from NCHW (3 channels)
+    and from a blocked input."""
+    rng = np.random.default_rng(2)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    f32 = lambda v: c(np.asarray(v, np.float32))  # noqa: E731
+    x = m.graph.add_input("x", TensorType(DType.i8, (1, 3, 23, 23)))
+    v = x
+    for k, cin in ((16, 3), (32, 16)):
+        v = b.qlinear_conv(v, f32(0.03), c(np.int8(-4)), c(rng.integers(-128, 128, (k, cin, 3, 3)).astype(np.int8)),
+                           f32(rng.uniform(0.001, 0.01, k)), c(np.zeros(k, np.int8)), f32(0.05), c(np.int8(-4)),
+                           kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    m.graph.set_outputs([v])
+    feeds = {"x": rng.integers(-128, 128, (1, 3, 23, 23)).astype(np.int8)}
+    art, dot = _build(m, target)
+    np.testing.assert_array_equal(art.run(feeds)[v.name], run_module(m, feeds)[v.name])
+    assert _uses_dot(art, dot)
