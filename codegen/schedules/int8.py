@@ -31,17 +31,23 @@ TVM ships one (``dot_16x4_vnni``) written for older LLVMs: LLVM 22 types the ins
 operands as bytes (``<64 x i8>``), and TVM's fails to build; this one passes bytes."""
 
 
-@T.prim_func(s_tir=True)
-def _dot_desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-              c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-        T.writes(c[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+def _dot_description(lanes: int, depth: int, operand: str, weight: str) -> tirx.PrimFunc:
+    """What a dot-product intrinsic computes: ``lanes`` int32 sums, each plus ``depth``
+    products of one broadcast operand group and a ``[lanes, depth]`` weight tile."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((depth,), operand, offset_factor=1), b: T.Buffer((lanes, depth), weight, offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:depth], b[0:lanes, 0:depth])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -57,24 +63,11 @@ def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), 
             dtype="int32x16")
 
 
-s_tir.TensorIntrin.register(DOT_U8S8_16X4, _dot_desc, _dot_vnni, override=True)
+s_tir.TensorIntrin.register(DOT_U8S8_16X4, _dot_description(16, 4, "uint8", "int8"), _dot_vnni, override=True)
 
 DOT_S16_8X2 = "effc_dot_s16_8x2_avx2"
 """8 int32 sums += 2 int16 (one broadcast) x [8, 2] int16 with ``vpmaddwd`` (AVX2): the
 pair sums are exact (``|x - zp| <= 255``, ``|w| <= 128``)."""
-
-
-@T.prim_func(s_tir=True)
-def _pair_desc(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), "int16", offset_factor=1),
-               c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-        T.writes(c[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -89,7 +82,7 @@ def _pair_avx2(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), 
             b.vload([0, 0], dtype="int16x16"), dtype="int32x8")
 
 
-s_tir.TensorIntrin.register(DOT_S16_8X2, _pair_desc, _pair_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_S16_8X2, _dot_description(8, 2, "int16", "int16"), _pair_avx2, override=True)
 
 INTRINSICS = {"avx512-vnni": DOT_U8S8_16X4, "avx2": DOT_S16_8X2}
 """``layout_int8.Dot.name`` -> its tensor intrinsic."""
