@@ -95,18 +95,20 @@ def aot_relax_passes() -> tvm.transform.Pass:
     ], name="effc_aot_relax")
 
 
-def lower_for_aot(module: Module, target: Mapping[str, Any], pools: bool = True, lanes: int | None = None) -> tvm.IRModule:
+def lower_for_aot(module: Module, target: Mapping[str, Any], pools: bool = True, lanes: int | None = None,
+                  int8_dot: str | None = None) -> tvm.IRModule:
     """``module`` in the explicit-memory form of Relax. ``module`` itself changes first: with
     ``pools``, each pool whose windows tile its input joins the conv before it
     (``fuse{pools=true}``: less memory; tuned builds leave it, as MetaSchedule tunes the
     fused kernel slower: digits_cnn 0.023 against 0.019 ms, mnist_conv 0.049 against 0.029),
     and the nodes take the order ``plan-memory`` chooses. ``lanes``: blocked layouts for a
-    CPU with that many f32 vector lanes (``codegen/layout.py``; None: NCHW throughout)."""
+    CPU with that many f32 vector lanes (``codegen/layout.py``; None: NCHW throughout);
+    ``int8_dot``: integer kernels on that dot product (``schedules.Cpu.int8_dot``)."""
     _check_static(module)
     if pools:
         fuse_pools(module)
     order_nodes(module, align=ALIGN)
-    mod = lower_to_relax(module, labels_in_result=False, lanes=lanes)
+    mod = lower_to_relax(module, labels_in_result=False, lanes=lanes, int8_dot=int8_dot if lanes else None)
     with tvm.transform.PassContext(opt_level=3), tvm.target.Target(dict(target)):
         return aot_relax_passes()(mod)
 

@@ -1026,7 +1026,8 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
     schedule = program_schedule(module, target, io_in_arena, pools=database is None and cpu is None,
-                                lanes=cpu.lanes if cpu is not None else None)
+                                lanes=cpu.lanes if cpu is not None else None,
+                                int8_dot=cpu.int8_dot if cpu is not None else None)
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database, cpu=cpu)
     plan = plan_program(schedule, kernels)
     return write_program(name, iface, schedule, plan, kernels, dict(target), toolchain), schedule, plan

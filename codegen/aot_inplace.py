@@ -431,11 +431,12 @@ def driver_in_place(schedule: Schedule, module: Module) -> int:
 
 
 def program_schedule(module: Module, target: Mapping[str, Any], io_in_arena: bool = True,
-                     pools: bool = True, lanes: int | None = None) -> Schedule:
+                     pools: bool = True, lanes: int | None = None, int8_dot: str | None = None) -> Schedule:
     """The kernel calls of ``module``'s AOT program, with the sharing rules applied (the
-    stages before the kernels are compiled); ``lanes``: in the blocked layouts of a CPU
-    with that many f32 vector lanes (``lower_for_aot``)."""
-    schedule = read_schedule(lower_for_aot(module, target, pools, lanes), Interface.of(module))
+    stages before the kernels are compiled); ``lanes``, ``int8_dot``: in the blocked
+    layouts and integer kernels of a CPU with that many f32 vector lanes and that dot
+    product (``lower_for_aot``)."""
+    schedule = read_schedule(lower_for_aot(module, target, pools, lanes, int8_dot), Interface.of(module))
     schedule.io_in_arena = io_in_arena
     slices_in_place(schedule, module)
     split_channels(schedule, module, target)

@@ -205,3 +205,27 @@ def test_int8_conv_on_a_prime_width_sums_padded_columns(target):
     art, dot = _build(m, target)
     np.testing.assert_array_equal(art.run(feeds)[v.name], run_module(m, feeds)[v.name])
     assert _uses_dot(art, dot)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_int8_chain_in_an_aot_program(target):
+    """The runtime-free x86 program (``--runtime=aot``) runs the same dot-product kernels
+    in its planned arena: every output the interpreter's."""
+    import effc
+    from effc.codegen.aot_inplace import program_schedule
+    from effc.codegen.native import aot_cpu
+
+    module = _chain("fixed_point", batch=1)
+    run_pipeline(module, "fuse")
+    feeds = {"x": np.random.default_rng(1).integers(0, 256, (1, 5, 12, 12)).astype(np.uint8)}
+    want = run_module(module, feeds)
+    got = effc.compile(module, target=target, runtime="aot").run(feeds)
+    for v in module.graph.outputs:
+        np.testing.assert_array_equal(got[v.name], want[v.name], err_msg=f"{v.name} ({target})")
+    t = get_target(target)
+    cpu = aot_cpu(dict(t.tvm), t.hardware)
+    kernels = program_schedule(module, dict(t.tvm), lanes=cpu.lanes, int8_dot=cpu.int8_dot).prim_funcs
+    from effc.codegen.layout_int8 import DOTS
+
+    blocks = [DOTS[cpu.int8_dot].block in f.script() for f in kernels.values()] if cpu.int8_dot else [False]
+    assert (sum(blocks) >= 4) == (cpu.int8_dot is not None), sorted(kernels)  # (the chain's dot-product convs)
