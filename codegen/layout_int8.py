@@ -90,13 +90,18 @@ def requant_params(multiplier: np.ndarray, channels: int, rounding: str) -> list
     """The per-channel constants of the requantization: the float64 multiplier (``onnx``)
     or ``q``, the right shift and the rounding term (``fixed_point``), each ``[K]``."""
     m = np.broadcast_to(np.asarray(multiplier, np.float64).reshape(-1), (channels,))
-    if rounding != "fixed_point":
-        return [np.ascontiguousarray(m)]
-    q, shift = quantized_multiplier(m)
+    return fixed_point_constants(m) if rounding == "fixed_point" else [np.ascontiguousarray(m)]
+
+
+def fixed_point_constants(multiplier: np.ndarray) -> list[np.ndarray]:
+    """``(q, r, 2^(r - 1))`` (int64, the multiplier's shape) with ``(acc * q + 2^(r - 1)) >> r``
+    the interpreter's ``_fixed_point``: a multiplier under ``2^-31`` gets ``q = 0`` (so 0);
+    one of ``2^30`` or more is refused (ValueError)."""
+    q, shift = quantized_multiplier(np.asarray(multiplier, np.float64))
     r = 31 - shift
     if (r < 1).any():
         raise ValueError("fixed_point requantization of a multiplier of 2^30 or more")
-    q = np.where(r > 62, 0, q)  # (below 2^-31: 0, as the interpreter)
+    q = np.where(r > 62, 0, q)
     r = np.minimum(r, 62)
     return [q.astype(np.int64), r.astype(np.int64), np.left_shift(np.int64(1), r - 1).astype(np.int64)]
 

@@ -24,11 +24,12 @@ import numpy as np
 from tvm import relax
 
 from effc.ir.core import Node
-from effc.ir.ops.quant import _channel_multiplier, global_pool_multiplier, quantized_multiplier
+from effc.ir.ops.quant import _channel_multiplier, global_pool_multiplier
 from effc.ir.types import DType
 
 from .layout import BlockedEmit, pack_depthwise
-from .layout_int8 import DOTS, correction, dot_conv_ok, emit_args, qconv2d_dot, qdepthwise_nchwc, requant_params
+from .layout_int8 import (DOTS, correction, dot_conv_ok, emit_args, fixed_point_constants, qconv2d_dot,
+                          qdepthwise_nchwc, requant_params)
 from .relax_emit import Emit, relax_dtype
 from .relax_ops import ConstOf, _conv_pads, _dequantize_linear_of, _quantize_linear_of, _round_half_even, emitter
 
@@ -64,16 +65,12 @@ def _requantize(e: Emit, acc: relax.Expr, multiplier: np.ndarray, zp: int) -> re
     out = e.out_type().dtype
     lo, hi = out.int_range
     if e.attrs.get("rounding", "onnx") == "fixed_point":
-        q, shift = quantized_multiplier(multiplier)
-        r = 31 - shift
-        if (r < 1).any():
-            raise e.fail("fixed_point requantization of a multiplier of 2^30 or more")
-        tiny = r > 62
-        r = np.minimum(r, 62)
+        try:
+            q, r, half = fixed_point_constants(multiplier)
+        except ValueError as err:
+            raise e.fail(str(err)) from None
         y = R.right_shift(R.add(R.multiply(R.astype(acc, "int64"), e.constant(q, DType.i64)),
-                                e.constant(np.left_shift(np.int64(1), r - 1), DType.i64)), e.constant(r, DType.i64))
-        if tiny.any():
-            y = R.where(e.constant(tiny), e.scalar(0, DType.i64), y)
+                                e.constant(half, DType.i64)), e.constant(r, DType.i64))
         y = R.add(y, e.scalar(int(zp), DType.i64))
         y = R.minimum(R.maximum(y, e.scalar(lo, DType.i64)), e.scalar(hi, DType.i64))
         return R.astype(y, relax_dtype(out))
