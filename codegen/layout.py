@@ -342,12 +342,13 @@ def pack_depthwise(w: np.ndarray, b: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(c // b, b, kh, kw).transpose(0, 2, 3, 1))
 
 
-def _padded(data: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
+def _padded(data: te.Tensor, pads: tuple[int, int, int, int], fill: float | int = 0) -> te.Tensor:
+    """``[N, C/b, H, W, b]`` padded with ``fill`` (an integer tensor's zero point)."""
     top, left, bottom, right = pads
     if not any(pads):
         return data
     n, c, h, w, i = data.shape
-    zero = tirx.const(0.0, data.dtype)
+    zero = tirx.const(fill, data.dtype)
     return te.compute(
         (n, c, h + top + bottom, w + left + right, i),
         lambda a, b, y, x, j: tirx.if_then_else(

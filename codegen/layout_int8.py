@@ -36,7 +36,7 @@ from tvm import te, tirx
 
 from effc.ir.ops.quant import quantized_multiplier
 
-from .layout import DEPTHWISE_BLOCK, _out_size
+from .layout import DEPTHWISE_BLOCK, _out_size, _padded
 
 @dataclass(frozen=True)
 class Dot:
@@ -203,18 +203,10 @@ def qdepthwise_nchwc(data: te.Tensor, weight: te.Tensor, corr: te.Tensor, *param
     n = data.shape[0]
     cc, h, w, b = (int(d) for d in data.shape[1:])
     _, kh, kw, _ = (int(d) for d in weight.shape)
-    top, left, bottom, right = pads
     sh, sw = strides
     dh, dw = dilations
-    hp, wp = h + top + bottom, w + left + right
     oh, ow = _out_size((h, w), (kh, kw), pads, strides, dilations)
-    if any(pads):
-        fill = tirx.const(zero, data.dtype)
-        p = te.compute((n, cc, hp, wp, b), lambda a, c, y, x, j: tirx.if_then_else(
-            tirx.all(y >= top, y < h + top, x >= left, x < w + left), data[a, c, y - top, x - left, j], fill),
-            name="pad_int8")
-    else:
-        p = data
+    p = _padded(data, pads, zero)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     acc = te.compute(
