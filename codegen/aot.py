@@ -215,6 +215,31 @@ class Schedule:
         used = {self.kernel_at(t) for t in self.calls} - {""}
         self.prim_funcs = {n: f for n, f in self.prim_funcs.items() if n in used}
 
+    def prune_weights(self) -> None:
+        """Drop the weights no step, copy or driver-computed step reads any more, and
+        renumber the rest in order."""
+        args = [a for s in self.steps for a in s.args] + [c.source for c in self.copies]
+        used = sorted({a.storage_key[1] for a in args if a.storage_key[0] == "weight"}
+                      | {k for o in self.own.values() for k in getattr(o, "weights", ())})
+        new = {old: k for k, old in enumerate(used)}
+        if len(new) == len(self.weights):
+            return
+
+        def renumber(a: TensorArg) -> TensorArg:
+            return TensorArg(("weight", new[a.storage_key[1]]), a.shape, a.dtype) if a.storage_key[0] == "weight" else a
+
+        for s in self.steps:
+            s.args = [renumber(a) for a in s.args]
+        for c in self.copies:
+            c.source = renumber(c.source)
+        for o in self.own.values():
+            if hasattr(o, "weights"):
+                o.weights = [new[k] for k in o.weights]
+        self.weights = [self.weights[old] for old in used]
+        self.storages = {k: v for k, v in self.storages.items() if k[0] != "weight"}
+        for k, array in enumerate(self.weights):
+            self.storages[("weight", k)] = Storage("weight", k, array.nbytes)
+
 
 def dtype_bytes(dtype: str) -> int:
     t = tvm.runtime.DataType(dtype)
@@ -446,8 +471,8 @@ def plan_program(schedule: Schedule, kernels: Kernels) -> MemoryPlan:
     for x, (o, _) in schedule.slices.items():
         if plan.tensor(storage_name(x)).alias != "slice":
             raise AotError(f"internal: the arena plan did not put {storage_name(x)} inside {storage_name(o)}")
-    for t in schedule.own:
-        if plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key)).alias != "inplace":
+    for t, own in schedule.own.items():
+        if getattr(own, "requires_in_place", True) and plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key)).alias != "inplace":
             raise AotError(f"internal: the arena plan did not write step {t + 1} over its input")
     return plan
 
@@ -517,6 +542,8 @@ class AotProgram:
     """Name of the kernels' C file (C flavour), else empty."""
     effc_sources: list[str] = field(default_factory=list)
     """effc's own C files, which must compile with -Wall -Wextra -Werror."""
+    own_kernels: tuple[str, ...] = ()
+    """The files of effc's own kernels (``codegen/kernels``) among ``files``."""
     notes: dict[str, Any] = field(default_factory=dict)
 
     def write_sources(self, folder: str | Path) -> list[Path]:

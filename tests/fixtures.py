@@ -136,3 +136,72 @@ def assert_close(got: np.ndarray, want: np.ndarray, what: str, rtol: float = 1e-
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale, err_msg=what)
     else:
         np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+MOBILENET_V2_MCU = (1, 3, 96, 96)
+"""Input of ``mobilenet_v2_mcu``: MobileNetV2 at width 0.35 and 96x96, the size TinyML
+benchmarks deploy on microcontrollers (e.g. Visual Wake Words)."""
+
+
+def mobilenet_v2_mcu(folder: Path, classes: int = 10, seed: int = 0) -> Path:
+    """torchvision's MobileNetV2 schedule at width 0.35 (17 inverted residual blocks, 10 with
+    a residual Add, depthwise 3x3, ReLU6 as Clip, the 1280-channel last conv) with seeded
+    random weights and BatchNormalization kept as nodes, written as ``folder/mobilenet_v2_mcu.onnx``
+    (opset 17). Its float weights (1.6 MB) do not fit a 1 MB flash; int8 ones do."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def const(name: str, a: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(a, np.float32), name))
+        return name
+
+    def divisible(v: float) -> int:
+        n = max(8, int(v + 4) // 8 * 8)
+        return n + 8 if n < 0.9 * v else n
+
+    count = [0]
+
+    def conv_bn(x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, relu6: bool = True) -> str:
+        count[0] += 1
+        i = count[0]
+        w = rng.normal(0, np.sqrt(2.0 / (cin // group * k * k)), (cout, cin // group, k, k))
+        nodes.append(helper.make_node("Conv", [x, const(f"w{i}", w)], [f"c{i}"], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[(k - 1) // 2] * 4, group=group))
+        nodes.append(helper.make_node(
+            "BatchNormalization", [f"c{i}", const(f"g{i}", rng.uniform(0.5, 1.5, cout)),
+                                   const(f"b{i}", rng.normal(0, 0.1, cout)), const(f"m{i}", rng.normal(0, 0.1, cout)),
+                                   const(f"v{i}", rng.uniform(0.5, 1.5, cout))], [f"bn{i}"]))
+        if not relu6:
+            return f"bn{i}"
+        nodes.append(helper.make_node("Clip", [f"bn{i}", const(f"lo{i}", np.float32(0)), const(f"hi{i}", np.float32(6))],
+                                      [f"r{i}"]))
+        return f"r{i}"
+
+    x, cin = conv_bn("input", 3, divisible(32 * 0.35), 3, 2), divisible(32 * 0.35)
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)]:
+        cout = divisible(c * 0.35)
+        for r in range(n):
+            stride = s if r == 0 else 1
+            h = x if t == 1 else conv_bn(x, cin, cin * t, 1)
+            h = conv_bn(h, cin * t, cin * t, 3, stride, group=cin * t)
+            h = conv_bn(h, cin * t, cout, 1, relu6=False)
+            if stride == 1 and cin == cout:
+                nodes.append(helper.make_node("Add", [x, h], [f"add{count[0]}"]))
+                h = f"add{count[0]}"
+            x, cin = h, cout
+    x = conv_bn(x, cin, 1280, 1)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
+    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"]))
+    nodes.append(helper.make_node("Gemm", ["flat", const("fc_w", rng.normal(0, 0.03, (classes, 1280))),
+                                           const("fc_b", np.zeros(classes))], ["logits"], transB=1))
+    graph = helper.make_graph(nodes, "mobilenet_v2_mcu",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(MOBILENET_V2_MCU))],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    path = Path(folder) / "mobilenet_v2_mcu.onnx"
+    onnx.save(model, path)
+    return path

@@ -32,6 +32,8 @@ void* _sbrk(ptrdiff_t increment);
 int _kill(int pid, int sig);
 int _getpid(void);
 clock_t _times(struct tms* t);
+void SysTick_Handler(void);
+uint64_t effc_board_ticks(void);
 
 /* CMSDK APB UART of the board (0: none known; supply your own effc_board_write). */
 #define EFFC_UART_BASE @UART_BASE@u
@@ -41,6 +43,9 @@ clock_t _times(struct tms* t);
 #define UART_CTRL UART_REG(0x08)
 #define UART_BAUDDIV UART_REG(0x10)
 #define AIRCR (*(volatile uint32_t*)0xE000ED0C)
+#define SYST_CSR (*(volatile uint32_t*)0xE000E010)
+#define SYST_RVR (*(volatile uint32_t*)0xE000E014)
+#define SYST_CVR (*(volatile uint32_t*)0xE000E018)
 
 /* Labels of the harness's inputs and outputs (its argv); no file of these names is opened. */
 static char* effc_argv[] = {"model", @ARGV@, 0};
@@ -52,6 +57,11 @@ void Reset_Handler(void) {
   for (dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;
   *(volatile uint32_t*)0xE000ED88 |= (0xFu << 20); /* CPACR: CP10/CP11 (FPU, MVE) full access */
   __asm volatile("dsb\n isb");
+  SYST_RVR = 0xFFFFFFu;
+  SYST_CVR = 0u;
+  SYST_CSR = 7u; /* SysTick on: interrupt on wrap, core clock (effc_board_ticks) */
+  for (unsigned spin = 0; SYST_CVR == 0u && spin < 100000u; ++spin) {
+  } /* until it has loaded its first count */
   if (EFFC_UART_BASE != 0) {
     UART_BAUDDIV = 16;
     UART_CTRL = 1; /* TX on */
@@ -149,10 +159,30 @@ clock_t _times(struct tms* t) {
   return (clock_t)-1;
 }
 
+/* Core clock ticks since reset: SysTick counting down from 2^24 - 1 at the core clock
+ * (CLKSOURCE = 1), its wraps counted by its interrupt; a wrap not counted yet shows as
+ * COUNTFLAG, which the handler clears. Under qemu with -icount shift=0 the core clock
+ * follows the instructions executed (one per ns of virtual time). */
+static volatile uint32_t effc_systick_wraps;
+void SysTick_Handler(void) {
+  (void)SYST_CSR; /* clears COUNTFLAG */
+  ++effc_systick_wraps;
+}
+uint64_t effc_board_ticks(void) {
+  uint32_t mask, left, wrapped, later, wraps;
+  __asm volatile("mrs %0, primask\n cpsid i" : "=r"(mask)::"memory");
+  left = SYST_CVR;
+  wrapped = (SYST_CSR >> 16) & 1u; /* a wrap since the handler last ran, before this read */
+  later = SYST_CVR;
+  wraps = effc_systick_wraps + wrapped;
+  __asm volatile("msr primask, %0" ::"r"(mask) : "memory");
+  return (uint64_t)wraps * 0x1000000u + (0xFFFFFFu - (wrapped ? later : left));
+}
+
 void _init(void) {}
 void _fini(void) {}
 
 __attribute__((section(".vectors"), used)) void* const effc_vectors[16] = {
     &__stack_top__, (void*)Reset_Handler, (void*)Default_Handler, (void*)Default_Handler,
     (void*)Default_Handler, (void*)Default_Handler, (void*)Default_Handler, 0, 0, 0, 0,
-    (void*)Default_Handler, (void*)Default_Handler, 0, (void*)Default_Handler, (void*)Default_Handler};
+    (void*)Default_Handler, (void*)Default_Handler, 0, (void*)Default_Handler, (void*)SysTick_Handler};

@@ -1,0 +1,237 @@
+/* effc's int8 convolution kernels for Arm Cortex-M, written for effc's AOT programs.
+ *
+ * On cores with the Armv7E-M DSP extension (M4, M7, M33, M55) the sums run on SMLAD: two
+ * 16x16-bit products added to a 32-bit accumulator per instruction. The input is widened
+ * once to int16 (x - x_zp) and reused by every output channel; four int8 weights are
+ * loaded as one word and unpacked into two int16 pairs by SXTB16 (the packing order of the
+ * weights, fixed at compile time, makes the pairs line up with the columns). A regular
+ * convolution works on two output channels by two output pixels at a time (four
+ * accumulators, in the manner of CMSIS-NN's s8 kernels); a depthwise one copies one
+ * channel at a time into a padded int16 plane, so that it can write its output over its
+ * input. Without the DSP extension the same code runs on plain C equivalents.
+ *
+ * Results equal effc's reference interpreter bit for bit (`fixed_point` rounding). */
+#include "effc_int8.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define EFFC_SMLAD(a, b, acc) ((int32_t)__smlad((a), (b), (acc)))
+#define EFFC_SXTB16(v) __sxtb16(v)
+#define EFFC_SXTB16_ROR8(v) __sxtb16(((v) >> 8) | ((v) << 24)) /* SXTB16 ..., ROR #8 */
+#else
+static inline int32_t effc_lo16(uint32_t v) { return (int16_t)(v & 0xFFFFu); }
+static inline int32_t effc_hi16(uint32_t v) { return (int16_t)(v >> 16); }
+static inline int32_t EFFC_SMLAD(uint32_t a, uint32_t b, int32_t acc) {
+  return (int32_t)((uint32_t)acc + (uint32_t)(effc_lo16(a) * effc_lo16(b)) + (uint32_t)(effc_hi16(a) * effc_hi16(b)));
+}
+static inline uint32_t EFFC_SXTB16(uint32_t v) {
+  return ((uint32_t)(int32_t)(int8_t)(v & 0xFFu) & 0xFFFFu) | ((uint32_t)(int32_t)(int8_t)((v >> 16) & 0xFFu) << 16);
+}
+static inline uint32_t EFFC_SXTB16_ROR8(uint32_t v) { return EFFC_SXTB16((v >> 8) | (v << 24)); }
+#endif
+
+#define EFFC_DW_MAX_WORDS 32u /* depthwise taps per channel, in int16 pairs */
+
+static inline uint32_t effc_load32(const void* p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof(v)); /* one LDR (unaligned where the core allows it) */
+  return v;
+}
+
+static inline int32_t effc_requant(const effc_conv_s8_params* p, int32_t acc, int32_t q, int32_t r) {
+  int64_t v = ((int64_t)acc * q + ((int64_t)1 << (r - 1))) >> r;
+  v += p->y_zp;
+  if (v < p->y_min) v = p->y_min;
+  if (v > p->y_max) v = p->y_max;
+  return (int32_t)v;
+}
+
+static inline void effc_store(const effc_conv_s8_params* p, void* y, uint32_t i, int32_t v) {
+  if (p->y_unsigned)
+    ((uint8_t*)y)[i] = (uint8_t)v;
+  else
+    ((int8_t*)y)[i] = (int8_t)v;
+}
+
+static inline int32_t effc_load8(const void* x, uint32_t i, int unsigned_) {
+  return unsigned_ ? (int32_t)((const uint8_t*)x)[i] : (int32_t)((const int8_t*)x)[i];
+}
+
+/* Output i from its sum: requantized, clamped, and with a residual, added to it. */
+static inline void effc_finish(const effc_conv_s8_params* p, const void* r, void* y, uint32_t i, int32_t acc,
+                               int32_t q, int32_t s) {
+  int32_t v = effc_requant(p, acc, q, s);
+  if (r != NULL) {
+    const float a = (float)(v - p->y_zp) * p->a_scale;
+    const float b = (float)(effc_load8(r, i, p->r_unsigned) - p->r_zp) * p->r_scale;
+    const float c = rintf((a + b) / p->c_scale) + (float)p->c_zp;
+    v = c < (float)p->c_min ? p->c_min : c > (float)p->c_max ? p->c_max : (int32_t)c;
+  }
+  effc_store(p, y, i, v);
+}
+
+/* ------------------------------------------------------------------ regular convolution */
+
+uint32_t effc_conv_s8_scratch(const effc_conv_s8_params* p) { return 2u * p->k4 * (uint32_t)sizeof(int16_t); }
+
+/* The k4 int16 values (x - x_zp, 0 for padding and for the tail) output pixel `pix` reads. */
+static void effc_im2col(const effc_conv_s8_params* p, const void* x, uint32_t pix, int16_t* col) {
+  const uint32_t hw = (uint32_t)p->in_h * p->in_w;
+  const int32_t oy = (int32_t)(pix / p->out_w), ox = (int32_t)(pix % p->out_w);
+  const int32_t zp = p->x_zp;
+  const int u = p->x_unsigned;
+  int16_t* c = col;
+  uint32_t ci;
+  if (p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0) {
+    const uint32_t at = (uint32_t)(oy * p->stride_h) * p->in_w + (uint32_t)(ox * p->stride_w);
+    if (u) {
+      const uint8_t* s = (const uint8_t*)x + at;
+      for (ci = 0; ci < p->in_c; ++ci, s += hw) *c++ = (int16_t)(*s - zp);
+    } else {
+      const int8_t* s = (const int8_t*)x + at;
+      for (ci = 0; ci < p->in_c; ++ci, s += hw) *c++ = (int16_t)(*s - zp);
+    }
+  } else {
+    const int32_t y0 = oy * p->stride_h - p->pad_t, x0 = ox * p->stride_w - p->pad_l;
+    for (ci = 0; ci < p->in_c; ++ci) {
+      uint32_t ky, kx;
+      for (ky = 0; ky < p->k_h; ++ky) {
+        const int32_t iy = y0 + (int32_t)ky * p->dil_h;
+        if (iy < 0 || iy >= (int32_t)p->in_h) {
+          for (kx = 0; kx < p->k_w; ++kx) *c++ = 0;
+          continue;
+        }
+        const uint32_t row = ci * hw + (uint32_t)iy * p->in_w;
+        for (kx = 0; kx < p->k_w; ++kx) {
+          const int32_t ix = x0 + (int32_t)kx * p->dil_w;
+          *c++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(effc_load8(x, row + (uint32_t)ix, u) - zp);
+        }
+      }
+    }
+  }
+  while (c < col + p->k4) *c++ = 0;
+}
+
+void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
+                  const int32_t* mult, const int8_t* shift, const void* residual, void* y, int16_t* scratch) {
+  const uint32_t ohw = (uint32_t)p->out_h * p->out_w, k4 = p->k4, m_count = p->out_c;
+  int16_t* col0 = scratch;
+  int16_t* col1 = scratch + k4;
+  uint32_t pix;
+  for (pix = 0; pix < ohw; pix += 2) {
+    const int two = pix + 1 < ohw;
+    uint32_t m;
+    effc_im2col(p, x, pix, col0);
+    if (two) effc_im2col(p, x, pix + 1, col1);
+    const int16_t* c1 = two ? col1 : col0;
+    for (m = 0; m + 1 < m_count; m += 2) {
+      const int8_t* w0 = w + m * k4;
+      const int8_t* w1 = w0 + k4;
+      int32_t a00 = bias[m], a01 = bias[m], a10 = bias[m + 1], a11 = bias[m + 1];
+      uint32_t k;
+      for (k = 0; k < k4; k += 4) {
+        const uint32_t wa = effc_load32(w0 + k), wb = effc_load32(w1 + k);
+        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
+        const uint32_t wb0 = EFFC_SXTB16(wb), wb1 = EFFC_SXTB16_ROR8(wb);
+        const uint32_t x00 = effc_load32(col0 + k), x01 = effc_load32(col0 + k + 2);
+        const uint32_t x10 = effc_load32(c1 + k), x11 = effc_load32(c1 + k + 2);
+        a00 = EFFC_SMLAD(wa1, x01, EFFC_SMLAD(wa0, x00, a00));
+        a01 = EFFC_SMLAD(wa1, x11, EFFC_SMLAD(wa0, x10, a01));
+        a10 = EFFC_SMLAD(wb1, x01, EFFC_SMLAD(wb0, x00, a10));
+        a11 = EFFC_SMLAD(wb1, x11, EFFC_SMLAD(wb0, x10, a11));
+      }
+      effc_finish(p, residual, y, m * ohw + pix, a00, mult[m], shift[m]);
+      effc_finish(p, residual, y, (m + 1) * ohw + pix, a10, mult[m + 1], shift[m + 1]);
+      if (two) {
+        effc_finish(p, residual, y, m * ohw + pix + 1, a01, mult[m], shift[m]);
+        effc_finish(p, residual, y, (m + 1) * ohw + pix + 1, a11, mult[m + 1], shift[m + 1]);
+      }
+    }
+    if (m < m_count) { /* an odd last channel */
+      const int8_t* w0 = w + m * k4;
+      int32_t a00 = bias[m], a01 = bias[m];
+      uint32_t k;
+      for (k = 0; k < k4; k += 4) {
+        const uint32_t wa = effc_load32(w0 + k);
+        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
+        a00 = EFFC_SMLAD(wa1, effc_load32(col0 + k + 2), EFFC_SMLAD(wa0, effc_load32(col0 + k), a00));
+        a01 = EFFC_SMLAD(wa1, effc_load32(c1 + k + 2), EFFC_SMLAD(wa0, effc_load32(c1 + k), a01));
+      }
+      effc_finish(p, residual, y, m * ohw + pix, a00, mult[m], shift[m]);
+      if (two) effc_finish(p, residual, y, m * ohw + pix + 1, a01, mult[m], shift[m]);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ depthwise convolution */
+
+/* The rows and columns of the padded plane the windows reach. */
+static uint32_t effc_plane_h(const effc_conv_s8_params* p) {
+  return (uint32_t)(p->out_h - 1) * p->stride_h + (uint32_t)(p->k_h - 1) * p->dil_h + 1u;
+}
+static uint32_t effc_plane_w(const effc_conv_s8_params* p) {
+  return (uint32_t)(p->out_w - 1) * p->stride_w + (uint32_t)(p->k_w - 1) * p->dil_w + 1u;
+}
+
+uint32_t effc_dwconv_s8_scratch(const effc_conv_s8_params* p) {
+  /* the plane, plus one pair a window's last (zero-weight) tap may read past it */
+  return (effc_plane_h(p) * effc_plane_w(p) + 2u) * (uint32_t)sizeof(int16_t);
+}
+
+void effc_dwconv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
+                    const int32_t* mult, const int8_t* shift, void* y, int16_t* scratch) {
+  const uint32_t ph = effc_plane_h(p), pw = effc_plane_w(p);
+  const uint32_t hw = (uint32_t)p->in_h * p->in_w, ohw = (uint32_t)p->out_h * p->out_w;
+  const uint32_t pairs = p->k4 / 2u, row_step = (uint32_t)p->dil_h * pw;
+  const int32_t zp = p->x_zp;
+  const int u = p->x_unsigned;
+  uint32_t taps[EFFC_DW_MAX_WORDS];
+  uint32_t c;
+  scratch[ph * pw] = 0;
+  scratch[ph * pw + 1] = 0;
+  for (c = 0; c < p->out_c; ++c) {
+    uint32_t r, q, oy, ox, i;
+    int16_t* d = scratch;
+    for (r = 0; r < ph; ++r) { /* channel c of x, widened and padded */
+      const int32_t iy = (int32_t)r - p->pad_t;
+      if (iy < 0 || iy >= (int32_t)p->in_h) {
+        for (q = 0; q < pw; ++q) *d++ = 0;
+        continue;
+      }
+      const uint32_t row = c * hw + (uint32_t)iy * p->in_w;
+      for (q = 0; q < pw; ++q) {
+        const int32_t ix = (int32_t)q - p->pad_l;
+        *d++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(effc_load8(x, row + (uint32_t)ix, u) - zp);
+      }
+    }
+    for (i = 0; i < p->k_h * pairs; ++i) { /* its taps as int16 pairs */
+      const int8_t* t = w + (c * p->k_h * pairs + i) * 2u;
+      taps[i] = ((uint32_t)(int32_t)t[0] & 0xFFFFu) | ((uint32_t)(int32_t)t[1] << 16);
+    }
+    const int32_t b = bias[c], mq = mult[c], ms = shift[c];
+    for (oy = 0; oy < p->out_h; ++oy) {
+      const int16_t* base = scratch + oy * p->stride_h * pw;
+      for (ox = 0; ox < p->out_w; ++ox, base += p->stride_w) {
+        int32_t acc = b;
+        const int16_t* row = base;
+        const uint32_t* t = taps;
+        uint32_t ky, j;
+        if (p->dil_w == 1) {
+          for (ky = 0; ky < p->k_h; ++ky, row += row_step)
+            for (j = 0; j < pairs; ++j) acc = EFFC_SMLAD(*t++, effc_load32(row + 2u * j), acc);
+        } else {
+          for (ky = 0; ky < p->k_h; ++ky, row += row_step)
+            for (j = 0; j < pairs; ++j, ++t) {
+              const uint32_t a = (uint16_t)row[2u * j * p->dil_w];
+              const uint32_t bb = 2u * j + 1u < p->k_w ? (uint16_t)row[(2u * j + 1u) * p->dil_w] : 0u;
+              acc = EFFC_SMLAD(*t, a | (bb << 16), acc);
+            }
+        }
+        effc_finish(p, NULL, y, c * ohw + oy * p->out_w + ox, acc, mq, ms);
+      }
+    }
+  }
+}

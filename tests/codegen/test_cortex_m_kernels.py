@@ -1,0 +1,217 @@
+"""effc's own int8 convolution kernels (codegen/kernels/effc_int8.c) against the reference
+interpreter, bit for bit: on the host (the portable C path, through ctypes, over many
+geometries), and in whole Cortex-M programs under qemu (the SMLAD/SXTB16 path), where they
+replace TVM's C kernels; plus what selects them and the depthwise kernel's in-place arena."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from effc.codegen import kernels
+from effc.codegen.aot import storage_name
+from effc.codegen.aot_c import emit
+from effc.codegen.cortex_m import build_cortex_m, cortex_m_toolchain
+from effc.ir.builder import Builder
+from effc.ir.core import Graph, Module
+from effc.ir.interpreter import run_module
+from effc.ir.types import DType, TensorType
+from effc.passes import run_pipeline
+from effc.targets import get_target
+
+
+def _conv_module(shape, w_shape, *, group=1, x_dtype=DType.i8, y_dtype=DType.i8, rounding="fixed_point",
+                 clip=None, w_zero=0, seed=0, residual=False, **attrs) -> Module:
+    """One qlinear_conv (per-channel weights, bias), optionally clamped, optionally added to
+    a second input (``qlinear_add``, the conv's result second), fused into one node."""
+    rng = np.random.default_rng(seed)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    x = m.graph.add_input("x", TensorType(x_dtype, shape))
+    f32 = lambda v: c(np.asarray(v, np.float32))  # noqa: E731
+    xz = c(np.asarray(131 if x_dtype == DType.u8 else -7, x_dtype.np))
+    yz = c(np.asarray(120 if y_dtype == DType.u8 else 5, y_dtype.np))
+    m_out = w_shape[0]
+    w = rng.integers(-128, 128, w_shape).astype(np.int8)
+    y = b.qlinear_conv(x, f32(0.02), xz, c(w), f32(rng.uniform(0.001, 0.01, m_out)),
+                       c(np.full(m_out, w_zero, np.int8)), f32(0.05), yz,
+                       c(rng.integers(-3000, 3000, m_out).astype(np.int32)), group=group, rounding=rounding,
+                       kernel_shape=list(w_shape[2:]), **attrs)
+    if clip is not None:
+        y = b.clip(y, c(np.asarray(clip[0], y_dtype.np)), c(np.asarray(clip[1], y_dtype.np)))
+    if residual:
+        r = m.graph.add_input("r", TensorType(y_dtype, y.type.shape))
+        y = b.qlinear_add(r, f32(0.07), c(np.asarray(-3 if y_dtype == DType.i8 else 140, y_dtype.np)), y, f32(0.05), yz,
+                          f32(0.09), c(np.asarray(2 if y_dtype == DType.i8 else 125, y_dtype.np)))
+    m.graph.set_outputs([y])
+    run_pipeline(m, "fuse")
+    return m
+
+
+def _the_node(module: Module):
+    """The one node of ``_conv_module`` that is not a constant."""
+    (node,) = [n for n in module.graph.nodes if n.op != "const"]
+    return node
+
+
+def _feeds(module: Module, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.integers(*v.type.dtype.int_range, v.type.shape, endpoint=True).astype(v.type.dtype.np)
+            for v in module.graph.inputs}
+
+
+# ----------------------------------------------------------------------------- host (portable C)
+
+
+_CTYPES = {"u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "i16": ctypes.c_int16, "i32": ctypes.c_int32,
+           "f32": ctypes.c_float}
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [(f, _CTYPES[t]) for f, t in kernels.PARAMS]
+
+
+@pytest.fixture(scope="module")
+def host_library(tmp_path_factory):
+    """effc_int8.c built for the host (no DSP extension: the plain C equivalents)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc is not None, "the tests need a host C compiler (apt-get install gcc)"
+    folder = tmp_path_factory.mktemp("effc_int8")
+    for name in kernels.SOURCES:
+        (folder / name).write_bytes(kernels.source(name))
+    lib = folder / "libeffc_int8.so"
+    subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", kernels.KERNEL_C,
+                    "-o", str(lib)], cwd=folder, check=True)
+    return ctypes.CDLL(str(lib))
+
+
+GEOMETRIES = [
+    # (input shape, weight shape, group, attributes)
+    ((1, 5, 11, 9), (7, 5, 3, 3), 1, dict(pads=[1, 2, 0, 1], strides=[2, 1])),
+    ((1, 3, 12, 12), (4, 3, 5, 5), 1, dict(pads=[2, 2, 2, 2], dilations=[2, 2], strides=[3, 3])),
+    ((1, 6, 7, 10), (9, 6, 1, 1), 1, dict(strides=[2, 2])),
+    ((1, 16, 5, 5), (8, 16, 1, 1), 1, {}),
+    ((1, 7, 9, 8), (7, 1, 3, 5), 7, dict(pads=[1, 2, 1, 2])),
+    ((1, 6, 12, 11), (6, 1, 3, 3), 6, dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    ((1, 4, 13, 13), (4, 1, 3, 3), 4, dict(pads=[2, 2, 2, 2], dilations=[2, 2])),
+    ((1, 5, 6, 6), (5, 1, 2, 4), 5, dict(pads=[0, 1, 1, 2], dilations=[1, 2])),
+]
+
+
+def _host_run(lib, plan, feeds: dict[str, np.ndarray], out: np.ndarray) -> np.ndarray:
+    p = _Params(**plan.params)
+    name = "effc_dwconv_s8" if plan.depthwise else "effc_conv_s8"
+    scratch_size = getattr(lib, name + "_scratch")
+    scratch_size.restype = ctypes.c_uint32
+    assert scratch_size(ctypes.byref(p)) == kernels._scratch_bytes(plan.depthwise, plan.params)
+    scratch = np.zeros(kernels._scratch_bytes(plan.depthwise, plan.params) // 2, np.int16)
+    x, y = np.ascontiguousarray(feeds[plan.x.name]), np.zeros_like(out)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    w, bias, mult, shift = plan.weights
+    residual = [] if plan.depthwise else [ptr(feeds[plan.residual.name]) if plan.residual is not None else None]
+    getattr(lib, name)(ctypes.byref(p), ptr(x), ptr(w), ptr(bias), ptr(mult), ptr(shift), *residual, ptr(y), ptr(scratch))
+    return y
+
+
+@pytest.mark.parametrize("x_dtype", [DType.i8, DType.u8])
+@pytest.mark.parametrize("shape, w_shape, group, attrs", GEOMETRIES)
+def test_int8_kernels_portable_c_bit_exact(host_library, shape, w_shape, group, attrs, x_dtype):
+    """Each geometry (padding on every side, strides, dilations, odd widths and channel
+    counts, 1x1 fast path, depthwise with even and odd tap rows) through the kernel's
+    portable path equals the interpreter, with a clamp in the epilogue (and for one-group
+    convolutions, a residual add after it)."""
+    y_dtype = DType.u8 if x_dtype == DType.u8 else DType.i8
+    clip = (110, 250) if y_dtype == DType.u8 else (-20, 100)
+    for residual in [False] if group > 1 else [False, True]:
+        module = _conv_module(shape, w_shape, group=group, x_dtype=x_dtype, y_dtype=y_dtype, clip=clip,
+                              residual=residual, **attrs)
+        feeds = _feeds(module)
+        want = run_module(module, feeds)[module.graph.outputs[0].name]
+        plan = kernels.conv_plan(_the_node(module))
+        assert plan is not None and plan.depthwise == (group > 1) and (plan.residual is not None) == residual
+        np.testing.assert_array_equal(_host_run(host_library, plan, feeds, want), want, err_msg=f"residual={residual}")
+        assert len(np.unique(want)) > 20  # not saturated to a few values
+
+
+def test_int8_kernels_refuse_what_they_cannot_compute():
+    """TVM's kernel stays for `onnx` rounding (float64 on a core without a double FPU), a
+    weight zero point other than 0, and a grouped (not depthwise) convolution."""
+    conv = _the_node
+    assert kernels.conv_plan(conv(_conv_module((1, 4, 6, 6), (4, 4, 3, 3)))) is not None
+    assert kernels.conv_plan(conv(_conv_module((1, 4, 6, 6), (4, 4, 3, 3), rounding="onnx"))) is None
+    assert kernels.conv_plan(conv(_conv_module((1, 4, 6, 6), (4, 4, 3, 3), w_zero=3))) is None
+    assert kernels.conv_plan(conv(_conv_module((1, 4, 6, 6), (4, 2, 3, 3), group=2))) is None
+
+
+# ----------------------------------------------------------------------------- Cortex-M
+
+
+def _chain_module(residual: bool = True) -> Module:
+    """conv 3x3 (stride 2, uneven pads) + ReLU-style clamp, depthwise 3x3 + clamp, 1x1
+    projection (+ the residual add of the first conv's result): MobileNetV2's block, on int8
+    activations, fused."""
+    rng = np.random.default_rng(3)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    c = b.const
+    f32 = lambda v: c(np.asarray(v, np.float32))  # noqa: E731
+    x = m.graph.add_input("x", TensorType(DType.i8, (1, 5, 17, 15)))
+    common = dict(rounding="fixed_point")
+
+    def qconv(v, zp_in, w_shape, group=1, **attrs):
+        n = w_shape[0]
+        return b.qlinear_conv(v, f32(0.05), c(np.int8(zp_in)), c(rng.integers(-128, 128, w_shape).astype(np.int8)),
+                              f32(rng.uniform(0.002, 0.02, n)), c(np.zeros(n, np.int8)), f32(0.05), c(np.int8(-9)),
+                              c(rng.integers(-3000, 3000, n).astype(np.int32)), kernel_shape=list(w_shape[2:]),
+                              group=group, **common, **attrs)
+
+    h = b.clip(qconv(x, -7, (24, 5, 3, 3), pads=[1, 0, 1, 2], strides=[2, 2]), c(np.int8(-9)), c(np.int8(110)))
+    d = b.clip(qconv(h, -9, (24, 1, 3, 3), group=24, pads=[1, 1, 1, 1]), c(np.int8(-9)), c(np.int8(110)))
+    if residual:
+        y = b.qlinear_add(qconv(d, -9, (24, 24, 1, 1)), f32(0.05), c(np.int8(-9)), h, f32(0.05), c(np.int8(-9)),
+                          f32(0.08), c(np.int8(4)))
+    else:
+        y = qconv(d, -9, (8, 24, 1, 1))
+    m.graph.set_outputs([y])
+    run_pipeline(m, "fuse")
+    return m
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_int8_kernels_on_cortex_m_bit_exact_and_fewer_instructions(target):
+    """The block on the core's DSP instructions under qemu equals the interpreter; the three
+    convolutions (the last with its residual add) run on effc's kernels, and take fewer instructions (qemu -icount, counted
+    by the firmware's SysTick) than on TVM's C kernels."""
+    module = _chain_module()
+    assert [n.op for n in module.graph.nodes if n.op != "const"] == ["fused"] * 3
+    feeds = _feeds(module)
+    want = run_module(module, feeds)
+    counts = {}
+    for which in ("effc", "tvm"):
+        built = build_cortex_m(module, target, int8_kernels=which)
+        got = built.run(feeds, count_instructions=True)
+        for k, w in want.items():
+            np.testing.assert_array_equal(got[k], w, err_msg=f"{k} ({which} kernels on {target})")
+        assert built.program.notes["effc_kernels"] == (3 if which == "effc" else 0)
+        assert (kernels.KERNEL_C in built.program.files) == (which == "effc")
+        counts[which] = built.last_run_instructions
+    assert 0 < counts["effc"] < counts["tvm"], counts
+
+
+def test_int8_depthwise_kernel_writes_over_its_input():
+    """The depthwise step's output takes its dying input's place in the arena (TinyEngine's
+    in-place depthwise), with the kernel's one-plane scratch as its workspace."""
+    module = _chain_module(residual=False)
+    tgt = get_target("cortex-m4")
+    _, schedule, plan = emit(module, tgt.tvm, cortex_m_toolchain(tgt), int8_kernels="effc")
+    dw = [t for t, o in schedule.own.items() if isinstance(o, kernels.Int8Conv) and o.depthwise]
+    assert len(dw) == 1
+    t = dw[0]
+    out = plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key))
+    assert out.alias == "inplace" and out.of == storage_name(schedule.steps[t].args[0].storage_key)
+    ws = plan.workspace(f"step{t + 1}")
+    assert ws is not None and ws.size >= schedule.own[t].scratch == (11 * 10 + 2) * 2
