@@ -41,20 +41,24 @@ static inline uint32_t effc_load32(const void* p) {
   return v;
 }
 
+/* (acc * q + 2^(r - 1)) >> r, plus y_zp, clamped. For r >= 33 (multipliers under 1/4, the
+ * usual case) only the high word of the product is needed: with P = H * 2^32 + L,
+ * (P + 2^(r - 1)) >> r = (H + 2^(r - 33)) >> (r - 32) exactly (L < 2^32), one SMULL. */
 static inline int32_t effc_requant(const effc_conv_s8_params* p, int32_t acc, int32_t q, int32_t r) {
-  int64_t v = ((int64_t)acc * q + ((int64_t)1 << (r - 1))) >> r;
+  int32_t v;
+  if (r >= 33) {
+    const int32_t hi = (int32_t)(((int64_t)acc * q) >> 32);
+    v = (hi + (1 << (r - 33))) >> (r - 32);
+  } else {
+    const int64_t w = ((int64_t)acc * q + ((int64_t)1 << (r - 1))) >> r;
+    v = w > (1 << 30) ? (1 << 30) : w < -(1 << 30) ? -(1 << 30) : (int32_t)w; /* beyond any 8-bit range */
+  }
   v += p->y_zp;
-  if (v < p->y_min) v = p->y_min;
-  if (v > p->y_max) v = p->y_max;
-  return (int32_t)v;
+  return v < p->y_min ? p->y_min : v > p->y_max ? p->y_max : v;
 }
 
-static inline void effc_store(const effc_conv_s8_params* p, void* y, uint32_t i, int32_t v) {
-  if (p->y_unsigned)
-    ((uint8_t*)y)[i] = (uint8_t)v;
-  else
-    ((int8_t*)y)[i] = (int8_t)v;
-}
+/* v is in the output's range (clamped): its low byte is the int8 or uint8 value alike. */
+static inline void effc_store(void* y, uint32_t i, int32_t v) { ((uint8_t*)y)[i] = (uint8_t)(uint32_t)v; }
 
 static inline int32_t effc_load8(const void* x, uint32_t i, int unsigned_) {
   return unsigned_ ? (int32_t)((const uint8_t*)x)[i] : (int32_t)((const int8_t*)x)[i];
@@ -70,7 +74,7 @@ static inline void effc_finish(const effc_conv_s8_params* p, const void* r, void
     const float c = rintf((a + b) / p->c_scale) + (float)p->c_zp;
     v = c < (float)p->c_min ? p->c_min : c > (float)p->c_max ? p->c_max : (int32_t)c;
   }
-  effc_store(p, y, i, v);
+  effc_store(y, i, v);
 }
 
 /* ------------------------------------------------------------------ regular convolution */
@@ -105,9 +109,18 @@ static void effc_im2col(const effc_conv_s8_params* p, const void* x, uint32_t pi
           continue;
         }
         const uint32_t row = ci * hw + (uint32_t)iy * p->in_w;
-        for (kx = 0; kx < p->k_w; ++kx) {
-          const int32_t ix = x0 + (int32_t)kx * p->dil_w;
-          *c++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(effc_load8(x, row + (uint32_t)ix, u) - zp);
+        if (u) {
+          const uint8_t* s = (const uint8_t*)x + row;
+          for (kx = 0; kx < p->k_w; ++kx) {
+            const int32_t ix = x0 + (int32_t)kx * p->dil_w;
+            *c++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(s[ix] - zp);
+          }
+        } else {
+          const int8_t* s = (const int8_t*)x + row;
+          for (kx = 0; kx < p->k_w; ++kx) {
+            const int32_t ix = x0 + (int32_t)kx * p->dil_w;
+            *c++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(s[ix] - zp);
+          }
         }
       }
     }
@@ -115,8 +128,11 @@ static void effc_im2col(const effc_conv_s8_params* p, const void* x, uint32_t pi
   while (c < col + p->k4) *c++ = 0;
 }
 
-void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
-                  const int32_t* mult, const int8_t* shift, const void* residual, void* y, int16_t* scratch) {
+/* effc_conv_s8's body, inlined twice: with and without a residual (no test per output). */
+static inline __attribute__((always_inline)) void effc_conv_body(const effc_conv_s8_params* p, const void* x,
+                                                                 const int8_t* w, const int32_t* bias,
+                                                                 const int32_t* mult, const int8_t* shift,
+                                                                 const void* residual, void* y, int16_t* scratch) {
   const uint32_t ohw = (uint32_t)p->out_h * p->out_w, k4 = p->k4, m_count = p->out_c;
   int16_t* col0 = scratch;
   int16_t* col1 = scratch + k4;
@@ -166,6 +182,14 @@ void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, 
   }
 }
 
+void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
+                  const int32_t* mult, const int8_t* shift, const void* residual, void* y, int16_t* scratch) {
+  if (residual != NULL)
+    effc_conv_body(p, x, w, bias, mult, shift, residual, y, scratch);
+  else
+    effc_conv_body(p, x, w, bias, mult, shift, NULL, y, scratch);
+}
+
 /* ------------------------------------------------------------------ depthwise convolution */
 
 /* The rows and columns of the padded plane the windows reach. */
@@ -202,16 +226,39 @@ void effc_dwconv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w
         continue;
       }
       const uint32_t row = c * hw + (uint32_t)iy * p->in_w;
-      for (q = 0; q < pw; ++q) {
-        const int32_t ix = (int32_t)q - p->pad_l;
-        *d++ = (ix < 0 || ix >= (int32_t)p->in_w) ? 0 : (int16_t)(effc_load8(x, row + (uint32_t)ix, u) - zp);
+      const uint32_t left = (uint32_t)p->pad_l < pw ? (uint32_t)p->pad_l : pw;
+      const uint32_t inside = pw - left < p->in_w ? pw - left : p->in_w;
+      for (q = 0; q < left; ++q) *d++ = 0;
+      if (u) {
+        const uint8_t* s = (const uint8_t*)x + row;
+        for (q = 0; q < inside; ++q) *d++ = (int16_t)(s[q] - zp);
+      } else {
+        const int8_t* s = (const int8_t*)x + row;
+        for (q = 0; q < inside; ++q) *d++ = (int16_t)(s[q] - zp);
       }
+      for (q = left + inside; q < pw; ++q) *d++ = 0;
     }
     for (i = 0; i < p->k_h * pairs; ++i) { /* its taps as int16 pairs */
       const int8_t* t = w + (c * p->k_h * pairs + i) * 2u;
       taps[i] = ((uint32_t)(int32_t)t[0] & 0xFFFFu) | ((uint32_t)(int32_t)t[1] << 16);
     }
     const int32_t b = bias[c], mq = mult[c], ms = shift[c];
+    if (p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1) { /* taps in registers */
+      const uint32_t t0 = taps[0], t1 = taps[1], t2 = taps[2], t3 = taps[3], t4 = taps[4], t5 = taps[5];
+      uint32_t at = c * ohw;
+      for (oy = 0; oy < p->out_h; ++oy) {
+        const int16_t* r0 = scratch + oy * p->stride_h * pw;
+        for (ox = 0; ox < p->out_w; ++ox, r0 += p->stride_w) {
+          const int16_t* r1 = r0 + pw;
+          const int16_t* r2 = r1 + pw;
+          int32_t acc = EFFC_SMLAD(t1, effc_load32(r0 + 2), EFFC_SMLAD(t0, effc_load32(r0), b));
+          acc = EFFC_SMLAD(t3, effc_load32(r1 + 2), EFFC_SMLAD(t2, effc_load32(r1), acc));
+          acc = EFFC_SMLAD(t5, effc_load32(r2 + 2), EFFC_SMLAD(t4, effc_load32(r2), acc));
+          effc_finish(p, NULL, y, at++, acc, mq, ms);
+        }
+      }
+      continue;
+    }
     for (oy = 0; oy < p->out_h; ++oy) {
       const int16_t* base = scratch + oy * p->stride_h * pw;
       for (ox = 0; ox < p->out_w; ++ox, base += p->stride_w) {

@@ -24,7 +24,7 @@ from effc.targets import get_target
 
 
 def _conv_module(shape, w_shape, *, group=1, x_dtype=DType.i8, y_dtype=DType.i8, rounding="fixed_point",
-                 clip=None, w_zero=0, seed=0, residual=False, **attrs) -> Module:
+                 clip=None, w_zero=0, seed=0, residual=False, w_scales=(0.001, 0.01), **attrs) -> Module:
     """One qlinear_conv (per-channel weights, bias), optionally clamped, optionally added to
     a second input (``qlinear_add``, the conv's result second), fused into one node."""
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def _conv_module(shape, w_shape, *, group=1, x_dtype=DType.i8, y_dtype=DType.i8,
     yz = c(np.asarray(120 if y_dtype == DType.u8 else 5, y_dtype.np))
     m_out = w_shape[0]
     w = rng.integers(-128, 128, w_shape).astype(np.int8)
-    y = b.qlinear_conv(x, f32(0.02), xz, c(w), f32(rng.uniform(0.001, 0.01, m_out)),
+    y = b.qlinear_conv(x, f32(0.02), xz, c(w), f32(rng.uniform(*w_scales, m_out)),
                        c(np.full(m_out, w_zero, np.int8)), f32(0.05), yz,
                        c(rng.integers(-3000, 3000, m_out).astype(np.int32)), group=group, rounding=rounding,
                        kernel_shape=list(w_shape[2:]), **attrs)
@@ -135,6 +135,22 @@ def test_int8_kernels_portable_c_bit_exact(host_library, shape, w_shape, group, 
         assert plan is not None and plan.depthwise == (group > 1) and (plan.residual is not None) == residual
         np.testing.assert_array_equal(_host_run(host_library, plan, feeds, want), want, err_msg=f"residual={residual}")
         assert len(np.unique(want)) > 20  # not saturated to a few values
+
+
+@pytest.mark.parametrize("group", [1, 6])
+def test_int8_kernels_requantize_any_multiplier(host_library, group):
+    """Multipliers from about 2^-38 to 8 (shifts above 32, the kernel's one-word path, and
+    below, its 64-bit path) round and saturate as the interpreter does."""
+    shifts = set()
+    for scales in ((2.0 ** -36, 2.0 ** -30), (2.0 ** -12, 2.0 ** -4), (0.2, 20.0)):
+        module = _conv_module((1, 6, 9, 9), (6, 6 // group, 3, 3), group=group, pads=[1, 1, 1, 1], seed=5,
+                              w_scales=scales)
+        feeds = _feeds(module)
+        want = run_module(module, feeds)[module.graph.outputs[0].name]
+        plan = kernels.conv_plan(_the_node(module))
+        shifts |= {int(r >= 33) for r in plan.weights[3]}
+        np.testing.assert_array_equal(_host_run(host_library, plan, feeds, want), want, err_msg=str(scales))
+    assert shifts == {0, 1}
 
 
 def test_int8_kernels_refuse_what_they_cannot_compute():
