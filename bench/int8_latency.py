@@ -11,7 +11,6 @@ differ by float rounding, which can move a later quantization by a step).
 
     python bench/int8_latency.py                      # MODELS at 1 and 2 threads
     python bench/int8_latency.py --models digits_cnn --threads 1 --no-write
-    python bench/int8_latency.py --footprint-only     # Cortex-M4 flash and SRAM, float vs int8
     python bench/int8_latency.py --target x86-avx2    # AVX2's int8 kernels (vpmaddwd), its own section
 """
 from __future__ import annotations
@@ -146,39 +145,6 @@ def _ort_quantized(path: Path, calib: list[dict[str, np.ndarray]]) -> bytes:
         return out.read_bytes()
 
 
-FOOTPRINT = "## Int8 footprint on Cortex-M4: effc integer kernels vs float"
-
-
-def footprint(models: list[str]) -> str:
-    """Flash, SRAM, weights and arena of each model compiled for cortex-m4 in float and as
-    integer kernels (the memory report read from the ELF)."""
-    import effc
-    from effc.ir.refine import bind_input_shapes
-    from effc.models import load_model
-    from effc.passes import run_pipeline
-    from effc.passes.quantize import quantize
-
-    lines = [FOOTPRINT, "", f"Measured {time.strftime('%Y-%m-%d')} by `python bench/int8_latency.py` (`effc compile "
-             "--target=cortex-m4`, bytes from the ELF; int8: quantized, `qdq-to-integer`, `fixed_point` rounding from "
-             "the target).", "",
-             "| model | flash float | flash int8 | ratio | SRAM float | SRAM int8 | ratio | weights float | weights int8 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in models:
-        path, calib, feeds = _case(name)
-        module = load_model(path)
-        shapes = {k: v.shape for k, v in feeds.items()}
-        bind_input_shapes(module, shapes)
-        run_pipeline(module, FOLD)
-        quantize(module, calib)
-        run_pipeline(module, "qdq-to-integer,dce")
-        mi = effc.compile(module, target="cortex-m4")._built.memory
-        mf = effc.compile(path, target="cortex-m4", input_shapes=shapes)._built.memory
-        lines.append(f"| {name} | {mf.flash:,} | {mi.flash:,} | {mi.flash / mf.flash:.2f} | {mf.sram:,} | {mi.sram:,} | "
-                     f"{mi.sram / mf.sram:.2f} | {mf.weights:,} | {mi.weights:,} |")
-        print(lines[-1], file=sys.stderr, flush=True)
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -187,14 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="x86", help="x86 target or variant effc builds for (x86-avx2: AVX2's kernels)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--footprint-only", action="store_true", help="only the Cortex-M4 flash/SRAM table")
     args = ap.parse_args(argv)
     if args.child:  # one (model, threads) per process: TVM reads its thread count once
         model, threads = args.child.split(":")
         print(json.dumps(measure(model, int(threads), args.rounding, args.target)))
         return 0
-    if args.footprint_only:
-        return _publish(footprint(args.models.split(",")), FOOTPRINT, not args.no_write)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for model in args.models.split(","):

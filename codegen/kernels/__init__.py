@@ -127,7 +127,7 @@ def _chain(node: Node) -> _Chain | None:
         return None
     ops = [n.op for n in nodes[1:]]
     k = ops.index("qlinear_add") + 1 if "qlinear_add" in ops else len(nodes)
-    if any(op != "clip" for i, op in enumerate(ops, 1) if i != k):
+    if any(op not in CLAMPS for i, op in enumerate(ops, 1) if i != k):
         return None
     for prev, n in zip(nodes, nodes[1:]):
         if prev.outputs[0] not in n.inputs or len(prev.outputs[0].uses()) != 1 \
@@ -137,12 +137,27 @@ def _chain(node: Node) -> _Chain | None:
     return _Chain(nodes[0], nodes[1:k], nodes[k] if k < len(nodes) else None, nodes[k + 1:], outer)
 
 
+CLAMPS = ("clip", "max", "min")
+"""Ops after a convolution the kernels apply as bounds: ``clip`` with constant bounds, and
+``max``/``min`` of the value and a constant scalar (ReLU on 8-bit values: ``max(x, zp)``)."""
+
+
 def _clamped(bounds: tuple[int, int], clips: list[Node], chain: _Chain) -> tuple[int, int] | None:
-    """``bounds`` narrowed by each clip's constant min and max (None: one is not constant)."""
+    """``bounds`` narrowed by each clamp's constant bounds (None: one is not a constant scalar)."""
     lo, hi = bounds
     for clip in clips:
-        cmin, cmax = chain.const(clip.input(1)), chain.const(clip.input(2))
-        if (clip.input(1) is not None and cmin is None) or (clip.input(2) is not None and cmax is None):
+        if clip.op == "clip":
+            cmin, cmax = chain.const(clip.input(1)), chain.const(clip.input(2))
+        else:
+            if len(clip.inputs) != 2:
+                return None
+            consts = [chain.const(v) for v in clip.inputs]
+            scalar = [c for c in consts if c is not None and np.asarray(c).size == 1]
+            if len(scalar) != 1 or consts.count(None) != 1:
+                return None
+            cmin, cmax = (scalar[0], None) if clip.op == "max" else (None, scalar[0])
+        if (clip.op == "clip" and ((clip.input(1) is not None and cmin is None)
+                                   or (clip.input(2) is not None and cmax is None))):
             return None
         lo = max(lo, int(np.asarray(cmin).reshape(()))) if cmin is not None else lo
         hi = min(hi, int(np.asarray(cmax).reshape(()))) if cmax is not None else hi
