@@ -1,11 +1,13 @@
-"""Integer convolutions in the layouts of x86 dot-product instructions (``Dot``).
+"""Integer convolutions in the layouts of CPU dot-product instructions (``Dot``).
 
 - ``avx512-vnni``: ``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds
   each four products into one of 16 int32 lanes, with no intermediate saturation;
 - ``avx2``: AVX2 has no exact byte dot product (``vpmaddubsw`` saturates its int16 pair
   sums with full-range weights, which is why onnxruntime quantizes weights to 7 bits
   there); ``vpmaddwd`` on int16 operands is exact (``(x - zp) * w`` pairs fit int32): 8 int32
-  lanes of two products each, twice an f32 FMA's multiply-adds, every weight bit kept.
+  lanes of two products each, twice an f32 FMA's multiply-adds, every weight bit kept;
+- ``neon-sdot``: Armv8.2's ``sdot`` (``+dotprod``) adds four products of signed bytes
+  into each of 4 int32 lanes: int8 activations as they are, uint8 shifted by -128.
 
 A ``qlinear_conv`` over int8 or uint8 activations and symmetric int8 weights becomes one
 kernel (``qconv2d_dot``) of three stages:
@@ -57,7 +59,8 @@ class Dot:
 
 
 DOTS = {"avx512-vnni": Dot("avx512-vnni", 16, 4, "uint8", "int8", "conv2d_u8s8"),
-        "avx2": Dot("avx2", 8, 2, "int16", "int16", "conv2d_s16s16")}
+        "avx2": Dot("avx2", 8, 2, "int16", "int16", "conv2d_s16s16"),
+        "neon-sdot": Dot("neon-sdot", 4, 4, "int8", "int8", "conv2d_s8s8")}
 INT8_CONV_BLOCKS = {d.block: d for d in DOTS.values()}
 
 
@@ -230,9 +233,12 @@ def dot_conv_ok(x_dtype: str, w: np.ndarray, w_zp: np.ndarray, group: int, rank:
 def emit_args(w: np.ndarray, bias: np.ndarray | None, x_zp: int, x_dtype: str, dot: Dot) -> dict[str, Any]:
     """The packed weight, the correction, the shift and the packed zero point for
     ``qconv2d_dot``: VNNI shifts int8 by 128 into uint8; AVX2 subtracts the zero point (its
-    int16 operands hold ``x - zp``, padding 0, no correction but the bias)."""
+    int16 operands hold ``x - zp``, padding 0, no correction but the bias); Arm's ``sdot``
+    multiplies signed bytes: int8 as it is, uint8 shifted by -128."""
     if dot.operand == "uint8":
         shift = 128 if x_dtype == "int8" else 0
+    elif dot.operand == "int8":
+        shift = -128 if x_dtype == "uint8" else 0
     else:
         shift = -x_zp
     zero = x_zp + shift

@@ -112,7 +112,7 @@ def check_family(file: str, data: dict[str, Any]) -> dict[str, Any]:
 
 HARDWARE_KEYS = ("vector_bits", "vector_registers", "l1d_kib")
 """The integer keys of a family's (or variant's) ``hardware`` table."""
-INT8_DOTS = ("", "avx512-vnni", "avx2")
+INT8_DOTS = ("", "avx512-vnni", "avx2", "neon-sdot")
 """A ``hardware`` table's ``int8_dot``: the integer dot product effc's int8 kernels use
 ("": none; codegen/schedules/__init__.py's ``INT8_DOTS``, a test checks the two agree)."""
 QUANT_ROUNDINGS = ("onnx", "fixed_point")

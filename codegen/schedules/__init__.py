@@ -51,8 +51,8 @@ class Cpu:
     """Cores a parallel loop may use (the TVM target's ``num-cores``)."""
     int8_dot: str | None = None
     """Integer dot-product instructions the integer kernels use: ``avx512-vnni``
-    (``vpdpbusd``) or ``avx2`` (``vpmaddwd`` on int16), ``int8.py``; None: plain int32
-    arithmetic."""
+    (``vpdpbusd``), ``avx2`` (``vpmaddwd`` on int16) or ``neon-sdot`` (Arm's ``sdot``),
+    ``int8.py``; None: plain int32 arithmetic."""
 
 
 def cpu_for(target: Mapping[str, Any], hardware: Mapping[str, int] | None = None) -> Cpu:
@@ -121,15 +121,17 @@ def default_schedules(cpu: Cpu) -> tvm.transform.Pass:
     return apply
 
 
-INT8_DOTS = ("", None, "avx512-vnni", "avx2")
+INT8_DOTS = ("", None, "avx512-vnni", "avx2", "neon-sdot")
 """Values of a ``hardware`` table's ``int8_dot`` ("": none, plain int32 kernels)."""
 
 
 def target_int8_dot(target: dict[str, Any]) -> str | None:
     """The integer dot-product instructions of an LLVM CPU target: ``avx512-vnni`` where
     its CPU has AVX-512 VNNI, ``avx2`` where it has AVX2 (``-mattr`` turning them off
-    respected), else None."""
+    respected), ``neon-sdot`` on AArch64 with ``+dotprod`` in ``-mattr``, else None."""
     mattr = [str(a) for a in target.get("mattr") or []]
+    if str(target.get("mtriple", "")).startswith("aarch64"):
+        return "neon-sdot" if "+dotprod" in mattr else None
     if not str(target.get("mtriple", "")).startswith("x86_64"):
         return None
     from tvm.target import codegen

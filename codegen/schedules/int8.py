@@ -1,10 +1,11 @@
-"""effc's default schedules for integer convolutions and matmuls on x86 dot products.
+"""effc's default schedules for integer convolutions and matmuls on CPU dot products.
 
 AVX-512 VNNI's ``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds each
 group of four products into one of 16 int32 lanes, with no intermediate saturation: 64
 exact multiply-adds per instruction, four times an f32 FMA's 16. AVX2's ``vpmaddwd`` on
 int16 operands adds pairs of exact products into 8 int32 lanes: 16 per instruction, twice
-an AVX2 FMA's 8. ``layout_int8.py`` writes convolutions whose reduction ends in ``depth``
+an AVX2 FMA's 8. Arm's ``sdot`` adds four signed byte products into each of 4 int32
+lanes. ``layout_int8.py`` writes convolutions whose reduction ends in ``depth``
 input channels (``[..., C'/depth, lanes, depth]`` weights, activations with ``depth``
 channels contiguous per pixel), so the two innermost loops, ``lanes`` output channels by
 ``depth`` input channels, are one instruction (``INTRINSICS``).
@@ -84,7 +85,26 @@ def _pair_avx2(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), 
 
 s_tir.TensorIntrin.register(DOT_S16_8X2, _dot_description(8, 2, "int16", "int16"), _pair_avx2, override=True)
 
-INTRINSICS = {"avx512-vnni": DOT_U8S8_16X4, "avx2": DOT_S16_8X2}
+DOT_S8S8_4X4 = "effc_dot_s8s8_4x4_sdot"
+"""4 int32 sums += 4 s8 (one broadcast) x [4, 4] s8 with Arm's ``sdot`` (Armv8.2 dot
+product, ``+dotprod``): 16 exact multiply-adds per instruction, four times a Neon f32 FMA's."""
+
+
+@T.prim_func(s_tir=True)
+def _dot_sdot(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+              c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+        T.writes(c[0:4])
+        a4 = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
+        c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
+            b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(a4, 4), dtype="int8x16"), dtype="int32x4")
+
+
+s_tir.TensorIntrin.register(DOT_S8S8_4X4, _dot_description(4, 4, "int8", "int8"), _dot_sdot, override=True)
+
+INTRINSICS = {"avx512-vnni": DOT_U8S8_16X4, "avx2": DOT_S16_8X2, "neon-sdot": DOT_S8S8_4X4}
 """``layout_int8.Dot.name`` -> its tensor intrinsic."""
 
 

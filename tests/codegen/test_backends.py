@@ -95,7 +95,7 @@ def test_hardware_table_is_checked_and_the_error_names_file_and_keys(table):
 
 
 @pytest.mark.parametrize("name, want", [
-    ("arm", (4, 32, 32 * 1024, 4, None)), ("arm-cortex-a76", (4, 32, 64 * 1024, 4, None)),
+    ("arm", (4, 32, 32 * 1024, 4, None)), ("arm-cortex-a76", (4, 32, 64 * 1024, 4, "neon-sdot")),
     ("x86-avx2", (8, 16, 32 * 1024, None, "avx2")), ("x86-avx512", (16, 32, 32 * 1024, None, "avx2")),
     ("x86-vnni", (16, 32, 32 * 1024, None, "avx512-vnni"))])
 def test_schedules_are_made_for_the_targets_hardware_table(name, want):

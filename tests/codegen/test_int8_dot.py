@@ -1,10 +1,11 @@
-"""effc's x86 int8 fast paths (codegen/layout_int8.py, codegen/schedules/int8.py) against the
+"""effc's int8 dot-product fast paths (codegen/layout_int8.py, codegen/schedules/int8.py) against the
 interpreter, bit for bit, on this machine (AVX-512 VNNI where it has it) and on AVX2
 (Haswell: vpmaddwd on int16): dot-product convolutions (``qconv_dot``: NCHW and blocked
 inputs, padding, strides, dilation, channels not a multiple of 4 or 16), integer depthwise
 convolutions in the blocked layout (``qdwconv_nchwc``), fused ReLU6 clamps, residual
 ``qlinear_add``, a broadcasting ``qlinear_mul`` and ``qlinear_global_average_pool``, in
-both requantization roundings; and no kernel writes outside its output."""
+both requantization roundings; and no kernel writes outside its output. The AOT programs
+run the same kernels, on x86 and on AArch64 (``sdot``, under qemu-aarch64)."""
 from __future__ import annotations
 
 import numpy as np
@@ -173,7 +174,8 @@ def test_float_output_qgemm_bit_exact(target):
 
 def test_target_tables_name_the_dot_product_their_cpu_has():
     """targets/x86.toml's variants declare ``int8_dot``; each is what effc derives from the
-    variant's LLVM CPU, and the values the target loader accepts are codegen's."""
+    variant's LLVM CPU, and the values the target loader accepts are codegen's; an Arm
+    core has ``sdot`` where its ``-mattr`` says ``+dotprod``."""
     from effc.codegen.schedules import INT8_DOTS, target_int8_dot
     from effc.targets import INT8_DOTS as TABLE_DOTS
 
@@ -182,6 +184,9 @@ def test_target_tables_name_the_dot_product_their_cpu_has():
         t = get_target(name)
         assert t.hardware["int8_dot"] == want == target_int8_dot(dict(t.tvm)), name
         assert cpu_for(dict(t.tvm), t.hardware).int8_dot == want
+    for name, want in [("arm", None), ("arm-cortex-a53", None), ("arm-cortex-a76", "neon-sdot")]:
+        t = get_target(name)  # (derived from -mattr's +dotprod)
+        assert target_int8_dot(dict(t.tvm)) == want == cpu_for(dict(t.tvm), t.hardware).int8_dot, name
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -207,10 +212,12 @@ def test_int8_conv_on_a_prime_width_sums_padded_columns(target):
     assert _uses_dot(art, dot)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + ["arm-cortex-a76", "arm"])
 def test_int8_chain_in_an_aot_program(target):
-    """The runtime-free x86 program (``--runtime=aot``) runs the same dot-product kernels
-    in its planned arena: every output the interpreter's."""
+    """The runtime-free program (``--runtime=aot``) runs the same dot-product kernels in its
+    planned arena: every output the interpreter's. On x86 (VNNI, AVX2) natively; on AArch64
+    under qemu-aarch64, with Armv8.2's ``sdot`` where the core has ``+dotprod`` (Cortex-A76)
+    and plain int32 kernels where it does not (Cortex-A72)."""
     import effc
     from effc.codegen.aot_inplace import program_schedule
     from effc.codegen.native import aot_cpu
