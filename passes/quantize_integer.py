@@ -196,6 +196,28 @@ def _matmul_to_float(m: Match, b: Builder) -> Value | None:
     return y if x.rank == 2 else b.reshape(y, b.const(np.asarray([*x.shape[:-1], n], np.int64)))
 
 
+def _gemm_to_float(m: Match, b: Builder) -> Value | None:
+    """``gemm(DQ(a), DQ(w), DQ(bias))`` whose result stays float (a classifier whose logits
+    are the model's output) -> ``qgemm`` without an output scale, as ``_matmul_to_float``:
+    the int8 weight stays int8 (``fold-constants`` would otherwise expand it to float)."""
+    gemm = m.node("gemm")
+    a = node_attrs(gemm)
+    w, x = m["wq"].type, m["xq"].type
+    if (a["alpha"] != 1.0 or ("bq" in m and a["beta"] != 1.0) or a["transA"] or w.rank != 2 or x.rank != 2
+            or any(u.op == "quantize_linear" for u in gemm.outputs[0].users())
+            or not (_eight_bit(m["xq"]) and _per_tensor(m, "x")) or m.const("wz").any()
+            or m.const("ws").dtype != np.float32 or m.const("xs").dtype != np.float32):
+        return None
+    channels, axis = (w.shape[0], 0) if a["transB"] else (w.shape[1], 1)
+    if not isinstance(channels, int) or not _weight_ok(m, channels, axis):
+        return None
+    if "bq" in m and not _bias_ok(m, m.const("xs"), m.const("ws"), channels):
+        return None
+    bias = [m["bq"]] if "bq" in m else []
+    return b.qgemm(m["xq"], m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"), *bias,
+                   transB=a["transB"])
+
+
 def _q(inner: Op) -> Op:
     return Op("quantize_linear", inner, Const("ys"), Const("yz"))
 
@@ -210,17 +232,24 @@ for _act, _wrap_act in _ACTIVATIONS.items():
         _suffix = f"{'-bias' if _with_bias else ''}{'-' + _act if _act else ''}"
         RULES.append(Rule(f"qdq-conv{_suffix}", _q(_wrap_act(_conv_op)), _conv(_act)))
         RULES.append(Rule(f"qdq-gemm{_suffix}", _q(_wrap_act(_gemm_op)), _gemm(_act)))
+        if not _act:
+            RULES.append(Rule(f"qdq-gemm-float{_suffix}", _gemm_op, _gemm_to_float))
 
 
 def _max_pool(m: Match, b: Builder) -> Value | None:
-    """``Q(max_pool(DQ(q)))`` with the same scale and zero point on both sides is the max
-    pool of ``q`` itself (DequantizeLinear is increasing)."""
-    if not (_scalar(m.const("xs")) and _scalar(m.const("xz")) and m.const("ys").reshape(())
-            == m.const("xs").reshape(()) and m.const("yz").reshape(()) == m.const("xz").reshape(())
-            and m.const("xs").reshape(()) > 0 and m.root is not None and not node_attrs(m.root)["block_size"]
-            and len(m.node("pool").outputs) == 1):
+    """``Q(max_pool(DQ(q)))`` is ``Q(DQ(max_pool(q)))``: DequantizeLinear is increasing, so
+    the largest dequantized value of a window is the dequantized largest, exactly. With the
+    same scale and zero point on both sides that is the max pool of ``q`` itself; otherwise
+    the requantization runs on the pooled values only (a model's float tensor before the
+    pool, often its largest, is gone)."""
+    if not (_scalar(m.const("xs")) and _scalar(m.const("xz")) and m.const("xs").reshape(()) > 0
+            and m.root is not None and not node_attrs(m.root)["block_size"] and len(m.node("pool").outputs) == 1):
         return None
-    return b.max_pool(m["xq"], **m.node("pool").attrs)
+    pooled = _flattened(m, b, b.max_pool(m["xq"], **m.node("pool").attrs))
+    if m.const("ys").reshape(()) == m.const("xs").reshape(()) and m.const("yz").reshape(()) == m.const("xz").reshape(()):
+        return pooled
+    return b.quantize_linear(b.dequantize_linear(pooled, m.value("xs"), m.value("xz")), m.value("ys"), m.value("yz"),
+                             **m.root.attrs)
 
 
 def _elementwise(op: str, relu: bool):
@@ -239,12 +268,26 @@ def _elementwise(op: str, relu: bool):
 
 
 def _global_pool(m: Match, b: Builder) -> Value | None:
-    """``Q(global_average_pool(DQ(x)))`` -> ``qlinear_global_average_pool`` (an integer
-    sum and one requantization: within one step of the float pool)."""
+    """``Q([reshape](global_average_pool(DQ(x))))`` -> ``qlinear_global_average_pool`` (an
+    integer sum and one requantization: within one step of the float pool), the flatten
+    after it on the 8-bit result."""
     if not (_common(m) and m["xq"].type.dtype == DType.from_numpy(m.const("yz").dtype)):
         return None
     ys, yz = _y(m)
-    return b.qlinear_global_average_pool(m["xq"], m.value("xs"), m.value("xz"), ys, yz)
+    return _flattened(m, b, b.qlinear_global_average_pool(m["xq"], m.value("xs"), m.value("xz"), ys, yz))
+
+
+_FLATTENS = ("flatten", "reshape")
+"""Ops between a pool and the QuantizeLinear of its result that the pool rules look
+through (a classifier's flatten); they move onto the 8-bit values."""
+
+
+def _flattened(m: Match, b: Builder, y: Value) -> Value:
+    """``y`` through the match's flatten (or reshape), if it has one."""
+    if "flatten" not in m:
+        return y
+    f = m.node("flatten")
+    return getattr(b, f.op)(y, *f.inputs[1:], **f.attrs)
 
 
 for _relu in (False, True):
@@ -254,7 +297,12 @@ for _relu in (False, True):
                           _elementwise(_op, _relu)))
 RULES.append(Rule("qdq-global-average-pool", _q(Op("global_average_pool", _dq("x", Any("xq"), shared=True),
                                                     name="pool")), _global_pool))
+RULES.append(Rule("qdq-global-average-pool-flatten", _q(Op(_FLATTENS, Op(
+    "global_average_pool", _dq("x", Any("xq"), shared=True), name="pool"), exact_arity=False, name="flatten")),
+    _global_pool))
 RULES.append(Rule("qdq-max-pool", _q(Op("max_pool", _dq("x", Any("xq"), shared=True), name="pool")), _max_pool))
+RULES.append(Rule("qdq-max-pool-flatten", _q(Op(_FLATTENS, Op("max_pool", _dq("x", Any("xq"), shared=True), name="pool"),
+                                                exact_arity=False, name="flatten")), _max_pool))
 RULES.append(Rule("qdq-matmul", _q(Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq")))), _matmul))
 RULES.append(Rule("qdq-matmul-float", Op("mat_mul", _dq("x", Any("xq"), shared=True), _dq("w", Const("wq"))),
                   _matmul_to_float))
