@@ -1048,15 +1048,16 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     schedules for it, as the Relax VM builds have (None: NCHW kernels made lean in
     memory, ``aot_kernels.fold_scratch``, as microcontrollers need).
     ``int8_kernels``: ``effc`` runs the integer convolutions it can on effc's own C kernels
-    (``codegen/kernels``, for microcontrollers), ``tvm`` all on TVM's."""
+    (``codegen/kernels``, for microcontrollers; ``effc-mve``: on Helium where it can), ``tvm``
+    all on TVM's."""
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
     schedule = program_schedule(module, target, io_in_arena, pools=database is None and cpu is None,
                                 lanes=cpu.lanes if cpu is not None else None,
                                 int8_dot=cpu.int8_dot if cpu is not None else None)
-    if int8_kernels == "effc":
-        own_kernels.int8_convolutions(schedule, module)
+    if int8_kernels in ("effc", "effc-mve"):
+        own_kernels.int8_convolutions(schedule, module, mve=int8_kernels == "effc-mve")
         schedule.prune_kernels()
         schedule.prune_weights()
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database, cpu=cpu)

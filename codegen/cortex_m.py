@@ -538,6 +538,16 @@ def _outputs_complete(iface: Interface, paths: list[Path]) -> bool:
 
 PLAN_PICTURE = "memory_plan.svg"
 
+MVE_CORES = ("cortex-m55", "cortex-m85")
+"""Cores with Helium (the M-profile vector extension), by ``-mcpu``."""
+
+
+def has_mve(target: Target) -> bool:
+    """The target's core has Helium: an ``-mcpu`` of ``MVE_CORES`` and no ``+nomve``."""
+    cpu = next((f.split("=", 1)[1] for f in target.cpu if f.startswith("-mcpu=")), "")
+    core, *extensions = cpu.split("+")
+    return core in MVE_CORES and "nomve" not in extensions
+
 
 def _target(target: Target | str | None) -> Target:
     if target is None:
@@ -552,8 +562,9 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     ``sram``/``flash`` (bytes) replace the target's budgets; BudgetError when over.
     ``io_in_arena``: the inputs and outputs live in the arena (False: buffers of their own).
     ``int8_kernels``: ``effc`` runs the integer convolutions on effc's own kernels
-    (``codegen/kernels``: SMLAD/SXTB16 on cores with the DSP extension), ``tvm`` on TVM's C
-    kernels (for comparison)."""
+    (``codegen/kernels``: SMLAD/SXTB16 on cores with the DSP extension, Helium's VMLADAVA
+    on those with MVE), ``dsp`` on those kernels without Helium, ``tvm`` on TVM's C kernels
+    (the last two for comparison)."""
     tgt = _target(target)
     if tgt.tvm.get("kind") != "c":
         raise InputError(f"target {tgt.name}: Cortex-M builds need TVM's C kernels (tvm kind 'c')")
@@ -562,8 +573,10 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     cname = c_identifier(name or module.name)
-    program, schedule, plan = emit(module, tgt.tvm, toolchain, cname, io_in_arena=io_in_arena,
-                                   int8_kernels=int8_kernels)
+    if int8_kernels not in ("effc", "dsp", "tvm"):
+        raise InputError(f"int8_kernels must be effc, dsp or tvm, got '{int8_kernels}'")
+    mode = "tvm" if int8_kernels == "tvm" else "effc-mve" if int8_kernels == "effc" and has_mve(tgt) else "effc"
+    program, schedule, plan = emit(module, tgt.tvm, toolchain, cname, io_in_arena=io_in_arena, int8_kernels=mode)
     seconds["emit"] = time.perf_counter() - t
     board = {STARTUP: startup_c(program.interface, tgt).encode(), LINKER_SCRIPT: linker_script(cname, tgt).encode(),
              aot_c.HARNESS: aot_c.harness_c(cname, program.interface, True, program.notes["input_offsets"]).encode()}

@@ -69,11 +69,13 @@ class Int8Conv:
     """Bytes of int16 scratch (im2col columns, or one padded plane)."""
     residual: bool = False
     """The step's second argument is the residual its ``qlinear_add`` adds."""
+    mve: bool = False
+    """On Helium (``effc_conv_s8_mve``, int8 columns and weights in natural order)."""
     requires_in_place = False
 
     @property
     def function(self) -> str:
-        return "effc_dwconv_s8" if self.depthwise else "effc_conv_s8"
+        return "effc_dwconv_s8" if self.depthwise else "effc_conv_s8_mve" if self.mve else "effc_conv_s8"
 
     def scratch_bytes(self, align: int) -> int:
         return align_up(self.scratch, align)
@@ -88,7 +90,8 @@ class Int8Conv:
         return [f"  {{ /* {label}: {self.function}, effc's int8 kernel */",
                 f"    static const effc_conv_s8_params effc_p = {{{values}}};",
                 f"    {self.function}(&effc_p, {x}, (const int8_t*){w}, (const int32_t*){bias}, "
-                f"(const int32_t*){mult}, (const int8_t*){shift}, {residual}{y}, (int16_t*){scratch});",
+                f"(const int32_t*){mult}, (const int8_t*){shift}, {residual}{y}, "
+                f"({'int8_t' if self.mve else 'int16_t'}*){scratch});",
                 "  }"]
 
 
@@ -206,11 +209,13 @@ class ConvPlan:
     weights: list[np.ndarray]
     x: Value
     residual: Value | None
+    mve: bool = False
 
 
-def conv_plan(node: Node) -> ConvPlan | None:
+def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
     """The plan for a step's node, or None where these kernels do not apply (TVM's kernel
-    stays)."""
+    stays). ``mve``: a one-group convolution takes the Helium kernel (its weights in
+    natural order, rows padded to 16, the shifted zero point folded into the bias)."""
     chain = _chain(node)
     if chain is None:
         return None
@@ -253,7 +258,8 @@ def conv_plan(node: Node) -> ConvPlan | None:
         return None
     if bounds is None:
         return None
-    k4 = (kw + 1) // 2 * 2 if depthwise else (c * kh * kw + 3) // 4 * 4
+    mve = mve and not depthwise
+    k4 = (kw + 1) // 2 * 2 if depthwise else (c * kh * kw + (15 if mve else 3)) // (16 if mve else 4) * (16 if mve else 4)
     p: dict[str, int | float] = dict(
         in_c=c, in_h=h, in_w=wd, out_c=m, out_h=int(yt.shape[2]), out_w=int(yt.shape[3]), k_h=kh, k_w=kw,
         stride_h=strides[0], stride_w=strides[1], dil_h=dilations[0], dil_w=dilations[1],
@@ -271,23 +277,30 @@ def conv_plan(node: Node) -> ConvPlan | None:
             or (depthwise and kh * (k4 // 2) > DW_MAX_WORDS):
         return None
     w = np.asarray(w, np.int8)
+    bias = np.asarray(bias, np.int64).reshape(-1)
     if depthwise:
         packed = np.zeros((m, kh, k4), np.int8)
         packed[:, :, :kw] = w[:, 0]
     else:
         packed = np.zeros((m, k4), np.int8)
         packed[:, :c * kh * kw] = w.reshape(m, -1)
-        packed = packed.reshape(m, k4 // 4, 4)[:, :, [0, 2, 1, 3]]
-    weights = [np.ascontiguousarray(packed).reshape(-1), np.asarray(bias, np.int32).reshape(-1),
-               q.astype(np.int32), r.astype(np.int8)]
-    return ConvPlan(depthwise, p, weights, chain.value(conv.input(0)), residual)
+        if mve:  # (the columns hold x + shift, padding x_zp + shift: that times sum(w) comes off)
+            zero = p["x_zp"] - 128 * p["x_unsigned"]
+            bias = bias - zero * w.reshape(m, -1).astype(np.int64).sum(axis=1)
+            if np.abs(bias).max(initial=0) >= 2 ** 31:
+                return None
+        else:
+            packed = packed.reshape(m, k4 // 4, 4)[:, :, [0, 2, 1, 3]]
+    weights = [np.ascontiguousarray(packed).reshape(-1), bias.astype(np.int32), q.astype(np.int32), r.astype(np.int8)]
+    return ConvPlan(depthwise, p, weights, chain.value(conv.input(0)), residual, mve)
 
 
-def int8_convolutions(schedule: Any, module: Module) -> int:
+def int8_convolutions(schedule: Any, module: Module, mve: bool = False) -> int:
     """Give each step these kernels can compute an ``Int8Conv`` (``schedule.own``), its
     weights appended to ``schedule.weights``; returns how many. A depthwise step the
     sharing rules run in place channel by channel (``schedule.splits``) becomes one call
-    of the depthwise kernel, in place as well."""
+    of the depthwise kernel, in place as well. ``mve``: the core has Helium (M55), and the
+    one-group convolutions take its kernel."""
     from effc.codegen.aot import Storage, TensorArg
     from effc.codegen.aot_inplace import _Steps
 
@@ -298,7 +311,7 @@ def int8_convolutions(schedule: Any, module: Module) -> int:
         node = info.node(step)
         if node is None or t in schedule.own:
             continue
-        plan = conv_plan(node)
+        plan = conv_plan(node, mve)
         if plan is None or (t in schedule.splits and not plan.depthwise):
             continue
         data = {a.storage_key: a for a in step.args[:-1] if a.storage_key[0] != "weight"}
@@ -318,8 +331,8 @@ def int8_convolutions(schedule: Any, module: Module) -> int:
             numbers.append(k)
         step.args = [x, *([r] if r is not None else []),
                      *(TensorArg(("weight", k), a.shape, str(a.dtype)) for k, a in zip(numbers, plan.weights)), y]
-        schedule.own[t] = Int8Conv(plan.depthwise, plan.params, numbers, _scratch_bytes(plan.depthwise, plan.params),
-                                   r is not None)
+        schedule.own[t] = Int8Conv(plan.depthwise, plan.params, numbers,
+                                   _scratch_bytes(plan.depthwise, plan.params, plan.mve), r is not None, plan.mve)
         if plan.depthwise and y.storage_key[0] == "arena" and info.dies_at(x.storage_key, t, step) \
                 and x.storage_key not in schedule.slices and y.nbytes <= x.nbytes:
             schedule.inplace[y.storage_key[1]] = [x.storage_key[1]]
@@ -327,8 +340,10 @@ def int8_convolutions(schedule: Any, module: Module) -> int:
     return count
 
 
-def _scratch_bytes(depthwise: bool, p: dict[str, int]) -> int:
-    """``effc_dwconv_s8_scratch`` / ``effc_conv_s8_scratch``."""
+def _scratch_bytes(depthwise: bool, p: dict[str, int], mve: bool = False) -> int:
+    """``effc_dwconv_s8_scratch`` / ``effc_conv_s8_scratch`` / ``effc_conv_s8_mve_scratch``."""
+    if mve:
+        return 2 * p["k4"]
     if depthwise:
         ph = (p["out_h"] - 1) * p["stride_h"] + (p["k_h"] - 1) * p["dil_h"] + 1
         pw = (p["out_w"] - 1) * p["stride_w"] + (p["k_w"] - 1) * p["dil_w"] + 1

@@ -282,3 +282,86 @@ void effc_dwconv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w
     }
   }
 }
+
+/* ------------------------------------------------------------------ Helium (MVE), M55 */
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#include <arm_mve.h>
+
+uint32_t effc_conv_s8_mve_scratch(const effc_conv_s8_params* p) { return 2u * p->k4; }
+
+/* The k4 int8 values output pixel `pix` reads: x as signed bytes (uint8 shifted by -128),
+ * padding as the (shifted) zero point, 0 past the reduction (its weights are 0). */
+static void effc_im2col8(const effc_conv_s8_params* p, const void* x, uint32_t pix, int8_t* col) {
+  const uint32_t hw = (uint32_t)p->in_h * p->in_w;
+  const int32_t oy = (int32_t)(pix / p->out_w), ox = (int32_t)(pix % p->out_w);
+  const int32_t sh = p->x_unsigned ? -128 : 0;
+  const int8_t pad = (int8_t)(p->x_zp + sh);
+  const uint8_t* src = (const uint8_t*)x;
+  int8_t* c = col;
+  uint32_t ci, ky, kx;
+  if (p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0) {
+    const uint8_t* s = src + (uint32_t)(oy * p->stride_h) * p->in_w + (uint32_t)(ox * p->stride_w);
+    for (ci = 0; ci < p->in_c; ++ci, s += hw) *c++ = (int8_t)(uint8_t)(*s + (uint32_t)sh);
+  } else {
+    const int32_t y0 = oy * p->stride_h - p->pad_t, x0 = ox * p->stride_w - p->pad_l;
+    for (ci = 0; ci < p->in_c; ++ci)
+      for (ky = 0; ky < p->k_h; ++ky) {
+        const int32_t iy = y0 + (int32_t)ky * p->dil_h;
+        const uint8_t* row = src + ci * hw + (uint32_t)iy * p->in_w;
+        for (kx = 0; kx < p->k_w; ++kx) {
+          const int32_t ix = x0 + (int32_t)kx * p->dil_w;
+          *c++ = (iy < 0 || iy >= (int32_t)p->in_h || ix < 0 || ix >= (int32_t)p->in_w)
+                     ? pad : (int8_t)(uint8_t)(row[ix] + (uint32_t)sh);
+        }
+      }
+  }
+  while (c < col + p->k4) *c++ = 0;
+}
+
+static inline __attribute__((always_inline)) void effc_conv_mve_body(const effc_conv_s8_params* p, const void* x,
+                                                                     const int8_t* w, const int32_t* bias,
+                                                                     const int32_t* mult, const int8_t* shift,
+                                                                     const void* residual, void* y, int8_t* scratch) {
+  const uint32_t ohw = (uint32_t)p->out_h * p->out_w, k4 = p->k4, m_count = p->out_c;
+  int8_t* col0 = scratch;
+  int8_t* col1 = scratch + k4;
+  uint32_t pix;
+  for (pix = 0; pix < ohw; pix += 2) {
+    const int two = pix + 1 < ohw;
+    uint32_t m;
+    effc_im2col8(p, x, pix, col0);
+    if (two) effc_im2col8(p, x, pix + 1, col1);
+    const int8_t* c1 = two ? col1 : col0;
+    for (m = 0; m < m_count; m += 2) {
+      const int pair = m + 1 < m_count;
+      const int8_t* w0 = w + m * k4;
+      const int8_t* w1 = pair ? w0 + k4 : w0;
+      int32_t a00 = bias[m], a01 = bias[m], a10 = 0, a11 = 0;
+      uint32_t k;
+      for (k = 0; k < k4; k += 16) { /* 64 multiply-adds in four VMLADAVA */
+        const int8x16_t wa = vldrbq_s8(w0 + k), wb = vldrbq_s8(w1 + k);
+        const int8x16_t xa = vldrbq_s8(col0 + k), xb = vldrbq_s8(c1 + k);
+        a00 = vmladavaq_s8(a00, wa, xa);
+        a01 = vmladavaq_s8(a01, wa, xb);
+        a10 = vmladavaq_s8(a10, wb, xa);
+        a11 = vmladavaq_s8(a11, wb, xb);
+      }
+      effc_finish(p, residual, y, m * ohw + pix, a00, mult[m], shift[m]);
+      if (two) effc_finish(p, residual, y, m * ohw + pix + 1, a01, mult[m], shift[m]);
+      if (pair) {
+        effc_finish(p, residual, y, (m + 1) * ohw + pix, a10 + bias[m + 1], mult[m + 1], shift[m + 1]);
+        if (two) effc_finish(p, residual, y, (m + 1) * ohw + pix + 1, a11 + bias[m + 1], mult[m + 1], shift[m + 1]);
+      }
+    }
+  }
+}
+
+void effc_conv_s8_mve(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
+                      const int32_t* mult, const int8_t* shift, const void* residual, void* y, int8_t* scratch) {
+  if (residual != NULL)
+    effc_conv_mve_body(p, x, w, bias, mult, shift, residual, y, scratch);
+  else
+    effc_conv_mve_body(p, x, w, bias, mult, shift, NULL, y, scratch);
+}
+#endif /* __ARM_FEATURE_MVE */

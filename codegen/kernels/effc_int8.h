@@ -45,6 +45,15 @@ void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, 
 void effc_dwconv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
                     const int32_t* mult, const int8_t* shift, void* y, int16_t* scratch);
 
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+/* A one-group convolution on Helium (M55): VMLADAVA sums 16 int8 products per instruction
+ * on x as signed bytes (uint8 shifted by -128). w: [out_c][k4] int8 in natural order, k4 =
+ * in_c * k_h * k_w rounded up to 16; bias: the bias less (x_zp + shift) * sum(w[m]). */
+uint32_t effc_conv_s8_mve_scratch(const effc_conv_s8_params* p);
+void effc_conv_s8_mve(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
+                      const int32_t* mult, const int8_t* shift, const void* residual, void* y, int8_t* scratch);
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -199,23 +199,26 @@ def _chain_module(residual: bool = True) -> Module:
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
 def test_int8_kernels_on_cortex_m_bit_exact_and_fewer_instructions(target):
-    """The block on the core's DSP instructions under qemu equals the interpreter; the three
-    convolutions (the last with its residual add) run on effc's kernels, and take fewer instructions (qemu -icount, counted
+    """The block on the core's DSP instructions (M55: its one-group convolutions on Helium,
+    and on the DSP kernels too) under qemu equals the interpreter; the three convolutions
+    (the last with its residual add) run on effc's kernels, and take fewer instructions (qemu -icount, counted
     by the firmware's SysTick) than on TVM's C kernels."""
     module = _chain_module()
     assert [n.op for n in module.graph.nodes if n.op != "const"] == ["fused"] * 3
     feeds = _feeds(module)
     want = run_module(module, feeds)
     counts = {}
-    for which in ("effc", "tvm"):
+    for which in ("effc", "dsp", "tvm"):
         built = build_cortex_m(module, target, int8_kernels=which)
         got = built.run(feeds, count_instructions=True)
         for k, w in want.items():
             np.testing.assert_array_equal(got[k], w, err_msg=f"{k} ({which} kernels on {target})")
-        assert built.program.notes["effc_kernels"] == (3 if which == "effc" else 0)
-        assert (kernels.KERNEL_C in built.program.files) == (which == "effc")
+        assert built.program.notes["effc_kernels"] == (0 if which == "tvm" else 3)
+        assert (kernels.KERNEL_C in built.program.files) == (which != "tvm")
+        assert ("effc_conv_s8_mve(" in built.program.files["model.c"].decode()) == (
+            which == "effc" and target == "cortex-m55")
         counts[which] = built.last_run_instructions
-    assert 0 < counts["effc"] < counts["tvm"], counts
+    assert 0 < counts["effc"] <= counts["dsp"] < counts["tvm"], counts
 
 
 def test_int8_depthwise_kernel_writes_over_its_input():
@@ -261,3 +264,21 @@ def test_int8_mobilenet_v2_fits_nrf52840_where_float_does_not(tmp_path):
     want = run_module(module, {"input": calib[:1]})["logits"]
     got = on_qemu.run({"input": calib[:1]})["logits"]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("x_dtype", [DType.u8, DType.i8])
+def test_helium_kernel_bit_exact_on_cortex_m55(x_dtype):
+    """The Helium kernel (M55, under qemu) on uint8 (shifted to signed bytes) and int8
+    activations, padding on every side, stride, dilation and a residual add: the
+    interpreter's bits."""
+    y_dtype = DType.u8 if x_dtype == DType.u8 else DType.i8
+    module = _conv_module((1, 3, 12, 12), (5, 3, 5, 5), x_dtype=x_dtype, y_dtype=y_dtype, residual=True,
+                          pads=[2, 1, 2, 3], dilations=[2, 1], strides=[1, 2])
+    feeds = _feeds(module)
+    built = build_cortex_m(module, "cortex-m55")
+    assert "effc_conv_s8_mve(" in built.program.files["model.c"].decode()
+    got = built.run(feeds)
+    want = run_module(module, feeds)
+    for k, w in want.items():
+        np.testing.assert_array_equal(got[k], w)
+        assert len(np.unique(w)) > 20
