@@ -134,22 +134,21 @@ def schedule_int8_conv(sch: s_tir.Schedule, vector_registers: int = TILE_REGISTE
     return True
 
 
-PACK_VECTOR = 64
-"""Bytes per vector of the packing stage (one AVX-512 register)."""
-
-
 def _vectorize_pack(sch: s_tir.Schedule) -> None:
-    """The packing stage of a blocked input (shifted to uint8 and padded, ``[N, H, W, C4]``):
-    a row of pixels and channels, contiguous, in vectors."""
+    """The packing stage of a blocked input (shifted to the operand type and padded,
+    ``[N, H, W, C']``): per pixel, each channel block of the input is a contiguous run of
+    the output, copied as one vector (splitting a fused row of pixels and channels instead
+    leaves LLVM a gather with a division per byte)."""
     pack = _block_named(sch, "pack")
     if pack is None or sch.get(pack).name_hint != "pack":  # (from NCHW: a gather, left scalar)
         return
+    block = int(sch.get(pack).reads[0].source.ty.shape[-1])  # (the blocked input [N, C/b, H, W, b])
     n, y, x, c = sch.get_loops(pack)
-    row = sch.fuse(x, c)
-    extent = sch.get(row).extent
-    if isinstance(extent, tirx.IntImm) and int(extent) >= 16:
-        _, inner = sch.split(row, [None, PACK_VECTOR if int(extent) >= PACK_VECTOR else 16])
-        sch.vectorize(inner)
+    extent = sch.get(c).extent
+    if not isinstance(extent, tirx.IntImm) or int(extent) % block or block < 4:
+        return
+    _, inner = sch.split(c, [None, block])
+    sch.vectorize(inner)
 
 
 def _epilogue_per_tile(sch: s_tir.Schedule, conv: Any, at: Any) -> None:
