@@ -91,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("prune", help="structured channel pruning: coupled channels removed together, weights smaller")
+    _model_arg(p, "an .onnx model or .effc IR file (float)")
+    p.add_argument("--ratio", type=float, required=True, metavar="R",
+                   help="the share of channels to remove (0 <= R < 1), per group (--uniform) or overall (--global)")
+    p.add_argument("--criterion", default="l1", choices=["l1", "l2"],
+                   help="rank channels by the norm of their weights (default l1)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--uniform", dest="mode", action="store_const", const="uniform", default="uniform",
+                   help="remove R of each group of coupled channels (default)")
+    g.add_argument("--global", dest="mode", action="store_const", const="global",
+                   help="rank every group's channels together (weight norms relative to their layer)")
+    p.add_argument("--exclude", default="", metavar="NODE,...",
+                   help="convolutions/gemms (by output name) whose output channels stay")
+    p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
+                   help="the pruned model: .onnx (runs in onnxruntime) or .effc")
+    p.set_defaults(func=cmd_prune)
+
     p = sub.add_parser("compile", help="optimize and build a model for a target; writes an artifact folder")
     _model_arg(p, "an .onnx model or .effc IR file")
     p.add_argument("--target", "-t", default="x86", help="target name (default x86; `effc targets` lists them)")
@@ -246,6 +263,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(table, file=sys.stderr)
     if args.report:
         Path(args.report).write_text(table + "\n")
+    written = save_model(module, args.out_file)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Load, fold (constants, BN), prune, write; the table of what went to stderr."""
+    from effc.models import load_model, save_model
+    from effc.passes import run_pipeline
+    from effc.passes.prune import prune
+
+    module = load_model(_resolve_model(args.model))
+    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+    report = prune(module, args.ratio, args.criterion, args.mode, tuple(n for n in args.exclude.split(",") if n))
+    print(report.table(), file=sys.stderr)
     written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0

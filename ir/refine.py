@@ -112,6 +112,12 @@ def _substitute(bindings: Mapping[str, int]):
     return sub
 
 
+def reinfer_types(module: Module) -> None:
+    """Every type inferred again from the inputs (a pass that changed weight shapes, such
+    as ``prune``)."""
+    _reinfer(module.graph, lambda shape: shape)
+
+
 def _reinfer(g: Graph, sub) -> None:
     """Every node's output types inferred again, in order (fused bodies too); a dim that
     inference leaves unknown keeps its recorded size, with bound symbols substituted."""

@@ -1,0 +1,405 @@
+"""Structured channel pruning over effc's IR: dependency groups, a criterion, physical removal.
+
+**Channels as atoms.** Every value with a channel axis (axis 1 of an NCHW activation or of a
+``[N, features]`` matrix) gets a list of channel *atoms*, one per channel. A convolution
+with one group, a gemm and a matmul on a constant weight create fresh atoms for their
+outputs (they are the *sources*: their weight rows can go); what passes channels through
+keeps its input's list (ReLU/Clip and other elementwise ops, BatchNormalization, pools,
+a depthwise convolution, dropout); a concat along the channels concatenates its inputs'
+lists; a flatten of ``[N, C, H, W]`` repeats each channel's atom ``H*W`` times (the feature
+block the next gemm reads). Ops that tie two channel lists together (a residual ``add`` of
+two activations, ``mul``, ``sub``) unite their atoms pairwise (union-find): Torch-Pruning's
+dependency graph (DepGraph, CVPR 2023), on the deployed graph.
+
+A **class** of united atoms is removed whole, or not at all. Atoms that reach an op the
+rules do not know, a graph output, or a grouped (not depthwise) convolution are
+**frozen**: their classes stay. A **group** is the set of sources a class's atoms come
+from; its classes compete with each other.
+
+**Criterion.** The norm of a source's weight row (``l1``, ``l2``) for each atom, divided by
+the mean norm of that source's rows (so layers compare), summed over the class.
+``uniform`` removes ``round(ratio * n)`` of each group's ``n`` classes (keeping one);
+``global`` ranks every class of every group together and removes ``ratio`` of all.
+
+**Removal** slices every constant a pruned channel reaches: the sources' output rows (and
+bias), the consumers' input columns (a gemm after a flatten loses each channel's block), a
+depthwise convolution's weight, bias and ``group``, BatchNormalization's parameters, and
+per-channel constants of elementwise ops; then every type is inferred again. The module
+must be unfused (prune before ``fuse``/-O2; after ``fold-bn`` is best).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from effc.ir.core import Module, Node, Value
+from effc.ir.errors import InputError
+from effc.ir.opdef import node_attrs
+from effc.ir.refine import reinfer_types
+
+CRITERIA = ("l1", "l2")
+
+_PASS_THROUGH = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "elu", "selu",
+                 "softplus", "identity", "dropout", "max_pool", "average_pool", "global_average_pool",
+                 "global_max_pool", "lp_pool", "gelu", "erf", "abs", "neg", "exp", "sqrt", "floor", "ceil",
+                 "round", "sign", "swish", "mish", "prelu_scalar", "cast"}
+"""Ops whose output has their first input's channels, one for one (other inputs scalars)."""
+
+_BINARY = {"add", "mul", "sub", "div", "max", "min"}
+
+
+@dataclass
+class _Source:
+    """A node whose output channels are new atoms: its weight and the weight's output axis."""
+
+    node: Node
+    weight: np.ndarray
+    axis: int
+    atoms: list[int]
+
+
+@dataclass
+class ChannelGraph:
+    """The atoms of a module's values and their classes (see the module docstring)."""
+
+    module: Module
+    atoms: dict[int, list[int]] = field(default_factory=dict)
+    """id(value) -> its channel atoms."""
+    parent: list[int] = field(default_factory=list)
+    frozen: set[int] = field(default_factory=set)
+    sources: list[_Source] = field(default_factory=list)
+    source_of: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """atom -> (source number, row)."""
+    why_frozen: dict[int, str] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ union-find
+    def fresh(self, n: int) -> list[int]:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return list(range(start, start + n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def unite(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            if rb in self.frozen:
+                self.frozen.add(ra)
+
+    def freeze(self, atoms: list[int], why: str) -> None:
+        for a in atoms:
+            r = self.find(a)
+            self.frozen.add(r)
+            self.why_frozen.setdefault(r, why)
+
+    def is_frozen(self, a: int) -> bool:
+        return self.find(a) in self.frozen
+
+    def of(self, v: Value | None) -> list[int] | None:
+        return None if v is None else self.atoms.get(id(v))
+
+    def classes(self) -> dict[int, list[int]]:
+        """Root -> atoms, for the classes that hold a source atom and are not frozen."""
+        out: dict[int, list[int]] = {}
+        for a in self.source_of:
+            r = self.find(a)
+            if r not in self.frozen:
+                out.setdefault(r, []).append(a)
+        return out
+
+
+def _const(v: Value | None) -> np.ndarray | None:
+    return None if v is None else v.const_value
+
+
+def _channels(v: Value) -> int | None:
+    """The channel count of a value (axis 1 of a rank-2..5 static tensor), or None."""
+    t = v.type
+    if t.rank < 2 or not isinstance(t.shape[1], int):
+        return None
+    return int(t.shape[1])
+
+
+def _per_channel_const(c: np.ndarray, rank: int, channels: int) -> bool:
+    """A constant operand that broadcasts one value per channel (axis 1) of a rank-``rank``
+    value: ``[C, 1, 1]``, ``[1, C, 1, 1]`` (or ``[C]`` against a ``[N, C]`` matrix)."""
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    return len(shape) == rank and shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1)
+
+
+def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph:
+    """The atoms and classes of ``module`` (unfused). ``exclude``: sources (by output name)
+    whose output channels stay."""
+    g = ChannelGraph(module)
+    if any(n.body is not None for n in module.graph.nodes):
+        raise InputError("prune works on an unfused model: run it before `fuse` (or -O2), e.g. after fold-bn")
+    for v in module.graph.inputs:
+        c = _channels(v)
+        if c is not None:
+            g.atoms[id(v)] = g.fresh(c)
+            g.freeze(g.atoms[id(v)], f"graph input %{v.name}")
+    for n in module.graph.nodes:
+        if n.op == "const":
+            continue
+        _visit(g, n, exclude)
+    for v in module.graph.outputs:
+        if g.of(v):
+            g.freeze(g.of(v), f"graph output %{v.name}")
+    return g
+
+
+def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
+    x = n.input(0)
+    xa = g.of(x)
+    out = n.outputs[0] if len(n.outputs) == 1 else None
+    a = node_attrs(n)
+
+    def opaque(why: str) -> None:
+        for v in n.inputs:
+            if g.of(v):
+                g.freeze(g.of(v), why)
+        for o in n.outputs:
+            c = _channels(o)
+            if c is not None:
+                g.atoms[id(o)] = g.fresh(c)
+                g.freeze(g.atoms[id(o)], why)
+
+    def source(w: np.ndarray, axis: int) -> None:
+        assert out is not None
+        atoms = g.fresh(int(w.shape[axis]))
+        g.atoms[id(out)] = atoms
+        k = len(g.sources)
+        g.sources.append(_Source(n, w, axis, atoms))
+        for row, atom in enumerate(atoms):
+            g.source_of[atom] = (k, row)
+        if out.name in exclude:
+            g.freeze(atoms, f"--exclude {out.name}")
+
+    what = f"{n.op} -> %{out.name if out is not None else n.outputs[0].name}"
+    if out is None:
+        return opaque(f"{what}: several outputs")
+    if n.op == "conv":
+        w = _const(n.input(1))
+        if w is None or x is None or x.type.rank != 4 or (n.input(2) is not None and _const(n.input(2)) is None):
+            return opaque(f"{what}: not a 2-D conv with constant weights")
+        group, cin = int(a["group"]), _channels(x)
+        if group == 1:
+            return source(w, 0)
+        if group == cin == w.shape[0] and w.shape[1] == 1 and xa:
+            g.atoms[id(out)] = xa  # depthwise: channel c in, channel c out
+            return None
+        return opaque(f"{what}: a grouped convolution")
+    if n.op in ("gemm", "mat_mul"):
+        w = _const(n.input(1))
+        if w is None or w.ndim != 2 or x is None or x.type.rank != 2:
+            return opaque(f"{what}: not a 2-D product with a constant weight")
+        if n.op == "gemm" and (a["transA"] or (n.input(2) is not None and _const(n.input(2)) is None)):
+            return opaque(f"{what}: transA or a computed bias")
+        return source(w, 0 if n.op == "gemm" and a["transB"] else 1)
+    if n.op == "batch_normalization":
+        if any(_const(v) is None for v in n.inputs[1:]) or not xa:
+            return opaque(f"{what}: computed parameters")
+        g.atoms[id(out)] = xa
+        return None
+    if n.op in _PASS_THROUGH:
+        if not xa or out.type.rank != x.type.rank or any(
+                v is not None and (_const(v) is None or _const(v).size != 1) for v in n.inputs[1:]):
+            return opaque(f"{what}: not channel for channel")
+        g.atoms[id(out)] = xa
+        return None
+    if n.op in _BINARY and len(n.inputs) == 2:
+        ya = g.of(n.input(1))
+        if xa and ya and x.type.shape == n.input(1).type.shape == out.type.shape:
+            for p, q in zip(xa, ya):
+                g.unite(p, q)
+            g.atoms[id(out)] = xa
+            return None
+        for act, other in ((0, 1), (1, 0)):
+            aa, c = g.of(n.input(act)), _const(n.input(other))
+            if aa and c is not None and n.input(act).type.shape == out.type.shape and (
+                    c.size == 1 or _per_channel_const(c, out.type.rank, len(aa))):
+                g.atoms[id(out)] = aa
+                return None
+        return opaque(f"{what}: operands that do not match channel for channel")
+    if n.op == "concat":
+        if int(a["axis"]) % out.type.rank != 1:
+            return opaque(f"{what}: not along the channels")
+        atoms: list[int] = []
+        for v in n.inputs:
+            va = g.of(v)
+            if va is None:
+                va = g.fresh(_channels(v) or 0)
+                g.freeze(va, f"{what}: an input without channels")
+            atoms += va
+        g.atoms[id(out)] = atoms
+        return None
+    if n.op in ("flatten", "reshape") and xa and x.type.is_static and out.type.is_static:
+        shape, oshape = tuple(x.type.shape), tuple(out.type.shape)
+        if len(oshape) == 2 and oshape[0] == shape[0] and (n.op == "reshape" or int(a["axis"]) == 1) \
+                and oshape[1] == int(np.prod(shape[1:])):
+            block = int(np.prod(shape[2:]))
+            g.atoms[id(out)] = [atom for atom in xa for _ in range(block)]
+            return None
+        if oshape[:2] == shape[:2]:
+            g.atoms[id(out)] = xa
+            return None
+    return opaque(f"{what}: an op pruning does not look through")
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+def scores(g: ChannelGraph, criterion: str = "l1") -> dict[int, float]:
+    """Class root -> its score (see the module docstring)."""
+    if criterion not in CRITERIA:
+        raise InputError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+    norm: dict[int, float] = {}
+    for k, s in enumerate(g.sources):
+        rows = np.moveaxis(s.weight.astype(np.float64), s.axis, 0).reshape(len(s.atoms), -1)
+        r = np.abs(rows).sum(axis=1) if criterion == "l1" else np.sqrt((rows ** 2).sum(axis=1))
+        r = r / max(float(r.mean()), 1e-30)
+        for atom, value in zip(s.atoms, r):
+            norm[atom] = float(value)
+    return {root: sum(norm[a] for a in atoms) for root, atoms in g.classes().items()}
+
+
+def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "uniform") -> set[int]:
+    """The class roots to remove: ``ratio`` of each group's classes (``uniform``) or of all
+    classes (``global``), lowest scores first, at least one class of each group kept."""
+    if not 0.0 <= ratio < 1.0:
+        raise InputError(f"--ratio must be at least 0 and below 1, got {ratio}")
+    score = scores(g, criterion)
+    groups: dict[frozenset[int], list[int]] = {}
+    for root, atoms in g.classes().items():
+        groups.setdefault(frozenset(g.source_of[a][0] for a in atoms), []).append(root)
+    removed: set[int] = set()
+    if mode == "uniform":
+        for roots in groups.values():
+            n = min(int(round(ratio * len(roots))), len(roots) - 1)
+            removed |= set(sorted(roots, key=lambda r: (score[r], r))[:n])
+        return removed
+    if mode != "global":
+        raise InputError(f"pruning mode must be uniform or global, got '{mode}'")
+    total = sum(len(r) for r in groups.values())
+    left = {key: len(roots) for key, roots in groups.items()}
+    key_of = {r: key for key, roots in groups.items() for r in roots}
+    for root in sorted(score, key=lambda r: (score[r], r)):
+        if len(removed) >= int(round(ratio * total)):
+            break
+        if left[key_of[root]] > 1:
+            removed.add(root)
+            left[key_of[root]] -= 1
+    return removed
+
+
+# ----------------------------------------------------------------------------- removal
+
+
+@dataclass
+class PruneReport:
+    """What ``prune`` removed: per source (by output name), channels before and after."""
+
+    channels: dict[str, tuple[int, int]]
+    params_before: int
+    params_after: int
+
+    def table(self) -> str:
+        lines = ["source | channels before | after", "---|---:|---:"]
+        lines += [f"%{k} | {b} | {a}" for k, (b, a) in self.channels.items() if a != b]
+        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,} "
+                     f"({self.params_after / max(1, self.params_before):.2f}x)")
+        return "\n".join(lines)
+
+
+def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
+    """Remove the channels of the classes ``removed`` from ``g.module`` (in place)."""
+    module = g.module
+    before = module.parameter_count()
+
+    def kept(v: Value | None) -> np.ndarray | None:
+        atoms = g.of(v)
+        if atoms is None:
+            return None
+        return np.asarray([i for i, a in enumerate(atoms) if g.find(a) not in removed], np.int64)
+
+    def full(v: Value | None) -> bool:
+        k = kept(v)
+        return k is None or len(k) == len(g.of(v))
+
+    def replace(n: Node, i: int, array: np.ndarray) -> None:
+        old = n.input(i)
+        assert old is not None
+        node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name)))
+        n.set_input(i, node.output)
+
+    for n in list(module.graph.nodes):
+        if n.op == "const" or len(n.outputs) != 1:
+            continue
+        out, x = n.outputs[0], n.input(0)
+        if full(out) and full(x):
+            continue
+        ko, ki = kept(out), kept(x)
+        a = node_attrs(n)
+        if n.op == "conv":
+            w = _const(n.input(1))
+            if int(a["group"]) == 1:
+                w = w[ko] if ko is not None else w
+                w = w[:, ki] if ki is not None else w
+            else:  # depthwise: in and out channels are the same
+                w = w[ko]
+                n.attrs["group"] = len(ko)
+            replace(n, 1, np.ascontiguousarray(w))
+            if n.input(2) is not None and ko is not None:
+                replace(n, 2, _const(n.input(2))[ko])
+        elif n.op in ("gemm", "mat_mul"):
+            w = _const(n.input(1))
+            out_axis = 0 if n.op == "gemm" and a["transB"] else 1
+            if ko is not None:
+                w = np.take(w, ko, axis=out_axis)
+            if ki is not None:
+                w = np.take(w, ki, axis=1 - out_axis)
+            replace(n, 1, np.ascontiguousarray(w))
+            c = _const(n.input(2)) if n.op == "gemm" and n.input(2) is not None else None
+            if c is not None and ko is not None and c.ndim >= 1 and c.shape[-1] == len(g.of(out)):
+                replace(n, 2, np.ascontiguousarray(np.take(c, ko, axis=-1)))
+        elif n.op == "batch_normalization":
+            for i in range(1, 5):
+                replace(n, i, _const(n.input(i))[ki])
+        elif n.op == "reshape" and ko is not None:
+            shape = np.array(_const(n.input(1)), np.int64)
+            if shape[1] != -1:  # (channels, or a flattened block per channel)
+                shape[1] = len(ko)
+                replace(n, 1, shape)
+        elif n.op in _BINARY:
+            for i, v in enumerate(n.inputs):
+                c = _const(v)
+                if c is not None and c.size > 1:  # a per-channel constant (channel_graph checked)
+                    rank = out.type.rank
+                    sliced = np.take(c.reshape((1,) * (rank - c.ndim) + c.shape), ko, axis=1)
+                    replace(n, i, np.ascontiguousarray(sliced.reshape(sliced.shape[rank - c.ndim:])))
+    reinfer_types(module)
+    from .dce import DeadCodeElimination
+
+    DeadCodeElimination().run(module, None)
+    channels = {s.node.outputs[0].name: (len(s.atoms), sum(g.find(a) not in removed for a in s.atoms))
+                for s in g.sources}
+    return PruneReport(channels, before, module.parameter_count())
+
+
+def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "uniform",
+          exclude: tuple[str, ...] = ()) -> PruneReport:
+    """Prune ``module`` in place (see the module docstring); returns what was removed."""
+    g = channel_graph(module, exclude)
+    unknown = set(exclude) - {s.node.outputs[0].name for s in g.sources}
+    if unknown:
+        raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
+    return apply(g, choose(g, ratio, criterion, mode))
+
+
+__all__ = ["CRITERIA", "ChannelGraph", "PruneReport", "apply", "channel_graph", "choose", "prune", "scores"]
