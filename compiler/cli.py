@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank every group's channels together (weight norms relative to their layer)")
     p.add_argument("--exclude", default="", metavar="NODE,...",
                    help="convolutions/gemms (by output name) whose output channels stay")
+    p.add_argument("--calib", metavar="CALIB.npz",
+                   help="calibration samples (as for `effc quantize`): refit each layer that lost input channels "
+                        "by least squares on them, no training")
     p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
                    help="the pruned model: .onnx (runs in onnxruntime) or .effc")
     p.set_defaults(func=cmd_prune)
@@ -269,14 +272,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Load, fold (constants, BN), prune, write; the table of what went to stderr."""
+    """Load, fold (constants, BN), prune (and refit on --calib), write; the table to stderr."""
     from effc.models import load_model, save_model
     from effc.passes import run_pipeline
     from effc.passes.prune import prune
+    from effc.tensors import load_npz
 
+    samples = load_npz(args.calib) if args.calib else None
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
-    report = prune(module, args.ratio, args.criterion, args.mode, tuple(n for n in args.exclude.split(",") if n))
+    report = prune(module, args.ratio, args.criterion, args.mode, tuple(n for n in args.exclude.split(",") if n),
+                   samples)
     print(report.table(), file=sys.stderr)
     written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

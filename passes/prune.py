@@ -36,6 +36,7 @@ import numpy as np
 from effc.ir.core import Module, Node, Value
 from effc.ir.errors import InputError
 from effc.ir.opdef import node_attrs
+from effc.ir.parser import copy_module
 from effc.ir.refine import reinfer_types
 
 CRITERIA = ("l1", "l2")
@@ -239,8 +240,8 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
             atoms += va
         g.atoms[id(out)] = atoms
         return None
-    if n.op in ("flatten", "reshape") and xa and x.type.is_static and out.type.is_static:
-        shape, oshape = tuple(x.type.shape), tuple(out.type.shape)
+    shape, oshape = tuple(x.type.shape) if x is not None else (), tuple(out.type.shape)
+    if n.op in ("flatten", "reshape") and xa and all(isinstance(d, int) for d in shape[1:] + oshape[1:]):
         if len(oshape) == 2 and oshape[0] == shape[0] and (n.op == "reshape" or int(a["axis"]) == 1) \
                 and oshape[1] == int(np.prod(shape[1:])):
             block = int(np.prod(shape[2:]))
@@ -302,16 +303,36 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
 
 
 @dataclass
+class LayerFit:
+    """A consumer refitted by ``reconstruct``: the relative error of its output on the
+    calibration samples against the unpruned model's, before and after the refit."""
+
+    name: str
+    inputs: tuple[int, int]
+    """Input channels before and after pruning."""
+    error_before: float
+    error_after: float
+
+
+@dataclass
 class PruneReport:
-    """What ``prune`` removed: per source (by output name), channels before and after."""
+    """What ``prune`` removed: per source (by output name), channels before and after; and
+    per refitted consumer (``reconstruct``), its output error."""
 
     channels: dict[str, tuple[int, int]]
     params_before: int
     params_after: int
+    kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Value name -> the channels it keeps (values that lost some)."""
+    fits: list[LayerFit] = field(default_factory=list)
 
     def table(self) -> str:
         lines = ["source | channels before | after", "---|---:|---:"]
         lines += [f"%{k} | {b} | {a}" for k, (b, a) in self.channels.items() if a != b]
+        if self.fits:
+            lines += ["", "refitted | input channels | output error, pruned | after least squares", "---|---|---:|---:"]
+            lines += [f"%{f.name} | {f.inputs[0]} -> {f.inputs[1]} | {f.error_before:.4f} | {f.error_after:.4f}"
+                      for f in self.fits]
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,} "
                      f"({self.params_after / max(1, self.params_before):.2f}x)")
         return "\n".join(lines)
@@ -338,6 +359,7 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
         node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name)))
         n.set_input(i, node.output)
 
+    kept_by_name = {v.name: kept(v) for n in module.graph.nodes for v in n.outputs if not full(v)}
     for n in list(module.graph.nodes):
         if n.op == "const" or len(n.outputs) != 1:
             continue
@@ -389,17 +411,126 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
     DeadCodeElimination().run(module, None)
     channels = {s.node.outputs[0].name: (len(s.atoms), sum(g.find(a) not in removed for a in s.atoms))
                 for s in g.sources}
-    return PruneReport(channels, before, module.parameter_count())
+    return PruneReport(channels, before, module.parameter_count(), kept_by_name)
 
 
 def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "uniform",
-          exclude: tuple[str, ...] = ()) -> PruneReport:
-    """Prune ``module`` in place (see the module docstring); returns what was removed."""
+          exclude: tuple[str, ...] = (), samples: dict[str, np.ndarray] | None = None,
+          ridge: float = 1e-3) -> PruneReport:
+    """Prune ``module`` in place (see the module docstring); returns what was removed.
+    ``samples`` (calibration inputs stacked on axis 0, as for ``quantize``): then refit the
+    consumers of pruned channels by least squares (``reconstruct``)."""
     g = channel_graph(module, exclude)
     unknown = set(exclude) - {s.node.outputs[0].name for s in g.sources}
     if unknown:
         raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
-    return apply(g, choose(g, ratio, criterion, mode))
+    original = copy_module(module) if samples is not None else None
+    report = apply(g, choose(g, ratio, criterion, mode))
+    if original is not None:
+        report.fits = reconstruct(original, module, samples, report.kept, ridge)
+    return report
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+MAX_ROWS = 8192
+"""Rows (output pixels over all samples) a refit solves over; more are subsampled."""
+
+
+def _rows(n: Node, x: np.ndarray) -> np.ndarray:
+    """The consumer's input as rows of what each output element reads: im2col patches
+    ``[pixels, C*kh*kw]`` of a convolution (NCHW, batch 1), or the ``[N, K]`` matrix."""
+    if n.op != "conv":
+        return x.reshape(-1, x.shape[-1]).astype(np.float64)
+    a = node_attrs(n)
+    kh, kw = (int(d) for d in n.input(1).type.shape[2:])
+    (sh, sw), (dh, dw) = (a.get("strides") or (1, 1)), (a.get("dilations") or (1, 1))
+    from effc.ir.ops.nn import window_geometry
+
+    sizes, begins, ends = window_geometry(x.shape[2:], [kh, kw], a, InputError)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begins[0], ends[0]), (begins[1], ends[1])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :sizes[0], :sizes[1]]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+
+
+def _targets(n: Node, y: np.ndarray) -> np.ndarray:
+    """The consumer's output as ``[rows, channels]`` matching ``_rows``."""
+    return (y.transpose(0, 2, 3, 1).reshape(-1, y.shape[1]) if n.op == "conv" else y.reshape(-1, y.shape[-1])).astype(
+        np.float64)
+
+
+def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray], kept: dict[str, np.ndarray],
+                ridge: float = 1e-3) -> list[LayerFit]:
+    """He et al. (ICCV 2017) without training: each convolution (one group) or gemm/matmul
+    that lost input channels, in graph order, gets the weights and bias that best map its
+    inputs *in the pruned model* (earlier layers already refitted) to its outputs *in the
+    unpruned one* over the calibration samples: ridge least squares with an intercept (the
+    removed channels' mean contribution moves into the bias). Returns each layer's error."""
+    from .quantize_calibrate import check_samples, iterate, run_watching
+
+    n_samples = check_samples(original, samples)
+    by_name = original.graph.value_map()
+    consumers = []
+    for n in pruned.graph.nodes:
+        if n.op not in ("conv", "gemm", "mat_mul") or len(n.outputs) != 1 or n.input(0) is None \
+                or n.input(0).name not in kept or (n.op == "conv" and int(node_attrs(n)["group"]) != 1) \
+                or (n.op == "gemm" and node_attrs(n)["transA"]) or n.outputs[0].name not in by_name:
+            continue
+        consumers.append(n)
+    want: dict[str, list[np.ndarray]] = {n.outputs[0].name: [] for n in consumers}
+    watched = {id(by_name[k]) for k in want}
+    for feeds in iterate(samples, n_samples):
+        run_watching(original, feeds, watched, lambda v, a: want[v.name].append(a))
+    rng = np.random.default_rng(0)
+    fits = []
+    for n in consumers:
+        name = n.outputs[0].name
+        xs: list[np.ndarray] = []
+        for feeds in iterate(samples, n_samples):
+            run_watching(pruned, feeds, {id(n.input(0))}, lambda v, a: xs.append(a))
+        rows = np.concatenate([_rows(n, x) for x in xs])
+        y = np.concatenate([_targets(n, t) for t in want[name]])
+        if name in kept:
+            y = y[:, kept[name]]
+        if len(rows) > MAX_ROWS:
+            pick = rng.choice(len(rows), MAX_ROWS, replace=False)
+            rows, y = rows[pick], y[pick]
+        w = n.input(1).const_value
+        trans = n.op == "gemm" and bool(node_attrs(n)["transB"])
+        w_io = (w.reshape(w.shape[0], -1).T if n.op == "conv" or trans else w).astype(np.float64)  # [in, out]
+        has_bias = n.op in ("conv", "gemm") and n.input(2) is not None \
+            and np.asarray(n.input(2).const_value).size == w_io.shape[1]
+        b0 = np.asarray(n.input(2).const_value, np.float64).reshape(-1) if has_bias else np.zeros(w_io.shape[1])
+        norm = max(float(np.linalg.norm(y)), 1e-30)
+        before = float(np.linalg.norm(rows @ w_io + b0 - y)) / norm
+        design = np.concatenate([rows, np.ones((len(rows), 1))], axis=1) if has_bias else rows
+        gram = design.T @ design
+        k = rows.shape[1]  # (the intercept is not penalized)
+        gram[np.arange(k), np.arange(k)] += ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-30)
+        theta = np.linalg.solve(gram, design.T @ y)
+        after = float(np.linalg.norm(design @ theta - y)) / norm
+        inputs = (int(by_name[n.input(0).name].type.shape[1]), int(n.input(0).type.shape[1]))
+        if not after < before:  # (the pruned weights stay where a refit does not help)
+            fits.append(LayerFit(name, inputs, before, before))
+            continue
+        new_w = theta[:k]
+        weight = new_w.T.reshape(w.shape) if n.op == "conv" else (new_w.T if trans else new_w)
+        _set_const(pruned, n, 1, np.ascontiguousarray(weight.astype(w.dtype)))
+        if has_bias:
+            _set_const(pruned, n, 2, theta[k].astype(w.dtype).reshape(np.shape(n.input(2).const_value)))
+        fits.append(LayerFit(name, inputs, before, after))
+    from .dce import DeadCodeElimination
+
+    DeadCodeElimination().run(pruned, None)
+    return fits
+
+
+def _set_const(module: Module, n: Node, i: int, array: np.ndarray) -> None:
+    old = n.input(i)
+    node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name if old else "w")))
+    n.set_input(i, node.output)
 
 
 __all__ = ["CRITERIA", "ChannelGraph", "PruneReport", "apply", "channel_graph", "choose", "prune", "scores"]
