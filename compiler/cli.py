@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="CALIB.npz",
                    help="calibration samples (as for `effc quantize`): refit each layer that lost input channels "
                         "by least squares on them, no training")
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N channels per group (e.g. 16: x86's channel blocks; default 1)")
     p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
                    help="the pruned model: .onnx (runs in onnxruntime) or .effc")
     p.set_defaults(func=cmd_prune)
@@ -282,7 +284,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
     report = prune(module, args.ratio, args.criterion, args.mode, tuple(n for n in args.exclude.split(",") if n),
-                   samples)
+                   samples, round_to=args.round_to)
     print(report.table(), file=sys.stderr)
     written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -270,9 +270,14 @@ def scores(g: ChannelGraph, criterion: str = "l1") -> dict[int, float]:
     return {root: sum(norm[a] for a in atoms) for root, atoms in g.classes().items()}
 
 
-def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "uniform") -> set[int]:
+def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "uniform", round_to: int = 1) -> set[int]:
     """The class roots to remove: ``ratio`` of each group's classes (``uniform``) or of all
-    classes (``global``), lowest scores first, at least one class of each group kept."""
+    classes (``global``), lowest scores first, at least one class of each group kept.
+    ``round_to`` (uniform): each group keeps a multiple of it, the nearest (ties keep more):
+    channel counts a CPU's vector blocks divide (12 of 16 channels runs slower than 16 in
+    effc's 16-channel blocks on x86)."""
+    if round_to < 1:
+        raise InputError(f"--round-to must be a positive number of channels, got {round_to}")
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be at least 0 and below 1, got {ratio}")
     score = scores(g, criterion)
@@ -283,6 +288,8 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
     if mode == "uniform":
         for roots in groups.values():
             n = min(int(round(ratio * len(roots))), len(roots) - 1)
+            if round_to > 1 and len(roots) >= round_to:
+                n = len(roots) - min(len(roots), round_to * max(1, int((len(roots) - n) / round_to + 0.5)))
             removed |= set(sorted(roots, key=lambda r: (score[r], r))[:n])
         return removed
     if mode != "global":
@@ -416,7 +423,7 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
 
 def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "uniform",
           exclude: tuple[str, ...] = (), samples: dict[str, np.ndarray] | None = None,
-          ridge: float = 1e-3) -> PruneReport:
+          ridge: float = 1e-3, round_to: int = 1) -> PruneReport:
     """Prune ``module`` in place (see the module docstring); returns what was removed.
     ``samples`` (calibration inputs stacked on axis 0, as for ``quantize``): then refit the
     consumers of pruned channels by least squares (``reconstruct``)."""
@@ -425,7 +432,7 @@ def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "unif
     if unknown:
         raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
     original = copy_module(module) if samples is not None else None
-    report = apply(g, choose(g, ratio, criterion, mode))
+    report = apply(g, choose(g, ratio, criterion, mode, round_to))
     if original is not None:
         report.fits = reconstruct(original, module, samples, report.kept, ridge)
     return report

@@ -135,6 +135,15 @@ def test_reconstruction_recovers_accuracy_without_training():
     assert "refitted" in report.table()
 
 
+def test_round_to_keeps_multiples_of_the_block():
+    """``round_to=8``: every pruned group of mobilenet_tiny keeps a multiple of 8 channels."""
+    m, _ = _model("mobilenet_tiny")
+    report = prune(m, 0.4, round_to=8)
+    verify_module(m)
+    pruned = [(b, a) for b, a in report.channels.values() if a != b]
+    assert pruned and all(a % 8 == 0 for b, a in pruned), report.channels
+
+
 def test_bad_ratio_and_unknown_exclude_are_refused():
     from effc.ir.errors import InputError
 
