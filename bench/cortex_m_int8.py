@@ -153,13 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(m, Path(tmp)) for m in args.models.split(",")]
-    text = table(rows)
-    print(text)
-    if not args.no_write:
-        from bench.node_counts import write_section
+    from bench.node_counts import publish
 
-        write_section(text, SECTION)
-    return 0
+    return publish(table(rows), SECTION, not args.no_write)
 
 
 if __name__ == "__main__":

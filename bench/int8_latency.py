@@ -191,12 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _publish(text: str, section: str, write: bool) -> int:
-    print(text)
-    if write:
-        from bench.node_counts import write_section
+    from bench.node_counts import publish
 
-        write_section(text, section)
-    return 0
+    return publish(text, section, write)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def write_section(text: str, section: str = SECTION) -> None:
     RESULTS.write_text(old.rstrip() + "\n\n" + text)
 
 
+def publish(text: str, section: str, write: bool = True) -> int:
+    """Print a table and, with ``write``, put it in RESULTS.md under ``section``; returns 0
+    (a script's exit status)."""
+    print(text)
+    if write:
+        write_section(text, section)
+    return 0
+
+
 if __name__ == "__main__":
     result = table(measure())
     print(result)

@@ -106,7 +106,8 @@ def measure(name: str) -> list[dict]:
         return mem.flash, mem.sram, mem.arena
 
     q0 = quality(base)
-    rows = [{"model": name, "ratio": 0.0, "refit": False, "round_to": 1, "quality": q0, "params": base.parameter_count(),
+    rows = [{"model": name, "ratio": 0.0, "refit": False, "round_to": 1, "quality": q0,
+             "params": base.parameter_count(),
              "mcu": mcu(copy_module(base)), "ms": None}]
     base_run = runner(copy_module(base))
     for ratio in RATIOS:
@@ -126,20 +127,22 @@ def measure(name: str) -> list[dict]:
                                     max_seconds=10)
                 row["ms"] = (ms["base"][0], ms["pruned"][0])
             rows.append(row)
-            print(name, ratio, round_to, refit, row["quality"], row["params"], row["ms"], row["mcu"], file=sys.stderr, flush=True)
+            print(name, ratio, round_to, refit, row["quality"], row["params"], row["ms"], row["mcu"], file=sys.stderr,
+                  flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = [SECTION, "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `python bench/prune.py` (`effc prune --ratio R`, L1, uniform per "
-             "group of coupled channels; refit: `--calib`, least squares per layer on the calibration samples, no "
-             "training; round to 8: `--round-to 8`, each group keeps a multiple of 8 channels). Quality: top-1 accuracy on labelled data (digits_cnn, mnist_conv: 360 images), else top-1 "
-             "agreement with the unpruned model on 32 random inputs; rel. error: of the output against the unpruned "
-             "model. Latency: x86 Relax VM build after -O2, effc's default schedules (untuned), 1 thread, median ms, pruned "
-             "and unpruned in turns. Cortex-M4: the float ELF. Every pruned model's ONNX export runs in onnxruntime "
-             "and matches effc's interpreter. light_squeezenet (onnx's test model) gives the same output for every input, "
-             "so its quality columns say nothing; it is here for the concats and the latency.", "",
+             f"Measured {time.strftime('%Y-%m-%d')} by `python bench/prune.py` (`effc prune --ratio R`, L1, "
+             "uniform per group of coupled channels; refit: `--calib`, least squares per layer on the calibration "
+             "samples, no training; round to 8: `--round-to 8`, each group keeps a multiple of 8 channels). "
+             "Quality: top-1 accuracy on labelled data (digits_cnn, mnist_conv: 360 images), else top-1 agreement "
+             "with the unpruned model on 32 random inputs; rel. error: of the output against the unpruned model. "
+             "Latency: x86 Relax VM build after -O2, effc's default schedules (untuned), 1 thread, median ms, "
+             "pruned and unpruned in turns. Cortex-M4: the float ELF. Every pruned model's ONNX export runs in "
+             "onnxruntime and matches effc's interpreter. light_squeezenet (onnx's test model) gives the same output "
+             "for every input, so its quality columns say nothing; it is here for the concats and the latency.", "",
              "| model | ratio | round to | refit | top-1 | rel. error | params | x86 ms (unpruned -> pruned) | speedup | "
              "Cortex-M4 flash | SRAM | arena |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -159,14 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    rows = [r for m in args.models.split(",") for r in measure(m)]
-    text = table(rows)
-    print(text)
-    if not args.no_write:
-        from bench.node_counts import write_section
+    from bench.node_counts import publish
 
-        write_section(text, SECTION)
-    return 0
+    return publish(table([r for m in args.models.split(",") for r in measure(m)]), SECTION, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
     if bounds is None:
         return None
     mve = mve and not depthwise
-    k4 = (kw + 1) // 2 * 2 if depthwise else (c * kh * kw + (15 if mve else 3)) // (16 if mve else 4) * (16 if mve else 4)
+    step = 2 if depthwise else 16 if mve else 4  # (a depthwise row of taps: pairs; else words or Helium vectors)
+    k4 = -(-(kw if depthwise else c * kh * kw) // step) * step
     p: dict[str, int | float] = dict(
         in_c=c, in_h=h, in_w=wd, out_c=m, out_h=int(yt.shape[2]), out_w=int(yt.shape[3]), k_h=kh, k_w=kw,
         stride_h=strides[0], stride_w=strides[1], dil_h=dilations[0], dil_w=dilations[1],
