@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p, "an .onnx model or .effc IR file (float)")
     p.add_argument("--ratio", type=float, required=True, metavar="R",
                    help="the share of channels to remove (0 <= R < 1), per group (--uniform) or overall (--global)")
-    p.add_argument("--criterion", default="l1", choices=["l1", "l2"],
-                   help="rank channels by the norm of their weights (default l1)")
+    p.add_argument("--criterion", default="l1", choices=["l1", "l2", "activation"],
+                   help="rank channels by the norm of their weights (default l1), or by their mean absolute "
+                        "output on the --calib samples (activation)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--uniform", dest="mode", action="store_const", const="uniform", default="uniform",
                    help="remove R of each group of coupled channels (default)")

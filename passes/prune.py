@@ -16,8 +16,9 @@ rules do not know, a graph output, or a grouped (not depthwise) convolution are
 **frozen**: their classes stay. A **group** is the set of sources a class's atoms come
 from; its classes compete with each other.
 
-**Criterion.** The norm of a source's weight row (``l1``, ``l2``) for each atom, divided by
-the mean norm of that source's rows (so layers compare), summed over the class.
+**Criterion.** The norm of a source's weight row (``l1``, ``l2``), or its channel's mean
+absolute output on calibration samples (``activation``), for each atom, divided by the
+mean over that source's channels (so layers compare), summed over the class.
 ``uniform`` removes ``round(ratio * n)`` of each group's ``n`` classes (keeping one);
 ``global`` ranks every class of every group together and removes ``ratio`` of all.
 
@@ -39,7 +40,7 @@ from effc.ir.opdef import node_attrs
 from effc.ir.parser import copy_module
 from effc.ir.refine import reinfer_types
 
-CRITERIA = ("l1", "l2")
+CRITERIA = ("l1", "l2", "activation")
 
 _PASS_THROUGH = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "elu", "selu",
                  "softplus", "identity", "dropout", "max_pool", "average_pool", "global_average_pool",
@@ -256,21 +257,53 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- choosing
 
 
-def scores(g: ChannelGraph, criterion: str = "l1") -> dict[int, float]:
-    """Class root -> its score (see the module docstring)."""
+def scores(g: ChannelGraph, criterion: str = "l1", samples: dict[str, np.ndarray] | None = None) -> dict[int, float]:
+    """Class root -> its score (see the module docstring). ``activation``: a channel's mean
+    absolute output over the calibration ``samples`` instead of its weight norm."""
     if criterion not in CRITERIA:
         raise InputError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+    mean_abs = _mean_activations(g, samples) if criterion == "activation" else {}
     norm: dict[int, float] = {}
     for k, s in enumerate(g.sources):
         rows = np.moveaxis(s.weight.astype(np.float64), s.axis, 0).reshape(len(s.atoms), -1)
-        r = np.abs(rows).sum(axis=1) if criterion == "l1" else np.sqrt((rows ** 2).sum(axis=1))
+        r = (mean_abs[k] if criterion == "activation" else
+             np.abs(rows).sum(axis=1) if criterion == "l1" else np.sqrt((rows ** 2).sum(axis=1)))
         r = r / max(float(r.mean()), 1e-30)
         for atom, value in zip(s.atoms, r):
             norm[atom] = float(value)
     return {root: sum(norm[a] for a in atoms) for root, atoms in g.classes().items()}
 
 
-def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "uniform", round_to: int = 1) -> set[int]:
+def _mean_activations(g: ChannelGraph, samples: dict[str, np.ndarray] | None) -> dict[int, np.ndarray]:
+    """Source number -> the mean absolute value of each of its output channels over the
+    calibration samples (the unpruned module), read after the ReLU or BN that follows it."""
+    if samples is None:
+        raise InputError("--criterion activation ranks channels by their outputs on calibration samples: give --calib")
+    from .quantize_calibrate import check_samples, iterate, run_watching
+
+    def read(v: Value) -> Value:  # (past the ReLU, BN ... after it: what the consumers read)
+        while len(v.uses()) == 1 and v.users()[0].op in _PASS_THROUGH | {"batch_normalization"} \
+                and g.of(v.users()[0].outputs[0]) is g.of(v) and not v.is_graph_output:
+            v = v.users()[0].outputs[0]
+        return v
+
+    number = {id(read(s.node.outputs[0])): k for k, s in enumerate(g.sources)}
+    sums: dict[int, np.ndarray] = {}
+
+    def see(v: Value, a: np.ndarray) -> None:
+        axes = tuple(i for i in range(a.ndim) if i != 1)
+        m = np.abs(a.astype(np.float64)).mean(axis=axes)
+        k = number[id(v)]
+        sums[k] = sums.get(k, 0) + m
+
+    n = check_samples(g.module, samples)
+    for feeds in iterate(samples, n):
+        run_watching(g.module, feeds, set(number), see)
+    return {k: v / n for k, v in sums.items()}
+
+
+def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "uniform", round_to: int = 1,
+           samples: dict[str, np.ndarray] | None = None) -> set[int]:
     """The class roots to remove: ``ratio`` of each group's classes (``uniform``) or of all
     classes (``global``), lowest scores first, at least one class of each group kept.
     ``round_to`` (uniform): each group keeps a multiple of it, the nearest (ties keep more):
@@ -280,7 +313,7 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
         raise InputError(f"--round-to must be a positive number of channels, got {round_to}")
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be at least 0 and below 1, got {ratio}")
-    score = scores(g, criterion)
+    score = scores(g, criterion, samples)
     groups: dict[frozenset[int], list[int]] = {}
     for root, atoms in g.classes().items():
         groups.setdefault(frozenset(g.source_of[a][0] for a in atoms), []).append(root)
@@ -432,7 +465,7 @@ def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "unif
     if unknown:
         raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
     original = copy_module(module) if samples is not None else None
-    report = apply(g, choose(g, ratio, criterion, mode, round_to))
+    report = apply(g, choose(g, ratio, criterion, mode, round_to, samples))
     if original is not None:
         report.fits = reconstruct(original, module, samples, report.kept, ridge)
     return report

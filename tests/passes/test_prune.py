@@ -144,6 +144,34 @@ def test_round_to_keeps_multiples_of_the_block():
     assert pruned and all(a % 8 == 0 for b, a in pruned), report.channels
 
 
+def test_activation_criterion_ranks_by_outputs_on_samples():
+    """``activation``: a channel the ReLU always zeroes (the largest weights, but a bias of
+    -100) is the first to go, though ``l1`` keeps it first; without samples the criterion
+    is refused."""
+    from effc.ir.errors import InputError
+
+    rng = np.random.default_rng(1)
+    m = Module(Graph("g"))
+    b = Builder(m)
+    x = m.graph.add_input("x", TensorType(DType.f32, (1, 2, 6, 6)))
+    w = rng.choice([-1.0, 1.0], (4, 2, 3, 3)).astype(np.float32)
+    w *= np.asarray([1, 2, 9, 3], np.float32)[:, None, None, None]
+    bias = np.asarray([0, 0, -100, 0], np.float32)
+    a = b.relu(b.conv(x, b.const(w), b.const(bias), kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    m.graph.set_outputs([b.conv(a, b.const(rng.standard_normal((3, 4, 1, 1)).astype(np.float32)), kernel_shape=[1, 1])])
+    feeds = {"x": rng.standard_normal((4, 2, 6, 6)).astype(np.float32)}
+    g = channel_graph(m)
+    first = g.sources[0].atoms
+
+    def gone(removed):
+        return [i for i, atom in enumerate(first) if g.find(atom) in removed]
+
+    assert gone(choose(g, 0.25)) == [0]  # (the smallest weights)
+    assert gone(choose(g, 0.25, "activation", samples=feeds)) == [2]  # (always 0 after the ReLU)
+    with pytest.raises(InputError, match="give --calib"):
+        choose(g, 0.5, "activation")
+
+
 def test_bad_ratio_and_unknown_exclude_are_refused():
     from effc.ir.errors import InputError
 
