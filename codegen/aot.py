@@ -185,9 +185,10 @@ class Schedule:
     splits: dict[int, Any] = field(default_factory=dict)
     """Steps run in place channel by channel (``aot_inplace.ChannelSplit`` by step index)."""
     own: dict[int, Any] = field(default_factory=dict)
-    """Steps the driver computes itself, in place, instead of calling a kernel: transposes
+    """Steps the driver computes itself instead of calling a TVM kernel: in place, transposes
     block by block (``aot_inplace.BlockPermute``), LRN through a ring of channels
-    (``aot_inplace.LrnRing``)."""
+    (``aot_inplace.LrnRing``); effc's own int8 convolutions (``kernels.Int8Conv``, in place
+    where it may). Each says ``requires_in_place``."""
     inplace: dict[int, list[int]] = field(default_factory=dict)
     """Arena tensor -> the arena tensors it may take over at the step that writes it, if
     one dies there (split steps, and kernels that read that input element by element)."""
@@ -233,7 +234,7 @@ class Schedule:
         for c in self.copies:
             c.source = renumber(c.source)
         for o in self.own.values():
-            if hasattr(o, "weights"):
+            if hasattr(o, "weights"):  # (effc's kernels read weights of their own)
                 o.weights = [new[k] for k in o.weights]
         self.weights = [self.weights[old] for old in used]
         self.storages = {k: v for k, v in self.storages.items() if k[0] != "weight"}
@@ -472,7 +473,8 @@ def plan_program(schedule: Schedule, kernels: Kernels) -> MemoryPlan:
         if plan.tensor(storage_name(x)).alias != "slice":
             raise AotError(f"internal: the arena plan did not put {storage_name(x)} inside {storage_name(o)}")
     for t, own in schedule.own.items():
-        if getattr(own, "requires_in_place", True) and plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key)).alias != "inplace":
+        out = plan.tensor(storage_name(schedule.steps[t].args[-1].storage_key))
+        if own.requires_in_place and out.alias != "inplace":
             raise AotError(f"internal: the arena plan did not write step {t + 1} over its input")
     return plan
 

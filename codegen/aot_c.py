@@ -1022,7 +1022,7 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: MemoryP
                "input_offsets": [plan.tensor(f"input{i}").offset for i in range(len(iface.inputs))]
                if schedule.io_in_arena else None,
                "in_place": sorted(split.source for split in schedule.splits.values()),
-               "driver_in_place": sum(getattr(o, "requires_in_place", True) for o in schedule.own.values()),
+               "driver_in_place": sum(o.requires_in_place for o in schedule.own.values()),
                "effc_kernels": sum(isinstance(o, own_kernels.Int8Conv) for o in schedule.own.values()),
                "slices_in_place": len(schedule.slices),
                "tuned_kernels": len(kernels.tuned), "kernel_names": sorted(kernels.symbols),

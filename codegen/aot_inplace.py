@@ -86,6 +86,8 @@ class BlockPermute:
     dims: tuple[int, ...]
     strides: tuple[int, ...]
     block: int
+    requires_in_place = True
+    """(``schedule.own`` entries say whether the arena plan must put the output over the input.)"""
 
     @property
     def blocks(self) -> int:
@@ -118,6 +120,7 @@ class LrnRing:
     beta: float
     bias: float
     size: int
+    requires_in_place = True
 
     def scratch_bytes(self, align: int) -> int:
         return (self.below + 1) * self.spatial * 4
@@ -267,7 +270,7 @@ def match_channel_kernel(full: Step, one: Step, full_weights: list[np.ndarray],
     return strides
 
 
-class _Steps:
+class Steps:
     """What the sharing rules need to know of a schedule: the effc node behind each step
     (by the value it writes), where each effc value lives, and when each storage is last read."""
 
@@ -305,7 +308,7 @@ def slices_in_place(schedule: Schedule, module: Module) -> int:
     its copy of each input element lands on the element itself, so only the padding is
     new. Each input must be an arena tensor of its own, written by an earlier step, at an
     aligned offset. Returns the number of elided calls."""
-    info = _Steps(schedule, module)
+    info = Steps(schedule, module)
     first_write: dict[tuple[str, int], int] = {}
     for t, step in enumerate(schedule.steps):
         first_write.setdefault(step.args[-1].storage_key, t)
@@ -338,7 +341,7 @@ def pointwise_inplace(schedule: Schedule, module: Module) -> int:
     step's effc node reads element by element only (``pointwise_inputs``: elementwise ops, a
     conv's residual add) with the output's shape, dtype and size, where every arena tensor
     the kernel reads is an input of that node (one node, one kernel). Returns how many outputs."""
-    info = _Steps(schedule, module)
+    info = Steps(schedule, module)
     found = 0
     for t in schedule.calls:
         step, node = schedule.steps[t], info.node(schedule.steps[t])
@@ -362,7 +365,7 @@ def split_channels(schedule: Schedule, module: Module, target: Mapping[str, Any]
     """Steps to run in place channel by channel (``schedule.splits``); adds their one-channel
     kernels to ``schedule.prim_funcs`` and their outputs to ``schedule.inplace``. Returns how
     many."""
-    info = _Steps(schedule, module)
+    info = Steps(schedule, module)
     found = 0
     for t, step in enumerate(schedule.steps):
         node = info.node(step)
@@ -405,7 +408,7 @@ def _plain_layout(step: Step, node: Node) -> bool:
 def driver_in_place(schedule: Schedule, module: Module) -> int:
     """Transposes and float32 LRNs whose input dies at their step run in place, computed by
     the driver itself (``schedule.own``; no kernel). Returns how many."""
-    info = _Steps(schedule, module)
+    info = Steps(schedule, module)
     for t in schedule.calls:
         step, node = schedule.steps[t], info.node(schedule.steps[t])
         if node is None or node.op not in ("transpose", "lrn") or scratch_inplace(node) is None \

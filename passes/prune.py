@@ -37,15 +37,19 @@ import numpy as np
 from effc.ir.core import Module, Node, Value
 from effc.ir.errors import InputError
 from effc.ir.opdef import node_attrs
+from effc.ir.ops.nn import window_geometry
 from effc.ir.parser import copy_module
 from effc.ir.refine import reinfer_types
+
+from .dce import DeadCodeElimination
+from .quantize_calibrate import check_samples, iterate, run_watching
 
 CRITERIA = ("l1", "l2", "activation")
 
 _PASS_THROUGH = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "elu", "selu",
                  "softplus", "identity", "dropout", "max_pool", "average_pool", "global_average_pool",
-                 "global_max_pool", "lp_pool", "gelu", "erf", "abs", "neg", "exp", "sqrt", "floor", "ceil",
-                 "round", "sign", "swish", "mish", "prelu_scalar", "cast"}
+                 "global_max_pool", "gelu", "erf", "abs", "neg", "exp", "sqrt", "floor", "ceil", "round",
+                 "sign", "cast"}
 """Ops whose output has their first input's channels, one for one (other inputs scalars)."""
 
 _BINARY = {"add", "mul", "sub", "div", "max", "min"}
@@ -99,9 +103,6 @@ class ChannelGraph:
             r = self.find(a)
             self.frozen.add(r)
             self.why_frozen.setdefault(r, why)
-
-    def is_frozen(self, a: int) -> bool:
-        return self.find(a) in self.frozen
 
     def of(self, v: Value | None) -> list[int] | None:
         return None if v is None else self.atoms.get(id(v))
@@ -279,7 +280,6 @@ def _mean_activations(g: ChannelGraph, samples: dict[str, np.ndarray] | None) ->
     calibration samples (the unpruned module), read after the ReLU or BN that follows it."""
     if samples is None:
         raise InputError("--criterion activation ranks channels by their outputs on calibration samples: give --calib")
-    from .quantize_calibrate import check_samples, iterate, run_watching
 
     def read(v: Value) -> Value:  # (past the ReLU, BN ... after it: what the consumers read)
         while len(v.uses()) == 1 and v.users()[0].op in _PASS_THROUGH | {"batch_normalization"} \
@@ -307,8 +307,8 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
     """The class roots to remove: ``ratio`` of each group's classes (``uniform``) or of all
     classes (``global``), lowest scores first, at least one class of each group kept.
     ``round_to`` (uniform): each group keeps a multiple of it, the nearest (ties keep more):
-    channel counts a CPU's vector blocks divide (12 of 16 channels runs slower than 16 in
-    effc's 16-channel blocks on x86)."""
+    channel counts a CPU's vector blocks divide (mnist_conv's first conv cut from 8 to 6
+    channels leaves x86's blocked layout and ran 3x slower, bench/RESULTS.md)."""
     if round_to < 1:
         raise InputError(f"--round-to must be a positive number of channels, got {round_to}")
     if not 0.0 <= ratio < 1.0:
@@ -394,10 +394,7 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
         return k is None or len(k) == len(g.of(v))
 
     def replace(n: Node, i: int, array: np.ndarray) -> None:
-        old = n.input(i)
-        assert old is not None
-        node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name)))
-        n.set_input(i, node.output)
+        _set_const(module, n, i, array)
 
     kept_by_name = {v.name: kept(v) for n in module.graph.nodes for v in n.outputs if not full(v)}
     for n in list(module.graph.nodes):
@@ -446,8 +443,6 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
                     sliced = np.take(c.reshape((1,) * (rank - c.ndim) + c.shape), ko, axis=1)
                     replace(n, i, np.ascontiguousarray(sliced.reshape(sliced.shape[rank - c.ndim:])))
     reinfer_types(module)
-    from .dce import DeadCodeElimination
-
     DeadCodeElimination().run(module, None)
     channels = {s.node.outputs[0].name: (len(s.atoms), sum(g.find(a) not in removed for a in s.atoms))
                 for s in g.sources}
@@ -486,8 +481,6 @@ def _rows(n: Node, x: np.ndarray) -> np.ndarray:
     a = node_attrs(n)
     kh, kw = (int(d) for d in n.input(1).type.shape[2:])
     (sh, sw), (dh, dw) = (a.get("strides") or (1, 1)), (a.get("dilations") or (1, 1))
-    from effc.ir.ops.nn import window_geometry
-
     sizes, begins, ends = window_geometry(x.shape[2:], [kh, kw], a, InputError)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begins[0], ends[0]), (begins[1], ends[1])))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
@@ -508,8 +501,6 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
     inputs *in the pruned model* (earlier layers already refitted) to its outputs *in the
     unpruned one* over the calibration samples: ridge least squares with an intercept (the
     removed channels' mean contribution moves into the bias). Returns each layer's error."""
-    from .quantize_calibrate import check_samples, iterate, run_watching
-
     n_samples = check_samples(original, samples)
     by_name = original.graph.value_map()
     consumers = []
@@ -561,15 +552,15 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         if has_bias:
             _set_const(pruned, n, 2, theta[k].astype(w.dtype).reshape(np.shape(n.input(2).const_value)))
         fits.append(LayerFit(name, inputs, before, after))
-    from .dce import DeadCodeElimination
-
     DeadCodeElimination().run(pruned, None)
     return fits
 
 
 def _set_const(module: Module, n: Node, i: int, array: np.ndarray) -> None:
+    """Input ``i`` of ``n`` becomes a new constant ``array`` (named after the old one)."""
     old = n.input(i)
-    node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name if old else "w")))
+    assert old is not None
+    node = module.graph.insert_before(n, module.const(array, name=module.graph.names.suggest(old.name)))
     n.set_input(i, node.output)
 
 

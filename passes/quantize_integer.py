@@ -184,16 +184,21 @@ def _matmul_to_float(m: Match, b: Builder) -> Value | None:
     rank 3 or more is viewed as ``[M, K]`` around it. Not where a QuantizeLinear reads the
     result (``qdq-matmul`` makes that a ``qlinear_mat_mul``)."""
     w, x = m["wq"].type, m["xq"].type
-    out = m.root.outputs[0]
     if (w.rank != 2 or not all(isinstance(d, int) for d in (*w.shape, *x.shape)) or x.rank < 2
-            or any(u.op == "quantize_linear" for u in out.users())
-            or not (_eight_bit(m["xq"]) and _per_tensor(m, "x") and _weight_ok(m, w.shape[1], 1))
-            or m.const("wz").any() or m.const("ws").dtype != np.float32 or m.const("xs").dtype != np.float32):
+            or not (_float_result_ok(m, m.root.outputs[0]) and _weight_ok(m, w.shape[1], 1))):
         return None
     k, n = w.shape
     a = m["xq"] if x.rank == 2 else b.reshape(m["xq"], b.const(np.asarray([-1, k], np.int64)))
     y = b.qgemm(a, m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"))
     return y if x.rank == 2 else b.reshape(y, b.const(np.asarray([*x.shape[:-1], n], np.int64)))
+
+
+def _float_result_ok(m: Match, out: Value) -> bool:
+    """A product whose float result stays float (no QuantizeLinear reads it) can be a
+    ``qgemm`` without an output scale: an 8-bit per-tensor activation, a symmetric weight,
+    float32 scales."""
+    return (not any(u.op == "quantize_linear" for u in out.users()) and _eight_bit(m["xq"]) and _per_tensor(m, "x")
+            and not m.const("wz").any() and m.const("ws").dtype == np.float32 and m.const("xs").dtype == np.float32)
 
 
 def _gemm_to_float(m: Match, b: Builder) -> Value | None:
@@ -204,9 +209,7 @@ def _gemm_to_float(m: Match, b: Builder) -> Value | None:
     a = node_attrs(gemm)
     w, x = m["wq"].type, m["xq"].type
     if (a["alpha"] != 1.0 or ("bq" in m and a["beta"] != 1.0) or a["transA"] or w.rank != 2 or x.rank != 2
-            or any(u.op == "quantize_linear" for u in gemm.outputs[0].users())
-            or not (_eight_bit(m["xq"]) and _per_tensor(m, "x")) or m.const("wz").any()
-            or m.const("ws").dtype != np.float32 or m.const("xs").dtype != np.float32):
+            or not _float_result_ok(m, gemm.outputs[0])):
         return None
     channels, axis = (w.shape[0], 0) if a["transB"] else (w.shape[1], 1)
     if not isinstance(channels, int) or not _weight_ok(m, channels, axis):
@@ -246,7 +249,8 @@ def _max_pool(m: Match, b: Builder) -> Value | None:
             and m.root is not None and not node_attrs(m.root)["block_size"] and len(m.node("pool").outputs) == 1):
         return None
     pooled = _flattened(m, b, b.max_pool(m["xq"], **m.node("pool").attrs))
-    if m.const("ys").reshape(()) == m.const("xs").reshape(()) and m.const("yz").reshape(()) == m.const("xz").reshape(()):
+    if np.array_equal(m.const("ys").reshape(-1), m.const("xs").reshape(-1)) \
+            and np.array_equal(m.const("yz").reshape(-1), m.const("xz").reshape(-1)):
         return pooled
     return b.quantize_linear(b.dequantize_linear(pooled, m.value("xs"), m.value("xz")), m.value("ys"), m.value("yz"),
                              **m.root.attrs)

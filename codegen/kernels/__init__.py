@@ -3,16 +3,18 @@
 ``effc_int8.c``/``.h`` (package data, copied into each program that uses them and built
 with effc's own files, ``-Wall -Wextra -Werror``): int8 convolutions for Cortex-M, on the
 Armv7E-M DSP instructions (SMLAD on int16 pairs, SXTB16 to unpack four int8 weights), with
-plain C equivalents on cores without them.
+plain C equivalents on cores without them, and on Helium (VMLADAVA on bytes) where the core
+has it.
 
-``int8_convolutions(schedule, module)`` finds the AOT program's steps that compute a
-``qlinear_conv`` (alone, or fused with the clamps after it) these kernels can run (2-D,
-batch 1, one group or depthwise, int8 weights with zero point 0, ``fixed_point``
-rounding) and gives each an ``Int8Conv``: the driver then calls ``effc_conv_s8`` or
-``effc_dwconv_s8`` instead of TVM's kernel, on weights packed at compile time (the rows
-padded to the kernel's step and, for the regular kernel, every four bytes in the order
-SXTB16 unpacks), the bias, and the requantization as an int32 multiplier and an int8
-shift per channel (TVM's kernel keeps three int64 constants per channel). A depthwise step
+``int8_convolutions(schedule, module, mve)`` finds the AOT program's steps that compute a
+``qlinear_conv`` these kernels can run (2-D, batch 1, one group or depthwise, int8 weights
+with zero point 0, ``fixed_point`` rounding), alone or fused with clamps and a residual
+``qlinear_add``, and gives each an ``Int8Conv``: the driver then calls ``effc_conv_s8``,
+``effc_conv_s8_mve`` or ``effc_dwconv_s8`` instead of TVM's kernel, on weights packed at
+compile time (the rows padded to the kernel's step; every four bytes in the order SXTB16
+unpacks for the DSP kernel, the shifted zero point folded into the bias for Helium's), the
+bias, and the requantization as an int32 multiplier and an int8 shift per channel (TVM's
+kernel keeps three int64 constants per channel). A depthwise step
 whose input dies there writes its output over it (``schedule.inplace``), TinyEngine's
 in-place depthwise: the kernel reads each channel into its scratch before writing it.
 """
@@ -41,7 +43,7 @@ DW_MAX_WORDS = 32
 
 PARAMS = (("in_c", "u16"), ("in_h", "u16"), ("in_w", "u16"), ("out_c", "u16"), ("out_h", "u16"), ("out_w", "u16"),
           ("k_h", "u8"), ("k_w", "u8"), ("stride_h", "u8"), ("stride_w", "u8"), ("dil_h", "u8"), ("dil_w", "u8"),
-          ("x_unsigned", "u8"), ("y_unsigned", "u8"), ("r_unsigned", "u8"), ("pad_t", "i16"), ("pad_l", "i16"),
+          ("x_unsigned", "u8"), ("r_unsigned", "u8"), ("pad_t", "i16"), ("pad_l", "i16"),
           ("k4", "u16"), ("x_zp", "i32"), ("y_zp", "i32"), ("y_min", "i32"), ("y_max", "i32"), ("r_zp", "i32"),
           ("c_zp", "i32"), ("c_min", "i32"), ("c_max", "i32"), ("a_scale", "f32"), ("r_scale", "f32"),
           ("c_scale", "f32"))
@@ -66,7 +68,7 @@ class Int8Conv:
     params: dict[str, int | float]
     weights: list[int]
     scratch: int
-    """Bytes of int16 scratch (im2col columns, or one padded plane)."""
+    """Bytes of scratch: two im2col columns (int16; int8 on Helium), or one padded int16 plane."""
     residual: bool = False
     """The step's second argument is the residual its ``qlinear_add`` adds."""
     mve: bool = False
@@ -151,6 +153,8 @@ def _clamped(bounds: tuple[int, int], clips: list[Node], chain: _Chain) -> tuple
     for clip in clips:
         if clip.op == "clip":
             cmin, cmax = chain.const(clip.input(1)), chain.const(clip.input(2))
+            if (clip.input(1) is not None and cmin is None) or (clip.input(2) is not None and cmax is None):
+                return None
         else:
             if len(clip.inputs) != 2:
                 return None
@@ -159,9 +163,6 @@ def _clamped(bounds: tuple[int, int], clips: list[Node], chain: _Chain) -> tuple
             if len(scalar) != 1 or consts.count(None) != 1:
                 return None
             cmin, cmax = (scalar[0], None) if clip.op == "max" else (None, scalar[0])
-        if (clip.op == "clip" and ((clip.input(1) is not None and cmin is None)
-                                   or (clip.input(2) is not None and cmax is None))):
-            return None
         lo = max(lo, int(np.asarray(cmin).reshape(()))) if cmin is not None else lo
         hi = min(hi, int(np.asarray(cmax).reshape(()))) if cmax is not None else hi
     return (lo, hi) if lo <= hi else None
@@ -251,12 +252,12 @@ def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
     strides = list(a.get("strides") or [1, 1])
     dilations = list(a.get("dilations") or [1, 1])
     bounds = _clamped(ct.dtype.int_range, chain.clips, chain)
+    if bounds is None:
+        return None
     mult = np.broadcast_to(np.asarray(_channel_multiplier(xs, ws, ys, 4)).reshape(-1), (m,))
     try:
         q, r, _ = fixed_point_constants(mult)
     except ValueError:
-        return None
-    if bounds is None:
         return None
     mve = mve and not depthwise
     step = 2 if depthwise else 16 if mve else 4  # (a depthwise row of taps: pairs; else words or Helium vectors)
@@ -264,7 +265,7 @@ def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
     p: dict[str, int | float] = dict(
         in_c=c, in_h=h, in_w=wd, out_c=m, out_h=int(yt.shape[2]), out_w=int(yt.shape[3]), k_h=kh, k_w=kw,
         stride_h=strides[0], stride_w=strides[1], dil_h=dilations[0], dil_w=dilations[1],
-        x_unsigned=int(xt.dtype.name == "u8"), y_unsigned=int(yt.dtype.name == "u8"),
+        x_unsigned=int(xt.dtype.name == "u8"),
         pad_t=int(begins[0]), pad_l=int(begins[1]), k4=k4, x_zp=int(_scalar(xz)), y_zp=int(_scalar(yz)),
         y_min=bounds[0], y_max=bounds[1])
     residual = None
@@ -303,9 +304,9 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False) -> int:
     of the depthwise kernel, in place as well. ``mve``: the core has Helium (M55), and the
     one-group convolutions take its kernel."""
     from effc.codegen.aot import Storage, TensorArg
-    from effc.codegen.aot_inplace import _Steps
+    from effc.codegen.aot_inplace import Steps
 
-    info = _Steps(schedule, module)
+    info = Steps(schedule, module)
     count = 0
     for t in schedule.calls:
         step = schedule.steps[t]

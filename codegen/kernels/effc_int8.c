@@ -1,4 +1,5 @@
 /* effc's int8 convolution kernels for Arm Cortex-M, written for effc's AOT programs.
+ * (Helium, the M-profile vector extension of the M55/M85, has a kernel of its own at the end.)
  *
  * On cores with the Armv7E-M DSP extension (M4, M7, M33, M55) the sums run on SMLAD: two
  * 16x16-bit products added to a 32-bit accumulator per instruction. The input is widened

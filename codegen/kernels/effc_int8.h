@@ -22,7 +22,7 @@ typedef struct {
   uint16_t in_c, in_h, in_w;
   uint16_t out_c, out_h, out_w;
   uint8_t k_h, k_w, stride_h, stride_w, dil_h, dil_w;
-  uint8_t x_unsigned, y_unsigned, r_unsigned; /* uint8 rather than int8 (y: the stored output) */
+  uint8_t x_unsigned, r_unsigned; /* uint8 rather than int8 (the output's range is y_min..y_max) */
   int16_t pad_t, pad_l;
   uint16_t k4;      /* regular: in_c * k_h * k_w rounded up to 4; depthwise: k_w rounded up to 2 */
   int32_t x_zp, y_zp, y_min, y_max;
