@@ -71,7 +71,10 @@ class ChannelGraph:
 
     module: Module
     atoms: dict[int, list[int]] = field(default_factory=dict)
-    """id(value) -> its channel atoms."""
+    """id(value) -> its channel atoms, one per position along its channel axis."""
+    axes: dict[int, int] = field(default_factory=dict)
+    """id(value) -> its channel axis (1 in NCHW and ``[N, features]``; the last axis of a
+    ``[batch, tokens, features]`` activation; the heads' axis of an attention tensor)."""
     parent: list[int] = field(default_factory=list)
     frozen: set[int] = field(default_factory=set)
     sources: list[_Source] = field(default_factory=list)
@@ -107,6 +110,13 @@ class ChannelGraph:
     def of(self, v: Value | None) -> list[int] | None:
         return None if v is None else self.atoms.get(id(v))
 
+    def axis_of(self, v: Value | None) -> int | None:
+        return None if v is None else self.axes.get(id(v))
+
+    def put(self, v: Value, atoms: list[int], axis: int) -> None:
+        self.atoms[id(v)] = atoms
+        self.axes[id(v)] = axis
+
     def classes(self) -> dict[int, list[int]]:
         """Root -> atoms, for the classes that hold a source atom and are not frozen."""
         out: dict[int, list[int]] = {}
@@ -121,19 +131,75 @@ def _const(v: Value | None) -> np.ndarray | None:
     return None if v is None else v.const_value
 
 
-def _channels(v: Value) -> int | None:
-    """The channel count of a value (axis 1 of a rank-2..5 static tensor), or None."""
+def _dim(v: Value, axis: int) -> int | None:
+    """The static size of axis ``axis`` of ``v``, or None."""
     t = v.type
-    if t.rank < 2 or not isinstance(t.shape[1], int):
+    if not 0 <= axis < t.rank or not isinstance(t.shape[axis], int):
         return None
-    return int(t.shape[1])
+    return int(t.shape[axis])
 
 
-def _per_channel_const(c: np.ndarray, rank: int, channels: int) -> bool:
-    """A constant operand that broadcasts one value per channel (axis 1) of a rank-``rank``
-    value: ``[C, 1, 1]``, ``[1, C, 1, 1]`` (or ``[C]`` against a ``[N, C]`` matrix)."""
-    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
-    return len(shape) == rank and shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1)
+def _aligned(c: np.ndarray, rank: int, axis: int, channels: int) -> str | None:
+    """How a constant operand meets axis ``axis`` (of ``channels``) of a rank-``rank``
+    value under broadcasting: ``"scalar"`` (one value for every channel, size 1 there),
+    ``"sliced"`` (one value per channel along that axis: it loses the pruned ones), or
+    None (it would change the result's rank)."""
+    if c.ndim > rank:
+        return None
+    k = axis - (rank - c.ndim)
+    if k < 0 or c.shape[k] == 1:
+        return "scalar"
+    return "sliced" if c.shape[k] == channels else None
+
+
+def _shape_pieces(v: Value | None) -> list[tuple[int | None, int | None, Value | None]] | None:
+    """The entries of a reshape's target: for each, (its value if known, the concat input
+    it comes from, the computed piece that gives it). A constant shape has every value and
+    no pieces; a ``concat`` of constants and computed pieces (``[B, S, 12, 32]`` as
+    PyTorch's attention exports build it) has the constants' values."""
+    c = _const(v)
+    if c is not None:
+        return [(int(d), None, None) for d in np.asarray(c).reshape(-1)]
+    n = v.producer if v is not None else None
+    if n is None or n.op != "concat" or len(v.users()) != 1:
+        return None
+    out: list[tuple[int | None, int | None, Value | None]] = []
+    for i, x in enumerate(n.inputs):
+        c = _const(x)
+        if c is not None:
+            out += [(int(d), i, None) for d in np.asarray(c).reshape(-1)]
+        elif x is not None and x.type.rank == 1 and isinstance(x.type.shape[0], int):
+            out += [(None, i, x)] * int(x.type.shape[0])
+        else:
+            return None
+    return out
+
+
+def _reads_dim(piece: Value | None, x: Value, axis: int) -> bool:
+    """``piece`` is dim ``axis`` of ``x`` read at run time: unsqueeze(gather(shape(x), axis))."""
+    n = piece.producer if piece is not None else None
+    if n is not None and n.op == "unsqueeze":
+        n = n.input(0).producer
+    if n is None or n.op != "gather" or _const(n.input(1)) is None or np.asarray(_const(n.input(1))).size != 1:
+        return False
+    s = n.input(0).producer
+    return s is not None and s.op == "shape" and s.input(0) is x and not node_attrs(s)["start"] \
+        and int(np.asarray(_const(n.input(1))).reshape(-1)[0]) % x.type.rank == axis
+
+
+def _keeps_leading(n: Node, x: Value, count: int) -> bool:
+    """Reshape ``n`` keeps the first ``count`` dims of ``x`` as they are: each target entry
+    is 0 (copy), the same static size, or that dim read from ``x``'s shape at run time."""
+    pieces = _shape_pieces(n.input(1))
+    if pieces is None or len(pieces) < count:
+        return False
+    zero_copies = not node_attrs(n)["allowzero"]
+    for j, (value, _, piece) in enumerate(pieces[:count]):
+        ok = (value == 0 and zero_copies) or (value is not None and value > 0 and value == _dim(x, j)) \
+            or (value is None and _reads_dim(piece, x, j))
+        if not ok:
+            return False
+    return True
 
 
 def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph:
@@ -143,10 +209,10 @@ def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph
     if any(n.body is not None for n in module.graph.nodes):
         raise InputError("prune works on an unfused model: run it before `fuse` (or -O2), e.g. after fold-bn")
     for v in module.graph.inputs:
-        c = _channels(v)
+        c = _dim(v, 1) if v.type.rank >= 2 else None
         if c is not None:
-            g.atoms[id(v)] = g.fresh(c)
-            g.freeze(g.atoms[id(v)], f"graph input %{v.name}")
+            g.put(v, g.fresh(c), 1)
+            g.freeze(g.of(v), f"graph input %{v.name}")
     for n in module.graph.nodes:
         if n.op == "const":
             continue
@@ -160,6 +226,7 @@ def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph
 def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
     x = n.input(0)
     xa = g.of(x)
+    ax = g.axis_of(x)
     out = n.outputs[0] if len(n.outputs) == 1 else None
     a = node_attrs(n)
 
@@ -168,15 +235,15 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
             if g.of(v):
                 g.freeze(g.of(v), why)
         for o in n.outputs:
-            c = _channels(o)
+            c = _dim(o, 1) if o.type.rank >= 2 else None
             if c is not None:
-                g.atoms[id(o)] = g.fresh(c)
-                g.freeze(g.atoms[id(o)], why)
+                g.put(o, g.fresh(c), 1)
+                g.freeze(g.of(o), why)
 
     def source(w: np.ndarray, axis: int) -> None:
         assert out is not None
         atoms = g.fresh(int(w.shape[axis]))
-        g.atoms[id(out)] = atoms
+        g.put(out, atoms, out.type.rank - 1 if n.op == "mat_mul" else 1)
         k = len(g.sources)
         g.sources.append(_Source(n, w, axis, atoms))
         for row, atom in enumerate(atoms):
@@ -184,74 +251,131 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
         if out.name in exclude:
             g.freeze(atoms, f"--exclude {out.name}")
 
+    def same(axis: int | None = ax) -> None:
+        assert out is not None and xa is not None and axis is not None
+        g.put(out, xa, axis)
+
     what = f"{n.op} -> %{out.name if out is not None else n.outputs[0].name}"
+    if n.op == "shape":  # only dims read by a gather that are not the channels': the rest are run-time sizes
+        if not xa or all(u.op == "gather" and _const(u.input(1)) is not None and u.input(0) is n.outputs[0]
+                         and all(int(i) % x.type.rank != ax for i in np.asarray(_const(u.input(1))).reshape(-1))
+                         for u in n.outputs[0].users()):
+            return None
+        return opaque(f"{what}: reads the size of a pruned axis")
     if out is None:
         return opaque(f"{what}: several outputs")
     if n.op == "conv":
         w = _const(n.input(1))
-        if w is None or x is None or x.type.rank != 4 or (n.input(2) is not None and _const(n.input(2)) is None):
+        if w is None or x is None or x.type.rank != 4 or (n.input(2) is not None and _const(n.input(2)) is None) \
+                or (xa and ax != 1):
             return opaque(f"{what}: not a 2-D conv with constant weights")
-        group, cin = int(a["group"]), _channels(x)
+        group, cin = int(a["group"]), _dim(x, 1)
         if group == 1:
             return source(w, 0)
         if group == cin == w.shape[0] and w.shape[1] == 1 and xa:
-            g.atoms[id(out)] = xa  # depthwise: channel c in, channel c out
-            return None
+            return same()  # depthwise: channel c in, channel c out
         return opaque(f"{what}: a grouped convolution")
-    if n.op in ("gemm", "mat_mul"):
+    if n.op in ("gemm", "mat_mul") and _const(n.input(1)) is not None:
         w = _const(n.input(1))
-        if w is None or w.ndim != 2 or x is None or x.type.rank != 2:
-            return opaque(f"{what}: not a 2-D product with a constant weight")
+        rank = x.type.rank if x is not None else 0
+        if w.ndim != 2 or rank < 2 or (n.op == "gemm" and rank != 2) or (xa and ax != rank - 1):
+            return opaque(f"{what}: not a product of the last axis with a constant 2-D weight")
         if n.op == "gemm" and (a["transA"] or (n.input(2) is not None and _const(n.input(2)) is None)):
             return opaque(f"{what}: transA or a computed bias")
         return source(w, 0 if n.op == "gemm" and a["transB"] else 1)
+    if n.op == "mat_mul":  # two activations (attention): channels of a batch axis, the same in both
+        y = n.input(1)
+        ya, rank = g.of(y), out.type.rank
+        if (xa or ya) and (not xa or not ya or ax != g.axis_of(y) or len(xa) != len(ya) or ax >= rank - 2
+                           or x.type.rank != rank or y.type.rank != rank):
+            return opaque(f"{what}: channels that are not a batch axis of both operands")
+        if xa:
+            for p, q in zip(xa, ya):
+                g.unite(p, q)
+            same()
+        return None
     if n.op == "batch_normalization":
-        if any(_const(v) is None for v in n.inputs[1:]) or not xa:
+        if any(_const(v) is None for v in n.inputs[1:]) or not xa or ax != 1:
             return opaque(f"{what}: computed parameters")
-        g.atoms[id(out)] = xa
+        return same()
+    if n.op in ("softmax", "log_softmax", "layer_normalization"):
+        if xa and (n.op != "layer_normalization" or all(_const(v) is not None for v in n.inputs[1:])):
+            axis = int(a["axis"]) % x.type.rank
+            if (n.op != "layer_normalization" and axis != ax) or (n.op == "layer_normalization" and ax < axis):
+                return same()
+        return opaque(f"{what}: normalizes over the channels")
+    if n.op == "transpose":
+        if xa:
+            perm = list(a["perm"]) if a["perm"] is not None else list(range(x.type.rank))[::-1]
+            return same(perm.index(ax))
         return None
     if n.op in _PASS_THROUGH:
         if not xa or out.type.rank != x.type.rank or any(
                 v is not None and (_const(v) is None or _const(v).size != 1) for v in n.inputs[1:]):
             return opaque(f"{what}: not channel for channel")
-        g.atoms[id(out)] = xa
-        return None
+        return same()
     if n.op in _BINARY and len(n.inputs) == 2:
-        ya = g.of(n.input(1))
-        if xa and ya and x.type.shape == n.input(1).type.shape == out.type.shape:
+        y = n.input(1)
+        ya = g.of(y)
+        rank = out.type.rank
+        if xa and ya and ax == g.axis_of(y) and len(xa) == len(ya) and x.type.rank == y.type.rank == rank:
             for p, q in zip(xa, ya):
                 g.unite(p, q)
-            g.atoms[id(out)] = xa
-            return None
+            return same()
         for act, other in ((0, 1), (1, 0)):
-            aa, c = g.of(n.input(act)), _const(n.input(other))
-            if aa and c is not None and n.input(act).type.shape == out.type.shape and (
-                    c.size == 1 or _per_channel_const(c, out.type.rank, len(aa))):
-                g.atoms[id(out)] = aa
+            av, ov = n.input(act), n.input(other)
+            aa, axis = g.of(av), g.axis_of(av)
+            if not aa or ov is None or av.type.rank != rank:
+                continue
+            c = _const(ov)
+            how = _aligned(c, rank, axis, len(aa)) if c is not None else (
+                "scalar" if ov.type.rank <= rank and _dim(ov, axis - (rank - ov.type.rank)) == 1 else None)
+            if how is not None:  # (an attention mask [N, 1, 1, S] against the heads' scores)
+                if g.of(ov):
+                    g.freeze(g.of(ov), f"{what}: broadcast against other channels")
+                g.put(out, aa, axis)
                 return None
         return opaque(f"{what}: operands that do not match channel for channel")
     if n.op == "concat":
-        if int(a["axis"]) % out.type.rank != 1:
+        axis = int(a["axis"]) % out.type.rank
+        if any(g.of(v) and g.axis_of(v) != axis for v in n.inputs) or not any(g.of(v) for v in n.inputs):
             return opaque(f"{what}: not along the channels")
         atoms: list[int] = []
         for v in n.inputs:
             va = g.of(v)
             if va is None:
-                va = g.fresh(_channels(v) or 0)
+                if _dim(v, axis) is None:
+                    return opaque(f"{what}: an input of unknown size")
+                va = g.fresh(_dim(v, axis))
                 g.freeze(va, f"{what}: an input without channels")
             atoms += va
-        g.atoms[id(out)] = atoms
+        g.put(out, atoms, axis)
         return None
-    shape, oshape = tuple(x.type.shape) if x is not None else (), tuple(out.type.shape)
-    if n.op in ("flatten", "reshape") and xa and all(isinstance(d, int) for d in shape[1:] + oshape[1:]):
-        if len(oshape) == 2 and oshape[0] == shape[0] and (n.op == "reshape" or int(a["axis"]) == 1) \
-                and oshape[1] == int(np.prod(shape[1:])):
-            block = int(np.prod(shape[2:]))
-            g.atoms[id(out)] = [atom for atom in xa for _ in range(block)]
-            return None
-        if oshape[:2] == shape[:2]:
-            g.atoms[id(out)] = xa
-            return None
+    if n.op in ("flatten", "reshape") and xa:
+        shape, oshape = tuple(x.type.shape), tuple(out.type.shape)
+        if n.op == "flatten" or _const(n.input(1)) is not None:
+            if all(isinstance(d, int) for d in shape[1:] + oshape[1:]) and ax == 1:
+                if len(oshape) == 2 and oshape[0] == shape[0] and (n.op == "reshape" or int(a["axis"]) == 1) \
+                        and oshape[1] == int(np.prod(shape[1:])):
+                    block = int(np.prod(shape[2:]))  # flatten -> gemm: each channel's block of features
+                    g.put(out, [atom for atom in xa for _ in range(block)], 1)
+                    return None
+                if oshape[:2] == shape[:2]:
+                    return same()
+        rank = x.type.rank
+        if n.op == "reshape" and ax == rank - 1 and len(oshape) == rank + 1 and _keeps_leading(n, x, rank - 1):
+            heads, size = oshape[-2:]  # [..., H*d] -> [..., H, d]: attention heads, d channels each
+            if isinstance(heads, int) and isinstance(size, int) and heads * size == len(xa):
+                for h in range(heads):
+                    for atom in xa[h * size + 1:(h + 1) * size]:
+                        g.unite(xa[h * size], atom)
+                g.put(out, [xa[h * size] for h in range(heads)], rank - 1)
+                return None
+        if n.op == "reshape" and ax == rank - 2 and len(oshape) == rank - 1 and _keeps_leading(n, x, rank - 2):
+            size = _dim(x, rank - 1)  # [..., H, d] -> [..., H*d]: the heads merged again
+            if size is not None and oshape[-1] == len(xa) * size:
+                g.put(out, [atom for atom in xa for _ in range(size)], rank - 2)
+                return None
     return opaque(f"{what}: an op pruning does not look through")
 
 
@@ -291,7 +415,7 @@ def _mean_activations(g: ChannelGraph, samples: dict[str, np.ndarray] | None) ->
     sums: dict[int, np.ndarray] = {}
 
     def see(v: Value, a: np.ndarray) -> None:
-        axes = tuple(i for i in range(a.ndim) if i != 1)
+        axes = tuple(i for i in range(a.ndim) if i != g.axis_of(v))
         m = np.abs(a.astype(np.float64)).mean(axis=axes)
         k = number[id(v)]
         sums[k] = sums.get(k, 0) + m
@@ -416,7 +540,7 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
             replace(n, 1, np.ascontiguousarray(w))
             if n.input(2) is not None and ko is not None:
                 replace(n, 2, _const(n.input(2))[ko])
-        elif n.op in ("gemm", "mat_mul"):
+        elif n.op in ("gemm", "mat_mul") and _const(n.input(1)) is not None:
             w = _const(n.input(1))
             out_axis = 0 if n.op == "gemm" and a["transB"] else 1
             if ko is not None:
@@ -431,17 +555,13 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
             for i in range(1, 5):
                 replace(n, i, _const(n.input(i))[ki])
         elif n.op == "reshape" and ko is not None:
-            shape = np.array(_const(n.input(1)), np.int64)
-            if shape[1] != -1:  # (channels, or a flattened block per channel)
-                shape[1] = len(ko)
-                replace(n, 1, shape)
+            _resize_target(module, n, g.axis_of(out), len(ko))
         elif n.op in _BINARY:
+            axis, rank = g.axis_of(out), out.type.rank
             for i, v in enumerate(n.inputs):
                 c = _const(v)
-                if c is not None and c.size > 1:  # a per-channel constant (channel_graph checked)
-                    rank = out.type.rank
-                    sliced = np.take(c.reshape((1,) * (rank - c.ndim) + c.shape), ko, axis=1)
-                    replace(n, i, np.ascontiguousarray(sliced.reshape(sliced.shape[rank - c.ndim:])))
+                if c is not None and _aligned(c, rank, axis, len(g.of(out))) == "sliced":
+                    replace(n, i, np.ascontiguousarray(np.take(c, ko, axis=axis - (rank - c.ndim))))
     reinfer_types(module)
     DeadCodeElimination().run(module, None)
     channels = {s.node.outputs[0].name: (len(s.atoms), sum(g.find(a) not in removed for a in s.atoms))
@@ -451,7 +571,7 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
 
 def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "uniform",
           exclude: tuple[str, ...] = (), samples: dict[str, np.ndarray] | None = None,
-          ridge: float = 1e-3, round_to: int = 1) -> PruneReport:
+          round_to: int = 1) -> PruneReport:
     """Prune ``module`` in place (see the module docstring); returns what was removed.
     ``samples`` (calibration inputs stacked on axis 0, as for ``quantize``): then refit the
     consumers of pruned channels by least squares (``reconstruct``)."""
@@ -462,7 +582,7 @@ def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "unif
     original = copy_module(module) if samples is not None else None
     report = apply(g, choose(g, ratio, criterion, mode, round_to, samples))
     if original is not None:
-        report.fits = reconstruct(original, module, samples, report.kept, ridge)
+        report.fits = reconstruct(original, module, samples, report.kept)
     return report
 
 
@@ -470,7 +590,12 @@ def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "unif
 
 
 MAX_ROWS = 8192
-"""Rows (output pixels over all samples) a refit solves over; more are subsampled."""
+"""Rows (output pixels or tokens over all samples) a refit solves over; more are subsampled."""
+HELD_OUT = 0.2
+"""The share of calibration samples whose rows a refit does not fit on: the ridge is
+chosen, and the refit kept or not, by the error on them (with fewer rows than inputs, as
+with a transformer's wide layers on a few sequences, an unchecked fit only memorizes)."""
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def _rows(n: Node, x: np.ndarray) -> np.ndarray:
@@ -494,8 +619,8 @@ def _targets(n: Node, y: np.ndarray) -> np.ndarray:
         np.float64)
 
 
-def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray], kept: dict[str, np.ndarray],
-                ridge: float = 1e-3) -> list[LayerFit]:
+def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray],
+                kept: dict[str, np.ndarray]) -> list[LayerFit]:
     """He et al. (ICCV 2017) without training: each convolution (one group) or gemm/matmul
     that lost input channels, in graph order, gets the weights and bias that best map its
     inputs *in the pruned model* (earlier layers already refitted) to its outputs *in the
@@ -507,7 +632,8 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
     for n in pruned.graph.nodes:
         if n.op not in ("conv", "gemm", "mat_mul") or len(n.outputs) != 1 or n.input(0) is None \
                 or n.input(0).name not in kept or (n.op == "conv" and int(node_attrs(n)["group"]) != 1) \
-                or (n.op == "gemm" and node_attrs(n)["transA"]) or n.outputs[0].name not in by_name:
+                or (n.op == "gemm" and node_attrs(n)["transA"]) or n.outputs[0].name not in by_name \
+                or _const(n.input(1)) is None:
             continue
         consumers.append(n)
     want: dict[str, list[np.ndarray]] = {n.outputs[0].name: [] for n in consumers}
@@ -521,39 +647,92 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         xs: list[np.ndarray] = []
         for feeds in iterate(samples, n_samples):
             run_watching(pruned, feeds, {id(n.input(0))}, lambda v, a: xs.append(a))
-        rows = np.concatenate([_rows(n, x) for x in xs])
+        per_sample = [_rows(n, x) for x in xs]
+        rows = np.concatenate(per_sample)
+        sample = np.repeat(np.arange(len(per_sample)), [len(r) for r in per_sample])
         y = np.concatenate([_targets(n, t) for t in want[name]])
         if name in kept:
             y = y[:, kept[name]]
         if len(rows) > MAX_ROWS:
             pick = rng.choice(len(rows), MAX_ROWS, replace=False)
-            rows, y = rows[pick], y[pick]
+            rows, y, sample = rows[pick], y[pick], sample[pick]
         w = n.input(1).const_value
         trans = n.op == "gemm" and bool(node_attrs(n)["transB"])
         w_io = (w.reshape(w.shape[0], -1).T if n.op == "conv" or trans else w).astype(np.float64)  # [in, out]
-        has_bias = n.op in ("conv", "gemm") and n.input(2) is not None \
-            and np.asarray(n.input(2).const_value).size == w_io.shape[1]
-        b0 = np.asarray(n.input(2).const_value, np.float64).reshape(-1) if has_bias else np.zeros(w_io.shape[1])
-        norm = max(float(np.linalg.norm(y)), 1e-30)
-        before = float(np.linalg.norm(rows @ w_io + b0 - y)) / norm
+        bias = _bias(n, w_io.shape[1])
+        has_bias = bias is not None
+        b0 = np.asarray(_const(n.input(2)), np.float64).reshape(-1) if has_bias and bias[0] is n \
+            else np.zeros(w_io.shape[1])
         design = np.concatenate([rows, np.ones((len(rows), 1))], axis=1) if has_bias else rows
-        gram = design.T @ design
-        k = rows.shape[1]  # (the intercept is not penalized)
-        gram[np.arange(k), np.arange(k)] += ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-30)
-        theta = np.linalg.solve(gram, design.T @ y)
-        after = float(np.linalg.norm(design @ theta - y)) / norm
-        inputs = (int(by_name[n.input(0).name].type.shape[1]), int(n.input(0).type.shape[1]))
+        held = np.isin(sample, rng.permutation(len(per_sample))[:max(1, int(HELD_OUT * len(per_sample)))])
+        if held.all():  # (one sample: hold out some of its rows)
+            held = np.arange(len(rows)) % 5 == 0
+        fit_on, test_on = ~held, held
+        norm = max(float(np.linalg.norm(y[test_on])), 1e-30)
+        before = float(np.linalg.norm(rows[test_on] @ w_io + b0 - y[test_on])) / norm
+        after, ridge = min((float(np.linalg.norm(design[test_on] @ _solve(design[fit_on], y[fit_on], r, has_bias)
+                                                 - y[test_on])) / norm, r) for r in RIDGES)
+        axis = 1 if n.op == "conv" else -1
+        inputs = (int(by_name[n.input(0).name].type.shape[axis]), int(n.input(0).type.shape[axis]))
         if not after < before:  # (the pruned weights stay where a refit does not help)
             fits.append(LayerFit(name, inputs, before, before))
             continue
+        theta = _solve(design, y, ridge, has_bias)  # (all the rows, at the ridge the held-out ones chose)
+        k = rows.shape[1]
         new_w = theta[:k]
         weight = new_w.T.reshape(w.shape) if n.op == "conv" else (new_w.T if trans else new_w)
         _set_const(pruned, n, 1, np.ascontiguousarray(weight.astype(w.dtype)))
-        if has_bias:
-            _set_const(pruned, n, 2, theta[k].astype(w.dtype).reshape(np.shape(n.input(2).const_value)))
+        if has_bias:  # (a matmul's output is before its bias add: the intercept adds to that bias)
+            owner, i = bias
+            old = np.asarray(_const(owner.input(i)))
+            _set_const(pruned, owner, i, (theta[k] + (0 if owner is n else old.reshape(-1))).astype(old.dtype)
+                       .reshape(old.shape))
         fits.append(LayerFit(name, inputs, before, after))
     DeadCodeElimination().run(pruned, None)
     return fits
+
+
+def _solve(design: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
+    """Ridge least squares ``design @ theta ~ y``; ``ridge`` is relative to the mean of the
+    gram's diagonal, and the intercept (the last column, when there is one) is not penalized."""
+    gram = design.T @ design
+    k = design.shape[1] - int(intercept)
+    gram[np.arange(k), np.arange(k)] += ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-30)
+    return np.linalg.solve(gram, design.T @ y)
+
+
+def _bias(n: Node, channels: int) -> tuple[Node, int] | None:
+    """Where ``n``'s bias is: (``n``, 2) for a conv or gemm with one; (the add, its input)
+    for a matmul whose only use is an add of a constant vector (PyTorch's Linear export)."""
+    if n.op in ("conv", "gemm"):
+        return (n, 2) if n.input(2) is not None and np.asarray(_const(n.input(2))).size == channels else None
+    users = n.outputs[0].users()
+    if len(users) != 1 or users[0].op != "add" or n.outputs[0].num_uses != 1:
+        return None
+    add = users[0]
+    i = 1 if add.input(0) is n.outputs[0] else 0
+    c = _const(add.input(i))
+    return (add, i) if c is not None and c.shape == (channels,) else None
+
+
+def _resize_target(module: Module, n: Node, axis: int, size: int) -> None:
+    """Reshape ``n`` makes ``size`` positions along ``axis``: its target entry there changes
+    (in the constant shape, or in the constant piece of a computed one); 0 and -1 stay."""
+    pieces = _shape_pieces(n.input(1))
+    assert pieces is not None  # (channel_graph only looks through reshapes it can read)
+    value, index, _ = pieces[axis]
+    if value is None or value <= 0:
+        return
+    if index is None:
+        shape = np.array(_const(n.input(1)), np.int64).reshape(-1)
+        shape[axis] = size
+        _set_const(module, n, 1, shape)
+        return
+    concat = n.input(1).producer
+    piece = np.array(_const(concat.input(index)), np.int64)
+    flat = piece.reshape(-1)
+    flat[axis - next(j for j, p in enumerate(pieces) if p[1] == index)] = size
+    _set_const(module, concat, index, piece)
 
 
 def _set_const(module: Module, n: Node, i: int, array: np.ndarray) -> None:

@@ -189,13 +189,37 @@ def _infer_reshape(ctx: InferCtx) -> list[TensorType]:
     target = _const_ints(ctx, 1)
     allowzero = bool(ctx.attrs["allowzero"])
     if target is None:
-        return [t.with_shape((UNKNOWN_DIM,) * _input_len(ctx, 1, "shape"))]
+        entries = _partial_ints(ctx.node.input(1))
+        if entries is None or len(entries) != _input_len(ctx, 1, "shape"):
+            return [t.with_shape((UNKNOWN_DIM,) * _input_len(ctx, 1, "shape"))]
+        return [t.with_shape(tuple(
+            d if d is not None and d > 0 else t.shape[i] if d == 0 and not allowzero and i < t.rank else UNKNOWN_DIM
+            for i, d in enumerate(entries)))]
     if allowzero and 0 in target and -1 in target:
         raise ctx.fail(f"shape {target} has both 0 and -1, which allowzero=1 forbids")
     try:
         return [t.with_shape(reshape_target(t.shape, target, allowzero))]
     except ShapeError as e:
         raise ctx.fail(str(e)) from None
+
+
+def _partial_ints(v) -> list[int | None] | None:
+    """The entries of a computed 1-D shape that are known before running: a ``concat`` of
+    constants and computed pieces (``[B, S, 12, 32]`` with B and S read from a Shape at run
+    time, as PyTorch's attention exports build it) gives the constants and None elsewhere."""
+    n = v.producer if v is not None else None
+    if n is None or n.op != "concat" or any(x is None or x.type.rank != 1 for x in n.inputs):
+        return None
+    out: list[int | None] = []
+    for x in n.inputs:
+        c, size = x.const_value, x.type.shape[0]
+        if c is not None:
+            out += [int(d) for d in np.asarray(c).reshape(-1)]
+        elif is_known(size):
+            out += [None] * int(size)
+        else:
+            return None
+    return out
 
 
 def _ref_reshape(ins: list, a: dict, n: int) -> list:

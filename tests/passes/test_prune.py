@@ -200,3 +200,126 @@ def test_cli_prune_writes_an_onnx_model(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "effc.cli", "prune", str(REPO / "examples" / "mobilenet_tiny.onnx"),
                           "--ratio", "1.5", "-o", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--ratio must be" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _attention_block(heads: int = 4, d: int = 4, ffn: int = 32, dead_heads=(1, 3)) -> onnx.ModelProto:
+    """One encoder layer as PyTorch exports it, with a dynamic batch and sequence: Q/K/V
+    MatMul + bias, the head split by a Reshape whose target concatenates dims read from a
+    Shape at run time with the constants (heads, d), Transpose, scaled scores, Softmax,
+    the heads merged again, the output projection, residual, LayerNorm, a ReLU FFN and a
+    second residual. The ``dead_heads`` have zero Q/K/V columns, and the even FFN units
+    zero input columns: removing exactly them leaves the output unchanged."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    hidden = heads * d
+    inits, nodes = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(op, ins, out, **attrs):
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def proj(name, x, cols, zero_cols=()):
+        w = rng.standard_normal((hidden if name != "w2" else ffn, cols)).astype(np.float32) * 0.3
+        b = rng.standard_normal(cols).astype(np.float32) * 0.1
+        w[:, list(zero_cols)], b[list(zero_cols)] = 0, 0
+        return node("Add", [const(name + ".b", b), node("MatMul", [x, const(name + ".w", w)], name + ".mm")], name)
+
+    dead = [h * d + i for h in dead_heads for i in range(d)]
+    split = [const("i0", np.array(0)), const("i1", np.array(1)), const("ax0", np.array([0], np.int64))]
+
+    def leading(v):  # [B, S] of v, read at run time
+        shape = node("Shape", [v], v + ".shape")
+        return [node("Unsqueeze", [node("Gather", [shape, split[i]], f"{v}.d{i}"), split[2]], f"{v}.u{i}")
+                for i in (0, 1)]
+
+    def heads_of(v, perm):
+        dims = leading(v)
+        shape = node("Concat", dims + [const(v + ".h", np.array([heads], np.int64)),
+                                       const(v + ".dh", np.array([d], np.int64))], v + ".target", axis=0)
+        return node("Transpose", [node("Reshape", [v, shape], v + ".split")], v + ".t", perm=perm)
+
+    q, k, v = (heads_of(proj(n, "x", hidden, dead), p) for n, p in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]),
+                                                                   ("v", [0, 2, 1, 3])))
+    scores = node("Div", [node("MatMul", [q, k], "qk"), const("scale", np.array(2.0, np.float32))], "scaled")
+    ctx = node("Transpose", [node("MatMul", [node("Softmax", [scores], "p", axis=-1), v], "pv")], "ctx.t",
+               perm=[0, 2, 1, 3])
+    merged = node("Reshape", [ctx, node("Concat", leading(ctx) + [const("hid", np.array([hidden], np.int64))], "ctx.target",
+                                        axis=0)], "merged")
+    res = node("Add", [proj("o", merged, hidden), "x"], "res")
+    ln = node("LayerNormalization", [res, const("g", np.ones(hidden, np.float32)),
+                                     const("beta", np.zeros(hidden, np.float32))], "ln", axis=-1)
+    hid = node("Relu", [proj("w1", ln, ffn, range(0, ffn, 2))], "act")
+    node("Add", [proj("w2", hid, hidden), ln], "y")
+    graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_attention_heads_and_ffn_units_are_pruned_through_the_head_reshapes():
+    """The head split/merge reshapes make each head's d columns of Q, K and V one class
+    (4 classes of 12 atoms), the FFN's hidden units one class each; the hidden size is
+    frozen (LayerNorm normalizes over it). At 1/2 the two dead heads and the 16 dead FFN
+    units go: every weight shrinks, the computed reshape targets say 2 heads and 8
+    features, and the output is unchanged; the ONNX export keeps the dynamic batch and
+    sequence and runs in onnxruntime at another length."""
+    m = load_model(_attention_block())
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)}
+    want = run_module(m, feeds)["y"]
+    g = channel_graph(m)
+    sizes = sorted(len(atoms) for atoms in g.classes().values())
+    assert sizes == [1] * 32 + [12] * 4, sizes
+    report = prune(m, 0.5)
+    verify_module(m)
+    shapes = {n.outputs[0].name: tuple(n.input(1).type.shape)
+              for n in m.graph.nodes if n.op == "mat_mul" and n.input(1).const_value is not None}
+    assert shapes == {"q.mm": (16, 8), "k.mm": (16, 8), "v.mm": (16, 8), "o.mm": (8, 16), "w1.mm": (16, 16),
+                      "w2.mm": (16, 16)}, shapes
+    assert report.channels["q.mm"] == (16, 8) and report.channels["w1.mm"] == (32, 16)
+    np.testing.assert_allclose(run_module(m, feeds)["y"], want, rtol=1e-5, atol=1e-5)
+    split = next(n for n in m.graph.nodes if n.op == "reshape" and n.outputs[0].name.startswith("q"))
+    assert str(split.outputs[0].type) == "f32[?,?,2,4]"
+    longer = {"x": np.random.default_rng(1).standard_normal((1, 7, 16)).astype(np.float32)}
+    sess = ort.InferenceSession(export_onnx(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, longer)[0], run_module(m, longer)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_minilm_heads_and_ffn_pruned_and_refitted():
+    """paraphrase-MiniLM-L3 (the fixture): 12 heads of 96 atoms (Q, K, V: 32 each) and 1536
+    FFN units in each of its 3 layers, the 384 hidden features frozen by LayerNorm. At 1/2
+    with a refit on 48 token sequences the sentence embeddings of 8 other sequences are
+    closer to the unpruned model's than without it (a layer whose refit does not lower the
+    error on held-out samples keeps its weights); the export runs in onnxruntime."""
+    from bench.quant_accuracy import _token_batch
+    from effc.ir.parser import copy_module
+    from tests.fixtures import _minilm_path
+
+    m = load_model(_minilm_path())
+    run_pipeline(m, FOLD)
+    g = channel_graph(m)
+    sizes = [len(atoms) for atoms in g.classes().values()]
+    assert sizes.count(96) == 36 and sizes.count(1) == 3 * 1536 and len(sizes) == 36 + 3 * 1536
+    evals, out = _token_batch(8, 7), m.graph.outputs[3].name
+
+    def embeddings(module):
+        return np.concatenate([run_module(module, {k: v[i:i + 1] for k, v in evals.items()})[out] for i in range(8)])
+
+    def cosine(a, b):
+        return float(np.mean((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)))
+
+    want = embeddings(m)
+    plain, fitted = copy_module(m), copy_module(m)
+    prune(plain, 0.5)
+    report = prune(fitted, 0.5, samples=_token_batch(48, 1))
+    verify_module(fitted)
+    assert report.channels[g.sources[0].node.outputs[0].name] == (384, 192)
+    assert len(report.fits) == 6 and all(f.error_after <= f.error_before for f in report.fits), report.table()
+    assert sum(f.error_after < 0.9 * f.error_before for f in report.fits) >= 4, report.table()
+    assert cosine(want, embeddings(plain)) + 0.05 < cosine(want, embeddings(fitted))
+    sess = ort.InferenceSession(export_onnx(fitted).SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([out], evals)[0]
+    np.testing.assert_allclose(got, run_module(fitted, evals)[out], rtol=1e-4, atol=1e-4)
