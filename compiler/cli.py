@@ -93,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="structured channel pruning: coupled channels removed together, weights smaller")
     _model_arg(p, "an .onnx model or .effc IR file (float)")
-    p.add_argument("--ratio", type=float, required=True, metavar="R",
-                   help="the share of channels to remove (0 <= R < 1), per group (--uniform) or overall (--global)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, metavar="R",
+                     help="the share of channels to remove (0 <= R < 1), per group (--uniform) or overall (--global)")
+    how.add_argument("--speedup", type=float, metavar="S",
+                     help="latency-aware (NetAdapt): remove channels, group by group, where the --target's builds "
+                          "measure cheaper, until the pruned model measures S times faster (x86: timed; Cortex-M: "
+                          "instructions under qemu)")
+    p.add_argument("--target", "-t", default="x86", help="the target --speedup measures on (default x86)")
+    p.add_argument("--tuning-db", metavar="DIR", help="--speedup on x86: build with this tuning database's schedules")
     p.add_argument("--criterion", default="l1", choices=["l1", "l2", "activation"],
                    help="rank channels by the norm of their weights (default l1), or by their mean absolute "
                         "output on the --calib samples (activation)")
@@ -108,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="CALIB.npz",
                    help="calibration samples (as for `effc quantize`): refit each layer that lost input channels "
                         "by least squares on them, no training")
-    p.add_argument("--round-to", type=int, default=1, metavar="N",
-                   help="keep a multiple of N channels per group (e.g. 16: x86's channel blocks; default 1)")
+    p.add_argument("--round-to", type=int, metavar="N",
+                   help="keep a multiple of N channels per group (e.g. 16: x86's channel blocks; default 1, with "
+                        "--speedup the target's vector block)")
     p.add_argument("-o", "--output-file", dest="out_file", required=True, metavar="OUT",
                    help="the pruned model: .onnx (runs in onnxruntime) or .effc")
     p.set_defaults(func=cmd_prune)
@@ -284,8 +292,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     samples = load_npz(args.calib) if args.calib else None
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
-    report = prune(module, args.ratio, args.criterion, args.mode, tuple(n for n in args.exclude.split(",") if n),
-                   samples, round_to=args.round_to)
+    exclude = tuple(n for n in args.exclude.split(",") if n)
+    if args.speedup is None:
+        report = prune(module, args.ratio, args.criterion, args.mode, exclude, samples, round_to=args.round_to or 1)
+    else:
+        from effc.latency import LatencyMeter
+        from effc.passes.prune_latency import prune_for_speedup
+        from effc.tensors import random_inputs
+
+        feeds = ({k: v[:1] for k, v in samples.items()} if samples is not None
+                 else random_inputs(module.graph.inputs))
+        meter = LatencyMeter(args.target, feeds, tuning_db=args.tuning_db)
+        round_to = args.round_to or meter.block
+        report = prune_for_speedup(module, args.speedup, meter, args.criterion, exclude, samples, round_to,
+                                   unit=meter.unit, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(report.table(), file=sys.stderr)
     written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -117,6 +117,14 @@ class ChannelGraph:
         self.atoms[id(v)] = atoms
         self.axes[id(v)] = axis
 
+    def groups(self) -> dict[frozenset[int], list[int]]:
+        """Source numbers -> the roots of the classes whose atoms come from exactly them
+        (the classes that compete with each other)."""
+        out: dict[frozenset[int], list[int]] = {}
+        for root, atoms in self.classes().items():
+            out.setdefault(frozenset(self.source_of[a][0] for a in atoms), []).append(root)
+        return out
+
     def classes(self) -> dict[int, list[int]]:
         """Root -> atoms, for the classes that hold a source atom and are not frozen."""
         out: dict[int, list[int]] = {}
@@ -438,9 +446,7 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be at least 0 and below 1, got {ratio}")
     score = scores(g, criterion, samples)
-    groups: dict[frozenset[int], list[int]] = {}
-    for root, atoms in g.classes().items():
-        groups.setdefault(frozenset(g.source_of[a][0] for a in atoms), []).append(root)
+    groups = g.groups()
     removed: set[int] = set()
     if mode == "uniform":
         for roots in groups.values():
@@ -489,10 +495,25 @@ class PruneReport:
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """Value name -> the channels it keeps (values that lost some)."""
     fits: list[LayerFit] = field(default_factory=list)
+    speedup_steps: list = field(default_factory=list)
+    """``prune_for_speedup``: every measured proposal (``SpeedupStep``), taken or not."""
+    measured: tuple[float, float] | None = None
+    """``prune_for_speedup``: the unpruned and the pruned model's cost, measured side by side."""
+    unit: str = ""
+    goal: float | None = None
 
     def table(self) -> str:
         lines = ["source | channels before | after", "---|---:|---:"]
         lines += [f"%{k} | {b} | {a}" for k, (b, a) in self.channels.items() if a != b]
+        if self.speedup_steps:
+            lines += ["", "proposal | classes | cost before | after | taken", "---|---|---:|---:|---"]
+            lines += [f"{s.group} | {s.classes[0]} -> {s.classes[1]} | {fmt_cost(s.cost[0], self.unit)} | "
+                      f"{fmt_cost(s.cost[1], self.unit)} | {'yes' if s.taken else s.note}" for s in self.speedup_steps]
+        if self.measured is not None:
+            before, after = self.measured
+            verdict = "reached" if before / after >= (self.goal or 0) else "NOT reached: no cheaper proposal left"
+            lines.append(f"measured side by side: {fmt_cost(before, self.unit)} -> {fmt_cost(after, self.unit)}, "
+                         f"{before / after:.2f}x (goal {self.goal:g}x: {verdict})")
         if self.fits:
             lines += ["", "refitted | input channels | output error, pruned | after least squares", "---|---|---:|---:"]
             lines += [f"%{f.name} | {f.inputs[0]} -> {f.inputs[1]} | {f.error_before:.4f} | {f.error_after:.4f}"
@@ -500,6 +521,11 @@ class PruneReport:
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,} "
                      f"({self.params_after / max(1, self.params_before):.2f}x)")
         return "\n".join(lines)
+
+
+def fmt_cost(cost: float, unit: str) -> str:
+    """A measured cost as the report shows it: ``1.234 ms``, ``9.85M instructions``."""
+    return f"{cost / 1e6:.2f}M instructions" if unit == "instructions" else f"{cost:.4g} {unit}".rstrip()
 
 
 def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:

@@ -248,15 +248,15 @@ def _attention_block(heads: int = 4, d: int = 4, ffn: int = 32, dead_heads=(1, 3
     scores = node("Div", [node("MatMul", [q, k], "qk"), const("scale", np.array(2.0, np.float32))], "scaled")
     ctx = node("Transpose", [node("MatMul", [node("Softmax", [scores], "p", axis=-1), v], "pv")], "ctx.t",
                perm=[0, 2, 1, 3])
-    merged = node("Reshape", [ctx, node("Concat", leading(ctx) + [const("hid", np.array([hidden], np.int64))], "ctx.target",
-                                        axis=0)], "merged")
+    target = node("Concat", leading(ctx) + [const("hid", np.array([hidden], np.int64))], "ctx.target", axis=0)
+    merged = node("Reshape", [ctx, target], "merged")
     res = node("Add", [proj("o", merged, hidden), "x"], "res")
     ln = node("LayerNormalization", [res, const("g", np.ones(hidden, np.float32)),
                                      const("beta", np.zeros(hidden, np.float32))], "ln", axis=-1)
     hid = node("Relu", [proj("w1", ln, ffn, range(0, ffn, 2))], "act")
     node("Add", [proj("w2", hid, hidden), ln], "y")
-    graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], inits)
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", "S", hidden]) for name in ("x", "y")]
+    graph = helper.make_graph(nodes, "encoder", io[:1], io[1:], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -323,3 +323,64 @@ def test_minilm_heads_and_ffn_pruned_and_refitted():
     sess = ort.InferenceSession(export_onnx(fitted).SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run([out], evals)[0]
     np.testing.assert_allclose(got, run_module(fitted, evals)[out], rtol=1e-4, atol=1e-4)
+
+
+def test_speedup_mode_takes_only_measured_gains():
+    """``prune_for_speedup`` with a meter whose cost has a cliff (any conv with an odd
+    number of output channels costs twice: a layout a CPU's vector blocks do not divide):
+    every proposal that lands on the cliff is measured, reported as no speedup and not
+    taken; the others are taken, cheapest quality per cost first, until the side-by-side
+    measurement reaches the goal; the numbers reported are the meter's."""
+    from effc.passes.prune_latency import prune_for_speedup
+
+    def cost(module):
+        convs = [n for n in module.graph.nodes if n.op == "conv"]
+        odd = any(int(n.input(1).type.shape[0]) % 2 for n in convs)
+        return float(module.parameter_count()) * (2.0 if odd else 1.0)
+
+    calls = []
+
+    def meter(modules):
+        calls.append(len(modules))
+        return [cost(m) for m in modules]
+
+    m, feeds = _model("mobilenet_tiny")
+    before = cost(m)
+    report = prune_for_speedup(m, 1.3, meter, unit="params")
+    verify_module(m)
+    run_module(m, feeds)
+    taken = [s for s in report.speedup_steps if s.taken]
+    refused = [s for s in report.speedup_steps if not s.taken]
+    assert taken and refused and all(s.classes[1] % 2 for s in refused) and not any(s.classes[1] % 2 for s in taken)
+    assert all(s.note == "no speedup" and s.cost[1] >= s.cost[0] for s in refused)
+    assert report.measured == (before, cost(m)) and before / cost(m) >= 1.3, report.table()
+    assert "goal 1.3x: reached" in report.table()
+    assert calls[0] == 1 and calls[-1] == 2 and max(calls) > 2  # (one, then rounds of proposals, then side by side)
+
+
+def test_cli_speedup_on_cortex_m_counts_instructions(tmp_path):
+    """``effc prune --speedup 1.3 --target cortex-m4``: every proposal built for the M4 and
+    run under qemu; the pruned model's instruction count, measured again from the written
+    file, is the one reported and at least 1.3x below the unpruned model's. Targets it
+    cannot measure and speedups at or below 1 are refused without a traceback."""
+    from effc.latency import LatencyMeter
+
+    out = tmp_path / "fast.onnx"
+    src = REPO / "examples" / "digits_cnn.onnx"
+    proc = subprocess.run([sys.executable, "-m", "effc.cli", "prune", str(src), "--speedup", "1.3", "--target",
+                           "cortex-m4", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    line = next(s for s in proc.stderr.splitlines() if s.startswith("measured side by side"))
+    assert "reached" in line and "NOT" not in line, proc.stderr
+    before, after = (float(x.split("M")[0]) for x in line.split(": ", 1)[1].split(", ")[0].split(" -> "))
+    feeds = {"x": np.zeros((1, 1, 8, 8), np.float32)}
+    meter = LatencyMeter("cortex-m4", feeds)
+    m0, m1 = load_model(src), load_model(out)
+    run_pipeline(m0, FOLD)
+    got = meter([m0, m1])
+    assert abs(got[0] / 1e6 - before) < 0.01 and abs(got[1] / 1e6 - after) < 0.01 and got[0] / got[1] >= 1.3
+    for args, say in ((["--target", "arm-cortex-a76", "--speedup", "2"], "cannot measure"),
+                      (["--speedup", "1.0"], "--speedup must be above 1")):
+        bad = subprocess.run([sys.executable, "-m", "effc.cli", "prune", str(src), *args, "-o", str(out)],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and say in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
