@@ -1,15 +1,22 @@
 """Structured channel pruning over effc's IR: dependency groups, a criterion, physical removal.
 
-**Channels as atoms.** Every value with a channel axis (axis 1 of an NCHW activation or of a
-``[N, features]`` matrix) gets a list of channel *atoms*, one per channel. A convolution
-with one group, a gemm and a matmul on a constant weight create fresh atoms for their
-outputs (they are the *sources*: their weight rows can go); what passes channels through
-keeps its input's list (ReLU/Clip and other elementwise ops, BatchNormalization, pools,
-a depthwise convolution, dropout); a concat along the channels concatenates its inputs'
-lists; a flatten of ``[N, C, H, W]`` repeats each channel's atom ``H*W`` times (the feature
-block the next gemm reads). Ops that tie two channel lists together (a residual ``add`` of
-two activations, ``mul``, ``sub``) unite their atoms pairwise (union-find): Torch-Pruning's
-dependency graph (DepGraph, CVPR 2023), on the deployed graph.
+**Channels as atoms.** Every value with a channel axis gets a list of channel *atoms*, one
+per position along that axis: axis 1 of an NCHW activation or of a ``[N, features]``
+matrix, the last axis of a transformer's ``[batch, tokens, features]``, the heads' axis of
+an attention tensor. A convolution with one group, a gemm and a matmul on a constant
+weight create fresh atoms for their outputs (they are the *sources*: their weight rows can
+go); what passes channels through keeps its input's list (ReLU/Clip and other elementwise
+ops, BatchNormalization, pools, a depthwise convolution, dropout, a transpose, which moves
+the axis, a softmax or LayerNorm over another axis); a concat along the channels
+concatenates its inputs' lists; a flatten of ``[N, C, H, W]`` repeats each channel's atom
+``H*W`` times (the feature block the next gemm reads). Ops that tie two channel lists
+together (a residual ``add`` or ``sum`` of activations, ``mul``, ``sub``; a matmul of two
+activations on a batch axis, as attention's Q.K^T and P.V are on the heads) unite their
+atoms pairwise (union-find): Torch-Pruning's dependency graph (DepGraph, CVPR 2023), on
+the deployed graph. Attention heads: the reshape ``[..., H*d] -> [..., H, d]`` unites each
+head's ``d`` atoms into one (its target may be computed at run time from the input's
+Shape, as PyTorch exports it: the constant ``H`` changes), and the merge back repeats each
+head's atom ``d`` times.
 
 A **class** of united atoms is removed whole, or not at all. Atoms that reach an op the
 rules do not know, a graph output, or a grouped (not depthwise) convolution are
@@ -343,6 +350,14 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
                     g.freeze(g.of(ov), f"{what}: broadcast against other channels")
                 g.put(out, aa, axis)
                 return None
+        return opaque(f"{what}: operands that do not match channel for channel")
+    if n.op == "sum":  # (ONNX Sum: a residual join of any number of activations)
+        if all(g.of(v) and g.axis_of(v) == ax and len(g.of(v)) == len(xa) and v.type.shape == out.type.shape
+               for v in n.inputs):
+            for v in n.inputs[1:]:
+                for p, q in zip(xa, g.of(v)):
+                    g.unite(p, q)
+            return same()
         return opaque(f"{what}: operands that do not match channel for channel")
     if n.op == "concat":
         axis = int(a["axis"]) % out.type.rank

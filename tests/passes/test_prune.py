@@ -80,6 +80,9 @@ def _model(name: str):
     ("digits_cnn", 0.25, 0.65),      # global pool -> gemm
     ("mnist_conv", 0.5, 0.45),       # flatten (reshape) -> matmul: one block of 16 features per channel
     ("light_squeezenet", 0.5, 0.4),  # fire modules: concat of expand 1x1 and 3x3
+    ("light_resnet50", 0.5, 0.3),    # bottlenecks joined by Sum
+    ("light_inception_v1", 0.5, 0.35),  # four-branch concats; LRN freezes the channels it normalizes
+    ("light_densenet121", 0.5, 0.35),   # every layer's output concatenated onto the block's
 ])
 def test_pruned_real_models_verify_and_run_in_onnxruntime(name, ratio, shrink):
     """Every group loses ``ratio`` of its classes; parameters shrink below ``shrink`` of the
