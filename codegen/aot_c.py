@@ -1039,7 +1039,7 @@ def own_kernel_files(schedule: Schedule) -> tuple[str, ...]:
 
 def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name: str | None = None,
          database: Any = None, io_in_arena: bool = True, cpu: Any = None,
-         int8_kernels: str = "tvm") -> tuple[AotProgram, Schedule, MemoryPlan]:
+         int8_kernels: str = "tvm", sparse_density: float = 0.0) -> tuple[AotProgram, Schedule, MemoryPlan]:
     """``module`` (optimized, static shapes) as an AOT C program for ``target`` (a TVM target
     dict of kind ``llvm`` or ``c``; ``toolchain`` goes into its Makefile), with its schedule
     and arena plan (for reports).
@@ -1049,7 +1049,8 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     memory, ``aot_kernels.fold_scratch``, as microcontrollers need).
     ``int8_kernels``: ``effc`` runs the integer convolutions it can on effc's own C kernels
     (``codegen/kernels``, for microcontrollers; ``effc-mve``: on Helium where it can), ``tvm``
-    all on TVM's."""
+    all on TVM's. ``sparse_density``: effc's kernels store a one-group convolution's weights
+    compressed when at most this share of them is nonzero (``kernels.conv_plan``)."""
     kernel_flavor(target)
     name = c_identifier(name or module.name)
     iface = Interface.of(module)
@@ -1057,7 +1058,7 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
                                 lanes=cpu.lanes if cpu is not None else None,
                                 int8_dot=cpu.int8_dot if cpu is not None else None)
     if int8_kernels in ("effc", "effc-mve"):
-        own_kernels.int8_convolutions(schedule, module, mve=int8_kernels == "effc-mve")
+        own_kernels.int8_convolutions(schedule, module, mve=int8_kernels == "effc-mve", sparse_density=sparse_density)
         schedule.prune_kernels()
         schedule.prune_weights()
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database, cpu=cpu)

@@ -54,6 +54,7 @@ from effc.passes.arena import MemoryPlan, PlanEntry
 
 from .aot import AotProgram, CToolchain, Interface, Schedule, ToolchainError, c_identifier, index_failure, storage_name
 from .aot_c import compile_program, emit
+from .kernels import SPARSE_DENSITY
 from .native import RunError, check_inputs, read_outputs
 
 EXECUTABLE = "model.elf"
@@ -557,14 +558,16 @@ def _target(target: Target | str | None) -> Target:
 
 def build_cortex_m(module: Module, target: Target | str | None = None, *, name: str | None = None,
                    sram: int | None = None, flash: int | None = None, io_in_arena: bool = True,
-                   int8_kernels: str = "effc") -> CortexMBuilt:
+                   int8_kernels: str = "effc", sparse_weights: str = "speed") -> CortexMBuilt:
     """Build ``module`` (optimized, static shapes) into a Cortex-M ELF and check that it fits.
     ``sram``/``flash`` (bytes) replace the target's budgets; BudgetError when over.
     ``io_in_arena``: the inputs and outputs live in the arena (False: buffers of their own).
     ``int8_kernels``: ``effc`` runs the integer convolutions on effc's own kernels
     (``codegen/kernels``: SMLAD/SXTB16 on cores with the DSP extension, Helium's VMLADAVA
     on those with MVE), ``dsp`` on those kernels without Helium, ``tvm`` on TVM's C kernels
-    (the last two for comparison)."""
+    (the last two for comparison). ``sparse_weights`` (effc's kernels): store the weights of a
+    mostly-zero convolution compressed (``effc prune --sparsity``) where that is no slower
+    (``speed``), wherever it saves flash (``flash``: slower below 75% zeros), or never (``off``)."""
     tgt = _target(target)
     if tgt.tvm.get("kind") != "c":
         raise InputError(f"target {tgt.name}: Cortex-M builds need TVM's C kernels (tvm kind 'c')")
@@ -576,7 +579,10 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     if int8_kernels not in ("effc", "dsp", "tvm"):
         raise InputError(f"int8_kernels must be effc, dsp or tvm, got '{int8_kernels}'")
     mode = "tvm" if int8_kernels == "tvm" else "effc-mve" if int8_kernels == "effc" and has_mve(tgt) else "effc"
-    program, schedule, plan = emit(module, tgt.tvm, toolchain, cname, io_in_arena=io_in_arena, int8_kernels=mode)
+    if sparse_weights not in SPARSE_DENSITY:
+        raise InputError(f"sparse_weights must be one of {', '.join(SPARSE_DENSITY)}, got '{sparse_weights}'")
+    program, schedule, plan = emit(module, tgt.tvm, toolchain, cname, io_in_arena=io_in_arena, int8_kernels=mode,
+                                   sparse_density=SPARSE_DENSITY[sparse_weights])
     seconds["emit"] = time.perf_counter() - t
     board = {STARTUP: startup_c(program.interface, tgt).encode(), LINKER_SCRIPT: linker_script(cname, tgt).encode(),
              aot_c.HARNESS: aot_c.harness_c(cname, program.interface, True, program.notes["input_offsets"]).encode()}

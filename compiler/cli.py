@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="latency-aware (NetAdapt): remove channels, group by group, where the --target's builds "
                           "measure cheaper, until the pruned model measures S times faster (x86: timed; Cortex-M: "
                           "instructions under qemu)")
+    how.add_argument("--sparsity", metavar="S|2:4",
+                     help="unstructured (S: the share of each layer's smallest weights zeroed) or 2:4 (two of every "
+                          "four along the reduction axis) weight sparsity; shapes stay, the zeros are in the weights "
+                          "(effc's Cortex-M int8 convolutions store them compressed); --calib refits the rest")
     p.add_argument("--target", "-t", default="x86", help="the target --speedup measures on (default x86)")
     p.add_argument("--tuning-db", metavar="DIR", help="--speedup on x86: build with this tuning database's schedules")
     p.add_argument("--criterion", default="l1", choices=["l1", "l2", "activation"],
@@ -293,7 +297,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     module = load_model(_resolve_model(args.model))
     run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
     exclude = tuple(n for n in args.exclude.split(",") if n)
-    if args.speedup is None:
+    if args.sparsity is not None:
+        from effc.passes.sparsify import sparsify
+
+        pattern = "2:4" if args.sparsity == "2:4" else "unstructured"
+        try:
+            share = 0.5 if pattern == "2:4" else float(args.sparsity)
+        except ValueError:
+            raise InputError(f"--sparsity takes a share of weights (e.g. 0.5) or 2:4, got '{args.sparsity}'") from None
+        report = sparsify(module, share, pattern, exclude, samples)
+    elif args.speedup is None:
         report = prune(module, args.ratio, args.criterion, args.mode, exclude, samples, round_to=args.round_to or 1)
     else:
         from effc.latency import LatencyMeter

@@ -37,12 +37,14 @@ must be unfused (prune before ``fuse``/-O2; after ``fold-bn`` is best).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from effc.ir.core import Module, Node, Value
 from effc.ir.errors import InputError
+from effc.ir.interpreter import run_node
 from effc.ir.opdef import node_attrs
 from effc.ir.ops.nn import window_geometry
 from effc.ir.parser import copy_module
@@ -131,6 +133,12 @@ class ChannelGraph:
         for root, atoms in self.classes().items():
             out.setdefault(frozenset(self.source_of[a][0] for a in atoms), []).append(root)
         return out
+
+    def unit(self, key: frozenset[int], roots: list[int], round_to: int) -> int:
+        """The fewest classes of group ``key`` whose channels make a multiple of ``round_to``
+        in each source: 1 for an attention head of 32 channels and ``round_to`` 16."""
+        width = max(1, len(self.classes()[roots[0]]) // max(1, len(key)))
+        return round_to // math.gcd(round_to, width)
 
     def classes(self) -> dict[int, list[int]]:
         """Root -> atoms, for the classes that hold a source atom and are not frozen."""
@@ -453,7 +461,8 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
            samples: dict[str, np.ndarray] | None = None) -> set[int]:
     """The class roots to remove: ``ratio`` of each group's classes (``uniform``) or of all
     classes (``global``), lowest scores first, at least one class of each group kept.
-    ``round_to`` (uniform): each group keeps a multiple of it, the nearest (ties keep more):
+    ``round_to`` (uniform): each group keeps a multiple of it channels per source, the
+    nearest (ties keep more; an attention head counts its d channels):
     channel counts a CPU's vector blocks divide (mnist_conv's first conv cut from 8 to 6
     channels leaves x86's blocked layout and ran 3x slower, bench/RESULTS.md)."""
     if round_to < 1:
@@ -464,10 +473,11 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
     groups = g.groups()
     removed: set[int] = set()
     if mode == "uniform":
-        for roots in groups.values():
+        for key, roots in groups.items():
             n = min(int(round(ratio * len(roots))), len(roots) - 1)
-            if round_to > 1 and len(roots) >= round_to:
-                n = len(roots) - min(len(roots), round_to * max(1, int((len(roots) - n) / round_to + 0.5)))
+            unit = g.unit(key, roots, round_to)
+            if unit > 1 and len(roots) >= unit:
+                n = len(roots) - min(len(roots), unit * max(1, int((len(roots) - n) / unit + 0.5)))
             removed |= set(sorted(roots, key=lambda r: (score[r], r))[:n])
         return removed
     if mode != "global":
@@ -683,12 +693,10 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         run_watching(original, feeds, watched, lambda v, a: want[v.name].append(a))
     rng = np.random.default_rng(0)
     fits = []
+    runs = _Runs(pruned, samples, n_samples)
     for n in consumers:
         name = n.outputs[0].name
-        xs: list[np.ndarray] = []
-        for feeds in iterate(samples, n_samples):
-            run_watching(pruned, feeds, {id(n.input(0))}, lambda v, a: xs.append(a))
-        per_sample = [_rows(n, x) for x in xs]
+        per_sample = [_rows(n, x) for x in runs.value(n.input(0))]
         rows = np.concatenate(per_sample)
         sample = np.repeat(np.arange(len(per_sample)), [len(r) for r in per_sample])
         y = np.concatenate([_targets(n, t) for t in want[name]])
@@ -731,6 +739,29 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         fits.append(LayerFit(name, inputs, before, after))
     DeadCodeElimination().run(pruned, None)
     return fits
+
+
+class _Runs:
+    """The pruned module run on every calibration sample node by node, only as far as
+    asked: refitting a layer changes nothing before it, so the layers' inputs, asked for in
+    graph order, come from one pass (a refit's new constants, inserted before its node, run
+    when the pass gets there)."""
+
+    def __init__(self, module: Module, samples: dict[str, np.ndarray], n: int):
+        self.graph = module.graph
+        self.envs = [{id(v): np.asarray(feeds[v.name]) for v in module.graph.inputs}
+                     for feeds in iterate(samples, n)]
+        self.last: Node | None = None
+
+    def value(self, v: Value) -> list[np.ndarray]:
+        node = self.last.next if self.last is not None else self.graph.first
+        while id(v) not in self.envs[0]:
+            assert node is not None, v.name
+            for env in self.envs:
+                outs = run_node(node, [None if x is None else env[id(x)] for x in node.inputs])
+                env.update((id(o), r) for o, r in zip(node.outputs, outs))
+            self.last, node = node, node.next
+        return [env[id(v)] for env in self.envs]
 
 
 def _solve(design: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:

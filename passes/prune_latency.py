@@ -54,11 +54,11 @@ def _label(g, key: frozenset[int]) -> str:
     return f"%{names[0]}" + (f" (+{len(names) - 1} coupled)" if len(names) > 1 else "")
 
 
-def _step_size(n: int, step: float, round_to: int) -> int:
-    """Classes a proposal removes from a group of ``n`` (0: none can go)."""
+def _step_size(n: int, step: float, unit: int) -> int:
+    """Classes a proposal removes from a group of ``n`` that keeps multiples of ``unit``
+    classes (0: none can go)."""
     keep = n - max(1, int(round(step * n)))
-    if round_to > 1:
-        keep = keep // round_to * round_to
+    keep = keep // unit * unit
     return n - keep if keep >= 1 else 0
 
 
@@ -101,7 +101,7 @@ def prune_for_speedup(module: Module, speedup: float, meter: Callable[[Sequence[
             score = scores(g, criterion, samples)
             proposals = []
             for key, roots in g.groups().items():
-                label, n = _label(g, key), _step_size(len(roots), step, round_to)
+                label, n = _label(g, key), _step_size(len(roots), step, g.unit(key, roots, round_to))
                 if label in stalled or n == 0:
                     continue
                 ranked = sorted(roots, key=lambda r: (score[r], r))

@@ -73,11 +73,14 @@ class Int8Conv:
     """The step's second argument is the residual its ``qlinear_add`` adds."""
     mve: bool = False
     """On Helium (``effc_conv_s8_mve``, int8 columns and weights in natural order)."""
+    sparse: bool = False
+    """On compressed sparse weights (``effc_conv_s8_sparse``, ``sparse_rows``)."""
     requires_in_place = False
 
     @property
     def function(self) -> str:
-        return "effc_dwconv_s8" if self.depthwise else "effc_conv_s8_mve" if self.mve else "effc_conv_s8"
+        return "effc_dwconv_s8" if self.depthwise else "effc_conv_s8_mve" if self.mve else \
+            "effc_conv_s8_sparse" if self.sparse else "effc_conv_s8"
 
     def scratch_bytes(self, align: int) -> int:
         return align_up(self.scratch, align)
@@ -91,7 +94,8 @@ class Int8Conv:
         residual = "" if self.depthwise else f"{residual or 'NULL'}, "
         return [f"  {{ /* {label}: {self.function}, effc's int8 kernel */",
                 f"    static const effc_conv_s8_params effc_p = {{{values}}};",
-                f"    {self.function}(&effc_p, {x}, (const int8_t*){w}, (const int32_t*){bias}, "
+                f"    {self.function}(&effc_p, {x}, (const {'uint8_t' if self.sparse else 'int8_t'}*){w}, "
+                f"(const int32_t*){bias}, "
                 f"(const int32_t*){mult}, (const int8_t*){shift}, {residual}{y}, "
                 f"({'int8_t' if self.mve else 'int16_t'}*){scratch});",
                 "  }"]
@@ -211,12 +215,40 @@ class ConvPlan:
     x: Value
     residual: Value | None
     mve: bool = False
+    sparse: bool = False
 
 
-def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
+SPARSE_DENSITY = {"speed": 0.25, "flash": 0.75, "off": 0.0}
+"""``build_cortex_m(sparse_weights=...)``: a one-group convolution whose int8 weights are at
+most this share nonzero takes ``effc_conv_s8_sparse`` (a bitmask and the nonzero values per
+output channel). ``speed``: where it is also no slower (on digits_cnn's M4 build, 0.94x the
+dense kernel's instructions at 25% nonzero, 1.46x at 50%: bench/RESULTS.md); ``flash``:
+wherever it saves a useful share of flash; ``off``: never."""
+
+
+def sparse_rows(w: np.ndarray) -> np.ndarray:
+    """``effc_conv_s8_sparse``'s weight blob for ``w`` ``[out_c, K]`` int8: the row offsets,
+    then per row its bitmask words and its nonzero values padded to a word."""
+    m, k = w.shape
+    words = -(-k // 32)
+    rows = []
+    for row in w:
+        bits = np.zeros(words * 32, np.uint8)
+        bits[:k] = row != 0
+        mask = np.packbits(bits, bitorder="little").view("<u4")
+        values = row[row != 0].astype(np.int8).tobytes()
+        values += bytes(-len(values) % 4)
+        rows.append(mask.tobytes() + values)
+    offsets = np.cumsum([4 * m] + [len(r) for r in rows[:-1]]).astype("<u4")
+    return np.frombuffer(offsets.tobytes() + b"".join(rows), np.uint8).copy()
+
+
+def conv_plan(node: Node, mve: bool = False, sparse_density: float = SPARSE_DENSITY["speed"]) -> ConvPlan | None:
     """The plan for a step's node, or None where these kernels do not apply (TVM's kernel
     stays). ``mve``: a one-group convolution takes the Helium kernel (its weights in
-    natural order, rows padded to 16, the shifted zero point folded into the bias)."""
+    natural order, rows padded to 16, the shifted zero point folded into the bias).
+    ``sparse_density``: a one-group convolution with at most this share of nonzero weights
+    takes the sparse kernel (``SPARSE_DENSITY``)."""
     chain = _chain(node)
     if chain is None:
         return None
@@ -280,6 +312,9 @@ def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
         return None
     w = np.asarray(w, np.int8)
     bias = np.asarray(bias, np.int64).reshape(-1)
+    if not depthwise and not mve and np.count_nonzero(w) <= sparse_density * w.size:
+        weights = [sparse_rows(w.reshape(m, -1)), bias.astype(np.int32), q.astype(np.int32), r.astype(np.int8)]
+        return ConvPlan(False, p, weights, chain.value(conv.input(0)), residual, False, True)
     if depthwise:
         packed = np.zeros((m, kh, k4), np.int8)
         packed[:, :, :kw] = w[:, 0]
@@ -297,7 +332,8 @@ def conv_plan(node: Node, mve: bool = False) -> ConvPlan | None:
     return ConvPlan(depthwise, p, weights, chain.value(conv.input(0)), residual, mve)
 
 
-def int8_convolutions(schedule: Any, module: Module, mve: bool = False) -> int:
+def int8_convolutions(schedule: Any, module: Module, mve: bool = False,
+                      sparse_density: float = SPARSE_DENSITY["speed"]) -> int:
     """Give each step these kernels can compute an ``Int8Conv`` (``schedule.own``), its
     weights appended to ``schedule.weights``; returns how many. A depthwise step the
     sharing rules run in place channel by channel (``schedule.splits``) becomes one call
@@ -313,7 +349,7 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False) -> int:
         node = info.node(step)
         if node is None or t in schedule.own:
             continue
-        plan = conv_plan(node, mve)
+        plan = conv_plan(node, mve, sparse_density)
         if plan is None or (t in schedule.splits and not plan.depthwise):
             continue
         data = {a.storage_key: a for a in step.args[:-1] if a.storage_key[0] != "weight"}
@@ -334,7 +370,8 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False) -> int:
         step.args = [x, *([r] if r is not None else []),
                      *(TensorArg(("weight", k), a.shape, str(a.dtype)) for k, a in zip(numbers, plan.weights)), y]
         schedule.own[t] = Int8Conv(plan.depthwise, plan.params, numbers,
-                                   _scratch_bytes(plan.depthwise, plan.params, plan.mve), r is not None, plan.mve)
+                                   _scratch_bytes(plan.depthwise, plan.params, plan.mve), r is not None, plan.mve,
+                                   plan.sparse)
         if plan.depthwise and y.storage_key[0] == "arena" and info.dies_at(x.storage_key, t, step) \
                 and x.storage_key not in schedule.slices and y.nbytes <= x.nbytes:
             schedule.inplace[y.storage_key[1]] = [x.storage_key[1]]

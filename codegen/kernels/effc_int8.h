@@ -39,6 +39,14 @@ uint32_t effc_dwconv_s8_scratch(const effc_conv_s8_params* p);
 void effc_conv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
                   const int32_t* mult, const int8_t* shift, const void* residual, void* y, int16_t* scratch);
 
+/* A one-group convolution on compressed sparse weights (scratch: effc_conv_s8_scratch).
+ * w: uint32 offsets[out_c], each the byte offset of channel m's row from w; a row is
+ * uint32 bits[ceil(in_c * k_h * k_w / 32)] (bit j of word i: weight 32 i + j, in (in_c, k_h,
+ * k_w) order, is nonzero) followed by the nonzero weights as int8 in that order, padded to
+ * a word. */
+void effc_conv_s8_sparse(const effc_conv_s8_params* p, const void* x, const uint8_t* w, const int32_t* bias,
+                         const int32_t* mult, const int8_t* shift, const void* residual, void* y, int16_t* scratch);
+
 /* A depthwise convolution (group = in_c = out_c). w: [out_c][k_h][k4] int8, each row of k_w
  * taps padded with zeros to k4. Channel c of y is written after channel c of x was read:
  * y may start where x does (in place, TinyEngine-style) when it is no larger. */
