@@ -38,6 +38,7 @@ must be unfused (prune before ``fuse``/-O2; after ``fold-bn`` is best).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -677,7 +678,6 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
     inputs *in the pruned model* (earlier layers already refitted) to its outputs *in the
     unpruned one* over the calibration samples: ridge least squares with an intercept (the
     removed channels' mean contribution moves into the bias). Returns each layer's error."""
-    n_samples = check_samples(original, samples)
     by_name = original.graph.value_map()
     consumers = []
     for n in pruned.graph.nodes:
@@ -687,24 +687,9 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
                 or _const(n.input(1)) is None:
             continue
         consumers.append(n)
-    want: dict[str, list[np.ndarray]] = {n.outputs[0].name: [] for n in consumers}
-    watched = {id(by_name[k]) for k in want}
-    for feeds in iterate(samples, n_samples):
-        run_watching(original, feeds, watched, lambda v, a: want[v.name].append(a))
-    rng = np.random.default_rng(0)
     fits = []
-    runs = _Runs(pruned, samples, n_samples)
-    for n in consumers:
+    for n, rows, y, held in fit_data(original, pruned, samples, consumers, kept):
         name = n.outputs[0].name
-        per_sample = [_rows(n, x) for x in runs.value(n.input(0))]
-        rows = np.concatenate(per_sample)
-        sample = np.repeat(np.arange(len(per_sample)), [len(r) for r in per_sample])
-        y = np.concatenate([_targets(n, t) for t in want[name]])
-        if name in kept:
-            y = y[:, kept[name]]
-        if len(rows) > MAX_ROWS:
-            pick = rng.choice(len(rows), MAX_ROWS, replace=False)
-            rows, y, sample = rows[pick], y[pick], sample[pick]
         w = n.input(1).const_value
         trans = n.op == "gemm" and bool(node_attrs(n)["transB"])
         w_io = (w.reshape(w.shape[0], -1).T if n.op == "conv" or trans else w).astype(np.float64)  # [in, out]
@@ -713,9 +698,6 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         b0 = np.asarray(_const(n.input(2)), np.float64).reshape(-1) if has_bias and bias[0] is n \
             else np.zeros(w_io.shape[1])
         design = np.concatenate([rows, np.ones((len(rows), 1))], axis=1) if has_bias else rows
-        held = np.isin(sample, rng.permutation(len(per_sample))[:max(1, int(HELD_OUT * len(per_sample)))])
-        if held.all():  # (one sample: hold out some of its rows)
-            held = np.arange(len(rows)) % 5 == 0
         fit_on, test_on = ~held, held
         norm = max(float(np.linalg.norm(y[test_on])), 1e-30)
         before = float(np.linalg.norm(rows[test_on] @ w_io + b0 - y[test_on])) / norm
@@ -739,6 +721,37 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
         fits.append(LayerFit(name, inputs, before, after))
     DeadCodeElimination().run(pruned, None)
     return fits
+
+
+def fit_data(original: Module, current: Module, samples: dict[str, np.ndarray], layers: list[Node],
+             kept: dict[str, np.ndarray] | None = None) -> Iterator[tuple[Node, np.ndarray, np.ndarray, np.ndarray]]:
+    """For each of ``layers`` (nodes of ``current``, in graph order): what a refit solves
+    over, ``(node, rows, targets, held)``: its input rows in ``current`` (``_rows``), its
+    output in ``original`` (the channels ``kept`` of it), at most ``MAX_ROWS`` of them, and
+    which rows are held out (the samples' ``HELD_OUT`` share). Lazily: a layer refitted
+    before the next is asked for changes that one's inputs."""
+    n_samples = check_samples(original, samples)
+    by_name = original.graph.value_map()
+    want: dict[str, list[np.ndarray]] = {n.outputs[0].name: [] for n in layers}
+    for feeds in iterate(samples, n_samples):
+        run_watching(original, feeds, {id(by_name[k]) for k in want}, lambda v, a: want[v.name].append(a))
+    rng = np.random.default_rng(0)
+    runs = _Runs(current, samples, n_samples)
+    for n in layers:
+        name = n.outputs[0].name
+        per_sample = [_rows(n, x) for x in runs.value(n.input(0))]
+        rows = np.concatenate(per_sample)
+        sample = np.repeat(np.arange(len(per_sample)), [len(r) for r in per_sample])
+        y = np.concatenate([_targets(n, t) for t in want[name]])
+        if kept and name in kept:
+            y = y[:, kept[name]]
+        if len(rows) > MAX_ROWS:
+            pick = rng.choice(len(rows), MAX_ROWS, replace=False)
+            rows, y, sample = rows[pick], y[pick], sample[pick]
+        held = np.isin(sample, rng.permutation(len(per_sample))[:max(1, int(HELD_OUT * len(per_sample)))])
+        if held.all():  # (one sample: hold out some of its rows)
+            held = np.arange(len(rows)) % 5 == 0
+        yield n, rows, y, held
 
 
 class _Runs:

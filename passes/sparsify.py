@@ -29,8 +29,7 @@ from effc.ir.opdef import node_attrs
 from effc.ir.parser import copy_module
 
 from .dce import DeadCodeElimination
-from .prune import HELD_OUT, MAX_ROWS, RIDGES, LayerFit, _bias, _const, _rows, _Runs, _set_const, _targets
-from .quantize_calibrate import check_samples, iterate, run_watching
+from .prune import RIDGES, LayerFit, _bias, _const, _set_const, fit_data
 
 PATTERNS = ("unstructured", "2:4")
 RIDGE_PROBE = 16
@@ -141,25 +140,10 @@ def sparsify(module: Module, sparsity: float = 0.5, pattern: str = "unstructured
 def _refit(original: Module, sparse: Module, samples: dict[str, np.ndarray],
            masks: dict[str, np.ndarray]) -> list[LayerFit]:
     """Each masked layer's remaining weights (and bias) by ridge least squares, row by row."""
-    n_samples = check_samples(original, samples)
-    by_name = original.graph.value_map()
     layers = [n for n in sparse.graph.nodes if n.outputs and n.outputs[0].name in masks]
-    want: dict[str, list[np.ndarray]] = {n.outputs[0].name: [] for n in layers}
-    for feeds in iterate(samples, n_samples):
-        run_watching(original, feeds, {id(by_name[k]) for k in want}, lambda v, a: want[v.name].append(a))
-    runs, rng, fits = _Runs(sparse, samples, n_samples), np.random.default_rng(0), []
-    for n in layers:
+    rng, fits = np.random.default_rng(0), []
+    for n, x, y, held in fit_data(original, sparse, samples, layers):
         name = n.outputs[0].name
-        per_sample = [_rows(n, x) for x in runs.value(n.input(0))]
-        x = np.concatenate(per_sample)
-        sample = np.repeat(np.arange(len(per_sample)), [len(r) for r in per_sample])
-        y = np.concatenate([_targets(n, t) for t in want[name]])
-        if len(x) > MAX_ROWS:
-            pick = rng.choice(len(x), MAX_ROWS, replace=False)
-            x, y, sample = x[pick], y[pick], sample[pick]
-        held = np.isin(sample, rng.permutation(len(per_sample))[:max(1, int(HELD_OUT * len(per_sample)))])
-        if held.all():
-            held = np.arange(len(x)) % 5 == 0
         w = _const(n.input(1))
         rows = _as_rows(n, w).astype(np.float64)
         keep = masks[name]
