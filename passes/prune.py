@@ -16,10 +16,12 @@ atoms pairwise (union-find): Torch-Pruning's dependency graph (DepGraph, CVPR 20
 the deployed graph. Attention heads: the reshape ``[..., H*d] -> [..., H, d]`` unites each
 head's ``d`` atoms into one (its target may be computed at run time from the input's
 Shape, as PyTorch exports it: the constant ``H`` changes), and the merge back repeats each
-head's atom ``d`` times.
+head's atom ``d`` times. A grouped convolution unites the atoms at the same position of
+each group, on its input and on its output (every group keeps the same positions), and
+ShuffleNet's channel shuffle (reshape, transpose, reshape) permutes its input's atoms.
 
 A **class** of united atoms is removed whole, or not at all. Atoms that reach an op the
-rules do not know, a graph output, or a grouped (not depthwise) convolution are
+rules do not know, a graph input or output, or a normalization over the channels are
 **frozen**: their classes stay. A **group** is the set of sources a class's atoms come
 from; its classes compete with each other.
 
@@ -91,6 +93,8 @@ class ChannelGraph:
     source_of: dict[int, tuple[int, int]] = field(default_factory=dict)
     """atom -> (source number, row)."""
     why_frozen: dict[int, str] = field(default_factory=dict)
+    shuffles: dict[int, int] = field(default_factory=dict)
+    """id(the first reshape of a channel shuffle) -> its groups."""
 
     # ------------------------------------------------------------------ union-find
     def fresh(self, n: int) -> list[int]:
@@ -226,6 +230,39 @@ def _keeps_leading(n: Node, x: Value, count: int) -> bool:
     return True
 
 
+def _unite_positions(g: ChannelGraph, atoms: list[int], groups: int) -> None:
+    """Unite the atoms at the same position of each of ``groups`` equal blocks: removing a
+    class removes the same positions from every group (a grouped conv, a channel shuffle)."""
+    size = len(atoms) // groups
+    for k in range(1, groups):
+        for p in range(size):
+            g.unite(atoms[p], atoms[k * size + p])
+
+
+def _shuffle(g: ChannelGraph, n: Node) -> bool:
+    """ShuffleNet's channel shuffle, reshape ``[N, C, H, W] -> [N, G, C/G, H, W]``, transpose
+    (0, 2, 1, 3, 4), reshape back: the last value's channels are the input's permuted,
+    ``y[p*G + k] = x[k*C/G + p]``; its groups keep the same positions. True when ``n``
+    starts one (the last value's atoms are given now; ``apply`` resizes both reshapes)."""
+    x, out = n.input(0), n.outputs[0]
+    shape, oshape = tuple(x.type.shape), tuple(out.type.shape)
+    if len(shape) != 4 or len(oshape) != 5 or not all(isinstance(d, int) for d in shape + oshape) \
+            or oshape[0] != shape[0] or oshape[3:] != shape[2:] or oshape[1] * oshape[2] != shape[1] \
+            or _const(n.input(1)) is None or len(out.users()) != 1 or out.num_uses != 1:
+        return False
+    t = out.users()[0]
+    if t.op != "transpose" or list(node_attrs(t)["perm"] or ()) != [0, 2, 1, 3, 4] or t.outputs[0].num_uses != 1:
+        return False
+    back = t.outputs[0].users()[0]
+    if back.op != "reshape" or tuple(back.outputs[0].type.shape) != shape or _const(back.input(1)) is None:
+        return False
+    groups, size, xa = oshape[1], oshape[2], g.of(x)
+    _unite_positions(g, xa, groups)
+    g.put(back.outputs[0], [xa[k * size + p] for p in range(size) for k in range(groups)], 1)
+    g.shuffles[id(n)] = groups
+    return True
+
+
 def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph:
     """The atoms and classes of ``module`` (unfused). ``exclude``: sources (by output name)
     whose output channels stay."""
@@ -280,6 +317,10 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
         g.put(out, xa, axis)
 
     what = f"{n.op} -> %{out.name if out is not None else n.outputs[0].name}"
+    if out is not None and g.of(out) is not None:  # (given by a pattern that starts earlier: a channel shuffle)
+        return None
+    if n.op == "reshape" and xa and ax == 1 and _shuffle(g, n):
+        return None
     if n.op == "shape":  # only dims read by a gather that are not the channels': the rest are run-time sizes
         if not xa or all(u.op == "gather" and _const(u.input(1)) is not None and u.input(0) is n.outputs[0]
                          and all(int(i) % x.type.rank != ax for i in np.asarray(_const(u.input(1))).reshape(-1))
@@ -298,7 +339,13 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
             return source(w, 0)
         if group == cin == w.shape[0] and w.shape[1] == 1 and xa:
             return same()  # depthwise: channel c in, channel c out
-        return opaque(f"{what}: a grouped convolution")
+        if cin is not None and cin == group * w.shape[1] and w.shape[0] % group == 0 and w.shape[1] > 1:
+            if xa:  # (every group keeps the same input positions: one class per position)
+                _unite_positions(g, xa, group)
+            source(w, 0)
+            _unite_positions(g, g.of(out), group)  # (and the same output positions)
+            return None
+        return opaque(f"{what}: a grouped convolution with one input per group and more outputs")
     if n.op in ("gemm", "mat_mul") and _const(n.input(1)) is not None:
         w = _const(n.input(1))
         rank = x.type.rank if x is not None else 0
@@ -583,12 +630,15 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
         a = node_attrs(n)
         if n.op == "conv":
             w = _const(n.input(1))
-            if int(a["group"]) == 1:
-                w = w[ko] if ko is not None else w
-                w = w[:, ki] if ki is not None else w
-            else:  # depthwise: in and out channels are the same
+            group = int(a["group"])
+            if group > 1 and w.shape[1] == 1 and len(g.of(out) or ()) == group:  # depthwise: in and out the same
                 w = w[ko]
                 n.attrs["group"] = len(ko)
+            else:  # (grouped: every group keeps the same input positions, channel_graph united them)
+                w = w[ko] if ko is not None else w
+                if ki is not None:
+                    cg = w.shape[1]
+                    w = w[:, sorted({int(i) % cg for i in ki})] if group > 1 else w[:, ki]
             replace(n, 1, np.ascontiguousarray(w))
             if n.input(2) is not None and ko is not None:
                 replace(n, 2, _const(n.input(2))[ko])
@@ -606,6 +656,8 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
         elif n.op == "batch_normalization":
             for i in range(1, 5):
                 replace(n, i, _const(n.input(i))[ki])
+        elif n.op == "reshape" and id(n) in g.shuffles and ki is not None:  # [N, G, C/G, H, W]
+            _resize_target(module, n, 2, len(ki) // g.shuffles[id(n)])
         elif n.op == "reshape" and ko is not None:
             _resize_target(module, n, g.axis_of(out), len(ko))
         elif n.op in _BINARY:

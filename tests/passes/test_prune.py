@@ -83,6 +83,7 @@ def _model(name: str):
     ("light_resnet50", 0.5, 0.3),    # bottlenecks joined by Sum
     ("light_inception_v1", 0.5, 0.35),  # four-branch concats; LRN freezes the channels it normalizes
     ("light_densenet121", 0.5, 0.35),   # every layer's output concatenated onto the block's
+    ("light_shufflenet", 0.5, 0.45),    # grouped 1x1 convs and channel shuffles
 ])
 def test_pruned_real_models_verify_and_run_in_onnxruntime(name, ratio, shrink):
     """Every group loses ``ratio`` of its classes; parameters shrink below ``shrink`` of the
@@ -387,3 +388,73 @@ def test_cli_speedup_on_cortex_m_counts_instructions(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "effc.cli", "prune", str(src), *args, "-o", str(out)],
                              capture_output=True, text=True)
         assert bad.returncode == 2 and say in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def _shuffle_block() -> onnx.ModelProto:
+    """ShuffleNet's unit with seeded weights: conv 3->24, grouped 1x1 (4 groups, 24->32) +
+    ReLU, the channel shuffle (reshape [1, 4, 8, H, W], transpose, reshape back), depthwise
+    3x3, grouped 1x1 (4 groups, 32->32), Sum with the first grouped conv's output, ReLU,
+    1x1 conv to 10 channels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits, nodes = [], []
+
+    def conv(name, x, cout, cin_per_group, k=1, group=1):
+        inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin_per_group, k, k)).astype(np.float32)
+                                             * 0.5, name + ".w"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1, name + ".b"))
+        nodes.append(helper.make_node("Conv", [x, name + ".w", name + ".b"], [name], group=group,
+                                      pads=[k // 2] * 4, kernel_shape=[k, k]))
+        return name
+
+    def node(op, ins, out, **attrs):
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    inits += [numpy_helper.from_array(np.array(s, np.int64), n) for n, s in (("split", [1, 4, 8, 6, 6]),
+                                                                           ("merge", [1, 32, 6, 6]))]
+    a = node("Relu", [conv("g1", conv("stem", "x", 24, 3, 3), 32, 6, group=4)], "a")
+    s = node("Reshape", [node("Transpose", [node("Reshape", [a, "split"], "s1")], "s2", perm=[0, 2, 1, 3, 4]),
+                         "merge"], "shuffled")
+    b = conv("g2", conv("dw", s, 32, 1, 3, group=32), 32, 8, group=4)
+    y = conv("head", node("Relu", [node("Sum", [b, a], "joined")], "r"), 10, 32)
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 10, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_grouped_convs_and_channel_shuffles_prune_group_by_group():
+    """A grouped conv keeps the same positions in every group and the shuffle permutes the
+    classes with the channels: the unit prunes (each grouped conv's groups losing the same
+    positions, the shuffle's reshape targets resized), and equals the unpruned unit whose
+    removed channels were zeroed at their sources (weights and bias, and the depthwise
+    conv's), so the removal is exact."""
+    m = load_model(_shuffle_block())
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    g = channel_graph(m)
+    assert len(g.shuffles) == 1 and g.classes()
+    removed = choose(g, 0.5)
+    masked = load_model(_shuffle_block())
+    gm = channel_graph(masked)
+    for s in gm.sources + [None]:
+        node = s.node if s is not None else next(n for n in masked.graph.nodes if n.outputs[0].name == "dw")
+        atoms = s.atoms if s is not None else gm.of(node.outputs[0])
+        rows = [i for i, atom in enumerate(atoms) if gm.find(atom) in removed]
+        for k in (1, 2):
+            v = node.input(k).const_value.copy()
+            v[rows] = 0
+            node.set_input(k, masked.graph.insert_before(node, masked.const(v)).output)
+    want = run_module(masked, feeds)
+    assert removed and not np.allclose(next(iter(run_module(m, feeds).values())), next(iter(want.values())))
+    report = prune(m, 0.5)
+    verify_module(m)
+    assert report.params_after < 0.75 * report.params_before, report.table()
+    groups = {n.outputs[0].name: (int(n.attrs.get("group", 1)), tuple(n.input(1).type.shape)) for n in m.graph.nodes
+              if n.op == "conv"}
+    assert groups["g1"][0] == groups["g2"][0] == 4 and groups["g1"][1][0] % 4 == 0, groups
+    got = run_module(m, feeds)
+    (k, w), = want.items()
+    np.testing.assert_allclose(got[k], w, rtol=1e-4, atol=1e-5)
+    sess = ort.InferenceSession(export_onnx(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, feeds)[0], w, rtol=1e-4, atol=1e-5)
