@@ -1,13 +1,15 @@
 """Latency-aware structured pruning: NetAdapt (Yang et al., ECCV 2018) without the
 fine-tuning, on the deployed graph and the target's own builds.
 
-Each round proposes, for every group of coupled channels (``ChannelGraph.groups``), one
-step: its ``step`` share of lowest-scoring classes removed (at least one; with
-``round_to``, down to the next multiple). Every proposal is built for the target and
+Each round proposes, for every group of coupled channels (``ChannelGraph.groups``), a
+step: its ``step`` share of lowest-scoring classes removed (at least one), rounded down to
+a multiple of ``round_to`` channels (or of the largest share of it that leaves a step),
+and also unrounded where that differs. Every proposal is built for the target and
 measured together with the current model (``meter``: ``effc.latency.LatencyMeter``, or
 any callable giving one cost per module). A proposal that is not measurably cheaper is
-reported as such and its group is not proposed again. Of the others, the one that loses
-the least quality per unit of cost saved is taken: quality lost is the relative error of
+reported as such; a group none of whose proposals is cheaper is not proposed again. Of
+the others, the one that loses the least quality per unit of cost saved is taken:
+quality lost is the relative error of
 the outputs on (up to 8) calibration samples against the unpruned model's, or without
 samples the share of its group's criterion score removed. Rounds go on until the measured
 cost is ``speedup`` times lower; then the unpruned and the pruned model are measured once
@@ -62,6 +64,17 @@ def _step_size(n: int, step: float, unit: int) -> int:
     return n - keep if keep >= 1 else 0
 
 
+def _step_sizes(n: int, step: float, unit: int) -> list[int]:
+    """The proposals for a group of ``n`` classes: the step rounded to the largest share of
+    ``unit`` that leaves one (channel counts the target's vector blocks divide), and the
+    plain step; the measurements choose."""
+    sizes, u = [], unit
+    while u > 1 and not sizes:
+        sizes += [k for k in [_step_size(n, step, u)] if k]
+        u //= 2
+    return sizes + [k for k in [_step_size(n, step, 1)] if k and k not in sizes]
+
+
 def _compose(kept: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Positions kept since the unpruned model, after one more removal."""
     out = dict(kept)
@@ -101,30 +114,32 @@ def prune_for_speedup(module: Module, speedup: float, meter: Callable[[Sequence[
             score = scores(g, criterion, samples)
             proposals = []
             for key, roots in g.groups().items():
-                label, n = _label(g, key), _step_size(len(roots), step, g.unit(key, roots, round_to))
-                if label in stalled or n == 0:
+                label = _label(g, key)
+                if label in stalled:
                     continue
                 ranked = sorted(roots, key=lambda r: (score[r], r))
-                cand = copy_module(current)
-                report = apply(channel_graph(cand, exclude), set(ranked[:n]))
-                loss = sum(score[r] for r in ranked[:n]) / max(sum(score[r] for r in roots), 1e-30)
-                proposals.append((label, len(roots), n, loss, cand, report.kept))
+                for n in _step_sizes(len(roots), step, g.unit(key, roots, round_to)):
+                    cand = copy_module(current)
+                    report = apply(channel_graph(cand, exclude), set(ranked[:n]))
+                    loss = sum(score[r] for r in ranked[:n]) / max(sum(score[r] for r in roots), 1e-30)
+                    proposals.append((label, len(roots), n, loss, cand, report.kept))
             if not proposals:
                 break
             log(f"measuring {len(proposals)} proposals")
             costs = meter([current] + [p[4] for p in proposals])
-            ref, useful = costs[0], []
+            ref, useful, faster = costs[0], [], set()
             for (label, total, n, loss, cand, step_kept), c in zip(proposals, costs[1:]):
                 if not c < ref * (0.995 if unit == "ms" else 1.0):  # (timing noise: half a percent)
-                    stalled.add(label)
                     steps.append(SpeedupStep(label, (total, total - n), (ref, c), False, "no speedup"))
                     log(f"  {label}: {total} -> {total - n} classes: {fmt_cost(ref, unit)} -> {fmt_cost(c, unit)}, "
                         "no speedup")
                     continue
+                faster.add(label)
                 if want is not None:
                     got = _outputs(cand, samples, n_quality)
                     loss = sum(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) for a, b in zip(got, want))
                 useful.append((loss / (ref - c), label, total, n, cand, step_kept, c))
+            stalled |= {p[0] for p in proposals} - faster  # (no step of theirs is faster: not proposed again)
             if not useful:
                 break
             _, label, total, n, cand, step_kept, c = min(useful, key=lambda u: (u[0], u[1]))
