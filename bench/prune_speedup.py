@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SECTION = "## Latency-aware pruning: effc prune --speedup"
+SHOWN = 8
+"""Refused proposals listed per case."""
 CASES = ["digits_cnn:cortex-m4:1.5", "mnist_conv:x86:1.3", "mobilenet_tiny:x86:1.5", "mobilenet_tiny:cortex-m4:1.5"]
 
 
@@ -97,11 +99,14 @@ def table(rows: list[dict]) -> str:
                      f"{fmt_cost(after, r['unit'])} | {verdict} | {100 * r['top1'][0]:.1f}% -> "
                      f"{100 * r['top1'][1]:.1f}% | {r['error']:.3f} | {r['params'][0]:,} -> "
                      f"{r['params'][1]:,} | {r['taken']} | {len(r['refused'])} | {r['builds']} | {r['seconds']:.0f} |")
-    lines += ["", "Proposals measured as not faster (each reported by `effc prune` and not taken):", ""]
+    lines += ["", f"Proposals measured as not faster (each reported by `effc prune` and not taken; the first {SHOWN} "
+                  "of each case):", ""]
     for r in rows:
-        for s in r["refused"]:
+        for s in r["refused"][:SHOWN]:
             lines.append(f"- {r['model']} on {r['target']}: {s.group} {s.classes[0]} -> {s.classes[1]} channels: "
                          f"{fmt_cost(s.cost[0], r['unit'])} -> {fmt_cost(s.cost[1], r['unit'])}")
+        if len(r["refused"]) > SHOWN:
+            lines.append(f"- {r['model']} on {r['target']}: {len(r['refused']) - SHOWN} more")
     return "\n".join(lines) + "\n"
 
 
