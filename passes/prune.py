@@ -21,8 +21,9 @@ each group, on its input and on its output (every group keeps the same positions
 ShuffleNet's channel shuffle (reshape, transpose, reshape) permutes its input's atoms.
 
 A **class** of united atoms is removed whole, or not at all. Atoms that reach an op the
-rules do not know, a graph input or output, or a normalization over the channels are
-**frozen**: their classes stay. A **group** is the set of sources a class's atoms come
+rules do not know, a graph output, or a normalization over the channels are **frozen**:
+their classes stay. Graph inputs and what such ops produce carry no atoms: an op that
+couples a tracked value with one of them freezes the tracked one. A **group** is the set of sources a class's atoms come
 from; its classes compete with each other.
 
 **Criterion.** The norm of a source's weight row (``l1``, ``l2``), or its channel's mean
@@ -269,12 +270,7 @@ def channel_graph(module: Module, exclude: tuple[str, ...] = ()) -> ChannelGraph
     g = ChannelGraph(module)
     if any(n.body is not None for n in module.graph.nodes):
         raise InputError("prune works on an unfused model: run it before `fuse` (or -O2), e.g. after fold-bn")
-    for v in module.graph.inputs:
-        c = _dim(v, 1) if v.type.rank >= 2 else None
-        if c is not None:
-            g.put(v, g.fresh(c), 1)
-            g.freeze(g.of(v), f"graph input %{v.name}")
-    for n in module.graph.nodes:
+    for n in module.graph.nodes:  # (graph inputs carry no atoms: nothing untracked is ever pruned)
         if n.op == "const":
             continue
         _visit(g, n, exclude)
@@ -291,15 +287,10 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
     out = n.outputs[0] if len(n.outputs) == 1 else None
     a = node_attrs(n)
 
-    def opaque(why: str) -> None:
+    def opaque(why: str) -> None:  # (its outputs carry no atoms: what reads them is not coupled to anything)
         for v in n.inputs:
             if g.of(v):
                 g.freeze(g.of(v), why)
-        for o in n.outputs:
-            c = _dim(o, 1) if o.type.rank >= 2 else None
-            if c is not None:
-                g.put(o, g.fresh(c), 1)
-                g.freeze(g.of(o), why)
 
     def source(w: np.ndarray, axis: int) -> None:
         assert out is not None

@@ -307,6 +307,10 @@ def test_minilm_heads_and_ffn_pruned_and_refitted():
     g = channel_graph(m)
     sizes = [len(atoms) for atoms in g.classes().values()]
     assert sizes.count(96) == 36 and sizes.count(1) == 3 * 1536 and len(sizes) == 36 + 3 * 1536
+    static = load_model(_minilm_path())  # (shapes bound and folded: the head targets are constants)
+    bind_input_shapes(static, {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    run_pipeline(static, FOLD)
+    assert sorted(len(atoms) for atoms in channel_graph(static).classes().values()) == sorted(sizes)
     evals, out = _token_batch(8, 7), m.graph.outputs[3].name
 
     def embeddings(module):
