@@ -23,8 +23,8 @@ ShuffleNet's channel shuffle (reshape, transpose, reshape) permutes its input's 
 A **class** of united atoms is removed whole, or not at all. Atoms that reach an op the
 rules do not know, a graph output, or a normalization over the channels are **frozen**:
 their classes stay. Graph inputs and what such ops produce carry no atoms: an op that
-couples a tracked value with one of them freezes the tracked one. A **group** is the set of sources a class's atoms come
-from; its classes compete with each other.
+couples a tracked value with one of them freezes the tracked one. A **group** is the set
+of sources a class's atoms come from; its classes compete with each other.
 
 **Criterion.** The norm of a source's weight row (``l1``, ``l2``), or its channel's mean
 absolute output on calibration samples (``activation``), for each atom, divided by the
