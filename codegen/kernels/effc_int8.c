@@ -129,6 +129,16 @@ static void effc_im2col(const effc_conv_s8_params* p, const void* x, uint32_t pi
   while (c < col + p->k4) *c++ = 0;
 }
 
+/* The columns of output pixels pix and pix + 1 (col1 is left alone when pix is the last);
+ * returns the second pixel's (col0 again for a last odd pixel, whose sums are not stored). */
+static inline const int16_t* effc_pixel_pair(const effc_conv_s8_params* p, const void* x, uint32_t pix,
+                                             uint32_t ohw, int16_t* col0, int16_t* col1) {
+  effc_im2col(p, x, pix, col0);
+  if (pix + 1 >= ohw) return col0;
+  effc_im2col(p, x, pix + 1, col1);
+  return col1;
+}
+
 /* effc_conv_s8's body, inlined twice: with and without a residual (no test per output). */
 static inline __attribute__((always_inline)) void effc_conv_body(const effc_conv_s8_params* p, const void* x,
                                                                  const int8_t* w, const int32_t* bias,
@@ -140,10 +150,8 @@ static inline __attribute__((always_inline)) void effc_conv_body(const effc_conv
   uint32_t pix;
   for (pix = 0; pix < ohw; pix += 2) {
     const int two = pix + 1 < ohw;
+    const int16_t* c1 = effc_pixel_pair(p, x, pix, ohw, col0, col1);
     uint32_t m;
-    effc_im2col(p, x, pix, col0);
-    if (two) effc_im2col(p, x, pix + 1, col1);
-    const int16_t* c1 = two ? col1 : col0;
     for (m = 0; m + 1 < m_count; m += 2) {
       const int8_t* w0 = w + m * k4;
       const int8_t* w1 = w0 + k4;
@@ -208,10 +216,8 @@ void effc_conv_s8_sparse(const effc_conv_s8_params* p, const void* x, const uint
   uint32_t pix;
   for (pix = 0; pix < ohw; pix += 2) {
     const int two = pix + 1 < ohw;
+    const int16_t* c1 = effc_pixel_pair(p, x, pix, ohw, col0, col1);
     uint32_t m;
-    effc_im2col(p, x, pix, col0);
-    if (two) effc_im2col(p, x, pix + 1, col1);
-    const int16_t* c1 = two ? col1 : col0;
     for (m = 0; m < m_count; ++m) {
       const uint8_t* row = w + effc_load32(w + 4u * m);
       const int8_t* v = (const int8_t*)(row + 4u * words);

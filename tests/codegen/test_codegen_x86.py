@@ -242,7 +242,8 @@ def test_avx512_code_is_right():
         return
     assert safe["cl-opt"] == [AVX512_LLVM_FIX] and "-avx512f" not in (safe.get("mattr") or [])
     assert _masked_copy(safe) == 0.0
-    assert _masked_copy(host) > 0.0, "LLVM no longer miscompiles this: safe_target's option may go"
+    wrong = _masked_copy(host)  # (the miscompiled loads read wrong elements, or past the buffer: then NaN)
+    assert np.isnan(wrong) or wrong > 0.0, "LLVM no longer miscompiles this: safe_target's option may go"
 
 
 # ----------------------------------------------------------------------------- ONNX node cases
