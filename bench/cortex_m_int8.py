@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SECTION = "## Int8 on Cortex-M: footprint, effc's DSP and Helium kernels vs TVM's C kernels"
 MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "mobilenet_v2_mcu"]
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
 def _case(name: str, folder: Path):
@@ -63,7 +62,7 @@ def measure(name: str, folder: Path) -> dict:
     row["float"] = (fp32.memory, fp32.last_run_instructions)
     module = load_model(path)
     bind_input_shapes(module, shapes)
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     quantize(module, calib)
     run_pipeline(module, "qdq-to-integer{rounding=fixed_point},dce,O2")
     row["tflm"] = tflm_style_bytes(copy_module(module))

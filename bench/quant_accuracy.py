@@ -43,7 +43,6 @@ from tests import labelled  # noqa: E402
 from tests.fixtures import REPO, _site_file  # noqa: E402
 
 SECTION = "## Int8 post-training quantization: accuracy on labelled models"
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def ort_quantized(path: Path, name: str, calib: np.ndarray, out: Path) -> Path:
 
 def effc_quantized(m: Model, data: labelled.Labelled, options: QuantizeOptions):
     module = load_model(m.path())
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     report = quantize(module, {data.input: data.calib}, options)
     return module, report
 
@@ -179,7 +178,7 @@ def fallback_table(models: list[Model], log) -> list[str]:
     for m in models:
         data = m.data()
         module = load_model(m.path())
-        run_pipeline(module, FOLD)
+        run_pipeline(module, "fold")
         metric = top1_metric(module, {data.input: data.x}, labels=data.y)
         t = time.time()
         report, search = quantize_within(module, {data.input: data.calib}, metric, 1.0, QuantizeOptions(method="minmax"),
@@ -211,12 +210,12 @@ def weight_only_table(log) -> list[str]:
         rows.append(f"| digits_transformer | {label} | {100 * acc:.2f} % top-1 | {report.size_ratio:.2f}x |")
         log(f"digits_transformer {label}: {acc:.4f}")
     float_module = load_model(_minilm_path())
-    run_pipeline(float_module, FOLD)
+    run_pipeline(float_module, "fold")
     tokens = next(v.name for v in float_module.graph.outputs if v.type.rank == 3)
     want = run_module(float_module, ev)[tokens]
     for label, options in WEIGHT_ONLY:
         module = load_model(_minilm_path())
-        run_pipeline(module, FOLD)
+        run_pipeline(module, "fold")
         report = quantize(module, calib, options)
         sqnr = _sqnr_db(want, run_module(module, ev)[tokens])
         rows.append(f"| minilm_l3 | {label} | {sqnr:.1f} dB token SQNR | {report.size_ratio:.2f}x |")
@@ -268,7 +267,7 @@ def fidelity_table(log) -> list[str]:
                 ("effc int8, MinMax, no SmoothQuant", QuantizeOptions(method="minmax", smooth_alpha=None))]
     for label, options in variants:
         module = load_model(path)
-        run_pipeline(module, FOLD)
+        run_pipeline(module, "fold")
         report = quantize(module, calib, options)
         got = run_module(module, ev)
         log(f"minilm_l3 {label}: {_sqnr_db(want_t, got[tokens]):.1f} dB ({report.smoothed} smoothed)")

@@ -33,7 +33,7 @@ MODES = ("off", "speed", "flash")
 
 
 def measure(name: str) -> list[dict]:
-    from bench.prune import FOLD, _data, _outputs
+    from bench.prune import _data, _outputs
     from effc.codegen.cortex_m import build_cortex_m
     from effc.ir.interpreter import run_module
     from effc.ir.parser import copy_module
@@ -46,7 +46,7 @@ def measure(name: str) -> list[dict]:
     path, calib, evals, labels = _data(name)
     base = load_model(path)
     bind_input_shapes(base, {k: (1, *v.shape[1:]) for k, v in evals.items()})
-    run_pipeline(base, FOLD)
+    run_pipeline(base, "fold")
     (inp, stack), = calib.items()
     feeds = {k: v[:1] for k, v in evals.items()}
 

@@ -257,7 +257,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     samples = load_npz(args.calib)
     module = load_model(_resolve_model(args.model))
-    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+    run_pipeline(module, "fold")
     options = QuantizeOptions(method=args.method, per_channel=args.per_channel, activations=args.activations,
                               symmetric=args.symmetric, weights_only=args.weights_only, equalize=args.equalize,
                               bias_correction=args.bias_correction, weight_bits=args.weight_bits,
@@ -295,7 +295,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     samples = load_npz(args.calib) if args.calib else None
     module = load_model(_resolve_model(args.model))
-    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+    run_pipeline(module, "fold")
     exclude = tuple(n for n in args.exclude.split(",") if n)
     if args.sparsity is not None:
         from effc.passes.sparsify import sparsify

@@ -25,7 +25,10 @@ NAMED_PIPELINES: dict[str, str] = {
     "O1": "fold-constants,eliminate-identity,dce",
     "O2": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,fuse,dce",
     "O3": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,fuse{max-ops=16},dce",
+    "fold": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce",
 }
+"""``fold``: -O2 without ``fuse``, the unfused graph ``quantize``, ``prune`` and ``sparsify``
+start from."""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from effc.ir.errors import InputError
 from effc.ir.interpreter import run_node
 from effc.ir.opdef import node_attrs
 from effc.ir.ops.nn import window_geometry
+from effc.ir.ops.tensor import shape_entries
 from effc.ir.parser import copy_module
 from effc.ir.refine import reinfer_types
 
@@ -115,6 +116,12 @@ class ChannelGraph:
             self.parent[rb] = ra
             if rb in self.frozen:
                 self.frozen.add(ra)
+                self.why_frozen.setdefault(ra, self.why_frozen.get(rb, ""))
+
+    def unite_pairwise(self, a: list[int], b: list[int]) -> None:
+        """Atom i of ``a`` with atom i of ``b``: two channel lists that must lose the same positions."""
+        for p, q in zip(a, b):
+            self.unite(p, q)
 
     def freeze(self, atoms: list[int], why: str) -> None:
         for a in atoms:
@@ -132,19 +139,31 @@ class ChannelGraph:
         self.atoms[id(v)] = atoms
         self.axes[id(v)] = axis
 
-    def groups(self) -> dict[frozenset[int], list[int]]:
+    def groups(self, classes: dict[int, list[int]] | None = None) -> dict[frozenset[int], list[int]]:
         """Source numbers -> the roots of the classes whose atoms come from exactly them
-        (the classes that compete with each other)."""
+        (the classes that compete with each other); ``classes``: ``self.classes()``."""
         out: dict[frozenset[int], list[int]] = {}
-        for root, atoms in self.classes().items():
+        for root, atoms in (self.classes() if classes is None else classes).items():
             out.setdefault(frozenset(self.source_of[a][0] for a in atoms), []).append(root)
         return out
 
-    def unit(self, key: frozenset[int], roots: list[int], round_to: int) -> int:
-        """The fewest classes of group ``key`` whose channels make a multiple of ``round_to``
-        in each source: 1 for an attention head of 32 channels and ``round_to`` 16."""
-        width = max(1, len(self.classes()[roots[0]]) // max(1, len(key)))
+    @staticmethod
+    def unit(key: frozenset[int], class_atoms: list[int], round_to: int) -> int:
+        """The fewest classes of group ``key`` (one of them: ``class_atoms``) whose channels
+        make a multiple of ``round_to`` in each source: 1 for an attention head of 32 channels
+        and ``round_to`` 16."""
+        width = max(1, len(class_atoms) // max(1, len(key)))
         return round_to // math.gcd(round_to, width)
+
+    def frozen_channels(self) -> dict[str, int]:
+        """Why channels of the sources stay -> how many (the first reason their class met)."""
+        out: dict[str, int] = {}
+        for a in self.source_of:
+            r = self.find(a)
+            if r in self.frozen:
+                why = self.why_frozen.get(r, "")
+                out[why] = out.get(why, 0) + 1
+        return out
 
     def classes(self) -> dict[int, list[int]]:
         """Root -> atoms, for the classes that hold a source atom and are not frozen."""
@@ -182,26 +201,11 @@ def _aligned(c: np.ndarray, rank: int, axis: int, channels: int) -> str | None:
 
 
 def _shape_pieces(v: Value | None) -> list[tuple[int | None, int | None, Value | None]] | None:
-    """The entries of a reshape's target: for each, (its value if known, the concat input
-    it comes from, the computed piece that gives it). A constant shape has every value and
-    no pieces; a ``concat`` of constants and computed pieces (``[B, S, 12, 32]`` as
-    PyTorch's attention exports build it) has the constants' values."""
-    c = _const(v)
-    if c is not None:
-        return [(int(d), None, None) for d in np.asarray(c).reshape(-1)]
-    n = v.producer if v is not None else None
-    if n is None or n.op != "concat" or len(v.users()) != 1:
+    """``shape_entries`` of a reshape's target that prune may rewrite: a computed one only
+    when that reshape is its one user."""
+    if v is not None and v.const_value is None and len(v.users()) != 1:
         return None
-    out: list[tuple[int | None, int | None, Value | None]] = []
-    for i, x in enumerate(n.inputs):
-        c = _const(x)
-        if c is not None:
-            out += [(int(d), i, None) for d in np.asarray(c).reshape(-1)]
-        elif x is not None and x.type.rank == 1 and isinstance(x.type.shape[0], int):
-            out += [(None, i, x)] * int(x.type.shape[0])
-        else:
-            return None
-    return out
+    return shape_entries(v)
 
 
 def _reads_dim(piece: Value | None, x: Value, axis: int) -> bool:
@@ -236,8 +240,7 @@ def _unite_positions(g: ChannelGraph, atoms: list[int], groups: int) -> None:
     class removes the same positions from every group (a grouped conv, a channel shuffle)."""
     size = len(atoms) // groups
     for k in range(1, groups):
-        for p in range(size):
-            g.unite(atoms[p], atoms[k * size + p])
+        g.unite_pairwise(atoms[:size], atoms[k * size:(k + 1) * size])
 
 
 def _shuffle(g: ChannelGraph, n: Node) -> bool:
@@ -249,7 +252,7 @@ def _shuffle(g: ChannelGraph, n: Node) -> bool:
     shape, oshape = tuple(x.type.shape), tuple(out.type.shape)
     if len(shape) != 4 or len(oshape) != 5 or not all(isinstance(d, int) for d in shape + oshape) \
             or oshape[0] != shape[0] or oshape[3:] != shape[2:] or oshape[1] * oshape[2] != shape[1] \
-            or _const(n.input(1)) is None or len(out.users()) != 1 or out.num_uses != 1:
+            or _const(n.input(1)) is None or out.num_uses != 1:
         return False
     t = out.users()[0]
     if t.op != "transpose" or list(node_attrs(t)["perm"] or ()) != [0, 2, 1, 3, 4] or t.outputs[0].num_uses != 1:
@@ -352,8 +355,7 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
                            or x.type.rank != rank or y.type.rank != rank):
             return opaque(f"{what}: channels that are not a batch axis of both operands")
         if xa:
-            for p, q in zip(xa, ya):
-                g.unite(p, q)
+            g.unite_pairwise(xa, ya)
             same()
         return None
     if n.op == "batch_normalization":
@@ -381,8 +383,7 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
         ya = g.of(y)
         rank = out.type.rank
         if xa and ya and ax == g.axis_of(y) and len(xa) == len(ya) and x.type.rank == y.type.rank == rank:
-            for p, q in zip(xa, ya):
-                g.unite(p, q)
+            g.unite_pairwise(xa, ya)
             return same()
         for act, other in ((0, 1), (1, 0)):
             av, ov = n.input(act), n.input(other)
@@ -402,8 +403,7 @@ def _visit(g: ChannelGraph, n: Node, exclude: tuple[str, ...]) -> None:
         if all(g.of(v) and g.axis_of(v) == ax and len(g.of(v)) == len(xa) and v.type.shape == out.type.shape
                for v in n.inputs):
             for v in n.inputs[1:]:
-                for p, q in zip(xa, g.of(v)):
-                    g.unite(p, q)
+                g.unite_pairwise(xa, g.of(v))
             return same()
         return opaque(f"{what}: operands that do not match channel for channel")
     if n.op == "concat":
@@ -509,12 +509,13 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be at least 0 and below 1, got {ratio}")
     score = scores(g, criterion, samples)
-    groups = g.groups()
+    classes = g.classes()
+    groups = g.groups(classes)
     removed: set[int] = set()
     if mode == "uniform":
         for key, roots in groups.items():
             n = min(int(round(ratio * len(roots))), len(roots) - 1)
-            unit = g.unit(key, roots, round_to)
+            unit = g.unit(key, classes[roots[0]], round_to)
             if unit > 1 and len(roots) >= unit:
                 n = len(roots) - min(len(roots), unit * max(1, int((len(roots) - n) / unit + 0.5)))
             removed |= set(sorted(roots, key=lambda r: (score[r], r))[:n])
@@ -534,6 +535,10 @@ def choose(g: ChannelGraph, ratio: float, criterion: str = "l1", mode: str = "un
 
 
 # ----------------------------------------------------------------------------- removal
+
+
+FROZEN_SHOWN = 3
+"""Reasons for channels kept whole that the report lists (the most channels first)."""
 
 
 @dataclass
@@ -559,6 +564,8 @@ class PruneReport:
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """Value name -> the channels it keeps (values that lost some)."""
     fits: list[LayerFit] = field(default_factory=list)
+    frozen: dict[str, int] = field(default_factory=dict)
+    """Why source channels could not go -> how many (``ChannelGraph.frozen_channels``)."""
     speedup_steps: list = field(default_factory=list)
     """``prune_for_speedup``: every measured proposal (``SpeedupStep``), taken or not."""
     measured: tuple[float, float] | None = None
@@ -582,6 +589,11 @@ class PruneReport:
             lines += ["", "refitted | input channels | output error, pruned | after least squares", "---|---|---:|---:"]
             lines += [f"%{f.name} | {f.inputs[0]} -> {f.inputs[1]} | {f.error_before:.4f} | {f.error_after:.4f}"
                       for f in self.fits]
+        for why, count in sorted(self.frozen.items(), key=lambda item: -item[1])[:FROZEN_SHOWN]:
+            lines.append(f"kept whole: {count} channels ({why})")
+        if len(self.frozen) > FROZEN_SHOWN:
+            lines.append(f"kept whole: {sum(sorted(self.frozen.values())[:-FROZEN_SHOWN])} channels for "
+                         f"{len(self.frozen) - FROZEN_SHOWN} other reasons")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,} "
                      f"({self.params_after / max(1, self.params_before):.2f}x)")
         return "\n".join(lines)
@@ -661,7 +673,14 @@ def apply(g: ChannelGraph, removed: set[int]) -> PruneReport:
     DeadCodeElimination().run(module, None)
     channels = {s.node.outputs[0].name: (len(s.atoms), sum(g.find(a) not in removed for a in s.atoms))
                 for s in g.sources}
-    return PruneReport(channels, before, module.parameter_count(), kept_by_name)
+    return PruneReport(channels, before, module.parameter_count(), kept_by_name, frozen=g.frozen_channels())
+
+
+def check_exclude(g: ChannelGraph, exclude: tuple[str, ...]) -> None:
+    """InputError for ``--exclude`` names that are no source's output."""
+    unknown = set(exclude) - {s.node.outputs[0].name for s in g.sources}
+    if unknown:
+        raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
 
 
 def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "uniform",
@@ -671,9 +690,7 @@ def prune(module: Module, ratio: float, criterion: str = "l1", mode: str = "unif
     ``samples`` (calibration inputs stacked on axis 0, as for ``quantize``): then refit the
     consumers of pruned channels by least squares (``reconstruct``)."""
     g = channel_graph(module, exclude)
-    unknown = set(exclude) - {s.node.outputs[0].name for s in g.sources}
-    if unknown:
-        raise InputError(f"--exclude names no conv, gemm or matmul output: {sorted(unknown)}")
+    check_exclude(g, exclude)
     original = copy_module(module) if samples is not None else None
     report = apply(g, choose(g, ratio, criterion, mode, round_to, samples))
     if original is not None:
@@ -731,36 +748,27 @@ def reconstruct(original: Module, pruned: Module, samples: dict[str, np.ndarray]
             continue
         consumers.append(n)
     fits = []
-    for n, rows, y, held in fit_data(original, pruned, samples, consumers, kept):
+    for n, x, y, held in fit_data(original, pruned, samples, consumers, kept):
         name = n.outputs[0].name
         w = n.input(1).const_value
-        trans = n.op == "gemm" and bool(node_attrs(n)["transB"])
-        w_io = (w.reshape(w.shape[0], -1).T if n.op == "conv" or trans else w).astype(np.float64)  # [in, out]
-        bias = _bias(n, w_io.shape[1])
-        has_bias = bias is not None
-        b0 = np.asarray(_const(n.input(2)), np.float64).reshape(-1) if has_bias and bias[0] is n \
-            else np.zeros(w_io.shape[1])
-        design = np.concatenate([rows, np.ones((len(rows), 1))], axis=1) if has_bias else rows
-        fit_on, test_on = ~held, held
-        norm = max(float(np.linalg.norm(y[test_on])), 1e-30)
-        before = float(np.linalg.norm(rows[test_on] @ w_io + b0 - y[test_on])) / norm
-        after, ridge = min((float(np.linalg.norm(design[test_on] @ _solve(design[fit_on], y[fit_on], r, has_bias)
-                                                 - y[test_on])) / norm, r) for r in RIDGES)
+        rows = weight_rows(n, w).astype(np.float64)
+        bias = _bias(n, rows.shape[0])
+        design = np.concatenate([x, np.ones((len(x), 1))], axis=1) if bias is not None else x
+        norm = max(float(np.linalg.norm(y[held])), 1e-30)
+        before = float(np.linalg.norm(x[held] @ rows.T + _bias_value(n, bias, rows.shape[0]) - y[held])) / norm
+        k = x.shape[1]
+        fitting = (design[~held].T @ design[~held], design[~held].T @ y[~held])
+        after, ridge = min((float(np.linalg.norm(design[held] @ _solve(*fitting, r, k) - y[held])) / norm, r)
+                           for r in RIDGES)
         axis = 1 if n.op == "conv" else -1
         inputs = (int(by_name[n.input(0).name].type.shape[axis]), int(n.input(0).type.shape[axis]))
         if not after < before:  # (the pruned weights stay where a refit does not help)
             fits.append(LayerFit(name, inputs, before, before))
             continue
-        theta = _solve(design, y, ridge, has_bias)  # (all the rows, at the ridge the held-out ones chose)
-        k = rows.shape[1]
-        new_w = theta[:k]
-        weight = new_w.T.reshape(w.shape) if n.op == "conv" else (new_w.T if trans else new_w)
-        _set_const(pruned, n, 1, np.ascontiguousarray(weight.astype(w.dtype)))
-        if has_bias:  # (a matmul's output is before its bias add: the intercept adds to that bias)
-            owner, i = bias
-            old = np.asarray(_const(owner.input(i)))
-            _set_const(pruned, owner, i, (theta[k] + (0 if owner is n else old.reshape(-1))).astype(old.dtype)
-                       .reshape(old.shape))
+        theta = _solve(design.T @ design, design.T @ y, ridge, k)  # (all the rows, at the held-out ones' ridge)
+        _set_const(pruned, n, 1, from_weight_rows(n, theta[:k].T.astype(w.dtype), w.shape))
+        if bias is not None:
+            set_bias(pruned, n, bias, theta[k])
         fits.append(LayerFit(name, inputs, before, after))
     DeadCodeElimination().run(pruned, None)
     return fits
@@ -820,13 +828,29 @@ class _Runs:
         return [env[id(v)] for env in self.envs]
 
 
-def _solve(design: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
-    """Ridge least squares ``design @ theta ~ y``; ``ridge`` is relative to the mean of the
-    gram's diagonal, and the intercept (the last column, when there is one) is not penalized."""
-    gram = design.T @ design
-    k = design.shape[1] - int(intercept)
-    gram[np.arange(k), np.arange(k)] += ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-30)
-    return np.linalg.solve(gram, design.T @ y)
+def _solve(gram: np.ndarray, rhs: np.ndarray, ridge: float, k: int, scale: float | None = None) -> np.ndarray:
+    """Ridge least squares from the normal equations ``gram @ theta = rhs``: ``ridge`` times
+    ``scale`` (default: the mean of the gram's first ``k`` diagonal entries) added to those
+    entries; the rest (the intercept, when there is one) is not penalized."""
+    g = gram.copy()
+    if scale is None:
+        scale = float(np.mean(np.diag(gram)[:k])) if k else 0.0
+    g[np.arange(k), np.arange(k)] += ridge * max(scale, 1e-30)
+    return np.linalg.solve(g, rhs)
+
+
+def weight_rows(n: Node, w: np.ndarray) -> np.ndarray:
+    """A conv's, gemm's or matmul's constant weight as ``[outputs, reduction]``."""
+    if n.op == "conv" or (n.op == "gemm" and node_attrs(n)["transB"]):
+        return w.reshape(w.shape[0], -1)
+    return w.T
+
+
+def from_weight_rows(n: Node, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``weight_rows`` undone: the weight of ``shape`` for ``n``."""
+    if n.op == "conv" or (n.op == "gemm" and node_attrs(n)["transB"]):
+        return np.ascontiguousarray(rows.reshape(shape))
+    return np.ascontiguousarray(rows.T)
 
 
 def _bias(n: Node, channels: int) -> tuple[Node, int] | None:
@@ -841,6 +865,22 @@ def _bias(n: Node, channels: int) -> tuple[Node, int] | None:
     i = 1 if add.input(0) is n.outputs[0] else 0
     c = _const(add.input(i))
     return (add, i) if c is not None and c.shape == (channels,) else None
+
+
+def _bias_value(n: Node, bias: tuple[Node, int] | None, channels: int) -> np.ndarray:
+    """The bias ``n``'s own output includes (0 where it comes after, in an add)."""
+    if bias is not None and bias[0] is n:
+        return np.asarray(_const(n.input(2)), np.float64).reshape(-1)
+    return np.zeros(channels)
+
+
+def set_bias(module: Module, n: Node, bias: tuple[Node, int], intercept: np.ndarray) -> None:
+    """A refit's intercept as ``n``'s bias (``_bias``): it replaces a bias ``n`` adds itself
+    (its targets include it) and adds to one in the add after it (they do not)."""
+    owner, i = bias
+    old = np.asarray(_const(owner.input(i)))
+    value = intercept + (0 if owner is n else old.reshape(-1))
+    _set_const(module, owner, i, value.astype(old.dtype).reshape(old.shape))
 
 
 def _resize_target(module: Module, n: Node, axis: int, size: int) -> None:

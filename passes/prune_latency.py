@@ -28,8 +28,8 @@ from effc.ir.errors import InputError
 from effc.ir.interpreter import run_module
 from effc.ir.parser import copy_module
 
-from .prune import PruneReport, apply, channel_graph, fmt_cost, reconstruct, scores
-from .quantize_calibrate import check_samples
+from .prune import PruneReport, apply, channel_graph, check_exclude, fmt_cost, reconstruct, scores
+from .quantize_calibrate import check_samples, iterate
 
 STEP = 0.125
 """The share of a group's classes one proposal removes."""
@@ -84,7 +84,7 @@ def _compose(kept: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[s
 
 
 def _outputs(module: Module, samples: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
-    got = [run_module(module, {k: v[i:i + 1] for k, v in samples.items()}) for i in range(n)]
+    got = [run_module(module, feeds) for feeds in iterate(samples, n)]
     return [np.concatenate([g[o.name] for g in got]).astype(np.float64) for o in module.graph.outputs]
 
 
@@ -98,6 +98,7 @@ def prune_for_speedup(module: Module, speedup: float, meter: Callable[[Sequence[
         raise InputError(f"--speedup must be above 1 (the unpruned model's cost over the pruned one's), got {speedup}")
     if not 0.0 < step < 1.0:
         raise InputError(f"the pruning step must be a share of a group's channels in (0, 1), got {step}")
+    check_exclude(channel_graph(module, exclude), exclude)
     original, current = copy_module(module), copy_module(module)
     n_quality = min(QUALITY_SAMPLES, check_samples(module, samples)) if samples is not None else 0
     want = _outputs(original, samples, n_quality) if n_quality else None
@@ -107,18 +108,18 @@ def prune_for_speedup(module: Module, speedup: float, meter: Callable[[Sequence[
     first, = meter([current])
     goal, cost = first / speedup, first
     log(f"unpruned: {fmt_cost(first, unit)}; goal {fmt_cost(goal, unit)} ({speedup:g}x)")
-    measured = (first, first)
     for _ in range(MAX_CHECKS):
         while cost > goal:
             g = channel_graph(current, exclude)
             score = scores(g, criterion, samples)
             proposals = []
-            for key, roots in g.groups().items():
+            classes = g.classes()
+            for key, roots in g.groups(classes).items():
                 label = _label(g, key)
                 if label in stalled:
                     continue
                 ranked = sorted(roots, key=lambda r: (score[r], r))
-                for n in _step_sizes(len(roots), step, g.unit(key, roots, round_to)):
+                for n in _step_sizes(len(roots), step, g.unit(key, classes[roots[0]], round_to)):
                     cand = copy_module(current)
                     report = apply(channel_graph(cand, exclude), set(ranked[:n]))
                     loss = sum(score[r] for r in ranked[:n]) / max(sum(score[r] for r in roots), 1e-30)
@@ -155,14 +156,14 @@ def prune_for_speedup(module: Module, speedup: float, meter: Callable[[Sequence[
             break
         goal, cost = base_cost / speedup, now
     fits = reconstruct(original, current, samples, kept) if samples is not None else []
-    g = channel_graph(original, exclude)
+    g = channel_graph(original, exclude)  # (the unpruned model's sources, and what stays whole in it)
     channels = {}
     for s in g.sources:
         name = s.node.outputs[0].name
         channels[name] = (len(s.atoms), len(kept[name]) if name in kept else len(s.atoms))
     module.graph, module.weights, module.memory_plan = current.graph, current.weights, None
     return PruneReport(channels, original.parameter_count(), module.parameter_count(), kept, fits,
-                       speedup_steps=steps, measured=measured, unit=unit, goal=speedup)
+                       frozen=g.frozen_channels(), speedup_steps=steps, measured=measured, unit=unit, goal=speedup)
 
 
 __all__ = ["SpeedupStep", "prune_for_speedup"]

@@ -29,7 +29,8 @@ from effc.ir.opdef import node_attrs
 from effc.ir.parser import copy_module
 
 from .dce import DeadCodeElimination
-from .prune import RIDGES, LayerFit, _bias, _const, _set_const, fit_data
+from .prune import (RIDGES, LayerFit, _bias, _bias_value, _const, _set_const, _solve, fit_data, from_weight_rows,
+                    set_bias, weight_rows)
 
 PATTERNS = ("unstructured", "2:4")
 RIDGE_PROBE = 16
@@ -71,19 +72,6 @@ def _layers(module: Module, exclude: tuple[str, ...]) -> list[Node]:
     return out
 
 
-def _as_rows(n: Node, w: np.ndarray) -> np.ndarray:
-    """The weight as ``[outputs, reduction]`` (a view-compatible copy)."""
-    if n.op == "conv" or (n.op == "gemm" and node_attrs(n)["transB"]):
-        return w.reshape(w.shape[0], -1)
-    return w.T
-
-
-def _from_rows(n: Node, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if n.op == "conv" or (n.op == "gemm" and node_attrs(n)["transB"]):
-        return rows.reshape(shape)
-    return np.ascontiguousarray(rows.T)
-
-
 def mask(rows: np.ndarray, sparsity: float, pattern: str) -> np.ndarray:
     """True where a weight of ``rows`` (``[outputs, reduction]``) stays."""
     a = np.abs(rows)
@@ -123,13 +111,13 @@ def sparsify(module: Module, sparsity: float = 0.5, pattern: str = "unstructured
     masks: dict[str, np.ndarray] = {}
     for n in _layers(module, exclude):
         name, w = n.outputs[0].name, _const(n.input(1))
-        rows = _as_rows(n, w)
+        rows = weight_rows(n, w)
         if pattern == "2:4" and rows.shape[1] % 4:
             report.skipped[name] = f"its {rows.shape[1]} inputs per output are not a multiple of 4"
             continue
         keep = mask(rows, sparsity, pattern)
         masks[name] = keep
-        _set_const(module, n, 1, _from_rows(n, np.where(keep, rows, 0).astype(w.dtype), w.shape))
+        _set_const(module, n, 1, from_weight_rows(n, np.where(keep, rows, 0).astype(w.dtype), w.shape))
         report.layers[name] = (int(keep.size), int((~keep).sum()))
     if original is not None:
         report.fits = _refit(original, module, samples, masks)
@@ -145,27 +133,23 @@ def _refit(original: Module, sparse: Module, samples: dict[str, np.ndarray],
     for n, x, y, held in fit_data(original, sparse, samples, layers):
         name = n.outputs[0].name
         w = _const(n.input(1))
-        rows = _as_rows(n, w).astype(np.float64)
+        rows = weight_rows(n, w).astype(np.float64)
         keep = masks[name]
         bias = _bias(n, rows.shape[0])
-        b0 = np.asarray(_const(n.input(2)), np.float64).reshape(-1) if bias is not None and bias[0] is n \
-            else np.zeros(rows.shape[0])
         norm = max(float(np.linalg.norm(y[held])), 1e-30)
-        before = float(np.linalg.norm(x[held] @ rows.T + b0 - y[held])) / norm
+        before = float(np.linalg.norm(x[held] @ rows.T + _bias_value(n, bias, rows.shape[0]) - y[held])) / norm
         design = np.concatenate([x, np.ones((len(x), 1))], 1) if bias is not None else x
         probe = rng.permutation(rows.shape[0])[:RIDGE_PROBE]  # (the rows the ridge is chosen on)
 
         def fit(on: tuple[np.ndarray, np.ndarray], ridge: float, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             gram, rhs = on
             k = x.shape[1]
-            scale = ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-30)
+            scale = float(np.mean(np.diag(gram)[:k]))
             new, intercept = np.zeros_like(rows), np.zeros(rows.shape[0])
-            for o in outputs:
+            for o in outputs:  # (each row over its kept inputs, and the intercept)
                 cols = np.flatnonzero(keep[o])
                 idx = np.append(cols, k) if bias is not None else cols
-                sub = gram[np.ix_(idx, idx)]
-                sub[np.arange(len(cols)), np.arange(len(cols))] += scale  # (the intercept is not penalized)
-                theta = np.linalg.solve(sub, rhs[idx, o])
+                theta = _solve(gram[np.ix_(idx, idx)], rhs[idx, o], ridge, len(cols), scale)
                 new[o, cols] = theta[:len(cols)]
                 intercept[o] = theta[-1] if bias is not None else 0.0
             return new, intercept
@@ -183,12 +167,9 @@ def _refit(original: Module, sparse: Module, samples: dict[str, np.ndarray],
             fits.append(LayerFit(name, (rows.shape[1], int(keep.sum(axis=1).max())), before, before))
             continue
         new, intercept = fit((design.T @ design, design.T @ y), ridge, every)
-        _set_const(sparse, n, 1, _from_rows(n, new.astype(w.dtype), w.shape))
+        _set_const(sparse, n, 1, from_weight_rows(n, new.astype(w.dtype), w.shape))
         if bias is not None:
-            owner, i = bias
-            old = np.asarray(_const(owner.input(i)))
-            value = intercept + (0 if owner is n else old.reshape(-1))
-            _set_const(sparse, owner, i, value.astype(old.dtype).reshape(old.shape))
+            set_bias(sparse, n, bias, intercept)
         fits.append(LayerFit(name, (rows.shape[1], int(keep.sum(axis=1).max())), before, after))
     return fits
 

@@ -189,12 +189,12 @@ def _infer_reshape(ctx: InferCtx) -> list[TensorType]:
     target = _const_ints(ctx, 1)
     allowzero = bool(ctx.attrs["allowzero"])
     if target is None:
-        entries = _partial_ints(ctx.node.input(1))
+        entries = shape_entries(ctx.node.input(1))
         if entries is None or len(entries) != _input_len(ctx, 1, "shape"):
             return [t.with_shape((UNKNOWN_DIM,) * _input_len(ctx, 1, "shape"))]
         return [t.with_shape(tuple(
             d if d is not None and d > 0 else t.shape[i] if d == 0 and not allowzero and i < t.rank else UNKNOWN_DIM
-            for i, d in enumerate(entries)))]
+            for i, (d, _, _) in enumerate(entries)))]
     if allowzero and 0 in target and -1 in target:
         raise ctx.fail(f"shape {target} has both 0 and -1, which allowzero=1 forbids")
     try:
@@ -203,20 +203,25 @@ def _infer_reshape(ctx: InferCtx) -> list[TensorType]:
         raise ctx.fail(str(e)) from None
 
 
-def _partial_ints(v) -> list[int | None] | None:
-    """The entries of a computed 1-D shape that are known before running: a ``concat`` of
-    constants and computed pieces (``[B, S, 12, 32]`` with B and S read from a Shape at run
-    time, as PyTorch's attention exports build it) gives the constants and None elsewhere."""
+def shape_entries(v: Value | None) -> list[tuple[int | None, int | None, Value | None]] | None:
+    """The entries of a 1-D shape operand known before running, each as (its value or None,
+    the ``concat`` input it comes from or None, the computed piece that gives it): a
+    constant has every value; a ``concat`` of constants and computed pieces (``[B, S, 12,
+    32]`` with B and S read from a Shape at run time, as PyTorch's attention exports build
+    it) has the constants'. None for anything else."""
+    c = None if v is None else v.const_value
+    if c is not None:
+        return [(int(d), None, None) for d in np.asarray(c).reshape(-1)]
     n = v.producer if v is not None else None
-    if n is None or n.op != "concat" or any(x is None or x.type.rank != 1 for x in n.inputs):
+    if n is None or n.op != "concat":
         return None
-    out: list[int | None] = []
-    for x in n.inputs:
-        c, size = x.const_value, x.type.shape[0]
-        if c is not None:
-            out += [int(d) for d in np.asarray(c).reshape(-1)]
-        elif is_known(size):
-            out += [None] * int(size)
+    out: list[tuple[int | None, int | None, Value | None]] = []
+    for i, x in enumerate(n.inputs):
+        c = None if x is None else x.const_value
+        if c is not None and c.ndim <= 1:
+            out += [(int(d), i, None) for d in np.asarray(c).reshape(-1)]
+        elif x is not None and x.type.rank == 1 and is_known(x.type.shape[0]):
+            out += [(None, i, x)] * int(x.type.shape[0])
         else:
             return None
     return out

@@ -269,7 +269,7 @@ def test_sparse_weights_on_cortex_m4_smaller_flash_and_fewer_instructions():
     for share in (0.9, 0.5):
         m = load_model(REPO / "examples" / "digits_cnn.onnx")
         bind_input_shapes(m, {"x": (1, 1, 8, 8)})
-        run_pipeline(m, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+        run_pipeline(m, "fold")
         sparsify(m, share, samples={"x": data.calib})
         quantize(m, [{"x": data.calib[i:i + 1]} for i in range(8)])
         run_pipeline(m, "qdq-to-integer{rounding=fixed_point},dce,O2")
@@ -322,7 +322,7 @@ def test_int8_mobilenet_v2_fits_nrf52840_where_float_does_not(tmp_path):
         effc.compile(path, target="nrf52840")
     calib = np.random.default_rng(0).random((8, *MOBILENET_V2_MCU[1:]), dtype=np.float32)
     module = load_model(path)
-    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce")
+    run_pipeline(module, "fold")
     quantize(module, {"input": calib})
     run_pipeline(module, "qdq-to-integer{rounding=fixed_point},dce,O2")
     board = get_target("nrf52840")

@@ -21,8 +21,6 @@ from effc.passes.quantize import quantize
 from tests import labelled
 from tests.fixtures import REPO
 
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
-
 
 def _integer_module(rounding: str) -> Module:
     """qlinear_conv (per-channel weights, bias, padding, groups 1 and depthwise),
@@ -81,7 +79,7 @@ def test_quantized_models_compile_as_integer_kernels(model, rounding):
         calib = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
         x = calib[:1]
     module = load_model(REPO / "examples" / f"{model}.onnx")
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     quantize(module, {name: calib})
     run_pipeline(module, f"qdq-to-integer{{rounding={rounding}}},dce,O2")
     ops = Counter(n.op for top in module.graph.nodes for n in (top.body.nodes if top.body is not None else [top]))
@@ -122,7 +120,7 @@ def test_int8_mobilenet_on_cortex_m4_is_smaller_and_matches():
 
     calib = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
     module = load_model(REPO / "examples" / "mobilenet_tiny.onnx")
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     quantize(module, {"input": calib})
     run_pipeline(module, "qdq-to-integer{rounding=fixed_point},dce")
     want = run_module(module, {"input": calib[:1]})["logits"]

@@ -24,8 +24,6 @@ from effc.passes import run_pipeline
 from effc.passes.prune import channel_graph, choose, prune
 from tests.fixtures import FIXTURES, REPO
 
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
-
 
 def _residual_block() -> tuple[Module, dict[str, np.ndarray]]:
     """x -> conv a (6 ch) -> relu -> conv b (6 ch) -> + relu(a) -> conv c (4 ch, output).
@@ -62,6 +60,8 @@ def test_residual_channels_are_one_class_and_the_weakest_go():
     convs = [n for n in m.graph.nodes if n.op == "conv"]
     assert [tuple(n.input(1).type.shape) for n in convs] == [(3, 3, 3, 3), (3, 3, 1, 1), (4, 3, 1, 1)]
     assert report.channels[convs[0].outputs[0].name] == (6, 3)
+    assert report.frozen == {f"graph output %{m.graph.outputs[0].name}": 4}  # (conv c's channels, and why)
+    assert "kept whole: 4 channels (graph output" in report.table()
     got = run_module(m, feeds)
     assert got[m.graph.outputs[0].name].shape == (1, 4, 8, 8)
 
@@ -71,7 +71,7 @@ def _model(name: str):
     m = load_model(fx.path())
     feeds = fx.inputs(onnx.load(str(fx.path()), load_external_data=False))
     bind_input_shapes(m, {k: v.shape for k, v in feeds.items()})
-    run_pipeline(m, FOLD)
+    run_pipeline(m, "fold")
     return m, feeds
 
 
@@ -125,7 +125,7 @@ def test_reconstruction_recovers_accuracy_without_training():
 
     data = labelled.digits(64)
     m = load_model(REPO / "examples" / "digits_cnn.onnx")
-    run_pipeline(m, FOLD)
+    run_pipeline(m, "fold")
 
     def accuracy(module):
         return float((run_module(module, {"x": data.x})["logits"].argmax(1) == data.y).mean())
@@ -303,13 +303,13 @@ def test_minilm_heads_and_ffn_pruned_and_refitted():
     from tests.fixtures import _minilm_path
 
     m = load_model(_minilm_path())
-    run_pipeline(m, FOLD)
+    run_pipeline(m, "fold")
     g = channel_graph(m)
     sizes = [len(atoms) for atoms in g.classes().values()]
     assert sizes.count(96) == 36 and sizes.count(1) == 3 * 1536 and len(sizes) == 36 + 3 * 1536
     static = load_model(_minilm_path())  # (shapes bound and folded: the head targets are constants)
     bind_input_shapes(static, {"input_ids": (1, 16), "attention_mask": (1, 16)})
-    run_pipeline(static, FOLD)
+    run_pipeline(static, "fold")
     assert sorted(len(atoms) for atoms in channel_graph(static).classes().values()) == sorted(sizes)
     evals, out = _token_batch(8, 7), m.graph.outputs[3].name
 
@@ -326,6 +326,7 @@ def test_minilm_heads_and_ffn_pruned_and_refitted():
     verify_module(fitted)
     assert report.channels[g.sources[0].node.outputs[0].name] == (384, 192)
     assert len(report.fits) == 6 and all(f.error_after <= f.error_before for f in report.fits), report.table()
+    assert sum(report.frozen.values()) == 3 * 2 * 384  # (each layer's two projections back to the hidden size)
     assert sum(f.error_after < 0.9 * f.error_before for f in report.fits) >= 4, report.table()
     assert cosine(want, embeddings(plain)) + 0.05 < cosine(want, embeddings(fitted))
     sess = ort.InferenceSession(export_onnx(fitted).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -384,7 +385,7 @@ def test_cli_speedup_on_cortex_m_counts_instructions(tmp_path):
     feeds = {"x": np.zeros((1, 1, 8, 8), np.float32)}
     meter = LatencyMeter("cortex-m4", feeds)
     m0, m1 = load_model(src), load_model(out)
-    run_pipeline(m0, FOLD)
+    run_pipeline(m0, "fold")
     got = meter([m0, m1])
     assert abs(got[0] / 1e6 - before) < 0.01 and abs(got[1] / 1e6 - after) < 0.01 and got[0] / got[1] >= 1.3
     for args, say in ((["--target", "arm-cortex-a76", "--speedup", "2"], "cannot measure"),

@@ -20,7 +20,6 @@ from effc.passes.quantize import QuantizeOptions, quantize
 from tests.fixtures import REPO, ort_run
 
 DIGITS = REPO / "examples" / "digits_cnn.onnx"
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def _folded():
     module = load_model(DIGITS)
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     return module
 
 

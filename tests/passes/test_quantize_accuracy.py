@@ -21,7 +21,6 @@ from effc.passes.quantize_smooth import smooth
 from tests import labelled
 from tests.fixtures import REPO, _site_file
 
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
 DIGITS = REPO / "examples" / "digits_cnn.onnx"
 TRANSFORMER = REPO / "examples" / "digits_transformer.onnx"
 
@@ -32,7 +31,7 @@ def _mnist_path():
 
 def _folded(path):
     module = load_model(path)
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     return module
 
 

@@ -24,8 +24,6 @@ from effc.targets import QUANT_ROUNDINGS, get_target
 from tests import labelled
 from tests.fixtures import REPO
 
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
-
 
 def _tflite_reference(acc: int, multiplier: float) -> int:
     """TFLite's single rounding, from its definition with exact rationals: the multiplier as
@@ -76,7 +74,7 @@ def test_targets_and_ops_agree_on_the_roundings():
 def quantized_digits():
     data = labelled.digits(64)
     module = load_model(REPO / "examples" / "digits_cnn.onnx")
-    run_pipeline(module, FOLD)
+    run_pipeline(module, "fold")
     quantize(module, {"x": data.calib})
     return module, data
 

@@ -20,12 +20,10 @@ from effc.passes.sparsify import sparsify
 from tests import labelled
 from tests.fixtures import REPO
 
-FOLD = "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce"
-
 
 def _digits():
     m = load_model(REPO / "examples" / "digits_cnn.onnx")
-    run_pipeline(m, FOLD)
+    run_pipeline(m, "fold")
     return m
 
 
