@@ -24,7 +24,7 @@ A rules file holds any number of rules::
   value and binds it (every ``$v`` binds the same value); the target's ``$v`` gets the bound
   value. Verification runs the rule once for every listed value (their product, capped).
 - ``where const %a %b``: those source inputs must be constants (so the target's work on
-  them folds away).
+  them folds away). ``where C = C1 + C2``: a named dim is the sum of others.
 - The source's inputs are the rule's variables; its nodes must match nodes of the graph with
   the same op, the same number of inputs and the same attributes (an attribute the source
   leaves out must have its default). Types match by dtype and rank; a named dim (``N``)
@@ -49,7 +49,7 @@ import numpy as np
 
 from effc.ir.builder import Builder
 from effc.ir.core import Graph, Module, Node, Value
-from effc.ir.errors import EffcError, InputError
+from effc.ir.errors import EffcError, InputError, ShapeError
 from effc.ir.opdef import REGISTRY, node_attrs
 from effc.ir.parser import parse_module
 from effc.ir.types import UNKNOWN_DIM
@@ -59,8 +59,8 @@ OBJECTIVES = ("latency", "memory")
 MAX_SAMPLES = 8
 """At most this many combinations of ``vary`` values are verified per rule."""
 
-_VAR = re.compile(r"\$([A-Za-z_]\w*)")
-_ATTR_VAR = re.compile(r"([A-Za-z_][\w-]*)=\$([A-Za-z_]\w*)")
+_VAR = re.compile(r"\$([A-Za-z_]\w*)(?:/([1-9][0-9]*))?")
+_ATTR_VAR = re.compile(r"([A-Za-z_][\w-]*)=\$([A-Za-z_]\w*(?:/[1-9][0-9]*)?)")
 _NODE_LINE = re.compile(r"^\s*%([^\s=,]+)")
 
 
@@ -98,6 +98,8 @@ class Rule:
     """File and line, for messages."""
     source_text: str = field(repr=False, default="")
     target_text: str = field(repr=False, default="")
+    dim_sums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """``where C = C1 + C2``: a named dim that is the sum of others."""
     proof: str = ""
     """How verification established the rule (filled by ``verify``)."""
 
@@ -149,15 +151,28 @@ def template(text: str, sample: Mapping[str, Any], where: str, *, concrete_types
         if head and "=" in line:
             for key, var in _ATTR_VAR.findall(line):
                 attr_vars[(head.group(1), key)] = var
-    missing = sorted(set(_VAR.findall(text)) - set(sample))
+    missing = sorted({name for name, _ in _VAR.findall(text)} - set(sample))
     if missing:
         raise RuleError(f"{where}: ${missing[0]} is used but no 'vary ${missing[0]} = ...' line gives its values")
-    concrete = _VAR.sub(lambda m: _format_attr(sample[m.group(1)]), _in_types(text, sample, concrete_types))
+    concrete = _VAR.sub(lambda m: _format_attr(var_value(sample, m.group(0)[1:])),
+                        _in_types(text, sample, concrete_types))
     try:
         module = parse_module("module {opset=18}\n\n" + concrete, source=where)
     except EffcError as e:
         raise RuleError(f"{where}: {e}") from None
     return Template(module, attr_vars)
+
+
+def var_value(attrs: Mapping[str, Any], var: str) -> Any:
+    """A variable's bound value; ``g/2`` is the bound ``g`` divided by 2 (exactly, else the
+    target does not build: a group of 6 channels splits in two, one of 5 does not)."""
+    name, _, div = var.partition("/")
+    value = attrs[name]
+    if not div:
+        return value
+    if not isinstance(value, int) or value % int(div):
+        raise ShapeError(f"${name}={value} does not divide by {div}")
+    return value // int(div)
 
 
 def _samples(vary: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -213,6 +228,7 @@ def _parse_rule(lines: list[str], i: int, source: str, doc: str) -> tuple[Rule, 
         raise RuleError(f"{where}: rule {name}: unknown objective '{bad[0]}' (objectives: {', '.join(OBJECTIVES)})")
     vary: dict[str, list[Any]] = {}
     const_inputs: set[str] = set()
+    dim_sums: dict[str, tuple[str, ...]] = {}
     texts: dict[str, str] = {}
     i += 1
     while i < len(lines) and len(texts) < 2:
@@ -230,9 +246,13 @@ def _parse_rule(lines: list[str], i: int, source: str, doc: str) -> tuple[Rule, 
             i += 1
         elif line.startswith("where "):
             parts = line.split()
-            if parts[1] != "const" or not all(p.startswith("%") for p in parts[2:]):
-                raise RuleError(f"{source}:{i + 1}: expected 'where const %a %b ...'")
-            const_inputs.update(p[1:] for p in parts[2:])
+            sums = re.fullmatch(r"where\s+([A-Za-z_]\w*)\s*=\s*([A-Za-z_]\w*(?:\s*\+\s*[A-Za-z_]\w*)+)", line)
+            if sums:
+                dim_sums[sums.group(1)] = tuple(t.strip() for t in sums.group(2).split("+"))
+            elif parts[1] == "const" and all(p.startswith("%") for p in parts[2:]):
+                const_inputs.update(p[1:] for p in parts[2:])
+            else:
+                raise RuleError(f"{source}:{i + 1}: expected 'where const %a %b ...' or 'where D = D1 + D2'")
             i += 1
         elif line in ("source", "target"):
             texts[line], i = _graph_block(lines, i + 1, source, line)
@@ -246,7 +266,7 @@ def _parse_rule(lines: list[str], i: int, source: str, doc: str) -> tuple[Rule, 
     tgt = template(texts["target"], samples[0], f"{where} ({name}, target)")
     _check_sides(name, where, src, tgt, const_inputs)
     return Rule(name, doc, objectives, src, tgt, samples, frozenset(const_inputs), where,
-                texts["source"], texts["target"]), i
+                texts["source"], texts["target"], dim_sums=dim_sums), i
 
 
 def _check_sides(name: str, where: str, src: Template, tgt: Template, const_inputs: set[str]) -> None:
@@ -377,7 +397,7 @@ class _Matcher:
             saved = (dict(m.nodes), dict(m.values), dict(m.attrs), dict(m.dims))
             if self._bind_node(m, p, node, perm):
                 if k + 1 == len(self.order):
-                    if self._closed(m):
+                    if self._sums_hold(m) and self._closed(m):
                         yield Match(m.rule, dict(m.nodes), dict(m.values), dict(m.attrs), dict(m.dims))
                 else:
                     for cand in self._candidates(m, self.order[k + 1]):
@@ -402,9 +422,9 @@ class _Matcher:
         for key, value in want.items():
             var = self.rule.source.var_of(p, key)
             if var is not None:
-                if m.attrs.setdefault(var, have.get(key)) != have.get(key):
+                if not _same_attr(key, m.attrs.setdefault(var, have.get(key)), have.get(key)):
                     return False
-            elif have.get(key) != value and not _same_array(have.get(key), value):
+            elif not _same_attr(key, have.get(key), value):
                 return False
         m.nodes[id(p)] = node
         for pv, gv in zip(p.outputs, node.outputs):
@@ -441,6 +461,13 @@ class _Matcher:
         m.values[id(pv)] = gv
         return True
 
+    def _sums_hold(self, m: Match) -> bool:
+        for total, parts in self.rule.dim_sums.items():
+            dims = [m.dims.get(d) for d in (total, *parts)]
+            if all(isinstance(d, int) for d in dims) and dims[0] != sum(dims[1:]):
+                return False
+        return True
+
     def _closed(self, m: Match) -> bool:
         """Values computed inside the match and not returned have no users outside it, and
         no input of the match depends on a node of the match (the target would make a cycle)."""
@@ -456,6 +483,20 @@ class _Matcher:
                 if gv.is_graph_output or any(id(u) not in matched for u in gv.users()):
                     return False
         return not _reaches(m.inputs(), matched)
+
+
+_NEUTRAL = {"pads": 0, "strides": 1, "dilations": 1}
+"""Attributes whose empty default means all zeros or all ones (``pads=[0, 0, 0, 0]`` is the
+default ``pads``)."""
+
+
+def _same_attr(key: str, a: Any, b: Any) -> bool:
+    if a == b or _same_array(a, b):
+        return True
+    neutral = _NEUTRAL.get(key)
+    if neutral is None or not isinstance(a, tuple) or not isinstance(b, tuple):
+        return False
+    return all(x == neutral for x in a) and all(x == neutral for x in b)
 
 
 def _same_array(a: Any, b: Any) -> bool:
@@ -512,7 +553,7 @@ def instantiate(template: Template, module: Module, inputs: list[Value], attrs: 
         for key in REGISTRY[n.op].attrs:
             var = template.var_of(n, key)
             if var is not None:
-                kw[key] = attrs[var]
+                kw[key] = var_value(attrs, var)
         ins = [None if v is None else env[id(v)] for v in n.inputs]
         node = b.op(n.op, *ins, n_outputs=len(n.outputs), name_hint=n.outputs[0].name, **kw)
         for tv, v in zip(n.outputs, node.outputs):

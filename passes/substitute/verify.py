@@ -42,7 +42,10 @@ Z3_TIMEOUT_MS = 5000
 def _draw_dims(rule: Rule, rng: np.random.Generator, smallest: bool) -> dict[str, int]:
     names = sorted({d for v in rule.source.graph.inputs for d in v.type.shape if isinstance(d, str)})
     hi = 3 if smallest else 7
-    return {n: int(rng.integers(1, 3 if n == "N" else hi)) for n in names}
+    dims = {n: int(rng.integers(1, 3 if n == "N" else hi)) for n in names}
+    for total, parts in rule.dim_sums.items():
+        dims[total] = sum(dims[p] for p in parts)
+    return dims
 
 
 def _concrete(t: TensorType, dims: Mapping[str, int]) -> TensorType:
@@ -69,26 +72,47 @@ def _random_input(t: TensorType, rng: np.random.Generator) -> np.ndarray:
 
 
 def _draw_inputs(g: Graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs for ``g``; an integer input that gives a split its sizes is a random
-    split of the length it cuts (known once the values before it are computed)."""
+    """Random inputs for ``g``. An integer input that gives a split its sizes or a reshape its
+    shape is drawn to fit the tensor it applies to (known once the values before it are
+    computed): a random split of the axis, a random factoring of the element count."""
     feeds: dict[str, np.ndarray] = {}
     env: dict[int, np.ndarray] = {}
     for v in g.inputs:
-        if v.type.dtype.np.kind == "f" or not any(u.node.op == "split" and u.index == 1 for u in v.uses()):
+        if v.type.dtype.np.kind == "f" or not any(u.node.op in _SIZED and u.index == 1 for u in v.uses()):
             feeds[v.name] = env[id(v)] = _random_input(v.type, rng)
     for node in g.nodes:
-        sizes = node.inputs[1] if node.op == "split" and len(node.inputs) > 1 else None
+        sizes = node.inputs[1] if node.op in _SIZED and len(node.inputs) > 1 else None
         if sizes is not None and sizes.producer is None and id(sizes) not in env:
-            length = env[id(node.inputs[0])].shape[int(node.attrs.get("axis", 0))]
-            parts = len(node.outputs)
-            cuts = np.sort(rng.choice(np.arange(1, length), parts - 1, replace=False)) if length > parts - 1 else None
-            if cuts is None:
-                raise RuleError("too short to split")
-            feeds[sizes.name] = env[id(sizes)] = np.diff(np.concatenate([[0], cuts, [length]])).astype(sizes.type.dtype.np)
+            data = env[id(node.inputs[0])]
+            if node.op == "split":
+                drawn = _split_sizes(data.shape[int(node.attrs.get("axis", 0))], len(node.outputs), rng)
+            else:
+                drawn = _factors(data.size, int(sizes.type.shape[0]), rng)
+            feeds[sizes.name] = env[id(sizes)] = np.array(drawn, dtype=sizes.type.dtype.np)
         ins = [None if v is None else env[id(v)] for v in node.inputs]
         for v, r in zip(node.outputs, run_node(node, ins)):
             env[id(v)] = r
     return feeds
+
+
+_SIZED = ("split", "reshape")
+
+
+def _split_sizes(length: int, parts: int, rng: np.random.Generator) -> list[int]:
+    if length < parts:
+        raise RuleError("too short to split")
+    cuts = np.sort(rng.choice(np.arange(1, length), parts - 1, replace=False))
+    return list(np.diff(np.concatenate([[0], cuts, [length]])))
+
+
+def _factors(count: int, rank: int, rng: np.random.Generator) -> list[int]:
+    out = []
+    for _ in range(rank - 1):
+        divisors = [d for d in range(1, count + 1) if count % d == 0]
+        d = int(rng.choice(divisors))
+        out.append(d)
+        count //= d
+    return out + [count]
 
 
 def _instances(rule: Rule, sample: Mapping[str, Any], rng: np.random.Generator):
@@ -226,6 +250,29 @@ def _relu(x: np.ndarray) -> np.ndarray:
     return _map(x, lambda e: z3.If(_z3(e) > 0, _z3(e), z3.RealVal(0)))
 
 
+def _clip(ins: list, attrs: Mapping[str, Any]) -> np.ndarray:
+    import z3
+
+    x = ins[0]
+    lo = ins[1] if len(ins) > 1 and ins[1] is not None else None
+    hi = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    if lo is not None:
+        x = np.broadcast_to(x, np.broadcast_shapes(x.shape, np.shape(lo)))
+        lo_b = np.broadcast_to(lo, x.shape)
+        x = _map2(x, lo_b, lambda e, m: z3.If(_z3(e) < _z3(m), _z3(m), _z3(e)))
+    if hi is not None:
+        hi_b = np.broadcast_to(hi, np.broadcast_shapes(x.shape, np.shape(hi)))
+        x = _map2(np.broadcast_to(x, hi_b.shape), hi_b, lambda e, m: z3.If(_z3(e) > _z3(m), _z3(m), _z3(e)))
+    return x
+
+
+def _map2(x: np.ndarray, y: np.ndarray, f: Callable[[Any, Any], Any]) -> np.ndarray:
+    out = np.empty(x.shape, dtype=object)
+    for idx in np.ndindex(x.shape):
+        out[idx] = f(x[idx], y[idx])
+    return out
+
+
 def _map(x: np.ndarray, f: Callable[[Any], Any]) -> np.ndarray:
     out = np.empty(x.shape, dtype=object)
     for idx in np.ndindex(x.shape):
@@ -276,6 +323,7 @@ _MODELS: dict[str, Callable[[list, Mapping[str, Any]], np.ndarray]] = {
     "mul": lambda ins, a: ins[0] * ins[1],
     "neg": lambda ins, a: -ins[0],
     "relu": lambda ins, a: _relu(ins[0]),
+    "clip": _clip,
     "conv": _conv,
     "mat_mul": lambda ins, a: np.matmul(ins[0], ins[1]),
     "gemm": _gemm,

@@ -1,0 +1,166 @@
+"""What a candidate graph costs, for the substitution search.
+
+- **Latency** (``KernelCost``): the graph is grouped into the kernels a build runs (``fuse``,
+  as ``-O2``/``-O3`` group them; constant subgraphs fold first) and each kernel is priced on
+  its own, TASO's cost model. A kernel's price comes from a measuring callable given by the
+  caller (``compiler/latency.py``: each kernel built alone for the target and timed, or its
+  instructions counted under qemu) and is cached by the kernel's text (op, attributes,
+  shapes; weight values do not enter it), so a kernel is measured once per target however
+  many candidates contain it. Without a measuring callable the price is an estimate:
+  multiply-accumulates and bytes moved against a nominal CPU (``estimate``).
+- **Memory** (``ArenaCost``): the peak arena bytes of the microcontroller flow, planned as
+  an AOT build plans it (pools fused into their convolutions, the node order and offsets
+  of ``plan-memory``).
+
+A cost is a float; lower is better."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from effc.ir.core import Graph, Module, Node
+from effc.ir.opdef import REGISTRY
+from effc.ir.parser import copy_module
+from effc.ir.printer import print_module
+
+KernelMeasure = Callable[[Sequence[Module]], list[float]]
+"""Builds each single-kernel module for a target and returns its cost (ms, instructions)."""
+
+ESTIMATE_MACS_PER_NS = 8.0
+"""Multiply-accumulates per nanosecond of the nominal CPU behind ``estimate`` (one core, AVX2)."""
+ESTIMATE_BYTES_PER_NS = 10.0
+ESTIMATE_KERNEL_NS = 2000.0
+"""Fixed cost of one kernel call of the nominal CPU (launch, layout, cache warm-up)."""
+
+
+def cleanup(module: Module) -> None:
+    """Fold what a substitution left computable (its weight concats and split sizes)."""
+    from effc.passes.pipeline import run_pipeline
+
+    run_pipeline(module, "fixpoint(fold-constants,eliminate-identity,cse,dce)")
+
+
+def kernels(module: Module) -> list[Node]:
+    """The nodes of ``module`` as a build groups them: a copy, fused as ``-O2`` does."""
+    from effc.passes.pipeline import run_pipeline
+
+    fused = copy_module(module)
+    run_pipeline(fused, "fuse,dce")
+    return [n for n in fused.graph.nodes if n.op != "const"]
+
+
+def kernel_module(node: Node) -> Module:
+    """``node`` alone: its computed inputs become graph inputs, its constants stay constants
+    (with zeros where the values are large: a kernel's speed does not depend on them, and the
+    text, which keys the cache, does not carry them)."""
+    module = Module(Graph("kernel"))
+    g = module.graph
+    ins = []
+    for i, v in enumerate(node.inputs):
+        if v is None:
+            ins.append(None)
+            continue
+        arr = v.const_value
+        if arr is None:
+            ins.append(g.add_input(f"x{i}", v.type))
+            continue
+        if arr.size > 16:
+            arr = np.zeros(arr.shape, arr.dtype)
+        ins.append(g.append(module.const(arr, name=f"c{i}")).output)
+    copy = Node(node.op, ins, [o.type for o in node.outputs], dict(node.attrs),
+                output_names=[f"y{i}" for i in range(len(node.outputs))], body=node.body)
+    g.append(copy)
+    g.set_outputs(list(copy.outputs))
+    return module
+
+
+def kernel_key(module: Module) -> str:
+    return print_module(module)
+
+
+class KernelCost:
+    """Latency as the sum of the graph's kernels' prices (see the module docstring)."""
+
+    def __init__(self, measure: KernelMeasure | None = None, unit: str = "ms", cache: Path | None = None,
+                 progress: Callable[[int], None] | None = None):
+        self.measure = measure
+        self.unit = unit if measure is not None else "estimated ms"
+        self.cache_path = cache
+        self.prices: dict[str, float] = {}
+        if cache is not None and cache.exists():
+            try:
+                self.prices = {k: float(v) for k, v in json.loads(cache.read_text()).items()}
+            except (ValueError, OSError, AttributeError):
+                self.prices = {}
+        self.measured = 0
+        self.progress = progress
+
+    def price(self, nodes: Sequence[Node]) -> list[float]:
+        mods = [kernel_module(n) for n in nodes]
+        keys = [kernel_key(m) for m in mods]
+        missing = {k: m for k, m in zip(keys, mods) if k not in self.prices}
+        if missing:
+            if self.progress is not None:
+                self.progress(len(missing))
+            if self.measure is None:
+                costs = [estimate(m) for m in missing.values()]
+            else:
+                costs = self.measure(list(missing.values()))
+            self.measured += len(missing)
+            self.prices.update(zip(missing, costs))
+            self._save()
+        return [self.prices[k] for k in keys]
+
+    def __call__(self, module: Module) -> float:
+        return float(sum(self.price(kernels(module))))
+
+    def _save(self) -> None:
+        if self.cache_path is None or self.measure is None:
+            return
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.prices, indent=0, sort_keys=True))
+            tmp.replace(self.cache_path)
+        except OSError:
+            pass  # a cache that cannot be written only costs the measurements again
+
+
+def _macs(n: Node) -> int:
+    if n.body is not None:
+        return sum(_macs(b) for b in n.body.nodes)
+    op = REGISTRY.get(n.op)
+    return int(op.macs(n)) if op is not None and op.macs is not None else 0
+
+
+def estimate(module: Module) -> float:
+    """Nominal milliseconds of a single-kernel module: its MACs or its bytes, whichever takes
+    longer, plus the fixed cost of a call."""
+    node = next(n for n in module.graph.nodes if n.op != "const")
+    if REGISTRY[node.op].traits & {"view", "shape"}:
+        return 0.0
+    moved = sum(v.type.nbytes() for v in list(node.inputs) + list(node.outputs)
+                if v is not None and v.type.is_static)
+    ns = max(_macs(node) / ESTIMATE_MACS_PER_NS, moved / ESTIMATE_BYTES_PER_NS) + ESTIMATE_KERNEL_NS
+    return ns / 1e6
+
+
+class ArenaCost:
+    """Peak arena bytes of the microcontroller flow."""
+
+    unit = "arena bytes"
+
+    def __call__(self, module: Module) -> float:
+        from effc.passes.fuse import fuse_pools
+        from effc.passes.memory_plan import plan_memory
+
+        planned = copy_module(module)
+        fuse_pools(planned)
+        return float(plan_memory(planned).arena_bytes)
+
+
+__all__ = ["KernelCost", "ArenaCost", "KernelMeasure", "kernels", "kernel_module", "kernel_key", "cleanup",
+           "estimate"]

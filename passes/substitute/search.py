@@ -1,0 +1,139 @@
+"""Cost-guided backtracking search over substitutions (TASO, Jia et al., SOSP'19, Algorithm 2).
+
+A priority queue holds graphs by cost, cheapest first, starting with the input graph. Each
+step takes the cheapest, applies every match of every rule to a copy of it (one match per
+copy), folds what the substitution left computable, and queues each new graph whose cost is
+below ``alpha`` times the best cost so far: with ``alpha`` above 1 the search walks through
+graphs slightly worse than the best, which is how two rules that only pay together (kernel
+enlarging, then merging) are found. Graphs already seen (same operations on the same
+inputs, whatever their names) are not queued twice.
+
+The search ends when the queue is empty, when ``budget_s`` seconds have passed, or when
+``max_graphs`` graphs have been costed, and returns the cheapest graph found with the rules
+applied on the way to it. Measuring kernels does not count against the time budget: a
+kernel is measured once per target and cached, so a second search of the same model is
+bounded by the budget alone."""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from effc.ir.core import Graph, Module, Value
+from effc.ir.errors import EffcError
+from effc.ir.parser import copy_module
+
+from .rules import Rule, apply_match, find_matches
+
+
+@dataclass
+class SearchResult:
+    module: Module
+    cost_before: float
+    cost: float
+    applied: list[str]
+    """Rules on the path from the input graph to the result, in order."""
+    explored: int
+    seconds: float
+    measure_seconds: float
+    stopped: str
+    """``done`` (nothing left to try), ``time`` or ``size``."""
+    fired: dict[str, int] = field(default_factory=dict)
+    """Matches applied per rule over the whole search."""
+
+
+def graph_hash(g: Graph) -> str:
+    """A hash of what ``g`` computes, blind to value names: each value is named by its op,
+    attributes and inputs' names in this scheme (constants by dtype, shape and a digest)."""
+    names: dict[int, str] = {id(v): f"in{i}" for i, v in enumerate(g.inputs)}
+    for n in g.nodes:
+        if n.op == "const":
+            arr = n.output.const_value
+            body = f"const {arr.dtype}{arr.shape} {hashlib.sha1(arr.tobytes()).hexdigest()[:16]}"
+        else:
+            ins = ",".join("_" if v is None else names[id(v)] for v in n.inputs)
+            body = f"{n.op}({ins}){sorted(n.attrs.items())!r}{id(n.body) if n.body is not None else ''}"
+        digest = hashlib.sha1(body.encode()).hexdigest()[:20]
+        for i, v in enumerate(n.outputs):
+            names[id(v)] = f"{digest}.{i}"
+    return hashlib.sha1("|".join(names[id(v)] for v in g.outputs).encode()).hexdigest()
+
+
+def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float], *, budget_s: float = 10.0,
+           max_graphs: int = 400, alpha: float = 1.05, cleanup: Callable[[Module], None] | None = None,
+           progress: Callable[[int, float, float], None] | None = None) -> SearchResult:
+    """See the module docstring. ``cleanup`` runs on every new graph (constant folding);
+    ``progress(explored, best_cost, seconds)`` after every costed graph."""
+    start = time.perf_counter()
+    measure = [0.0]
+
+    def timed_cost(m: Module) -> float:
+        t = time.perf_counter()
+        c = cost(m)
+        measure[0] += time.perf_counter() - t
+        return c
+
+    def elapsed() -> float:
+        return time.perf_counter() - start - measure[0]
+
+    cost0 = timed_cost(module)
+    best = (cost0, module, [])
+    seen = {graph_hash(module.graph)}
+    queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
+    counter, explored, stopped = 1, 1, "done"
+    fired: dict[str, int] = {}
+    while queue:
+        c, _, current, path = heapq.heappop(queue)
+        if c > alpha * best[0]:
+            continue
+        for rule in rules:
+            for match_index in range(len(list(find_matches(rule, current.graph)))):
+                if elapsed() > budget_s:
+                    stopped = "time"
+                    break
+                if explored >= max_graphs:
+                    stopped = "size"
+                    break
+                candidate = _apply_copy(current, rule, match_index, cleanup)
+                if candidate is None:
+                    continue
+                h = graph_hash(candidate.graph)
+                if h in seen:
+                    continue
+                seen.add(h)
+                cc = timed_cost(candidate)
+                explored += 1
+                fired[rule.name] = fired.get(rule.name, 0) + 1
+                if cc < best[0]:
+                    best = (cc, candidate, path + [rule.name])
+                if cc < alpha * best[0]:
+                    heapq.heappush(queue, (cc, counter, candidate, path + [rule.name]))
+                    counter += 1
+                if progress is not None:
+                    progress(explored, best[0], elapsed())
+            if stopped != "done":
+                break
+        if stopped != "done":
+            break
+    return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure[0], stopped, fired)
+
+
+def _apply_copy(module: Module, rule: Rule, index: int, cleanup: Callable[[Module], None] | None) -> Module | None:
+    """A copy of ``module`` with the ``index``-th match of ``rule`` applied (None when the
+    target does not build there)."""
+    copy = copy_module(module)
+    matches = list(find_matches(rule, copy.graph))
+    if index >= len(matches):
+        return None
+    try:
+        apply_match(copy, matches[index])
+    except EffcError:
+        return None
+    if cleanup is not None:
+        cleanup(copy)
+    return copy
+
+
+__all__ = ["search", "SearchResult", "graph_hash"]
