@@ -11,10 +11,19 @@ measurements rather than on counted operations (``effc prune --target T --speedu
 
 Other targets are refused: qemu-user (AArch64) has no instruction count and emulated time
 says nothing about the chip's.
+
+``substitute_costs(target)`` gives the ``substitute`` pass what it measures with: each
+kernel built alone and measured (``kernel_measure``), the prices cached per target and
+host CPU under ``~/.cache/effc/kernel-costs/``, and the whole-graph check that keeps the
+input graph unless the searched one measures faster.
 """
 from __future__ import annotations
 
+import hashlib
+import platform
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +37,8 @@ class LatencyMeter:
     """``meter(modules)`` -> the cost of each (``unit``: ``ms`` or ``instructions``) on
     ``target``, run on ``feeds`` (one sample: batch 1)."""
 
-    def __init__(self, target: str, feeds: Mapping[str, np.ndarray], *, threads: int = 1, reps: int = 200,
-                 max_seconds: float = 3.0, tuning_db: str | None = None):
+    def __init__(self, target: str, feeds: Mapping[str, np.ndarray] | None = None, *, threads: int = 1,
+                 reps: int = 200, max_seconds: float = 3.0, tuning_db: str | None = None, pipeline: str = "O2"):
         self.target = get_target(target)
         if self.target.runner == "inprocess":
             self.unit = "ms"
@@ -46,24 +55,28 @@ class LatencyMeter:
             from effc.codegen.schedules import cpu_for
 
             self.block = cpu_for(self.target.tvm, self.target.hardware).lanes
-        self.feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        self.feeds = {k: np.ascontiguousarray(v) for k, v in (feeds or {}).items()}
         self.threads, self.reps, self.max_seconds, self.tuning_db = threads, reps, max_seconds, tuning_db
+        self.pipeline = pipeline
         self.builds = 0
 
-    def _compile(self, module: Module):
+    def _compile(self, module: Module, feeds: Mapping[str, np.ndarray]):
         import effc
 
         self.builds += 1
-        shapes = {k: v.shape for k, v in self.feeds.items()}
-        return effc.compile(copy_module(module), target=self.target.name, input_shapes=shapes,
+        shapes = {k: v.shape for k, v in feeds.items()}
+        return effc.compile(copy_module(module), target=self.target.name, pipeline=self.pipeline, input_shapes=shapes,
                             tuning_db=self.tuning_db)._built
 
-    def __call__(self, modules: Sequence[Module]) -> list[float]:
+    def __call__(self, modules: Sequence[Module], feeds: Sequence[Mapping[str, np.ndarray]] | None = None
+                 ) -> list[float]:
+        """The cost of each module, run on ``feeds[i]`` (default: the meter's feeds)."""
+        feeds = list(feeds) if feeds is not None else [self.feeds] * len(modules)
         if self.unit == "instructions":
             costs = []
-            for m in modules:
-                built = self._compile(m)
-                built.run(self.feeds, count_instructions=True)
+            for m, f in zip(modules, feeds):
+                built = self._compile(m, f)
+                built.run(f, count_instructions=True)
                 costs.append(float(built.last_run_instructions))
             return costs
         from effc.bench import interleaved_ms, set_threads
@@ -71,11 +84,61 @@ class LatencyMeter:
 
         set_threads(self.threads)
         runs = {}
-        for i, m in enumerate(modules):
-            built = self._compile(m)
-            runs[str(i)], _ = vm_runner(built.executable, self.feeds, [n for n, _ in built.signature.inputs])
+        for i, (m, f) in enumerate(zip(modules, feeds)):
+            built = self._compile(m, f)
+            runs[str(i)], _ = vm_runner(built.executable, f, [n for n, _ in built.signature.inputs])
         ms = interleaved_ms(runs, warmup=10, reps=self.reps, max_seconds=self.max_seconds)
         return [ms[str(i)][0] for i in range(len(modules))]
 
 
-__all__ = ["LatencyMeter"]
+def random_feeds(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``module``'s inputs (symbolic dims as 1; integer inputs 0)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in module.graph.inputs:
+        shape = tuple(d if isinstance(d, int) else 1 for d in v.type.shape)
+        dtype = v.type.dtype.np
+        feeds[v.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+    return feeds
+
+
+def _cost_cache(target: str) -> Path:
+    """Per target and host CPU: timings measured on one CPU say nothing about another."""
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    tag = hashlib.sha1(cpu.encode()).hexdigest()[:10]
+    return Path.home() / ".cache" / "effc" / "kernel-costs" / f"{target}-{tag}.json"
+
+
+def substitute_costs(target: str) -> dict[str, Any]:
+    """``ctx.options`` entries for the ``substitute`` pass on ``target`` (empty where effc
+    cannot measure the target's builds: the pass then estimates)."""
+    from effc.passes.substitute.cost import KernelCost
+
+    tgt = get_target(target)
+    if not (tgt.runner == "inprocess" or (tgt.runner == "qemu-system-arm" and tgt.qemu_machine)):
+        return {}
+
+    def kernel_cost() -> KernelCost:
+        meter = LatencyMeter(target, reps=60, max_seconds=1.0, pipeline="O0")
+
+        def measure(modules: Sequence[Module]) -> list[float]:
+            meter.max_seconds = max(1.0, 0.05 * len(modules))
+            return meter(modules, [random_feeds(m) for m in modules])
+
+        return KernelCost(measure, meter.unit, _cost_cache(target))
+
+    def check(modules: Sequence[Module]) -> list[float]:
+        meter = LatencyMeter(target, random_feeds(modules[0]), reps=100, max_seconds=4.0)
+        return meter(modules)
+
+    return {"substitute_cost": kernel_cost, "substitute_check": check}
+
+
+__all__ = ["LatencyMeter", "random_feeds", "substitute_costs"]

@@ -57,12 +57,14 @@ def instruments_for(opts: OptimizeOptions) -> list[Instrument]:
 
 
 def _target_options(target: str | None) -> dict:
-    """What passes read of the target: ``quant_rounding`` (``qdq-to-integer``)."""
+    """What passes read of the target: ``quant_rounding`` (``qdq-to-integer``), how
+    ``substitute`` measures kernels and graphs on it (``effc.latency.substitute_costs``)."""
     if target is None:
         return {}
+    from effc.latency import substitute_costs
     from effc.targets import get_target
 
-    return {"quant_rounding": get_target(target).quant_rounding}
+    return {"quant_rounding": get_target(target).quant_rounding, **substitute_costs(target)}
 
 
 def optimize(module: Module, pipeline: str, opts: OptimizeOptions | None = None) -> PipelineRunner:

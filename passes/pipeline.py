@@ -24,7 +24,8 @@ NAMED_PIPELINES: dict[str, str] = {
     "O0": "",
     "O1": "fold-constants,eliminate-identity,dce",
     "O2": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,fuse,dce",
-    "O3": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,fuse{max-ops=16},dce",
+    "O3": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,substitute,"
+          "fixpoint(fold-constants,eliminate-identity,cse,dce),fuse{max-ops=16},dce",
     "fold": "fixpoint(fold-constants,eliminate-identity,cse,dce),fold-bn,dce",
 }
 """``fold``: -O2 without ``fuse``, the unfused graph ``quantize``, ``prune`` and ``sparsify``

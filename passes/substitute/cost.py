@@ -16,6 +16,7 @@ A cost is a float; lower is better."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class KernelCost:
             except (ValueError, OSError, AttributeError):
                 self.prices = {}
         self.measured = 0
+        self.measure_seconds = 0.0
         self.progress = progress
 
     def price(self, nodes: Sequence[Node]) -> list[float]:
@@ -108,7 +110,9 @@ class KernelCost:
             if self.measure is None:
                 costs = [estimate(m) for m in missing.values()]
             else:
+                t = time.perf_counter()
                 costs = self.measure(list(missing.values()))
+                self.measure_seconds += time.perf_counter() - t
             self.measured += len(missing)
             self.prices.update(zip(missing, costs))
             self._save()

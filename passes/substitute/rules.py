@@ -336,7 +336,10 @@ class Match:
         return [self.values[id(v)] for v in self.rule.source.graph.outputs]
 
     def key(self) -> tuple:
-        return (self.rule.name, tuple(sorted(id(n) for n in self.nodes.values())))
+        """The rule and the graph nodes in the source's order: the same nodes matched in
+        another order (which of two merged convolutions comes first) is another match."""
+        return (self.rule.name, tuple(id(self.nodes[id(p)]) for p in self.rule.source.graph.nodes
+                                      if id(p) in self.nodes))
 
 
 def _match_order(g: Graph) -> list[Node]:
@@ -376,13 +379,9 @@ class _Matcher:
 
     def _candidates(self, m: Match, p: Node) -> list[Node]:
         for i, pv in enumerate(p.outputs):
-            for use in pv.uses():
-                gn = m.nodes.get(id(use.node))
-                if gn is not None:
-                    gv = gn.inputs[use.index] if use.index < len(gn.inputs) else None
-                    if gv is None or gv.producer is None or gv.index != i:
-                        return []
-                    return [gv.producer]
+            gv = m.values.get(id(pv))
+            if gv is not None:  # a matched node reads it: its producer is the only candidate
+                return [gv.producer] if gv.producer is not None and gv.index == i else []
         for pv in p.inputs:
             gv = m.values.get(id(pv)) if pv is not None else None
             if gv is not None:

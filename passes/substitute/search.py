@@ -10,9 +10,9 @@ inputs, whatever their names) are not queued twice.
 
 The search ends when the queue is empty, when ``budget_s`` seconds have passed, or when
 ``max_graphs`` graphs have been costed, and returns the cheapest graph found with the rules
-applied on the way to it. Measuring kernels does not count against the time budget: a
-kernel is measured once per target and cached, so a second search of the same model is
-bounded by the budget alone."""
+applied on the way to it. Measuring kernels (the cost's ``measure_seconds``) does not
+count against the time budget: a kernel is measured once per target and cached, so a
+second search of the same model is bounded by the budget alone."""
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +40,8 @@ class SearchResult:
     measure_seconds: float
     stopped: str
     """``done`` (nothing left to try), ``time`` or ``size``."""
-    fired: dict[str, int] = field(default_factory=dict)
-    """Matches applied per rule over the whole search."""
+    tried: dict[str, int] = field(default_factory=dict)
+    """New graphs each rule made over the whole search."""
 
 
 def graph_hash(g: Graph) -> str:
@@ -67,23 +67,21 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     """See the module docstring. ``cleanup`` runs on every new graph (constant folding);
     ``progress(explored, best_cost, seconds)`` after every costed graph."""
     start = time.perf_counter()
-    measure = [0.0]
+    measured0 = getattr(cost, "measure_seconds", 0.0)
 
-    def timed_cost(m: Module) -> float:
-        t = time.perf_counter()
-        c = cost(m)
-        measure[0] += time.perf_counter() - t
-        return c
+    def measure_seconds() -> float:
+        return getattr(cost, "measure_seconds", 0.0) - measured0
 
     def elapsed() -> float:
-        return time.perf_counter() - start - measure[0]
+        return time.perf_counter() - start - measure_seconds()
 
+    timed_cost = cost
     cost0 = timed_cost(module)
     best = (cost0, module, [])
     seen = {graph_hash(module.graph)}
     queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
     counter, explored, stopped = 1, 1, "done"
-    fired: dict[str, int] = {}
+    tried: dict[str, int] = {}
     while queue:
         c, _, current, path = heapq.heappop(queue)
         if c > alpha * best[0]:
@@ -105,7 +103,7 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
                 seen.add(h)
                 cc = timed_cost(candidate)
                 explored += 1
-                fired[rule.name] = fired.get(rule.name, 0) + 1
+                tried[rule.name] = tried.get(rule.name, 0) + 1
                 if cc < best[0]:
                     best = (cc, candidate, path + [rule.name])
                 if cc < alpha * best[0]:
@@ -117,7 +115,7 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
                 break
         if stopped != "done":
             break
-    return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure[0], stopped, fired)
+    return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped, tried)
 
 
 def _apply_copy(module: Module, rule: Rule, index: int, cleanup: Callable[[Module], None] | None) -> Module | None:
