@@ -61,6 +61,8 @@ class CompileReport:
     runtime: str = ""
     arena_bytes: int | None = None
     """AOT builds: the static arena the C API asks the caller for."""
+    substitution: str | None = None
+    """What the ``substitute`` pass did (its report), when the pipeline ran it."""
 
     def to_json(self) -> dict[str, Any]:
         m = self.model
@@ -86,6 +88,8 @@ class CompileReport:
             lines.append(str(self.memory))
         if self.tuning:
             lines.append(f"  tuning: {self.tuning}")
+        if self.substitution:
+            lines.extend("  " + line for line in self.substitution.splitlines())
         if self.seconds:
             stages = {k: v for k, v in self.seconds.items() if "." not in k}  # build.* are parts of build
             parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
@@ -294,7 +298,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
         bind_input_shapes(module, shapes)
     opts = options or OptimizeOptions(reproducer_dir=None)
     opts.target = tgt.name
-    optimize(module, pipeline, opts)
+    runner = optimize(module, pipeline, opts)
+    substitution = runner.ctx.options.get("substitute_report")
     seconds["optimize"] = time.perf_counter() - t
     t = time.perf_counter()
     tuning_note = None
@@ -308,7 +313,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto | Module, target: str = "
         seconds["build"] = time.perf_counter() - t
     seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     report = CompileReport(model_info(module), tgt.name, pipeline, nodes_before, len(module.graph), seconds,
-                           memory=built.memory, tuning=tuning_note, runtime=runtime, arena_bytes=built.arena_bytes)
+                           memory=built.memory, tuning=tuning_note, runtime=runtime, arena_bytes=built.arena_bytes,
+                           substitution=substitution.format() if substitution is not None else None)
     return CompiledModel(module, tgt, pipeline, built, report, source_hash, runtime)
 
 

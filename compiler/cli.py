@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="inputs, outputs, op histogram, parameters, MACs, weight bytes")
     _model_arg(p, "an .onnx model, .effc IR file, or an artifact folder from `effc compile`")
     p.add_argument("--ops", action="store_true", help="list the ONNX operators effc supports instead")
+    p.add_argument("--rules", action="store_true",
+                   help="list the substitution rules (verified as they load) instead; with --rules-file, also those")
+    p.add_argument("--rules-file", action="append", default=[], metavar="FILE",
+                   help="a rules file to verify and list with --rules (repeatable)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("opt", help="run a pass pipeline and write the optimized model")
@@ -218,7 +222,8 @@ def optimize_options(args: argparse.Namespace):
         dump_ir=args.dump_ir, time_passes=args.time_passes, verify_each=args.verify_each,
         check_numerics=args.check_numerics,
         numerics_inputs=load_npz(args.numerics_inputs) if args.numerics_inputs else None,
-        rtol=args.rtol, atol=args.atol, stop_after_pass=args.stop_after_pass, reproducer_dir=args.reproducer_dir)
+        rtol=args.rtol, atol=args.atol, stop_after_pass=args.stop_after_pass, reproducer_dir=args.reproducer_dir,
+        progress=True)
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
@@ -233,6 +238,8 @@ def cmd_opt(args: argparse.Namespace) -> int:
     runner = optimize(module, pipeline, optimize_options(args))
     print(f"effc: {runner.pipeline}: {len(runner.history)} pass runs, {before} -> {len(module.graph)} nodes",
           file=sys.stderr)
+    if "substitute_report" in runner.ctx.options:
+        print(runner.ctx.options["substitute_report"].format(), file=sys.stderr)
     return _write_or_print(module, args.output)
 
 
@@ -353,7 +360,25 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return _write_or_print(load_model(_resolve_model(args.model)), args.output)
 
 
+def _print_rules(files: list[str]) -> None:
+    import textwrap
+
+    from effc.passes.substitute.rules import RULES_DIR, load_rules
+
+    rules = load_rules(None) + (load_rules([Path(f) for f in files]) if files else [])
+    for r in rules:
+        where = r.where.split(":")[0]
+        where = Path(where).name if Path(where).parent == RULES_DIR else where
+        print(f"{r.name:<28}{'/'.join(r.objectives):<16}{r.proof:<34}{where}")
+        if r.doc:
+            print(textwrap.fill(r.doc, 110, initial_indent="    ", subsequent_indent="    "))
+    print(f"{len(rules)} rules, each verified by the interpreter on random shapes (and by z3 where it says so)")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.rules or args.rules_file:
+        _print_rules(args.rules_file)
+        return 0
     if args.ops:
         from effc.ir.opdef import BY_ONNX
 

@@ -35,6 +35,8 @@ class OptimizeOptions:
     reproducer_dir: str | Path | None = "effc-reproducer"
     stream: IO[str] | None = None
     target: str | None = None
+    progress: bool = False
+    """Long passes (``substitute``) report progress on ``stream``."""
 
 
 def instruments_for(opts: OptimizeOptions) -> list[Instrument]:
@@ -71,6 +73,9 @@ def optimize(module: Module, pipeline: str, opts: OptimizeOptions | None = None)
     """Run ``pipeline`` on ``module`` in place; returns the runner (its ``history`` lists the passes run)."""
     opts = opts or OptimizeOptions()
     ctx = PassContext(target=opts.target, instruments=instruments_for(opts), options=_target_options(opts.target))
+    if opts.progress:
+        stream = opts.stream or sys.stderr
+        ctx.options["substitute_log"] = lambda line: print(line, file=stream, flush=True)
     runner = PipelineRunner(parse_pipeline(pipeline), ctx, opts.stop_after_pass)
     runner.run(module)
     return runner

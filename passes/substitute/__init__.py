@@ -22,6 +22,9 @@
   (``ctx.options["substitute_check"]``: both graphs built and measured side by side) finds
   it no faster, the input graph is kept.
 
+``ctx.options["substitute_log"]`` (a function of one line), when set, hears the progress:
+kernels being measured, graphs searched.
+
 The pass leaves its report (``SubstituteReport``: the rules on the chosen path, the predicted
 and measured costs, the search's time) in ``ctx.options["substitute_report"]``."""
 from __future__ import annotations
@@ -117,9 +120,15 @@ class Substitute(Pass):
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         rules = self.rule_set()
-        cost = self._cost(ctx)
+        log = ctx.options.get("substitute_log")
+        cost = self._cost(ctx, log)
+
+        def progress(explored: int, best: float, seconds: float) -> None:
+            if log is not None and explored % 25 == 0:
+                log(f"substitute: {explored} graphs, best {fmt(best, cost.unit)}, {seconds:.1f} s")
+
         result = search(module, rules, cost, budget_s=parse_budget(self.budget), max_graphs=self.max_graphs,
-                        alpha=self.alpha, cleanup=cleanup, progress=ctx.options.get("substitute_progress"))
+                        alpha=self.alpha, cleanup=cleanup, progress=progress)
         report = SubstituteReport(self.objective, cost.unit, result, False, "", rules=len(rules),
                                   measured_kernels=getattr(cost, "measured", 0))
         ctx.options["substitute_report"] = report
@@ -138,11 +147,14 @@ class Substitute(Pass):
         report.why = "measured faster" if report.measured else "cheaper by the cost model"
         return True
 
-    def _cost(self, ctx: PassContext) -> Any:
+    def _cost(self, ctx: PassContext, log: Any) -> Any:
         if self.objective == "memory":
             return ArenaCost()
         make = ctx.options.get("substitute_cost")
-        return make() if make is not None else KernelCost()
+        cost = make() if make is not None else KernelCost()
+        if log is not None and cost.measure is not None:
+            cost.progress = lambda n: log(f"substitute: measuring {n} kernels on the target")
+        return cost
 
 
 def _replace(module: Module, result: Module) -> None:

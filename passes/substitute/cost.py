@@ -16,6 +16,7 @@ A cost is a float; lower is better."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,8 +56,8 @@ def kernels(module: Module) -> list[Node]:
 
 def kernel_module(node: Node) -> Module:
     """``node`` alone: its computed inputs become graph inputs, its constants stay constants
-    (with zeros where the values are large: a kernel's speed does not depend on them, and the
-    text, which keys the cache, does not carry them)."""
+    (float ones as zeros: a kernel's speed does not depend on them, and the text, which keys
+    the cache, does not carry them; integer ones, shapes and axes, as they are)."""
     module = Module(Graph("kernel"))
     g = module.graph
     ins = []
@@ -68,7 +69,7 @@ def kernel_module(node: Node) -> Module:
         if arr is None:
             ins.append(g.add_input(f"x{i}", v.type))
             continue
-        if arr.size > 16:
+        if arr.dtype.kind == "f":
             arr = np.zeros(arr.shape, arr.dtype)
         ins.append(g.append(module.const(arr, name=f"c{i}")).output)
     copy = Node(node.op, ins, [o.type for o in node.outputs], dict(node.attrs),
@@ -78,8 +79,14 @@ def kernel_module(node: Node) -> Module:
     return module
 
 
+_NAME = re.compile(r'%("(?:[^"\\]|\\.)*"|[A-Za-z0-9_.\-]+)')
+
+
 def kernel_key(module: Module) -> str:
-    return print_module(module)
+    """The kernel module's text with its values renamed in order of appearance (a fused
+    node's body keeps the model's names otherwise)."""
+    names: dict[str, str] = {}
+    return _NAME.sub(lambda m: "%" + names.setdefault(m.group(1), f"v{len(names)}"), print_module(module))
 
 
 class KernelCost:

@@ -18,7 +18,7 @@ A rules file holds any number of rules::
       ...
     }
 
-- ``//`` lines before a rule are its description (``effc info --rules`` prints them).
+- ``//`` lines right above a rule are its description (``effc info --rules`` prints them).
 - ``rule NAME [latency|memory]``: the objectives it serves (both when none is named).
 - ``vary $v = A | B | ...``: an attribute variable. In the source, ``key=$v`` matches any
   value and binds it (every ``$v`` binds the same value); the target's ``$v`` gets the bound
@@ -159,7 +159,7 @@ def template(text: str, sample: Mapping[str, Any], where: str, *, concrete_types
     try:
         module = parse_module("module {opset=18}\n\n" + concrete, source=where)
     except EffcError as e:
-        raise RuleError(f"{where}: {e}") from None
+        raise RuleError(str(e)) from None
     return Template(module, attr_vars)
 
 
@@ -189,7 +189,8 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
     i = 0
     while i < len(lines):
         line = lines[i].strip()
-        if not line:
+        if not line:  # a blank line ends a comment block: only the one right above a rule is its description
+            doc = []
             i += 1
             continue
         if line.startswith("//"):
@@ -335,11 +336,13 @@ class Match:
     def outputs(self) -> list[Value]:
         return [self.values[id(v)] for v in self.rule.source.graph.outputs]
 
+    def ordered_nodes(self) -> list[Node]:
+        return [self.nodes[id(p)] for p in self.rule.source.graph.nodes if id(p) in self.nodes]
+
     def key(self) -> tuple:
         """The rule and the graph nodes in the source's order: the same nodes matched in
         another order (which of two merged convolutions comes first) is another match."""
-        return (self.rule.name, tuple(id(self.nodes[id(p)]) for p in self.rule.source.graph.nodes
-                                      if id(p) in self.nodes))
+        return (self.rule.name, tuple(id(n) for n in self.ordered_nodes()))
 
 
 def _match_order(g: Graph) -> list[Node]:
@@ -522,16 +525,16 @@ def _reaches(values: list[Value], nodes: set[int]) -> bool:
 _MATCHERS: dict[int, _Matcher] = {}
 
 
-def find_matches(rule: Rule, graph: Graph) -> Iterator[Match]:
-    """Every match of ``rule``'s source in ``graph`` (each set of nodes once)."""
+def find_matches(rule: Rule, graph: Graph) -> list[Match]:
+    """Every match of ``rule``'s source in ``graph``, ordered by where the matched nodes
+    stand in the graph, taken in the source's order (so two merged convolutions keep the
+    graph's order first)."""
     matcher = _MATCHERS.get(id(rule))
     if matcher is None or matcher.rule is not rule:
         matcher = _MATCHERS[id(rule)] = _Matcher(rule)
-    seen: set[tuple] = set()
-    for m in matcher.matches(graph):
-        if m.key() not in seen:
-            seen.add(m.key())
-            yield m
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    found = {m.key(): m for m in matcher.matches(graph)}
+    return sorted(found.values(), key=lambda m: [position[id(n)] for n in m.ordered_nodes()])
 
 
 # ----------------------------------------------------------------------------- building
@@ -549,10 +552,12 @@ def instantiate(template: Template, module: Module, inputs: list[Value], attrs: 
             env[id(n.output)] = b.const(np.array(n.output.const_value), name_hint=n.output.name)
             continue
         kw = dict(n.attrs)
-        for key in REGISTRY[n.op].attrs:
+        for key, spec in REGISTRY[n.op].attrs.items():
             var = template.var_of(n, key)
             if var is not None:
                 kw[key] = var_value(attrs, var)
+                if not spec.required and _same_attr(key, kw[key], spec.default):
+                    del kw[key]  # as an importer writes it: defaults left out
         ins = [None if v is None else env[id(v)] for v in n.inputs]
         node = b.op(n.op, *ins, n_outputs=len(n.outputs), name_hint=n.outputs[0].name, **kw)
         for tv, v in zip(n.outputs, node.outputs):
@@ -579,15 +584,17 @@ def apply_match(module: Module, m: Match) -> list[Node]:
             g.remove(n, force=True)
         raise
     added = [n for n in g.nodes if id(n) not in before]
+    renames = []
     for old, new in zip(m.outputs(), new_outs):
         if old.is_graph_output:
-            name = old.name
+            renames.append((new, old.name))
             old.replace_all_uses_with(new, replace_graph_outputs=True)
-            if name not in {v.name for v in g.values()}:
-                g.rename(new, name)
         else:
             old.replace_all_uses_with(new)
     g.eliminate_dead_code()
+    for new, name in renames:  # a graph output keeps its name once the node that had it is gone
+        if name not in g.names and new.producer is not None:
+            g.rename(new, name)
     _topological(g)
     return added
 

@@ -2,7 +2,7 @@
 
 A priority queue holds graphs by cost, cheapest first, starting with the input graph. Each
 step takes the cheapest, applies every match of every rule to a copy of it (one match per
-copy), folds what the substitution left computable, and queues each new graph whose cost is
+copy; the rules take turns, so a budget cut short has tried each), folds what the substitution left computable, and queues each new graph whose cost is
 below ``alpha`` times the best cost so far: with ``alpha`` above 1 the search walks through
 graphs slightly worse than the best, which is how two rules that only pay together (kernel
 enlarging, then merging) are found. Graphs already seen (same operations on the same
@@ -82,47 +82,51 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
     counter, explored, stopped = 1, 1, "done"
     tried: dict[str, int] = {}
-    while queue:
+    while queue and stopped == "done":
         c, _, current, path = heapq.heappop(queue)
         if c > alpha * best[0]:
             continue
-        for rule in rules:
-            for match_index in range(len(list(find_matches(rule, current.graph)))):
-                if elapsed() > budget_s:
-                    stopped = "time"
-                    break
-                if explored >= max_graphs:
-                    stopped = "size"
-                    break
-                candidate = _apply_copy(current, rule, match_index, cleanup)
-                if candidate is None:
-                    continue
-                h = graph_hash(candidate.graph)
-                if h in seen:
-                    continue
-                seen.add(h)
-                cc = timed_cost(candidate)
-                explored += 1
-                tried[rule.name] = tried.get(rule.name, 0) + 1
-                if cc < best[0]:
-                    best = (cc, candidate, path + [rule.name])
-                if cc < alpha * best[0]:
-                    heapq.heappush(queue, (cc, counter, candidate, path + [rule.name]))
-                    counter += 1
-                if progress is not None:
-                    progress(explored, best[0], elapsed())
-            if stopped != "done":
+        for rule, match_index in _round_robin(rules, current):
+            if elapsed() > budget_s:
+                stopped = "time"
                 break
-        if stopped != "done":
-            break
+            if explored >= max_graphs:
+                stopped = "size"
+                break
+            candidate = _apply_copy(current, rule, match_index, cleanup)
+            if candidate is None:
+                continue
+            h = graph_hash(candidate.graph)
+            if h in seen:
+                continue
+            seen.add(h)
+            cc = timed_cost(candidate)
+            explored += 1
+            tried[rule.name] = tried.get(rule.name, 0) + 1
+            if cc < best[0]:
+                best = (cc, candidate, path + [rule.name])
+            if cc < alpha * best[0]:
+                heapq.heappush(queue, (cc, counter, candidate, path + [rule.name]))
+                counter += 1
+            if progress is not None:
+                progress(explored, best[0], elapsed())
     return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped, tried)
+
+
+def _round_robin(rules: Sequence[Rule], module: Module) -> list[tuple[Rule, int]]:
+    """Every (rule, match) of ``module``, the first match of each rule, then the second of
+    each, ...: a search cut short by its budget has tried every rule, not one rule's many
+    matches."""
+    counts = [(rule, len(find_matches(rule, module.graph))) for rule in rules]
+    most = max((n for _, n in counts), default=0)
+    return [(rule, i) for i in range(most) for rule, n in counts if i < n]
 
 
 def _apply_copy(module: Module, rule: Rule, index: int, cleanup: Callable[[Module], None] | None) -> Module | None:
     """A copy of ``module`` with the ``index``-th match of ``rule`` applied (None when the
     target does not build there)."""
     copy = copy_module(module)
-    matches = list(find_matches(rule, copy.graph))
+    matches = find_matches(rule, copy.graph)
     if index >= len(matches):
         return None
     try:
