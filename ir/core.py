@@ -513,5 +513,38 @@ class Module:
         return sum(int(n.output.const_value.nbytes) for n in self.graph.nodes if n.op == "const")
 
 
+def clone_module(module: Module) -> Module:
+    """A structural copy of ``module``, as ``parser.copy_module`` makes through the text (the
+    weight arrays shared, the stores not), without printing and parsing: what a search that
+    copies a graph per candidate needs."""
+    store = WeightStore()
+
+    def attr(a: AttrValue) -> AttrValue:
+        if not isinstance(a, Resource):
+            return a
+        if a.key not in store:
+            store.add(a.key, a.get())
+        return Resource(a.key, store)
+
+    def clone(g: Graph) -> Graph:
+        new = Graph(g.name)
+        env: dict[int, Value] = {}
+        for v in g.inputs:
+            env[id(v)] = nv = new.add_input(v.name, v.type)
+            nv.meta = dict(v.meta)
+        for n in g.nodes:
+            copy = Node(n.op, [None if v is None else env[id(v)] for v in n.inputs], [o.type for o in n.outputs],
+                        {k: attr(a) for k, a in n.attrs.items()}, output_names=[o.name for o in n.outputs],
+                        body=clone(n.body) if n.body is not None else None, loc=n.loc)
+            new.append(copy)
+            for o, c in zip(n.outputs, copy.outputs):
+                env[id(o)] = c
+                c.meta = dict(o.meta)
+        new.set_outputs([env[id(v)] for v in g.outputs])
+        return new
+
+    return Module(clone(module.graph), store, module.opset, module.producer, dict(module.metadata), module.target)
+
+
 def is_simple_name(name: str) -> bool:
     return _SIMPLE_NAME.fullmatch(name) is not None

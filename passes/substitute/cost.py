@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from effc.ir.core import Graph, Module, Node
+from effc.ir.core import Graph, Module, Node, clone_module
 from effc.ir.opdef import REGISTRY
-from effc.ir.parser import copy_module
 from effc.ir.printer import print_module
 
 KernelMeasure = Callable[[Sequence[Module]], list[float]]
@@ -49,7 +48,7 @@ def kernels(module: Module) -> list[Node]:
     """The nodes of ``module`` as a build groups them: a copy, fused as ``-O2`` does."""
     from effc.passes.pipeline import run_pipeline
 
-    fused = copy_module(module)
+    fused = clone_module(module)
     run_pipeline(fused, "fuse,dce")
     return [n for n in fused.graph.nodes if n.op != "const"]
 
@@ -103,14 +102,29 @@ class KernelCost:
                 self.prices = {k: float(v) for k, v in json.loads(cache.read_text()).items()}
             except (ValueError, OSError, AttributeError):
                 self.prices = {}
+        self.keys: dict[tuple, str] = {}
         self.measured = 0
         self.measure_seconds = 0.0
         self.progress = progress
 
+    def _key(self, node: Node) -> tuple[str, Module | None]:
+        """The kernel's key, through a memo on its structure (printing is the slow part of
+        costing a candidate graph, and most of its kernels were costed before)."""
+        sig = _signature(node)
+        key = self.keys.get(sig)
+        if key is not None:
+            return key, None
+        module = kernel_module(node)
+        key = self.keys[sig] = kernel_key(module)
+        return key, module
+
     def price(self, nodes: Sequence[Node]) -> list[float]:
-        mods = [kernel_module(n) for n in nodes]
-        keys = [kernel_key(m) for m in mods]
-        missing = {k: m for k, m in zip(keys, mods) if k not in self.prices}
+        pairs = [self._key(n) for n in nodes]
+        keys = [k for k, _ in pairs]
+        missing: dict[str, Module] = {}
+        for (k, mod), n in zip(pairs, nodes):
+            if k not in self.prices and k not in missing:
+                missing[k] = mod if mod is not None else kernel_module(n)
         if missing:
             if self.progress is not None:
                 self.progress(len(missing))
@@ -140,6 +154,32 @@ class KernelCost:
             pass  # a cache that cannot be written only costs the measurements again
 
 
+def _signature(node: Node) -> tuple:
+    """What ``kernel_key`` prints, as a tuple: ops, attributes, types, which inputs are
+    constants (integer constants with their values) and, in a fused body, the wiring."""
+    def ins(n: Node, index: dict[int, int]) -> tuple:
+        out = []
+        for v in n.inputs:
+            if v is None:
+                out.append(None)
+                continue
+            arr = v.const_value if v.producer is not None and v.producer.op == "const" else None
+            const = None if arr is None else (arr.tobytes() if arr.dtype.kind != "f" else "f")
+            out.append((index.get(id(v)), str(v.type), const))
+        return tuple(out)
+
+    body: tuple = ()
+    if node.body is not None:
+        index = {id(v): i for i, v in enumerate(node.body.inputs)}
+        rows = []
+        for b in node.body.nodes:
+            rows.append((b.op, repr(sorted(b.attrs.items())), ins(b, index), tuple(str(o.type) for o in b.outputs)))
+            for o in b.outputs:
+                index[id(o)] = len(index)
+        body = (tuple(rows), tuple(index.get(id(v)) for v in node.body.outputs))
+    return (node.op, repr(sorted(node.attrs.items())), ins(node, {}), tuple(str(o.type) for o in node.outputs), body)
+
+
 def _macs(n: Node) -> int:
     if n.body is not None:
         return sum(_macs(b) for b in n.body.nodes)
@@ -162,13 +202,13 @@ def estimate(module: Module) -> float:
 class ArenaCost:
     """Peak arena bytes of the microcontroller flow."""
 
-    unit = "arena bytes"
+    unit = "planned arena bytes"
 
     def __call__(self, module: Module) -> float:
         from effc.passes.fuse import fuse_pools
         from effc.passes.memory_plan import plan_memory
 
-        planned = copy_module(module)
+        planned = clone_module(module)
         fuse_pools(planned)
         return float(plan_memory(planned).arena_bytes)
 

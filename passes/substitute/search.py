@@ -21,11 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from effc.ir.core import Graph, Module, Value
+from effc.ir.core import Graph, Module, Value, clone_module
 from effc.ir.errors import EffcError
-from effc.ir.parser import copy_module
 
-from .rules import Rule, apply_match, find_matches
+from .rules import Match, Rule, apply_match, find_matches
 
 
 @dataclass
@@ -44,14 +43,20 @@ class SearchResult:
     """New graphs each rule made over the whole search."""
 
 
-def graph_hash(g: Graph) -> str:
+def graph_hash(g: Graph, digests: dict[int, tuple] | None = None) -> str:
     """A hash of what ``g`` computes, blind to value names: each value is named by its op,
-    attributes and inputs' names in this scheme (constants by dtype, shape and a digest)."""
+    attributes and inputs' names in this scheme (constants by dtype, shape and a digest).
+    ``digests`` remembers the digests of arrays by identity (copies of a module share their
+    weight arrays; the entry keeps the array alive, so its identity stays its own)."""
+    digests = {} if digests is None else digests
     names: dict[int, str] = {id(v): f"in{i}" for i, v in enumerate(g.inputs)}
     for n in g.nodes:
         if n.op == "const":
             arr = n.output.const_value
-            body = f"const {arr.dtype}{arr.shape} {hashlib.sha1(arr.tobytes()).hexdigest()[:16]}"
+            known = digests.get(id(arr))
+            if known is None:
+                known = digests[id(arr)] = (arr, hashlib.sha1(arr.tobytes()).hexdigest()[:16])
+            body = f"const {arr.dtype}{arr.shape} {known[1]}"
         else:
             ins = ",".join("_" if v is None else names[id(v)] for v in n.inputs)
             body = f"{n.op}({ins}){sorted(n.attrs.items())!r}{id(n.body) if n.body is not None else ''}"
@@ -78,7 +83,8 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     timed_cost = cost
     cost0 = timed_cost(module)
     best = (cost0, module, [])
-    seen = {graph_hash(module.graph)}
+    digests: dict[int, tuple] = {}
+    seen = {graph_hash(module.graph, digests)}
     queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
     counter, explored, stopped = 1, 1, "done"
     tried: dict[str, int] = {}
@@ -86,17 +92,17 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
         c, _, current, path = heapq.heappop(queue)
         if c > alpha * best[0]:
             continue
-        for rule, match_index in _round_robin(rules, current):
+        for rule, match in _round_robin(rules, current):
             if elapsed() > budget_s:
                 stopped = "time"
                 break
             if explored >= max_graphs:
                 stopped = "size"
                 break
-            candidate = _apply_copy(current, rule, match_index, cleanup)
+            candidate = _apply_copy(current, match, cleanup)
             if candidate is None:
                 continue
-            h = graph_hash(candidate.graph)
+            h = graph_hash(candidate.graph, digests)
             if h in seen:
                 continue
             seen.add(h)
@@ -113,29 +119,39 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped, tried)
 
 
-def _round_robin(rules: Sequence[Rule], module: Module) -> list[tuple[Rule, int]]:
+def _round_robin(rules: Sequence[Rule], module: Module) -> list[tuple[Rule, Match]]:
     """Every (rule, match) of ``module``, the first match of each rule, then the second of
     each, ...: a search cut short by its budget has tried every rule, not one rule's many
     matches."""
-    counts = [(rule, len(find_matches(rule, module.graph))) for rule in rules]
-    most = max((n for _, n in counts), default=0)
-    return [(rule, i) for i in range(most) for rule, n in counts if i < n]
+    found = [(rule, find_matches(rule, module.graph)) for rule in rules]
+    most = max((len(ms) for _, ms in found), default=0)
+    return [(rule, ms[i]) for i in range(most) for rule, ms in found if i < len(ms)]
 
 
-def _apply_copy(module: Module, rule: Rule, index: int, cleanup: Callable[[Module], None] | None) -> Module | None:
-    """A copy of ``module`` with the ``index``-th match of ``rule`` applied (None when the
+def _apply_copy(module: Module, match: Match, cleanup: Callable[[Module], None] | None) -> Module | None:
+    """A copy of ``module`` with ``match`` (found in ``module``) applied to it (None when the
     target does not build there)."""
-    copy = copy_module(module)
-    matches = find_matches(rule, copy.graph)
-    if index >= len(matches):
-        return None
+    copy = clone_module(module)
     try:
-        apply_match(copy, matches[index])
+        apply_match(copy, _transfer(match, module.graph, copy.graph))
     except EffcError:
         return None
     if cleanup is not None:
         cleanup(copy)
     return copy
+
+
+def _transfer(match: Match, g: Graph, copy: Graph) -> Match:
+    """``match`` on ``copy``, a copy of ``g`` (``clone_module`` keeps the node order): nodes by
+    position, values by their producer's position and output index, or input index."""
+    nodes = {id(a): b for a, b in zip(g.nodes, copy.nodes)}
+    inputs = {id(a): b for a, b in zip(g.inputs, copy.inputs)}
+
+    def value(v: Value) -> Value:
+        return inputs[id(v)] if v.producer is None else nodes[id(v.producer)].outputs[v.index]
+
+    return Match(match.rule, {k: nodes[id(n)] for k, n in match.nodes.items()},
+                 {k: value(v) for k, v in match.values.items()}, dict(match.attrs), dict(match.dims))
 
 
 __all__ = ["search", "SearchResult", "graph_hash"]

@@ -3,6 +3,7 @@
 and ``Value.uses()`` snapshots."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from effc.ir.builder import Builder
@@ -365,3 +366,31 @@ def test_a_node_joins_one_graph_only() -> None:
     with pytest.raises(VerificationError) as e:
         Graph("h").remove(n)
     assert str(e.value) == "<Node %relu = relu(%x)> is not in graph @h"
+
+
+def test_clone_module_prints_the_same_and_shares_nothing_but_weight_arrays():
+    from effc.ir.core import clone_module
+    from effc.ir.parser import parse_module
+    from effc.ir.printer import print_module
+
+    text = """module {opset=17}
+
+graph @g(%x: f32[N,4]) -> (f32[N,3]) {
+  %w = const() {value=resource<"w">} : f32[4,3]
+  %y = fused(%x, %w) {kind="mat_mul+relu"} : f32[N,3] body(%a: f32[N,4], %b: f32[4,3]) {
+    %p = mat_mul(%a, %b) : f32[N,3]
+    %r = relu(%p) : f32[N,3]
+    return %r
+  }
+  return %y
+}
+"""
+    m = parse_module(text, {"w": np.arange(12, dtype=np.float32).reshape(4, 3)})
+    c = clone_module(m)
+    assert print_module(c) == print_module(m)
+    fused = next(n for n in c.graph.nodes if n.op == "fused")
+    assert fused.body is not next(n for n in m.graph.nodes if n.op == "fused").body
+    w_m, w_c = (next(n for n in mod.graph.nodes if n.op == "const").attrs["value"] for mod in (m, c))
+    assert w_c.store is c.weights and w_m.store is m.weights and w_c.get() is w_m.get()
+    c.graph.remove(fused, force=True)
+    assert print_module(m) == text

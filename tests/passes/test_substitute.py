@@ -336,7 +336,7 @@ def test_memory_objective_on_the_cortex_m4_build_runs_as_the_interpreter(tmp_pat
     pipeline = NAMED_PIPELINES["fold"] + ",substitute{objective=memory max-graphs=40 budget=600s},fuse,dce"
     plain = effc.compile(str(path), target="cortex-m4", flash=8_000_000, sram=4_000_000)
     searched = effc.compile(str(path), target="cortex-m4", pipeline=pipeline, flash=8_000_000, sram=4_000_000)
-    assert searched._built.arena_bytes < 0.6 * plain._built.arena_bytes
+    assert searched._built.arena_bytes < 0.65 * plain._built.arena_bytes
     x = _feeds(searched.ir)
     want = run_module(load_model(str(path)), x)
     for got in (plain.run(x), searched.run(x)):
