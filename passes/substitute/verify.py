@@ -71,10 +71,27 @@ def _random_input(t: TensorType, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(1, 4, shape).astype(t.dtype.np)
 
 
-def _draw_inputs(g: Graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _split_hints(source: Template) -> dict[str, list[str]]:
+    """Split sizes the source names: ``%a, %b = split(%x, %s) {axis=1} : f32[N,C1,..], f32[N,C2,..]``
+    gives ``s`` the sizes ``[C1, C2]``."""
+    hints = {}
+    for n in source.graph.nodes:
+        sizes = n.inputs[1] if n.op == "split" and len(n.inputs) > 1 else None
+        if sizes is None or sizes.producer is not None:
+            continue
+        axis = int(n.attrs.get("axis", 0))
+        names = [o.type.shape[axis] for o in n.outputs]
+        if all(isinstance(d, str) and d != "?" for d in names):
+            hints[sizes.name] = names
+    return hints
+
+
+def _draw_inputs(g: Graph, rng: np.random.Generator, dims: Mapping[str, int] | None = None,
+                 hints: Mapping[str, list[str]] | None = None) -> dict[str, np.ndarray]:
     """Random inputs for ``g``. An integer input that gives a split its sizes or a reshape its
     shape is drawn to fit the tensor it applies to (known once the values before it are
-    computed): a random split of the axis, a random factoring of the element count."""
+    computed): the sizes the source names (``hints``), else a random split of the axis; a
+    random factoring of the element count."""
     feeds: dict[str, np.ndarray] = {}
     env: dict[int, np.ndarray] = {}
     for v in g.inputs:
@@ -84,7 +101,9 @@ def _draw_inputs(g: Graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
         sizes = node.inputs[1] if node.op in _SIZED and len(node.inputs) > 1 else None
         if sizes is not None and sizes.producer is None and id(sizes) not in env:
             data = env[id(node.inputs[0])]
-            if node.op == "split":
+            if node.op == "split" and hints and sizes.name in hints and dims is not None:
+                drawn = [dims[d] for d in hints[sizes.name]]
+            elif node.op == "split":
                 drawn = _split_sizes(data.shape[int(node.attrs.get("axis", 0))], len(node.outputs), rng)
             else:
                 drawn = _factors(data.size, int(sizes.type.shape[0]), rng)
@@ -120,13 +139,14 @@ def _instances(rule: Rule, sample: Mapping[str, Any], rng: np.random.Generator):
     inputs that the source takes and the target builds on."""
     source = template(rule.source_text, sample, rule.where, concrete_types=True)
     target = template(rule.target_text, sample, rule.where, concrete_types=True)
+    hints = _split_hints(source)
     found = 0
     for trial in range(SHAPE_TRIALS):
         dims = _draw_dims(rule, rng, smallest=trial < SHAPE_TRIALS // 2)
         types = [_concrete(v.type, dims) for v in source.graph.inputs]
         try:
             src = build_side(source, types, sample)
-            feeds = _draw_inputs(src.graph, rng)
+            feeds = _draw_inputs(src.graph, rng, dims, hints)
             want = list(run_module(src, feeds).values())
         except EffcError:
             continue
