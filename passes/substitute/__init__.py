@@ -20,7 +20,7 @@
   ``memory``: the peak arena bytes of the microcontroller flow.
 - **Never worse**: when the best graph is not cheaper, or a whole-graph measurement
   (``ctx.options["substitute_check"]``: both graphs built and measured side by side) finds
-  it no faster, the input graph is kept.
+  it not at least 1% faster (``MIN_MEASURED_GAIN``), the input graph is kept.
 
 ``ctx.options["substitute_log"]`` (a function of one line), when set, hears the progress:
 kernels being measured, graphs searched.
@@ -40,6 +40,12 @@ from .rules import OBJECTIVES, Rule, RuleError, bundled_rules, load_rules
 from .search import SearchResult, search
 
 
+MIN_MEASURED_GAIN = 1.01
+"""The searched graph replaces the input graph only when it measures at least this much
+faster whole: a smaller gain is within the noise of timing, and the pass must never make a
+model slower."""
+
+
 @dataclass
 class SubstituteReport:
     objective: str
@@ -56,8 +62,12 @@ class SubstituteReport:
     def format(self) -> str:
         r = self.result
         gain = r.cost_before / r.cost if r.cost > 0 else float("inf")
-        lines = [f"substitute ({self.objective}): {self.rules} rules, {r.explored} graphs in {r.seconds:.1f} s "
-                 f"of search ({r.stopped}), {self.measured_kernels} kernels measured in {r.measure_seconds:.1f} s"]
+        head = (f"substitute ({self.objective}): {self.rules} rules, {r.explored} graphs in {r.seconds:.1f} s "
+                f"of search ({r.stopped})")
+        if self.objective == "latency":
+            how = "estimated" if "estimated" in self.unit else f"measured on the target in {r.measure_seconds:.1f} s"
+            head += f", {self.measured_kernels} new kernels priced ({how})"
+        lines = [head]
         if r.applied:
             counts: dict[str, int] = {}
             for name in r.applied:
@@ -139,8 +149,9 @@ class Substitute(Pass):
         if check is not None:
             before, after = check([module, result.module])
             report.measured = (before, after)
-            if after >= before:
-                report.why = "measured whole, the searched graph is not faster"
+            if after * MIN_MEASURED_GAIN >= before:
+                report.why = (f"measured whole, the searched graph is not {100 * (MIN_MEASURED_GAIN - 1):.0f}% "
+                              "faster (timing noise on a loaded machine is about that)")
                 return False
         _replace(module, result.module)
         report.kept = True

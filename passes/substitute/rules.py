@@ -38,6 +38,7 @@ A rules file holds any number of rules::
 Loading a file verifies every rule (``verify.py``) and refuses a wrong one with the reason."""
 from __future__ import annotations
 
+import heapq
 import itertools
 import re
 from collections.abc import Iterator, Mapping
@@ -287,6 +288,10 @@ def _check_sides(name: str, where: str, src: Template, tgt: Template, const_inpu
     for v in src.graph.inputs:
         if not v.uses():
             raise RuleError(f"{where}: rule {name}: source input %{v.name} is not used")
+    try:
+        _match_order(src.graph)
+    except RuleError as e:
+        raise RuleError(f"{where}: rule {name}: {e}") from None
 
 
 def load_rules(paths: list[Path] | None = None, *, verify: bool = True) -> list[Rule]:
@@ -474,7 +479,7 @@ class _Matcher:
         """Values computed inside the match and not returned have no users outside it, and
         no input of the match depends on a node of the match (the target would make a cycle)."""
         matched = {id(n) for n in m.nodes.values()}
-        outs = {id(self.rule.source.graph.outputs[i]) for i in range(len(self.rule.source.graph.outputs))}
+        outs = {id(v) for v in self.rule.source.graph.outputs}
         for p in self.rule.source.graph.nodes:
             if p.op == "const":
                 continue
@@ -611,8 +616,6 @@ def _topological(g: Graph) -> None:
     nodes = list(g.nodes)
     pos = {id(n): i for i, n in enumerate(nodes)}
     waiting = {id(n): sum(1 for v in n.inputs if v is not None and v.producer is not None) for n in nodes}
-    import heapq
-
     ready = [(pos[id(n)], n) for n in nodes if waiting[id(n)] == 0]
     heapq.heapify(ready)
     order: list[Node] = []

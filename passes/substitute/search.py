@@ -2,7 +2,8 @@
 
 A priority queue holds graphs by cost, cheapest first, starting with the input graph. Each
 step takes the cheapest, applies every match of every rule to a copy of it (one match per
-copy; the rules take turns, so a budget cut short has tried each), folds what the substitution left computable, and queues each new graph whose cost is
+copy; the rules take turns, so a budget cut short has tried each; a rule whose match
+lowers the cost is also applied at all its matches at once, one more graph), folds what the substitution left computable, and queues each new graph whose cost is
 below ``alpha`` times the best cost so far: with ``alpha`` above 1 the search walks through
 graphs slightly worse than the best, which is how two rules that only pay together (kernel
 enlarging, then merging) are found. Graphs already seen (same operations on the same
@@ -88,10 +89,32 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
     counter, explored, stopped = 1, 1, "done"
     tried: dict[str, int] = {}
+    def consider(candidate: Module | None, path: list[str]) -> float | None:
+        """Cost a new graph and queue it; None when it is not new (or did not build)."""
+        nonlocal best, counter, explored
+        if candidate is None:
+            return None
+        h = graph_hash(candidate.graph, digests)
+        if h in seen:
+            return None
+        seen.add(h)
+        cc = timed_cost(candidate)
+        explored += 1
+        tried[path[-1]] = tried.get(path[-1], 0) + 1
+        if cc < best[0]:
+            best = (cc, candidate, path)
+        if cc < alpha * best[0]:
+            heapq.heappush(queue, (cc, counter, candidate, path))
+            counter += 1
+        if progress is not None:
+            progress(explored, best[0], elapsed())
+        return cc
+
     while queue and stopped == "done":
         c, _, current, path = heapq.heappop(queue)
         if c > alpha * best[0]:
             continue
+        everywhere: set[str] = set()
         for rule, match in _round_robin(rules, current):
             if elapsed() > budget_s:
                 stopped = "time"
@@ -99,23 +122,14 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
             if explored >= max_graphs:
                 stopped = "size"
                 break
-            candidate = _apply_copy(current, match, cleanup)
-            if candidate is None:
-                continue
-            h = graph_hash(candidate.graph, digests)
-            if h in seen:
-                continue
-            seen.add(h)
-            cc = timed_cost(candidate)
-            explored += 1
-            tried[rule.name] = tried.get(rule.name, 0) + 1
-            if cc < best[0]:
-                best = (cc, candidate, path + [rule.name])
-            if cc < alpha * best[0]:
-                heapq.heappush(queue, (cc, counter, candidate, path + [rule.name]))
-                counter += 1
-            if progress is not None:
-                progress(explored, best[0], elapsed())
+            cc = consider(_apply_copy(current, match, cleanup), path + [rule.name])
+            if cc is not None and cc < c and rule.name not in everywhere:
+                # a rule that pays once is tried at all its matches at once: a model repeats its
+                # blocks, and one step per block would take the budget many times over
+                everywhere.add(rule.name)
+                many = _apply_everywhere(current, rule, cleanup)
+                if many is not None:
+                    consider(many[0], path + [rule.name] * many[1])
     return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped, tried)
 
 
@@ -139,6 +153,28 @@ def _apply_copy(module: Module, match: Match, cleanup: Callable[[Module], None] 
     if cleanup is not None:
         cleanup(copy)
     return copy
+
+
+def _apply_everywhere(module: Module, rule: Rule, cleanup: Callable[[Module], None] | None,
+                      limit: int = 1000) -> tuple[Module, int] | None:
+    """A copy of ``module`` with ``rule`` applied wherever it matches (again after each
+    application, until it matches nowhere it builds), and how many times; None below two."""
+    copy = clone_module(module)
+    applied, failed = 0, set()
+    while applied < limit:
+        pending = [m for m in find_matches(rule, copy.graph) if m.key() not in failed]
+        if not pending:
+            break
+        try:
+            apply_match(copy, pending[0])
+            applied += 1
+        except EffcError:
+            failed.add(pending[0].key())
+    if applied < 2:
+        return None
+    if cleanup is not None:
+        cleanup(copy)
+    return copy, applied
 
 
 def _transfer(match: Match, g: Graph, copy: Graph) -> Match:
