@@ -38,7 +38,8 @@ class LatencyMeter:
     ``target``, run on ``feeds`` (one sample: batch 1)."""
 
     def __init__(self, target: str, feeds: Mapping[str, np.ndarray] | None = None, *, threads: int = 1,
-                 reps: int = 200, max_seconds: float = 3.0, tuning_db: str | None = None, pipeline: str = "O2"):
+                 reps: int = 200, max_seconds: float = 3.0, tuning_db: str | None = None, pipeline: str = "O2",
+                 rounds: int = 5):
         self.target = get_target(target)
         if self.target.runner == "inprocess":
             self.unit = "ms"
@@ -58,6 +59,9 @@ class LatencyMeter:
         self.feeds = {k: np.ascontiguousarray(v) for k, v in (feeds or {}).items()}
         self.threads, self.reps, self.max_seconds, self.tuning_db = threads, reps, max_seconds, tuning_db
         self.pipeline = pipeline
+        self.rounds = rounds
+        """Blocks the builds' timed runs take turns in (``interleaved_ms``); as many as
+        ``reps`` alternates single runs, which machine-speed drift cannot favour."""
         self.builds = 0
 
     def _compile(self, module: Module, feeds: Mapping[str, np.ndarray]):
@@ -87,7 +91,7 @@ class LatencyMeter:
         for i, (m, f) in enumerate(zip(modules, feeds)):
             built = self._compile(m, f)
             runs[str(i)], _ = vm_runner(built.executable, f, [n for n, _ in built.signature.inputs])
-        ms = interleaved_ms(runs, warmup=10, reps=self.reps, max_seconds=self.max_seconds)
+        ms = interleaved_ms(runs, warmup=10, reps=self.reps, max_seconds=self.max_seconds, rounds=self.rounds)
         return [ms[str(i)][0] for i in range(len(modules))]
 
 
@@ -135,7 +139,7 @@ def substitute_costs(target: str) -> dict[str, Any]:
         return KernelCost(measure, meter.unit, _cost_cache(target))
 
     def check(modules: Sequence[Module]) -> list[float]:
-        meter = LatencyMeter(target, random_feeds(modules[0]), reps=100, max_seconds=4.0)
+        meter = LatencyMeter(target, random_feeds(modules[0]), reps=60, max_seconds=8.0, rounds=60)
         return meter(modules)
 
     return {"substitute_cost": kernel_cost, "substitute_check": check}
