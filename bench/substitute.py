@@ -17,7 +17,7 @@ against onnxruntime's.
 instructions per inference under qemu (what the lower peak costs in time). Both programs'
 outputs are checked against effc's interpreter.
 
-    python bench/substitute.py --trials 16          # writes RESULTS.md
+    python bench/substitute.py --trials 16 --cold-cache   # writes RESULTS.md
     python bench/substitute.py --latency light_squeezenet --memory '' --no-write
 """
 from __future__ import annotations
@@ -153,7 +153,8 @@ def table(lat: list[dict], mem: list[dict], trials: int) -> str:
     lines = [SECTION, "",
              f"Measured {time.strftime('%Y-%m-%d')} by `python bench/substitute.py --trials {trials}` on this "
              f"machine ({time.strftime('%Y')}), x86 one thread. `-O3` = `-O2` plus `substitute` (search budget "
-             f"{BUDGET}, kernels measured on this CPU and cached). Both effc graphs tuned with {trials} MetaSchedule "
+             f"{BUDGET}; each kernel priced by building it alone and timing it on this CPU, from an empty cache: "
+             "the last column is what a first `-O3` compile adds, later ones reuse the cache). Both effc graphs tuned with {trials} MetaSchedule "
              "trials (one database per model); ORT = onnxruntime, one thread; TVM = plain TVM (ONNX frontend, default "
              "pipeline). Ratios: the other system's time over effc's (above 1: effc is faster). `kept`: whether "
              "the searched graph replaced the input graph (the pass measures both whole and keeps the input graph "
@@ -201,8 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="take the rows of models measured before from bench/_work")
+    ap.add_argument("--reuse-only", default="", help="latency or memory: reuse that table's rows only")
+    ap.add_argument("--cold-cache", action="store_true",
+                    help="price every kernel anew (an empty kernel-cost cache), as a first -O3 compile on a machine does")
     args = ap.parse_args(argv)
     from bench.node_counts import publish
+
+    if args.cold_cache:  # the cache lives under ~/.cache/effc: a fresh home for this run
+        import os
+        import tempfile
+
+        os.environ["HOME"] = tempfile.mkdtemp(prefix="effc-cold-")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         out = []
         for name in filter(None, names.split(",")):
             saved = WORK / "substitute" / f"{kind}-{name}.json"
-            if args.reuse and saved.exists():
+            if (args.reuse or kind in args.reuse_only) and saved.exists():
                 out.append(json.loads(saved.read_text()))
                 continue
             out.append(measure(name))

@@ -155,7 +155,7 @@ class Substitute(Pass):
                 return False
         _replace(module, result.module)
         report.kept = True
-        report.why = "measured faster" if report.measured else "cheaper by the cost model"
+        report.why = "measured faster" if report.measured else f"cheaper by the cost model ({cost.unit})"
         return True
 
     def _cost(self, ctx: PassContext, log: Any) -> Any:
