@@ -151,10 +151,12 @@ def _x(a: float | None, b: float | None) -> str:
 
 def table(lat: list[dict], mem: list[dict], trials: int) -> str:
     lines = [SECTION, "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `python bench/substitute.py --trials {trials}` on this "
+             f"Measured {time.strftime('%Y-%m-%d')} by `python bench/substitute.py --trials {trials} --cold-cache` "
+             "on this "
              f"machine ({time.strftime('%Y')}), x86 one thread. `-O3` = `-O2` plus `substitute` (search budget "
              f"{BUDGET}; each kernel priced by building it alone and timing it on this CPU, from an empty cache: "
-             "the last column is what a first `-O3` compile adds, later ones reuse the cache). Both effc graphs tuned with {trials} MetaSchedule "
+             "the last column is what a first `-O3` compile adds, later ones reuse the cache). "
+             f"Both effc graphs tuned with {trials} MetaSchedule "
              "trials (one database per model); ORT = onnxruntime, one thread; TVM = plain TVM (ONNX frontend, default "
              "pipeline). Ratios: the other system's time over effc's (above 1: effc is faster). `kept`: whether "
              "the searched graph replaced the input graph (the pass measures both whole and keeps the input graph "
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="take the rows of models measured before from bench/_work")
     ap.add_argument("--reuse-only", default="", help="latency or memory: reuse that table's rows only")
     ap.add_argument("--cold-cache", action="store_true",
-                    help="price every kernel anew (an empty kernel-cost cache), as a first -O3 compile on a machine does")
+                    help="price every kernel anew (an empty kernel-cost cache), as a first -O3 compile does")
     args = ap.parse_args(argv)
     from bench.node_counts import publish
 

@@ -3,7 +3,8 @@
 A priority queue holds graphs by cost, cheapest first, starting with the input graph. Each
 step takes the cheapest, applies every match of every rule to a copy of it (one match per
 copy; the rules take turns, so a budget cut short has tried each; a rule whose match
-lowers the cost is also applied at all its matches at once, one more graph), folds what the substitution left computable, and queues each new graph whose cost is
+lowers the cost is also applied at all its matches at once, one more graph), folds what
+the substitution left computable, and queues each new graph whose cost is
 below ``alpha`` times the best cost so far: with ``alpha`` above 1 the search walks through
 graphs slightly worse than the best, which is how two rules that only pay together (kernel
 enlarging, then merging) are found. Graphs already seen (same operations on the same

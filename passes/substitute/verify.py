@@ -320,7 +320,9 @@ def _conv(ins: list, attrs: Mapping[str, Any]) -> np.ndarray:
     for o in range(k):
         gi = o // per
         for i, j in itertools.product(range(kh), range(kw)):
-            patch = xp[:, gi * cg:(gi + 1) * cg, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            patch = xp[:, gi * cg:(gi + 1) * cg, rows, cols]
             out[:, o] = out[:, o] + np.tensordot(w[o, :, i, j], patch, axes=([0], [1]))
         if b is not None:
             out[:, o] = out[:, o] + b[o]

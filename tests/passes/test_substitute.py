@@ -145,7 +145,8 @@ def test_a_rule_whose_sides_never_fit_together_is_refused():
     ("rule r speed\n", "f.rules:1: rule r: unknown objective 'speed'"),
     ("relu everything\n", "f.rules:1: expected 'rule NAME'"),
     ("rule r\nvary $k = [1, 1]\nsource\ngraph @s(%x: f32[N]) -> (f32[N]) {\n  %y = relu(%x) : f32[N]\n  return %y\n}\n"
-     "target\ngraph @t(%z: f32[N]) -> (f32[N]) {\n  return %z\n}\n", "the target takes \\(z\\) but the source takes \\(x\\)"),
+     "target\ngraph @t(%z: f32[N]) -> (f32[N]) {\n  return %z\n}\n",
+     "the target takes \\(z\\) but the source takes \\(x\\)"),
     ("rule r\nsource\ngraph @s(%x: f32[N]) -> (f32[N]) {\n  %y = relu(%x) {alpha=$a} : f32[N]\n  return %y\n}\n"
      "target\ngraph @t(%x: f32[N]) -> (f32[N]) {\n  return %x\n}\n", r"\$a is used but no 'vary \$a"),
     ("rule r\nsource\ngraph @s(%x: f32[N], %z: f32[N]) -> (f32[N], f32[N]) {\n  %a = relu(%x) : f32[N]\n"
@@ -250,7 +251,8 @@ def test_search_finds_the_merged_fire_module_by_measured_costs_and_counts_each_k
     assert len(keys) == len(set(keys)) == cost.measured
 
 
-@pytest.mark.parametrize("after, shown", [(1.5, "1.000 ms -> 1.500 ms (0.67x)"), (0.995, "1.000 ms -> 0.995 ms (1.01x)")])
+@pytest.mark.parametrize("after, shown", [(1.5, "1.000 ms -> 1.500 ms (0.67x)"),
+                                          (0.995, "1.000 ms -> 0.995 ms (1.01x)")])
 def test_pass_keeps_the_input_graph_when_the_whole_graph_check_finds_it_slower_or_within_noise(after, shown):
     m = parse_module(FIRE)
     ctx = PassContext(options={"substitute_cost": lambda: KernelCost(lambda ms: [1.0] * len(ms)),
