@@ -6,6 +6,7 @@ memory objective on the MobileNetV2 fixture down to the Cortex-M4 build, and rea
 checked by the interpreter before and after."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +413,25 @@ def test_compile_o3_reports_the_search(tmp_path, monkeypatch):
     text = str(compiled.report())
     assert "substitute (latency):" in text and "predicted:" in text
     assert list((tmp_path / ".cache" / "effc" / "kernel-costs").glob("x86-*.json"))
+    x = {"x": np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)}
+    want = run_module(load_model("examples/digits_cnn.onnx"), x)
+    got = compiled.run(x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_o3_for_the_m4_prices_kernels_by_their_instructions(tmp_path, monkeypatch):
+    import effc
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    compiled = effc.compile("examples/digits_cnn.onnx", target="cortex-m4", pipeline="O3")
+    text = compiled.report().substitution
+    assert "new kernels priced (measured on the target" in text and " instructions -> " in text
+    cache = next((tmp_path / ".cache" / "effc" / "kernel-costs").glob("cortex-m4-*.json"))
+    prices = [float(v) for v in json.loads(cache.read_text()).values()]
+    # instructions per kernel call, counted by qemu; the prediction is their sum
+    assert len(prices) >= 5 and all(p > 0 for p in prices) and max(prices) > 1e6
+    assert f"predicted: {int(sum(prices)):,} instructions -> " in text
     x = {"x": np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)}
     want = run_module(load_model("examples/digits_cnn.onnx"), x)
     got = compiled.run(x)
