@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="also write the per-layer report here")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("explore", help="sweep compression configurations for a target; the pareto front of "
+                                       "quality, latency, size and memory")
+    _model_arg(p, "an .onnx model or .effc IR file (float)")
+    p.add_argument("--target", default="x86", help="x86 (timed) or a Cortex-M target (instructions under qemu)")
+    p.add_argument("--calib", required=True, metavar="CALIB.npz", help="calibration samples per input, stacked")
+    p.add_argument("--eval", required=True, metavar="EVAL.npz", help="evaluation samples, keyed like --calib")
+    p.add_argument("--labels", metavar="LABELS.npy",
+                   help="class index per evaluation sample; without it, top-1 agreement with the float model")
+    p.add_argument("--output", dest="score_output", metavar="NAME", help="the model output scored (default: the first)")
+    p.add_argument("-o", "--out-dir", required=True, metavar="DIR",
+                   help="where report.md, pareto.json and each configuration's figures go (a rerun reuses them)")
+    p.set_defaults(func=cmd_explore)
+
     p = sub.add_parser("prune", help="structured channel pruning: coupled channels removed together, weights smaller")
     _model_arg(p, "an .onnx model or .effc IR file (float)")
     how = p.add_mutually_exclusive_group(required=True)
@@ -290,6 +303,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         Path(args.report).write_text(table + "\n")
     written = save_model(module, args.out_file)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """The sweep of ``effc.explore``; progress on stderr, the table on stdout."""
+    from effc.explore import explore
+    from effc.models import load_model
+    from effc.targets import get_target
+    from effc.tensors import load_labels, load_npz
+
+    get_target(args.target)  # an unknown target fails here, before any work
+    labels = load_labels(args.labels) if args.labels else None
+    explore(load_model(_resolve_model(args.model)), args.target, load_npz(args.calib), load_npz(args.eval),
+            args.out_dir, labels=labels, output=args.score_output, log=lambda line: print(line, file=sys.stderr))
+    print((Path(args.out_dir) / "report.md").read_text())
+    print(f"wrote {args.out_dir}/report.md, pareto.json", file=sys.stderr)
     return 0
 
 

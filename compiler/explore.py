@@ -18,8 +18,9 @@ a rerun reuses them (resumable). ``DIR/pareto.json`` holds every configuration a
 it is on the front; ``DIR/report.md`` the table. A configuration is on the front when no
 other is at least as good on every axis and better on one.
 
-Not built yet (issue 16): the CLI, mixed precision and substitution objectives in the grid,
-the pictures, parallel and RPC runs, and choosing an artifact under constraints."""
+``effc explore`` (cli.py) runs it. Not built yet (issue 16): mixed precision and
+substitution objectives in the grid, the pictures, parallel and RPC runs, and choosing an
+artifact under constraints."""
 from __future__ import annotations
 
 import json

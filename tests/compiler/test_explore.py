@@ -72,3 +72,22 @@ def test_explore_digits_on_the_m4_reports_flash_sram_and_arena(tmp_path):
     assert q.flash < 0.6 * f.flash and q.arena <= f.arena and q.latency < f.latency
     assert "sram" in json.loads((tmp_path / "pareto.json").read_text())["axes"]
     assert q.on_front
+
+
+def test_cli_explore_writes_the_report_and_refuses_an_unknown_target(tmp_path, capsys):
+    from effc.cli import main
+
+    d = labelled.digits(16)
+    np.savez(tmp_path / "calib.npz", x=d.calib)
+    np.savez(tmp_path / "eval.npz", x=d.x[:40])
+    np.save(tmp_path / "labels.npy", d.y[:40])
+    args = ["explore", MODEL, "--calib", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"),
+            "--labels", str(tmp_path / "labels.npy"), "-o", str(tmp_path / "out")]
+    assert main(args + ["--target", "riscv"]) == 2
+    assert "riscv" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| prune-50+int8 |" in out and "| float |" in out
+    points = json.loads((tmp_path / "out" / "pareto.json").read_text())["points"]
+    assert len(points) == 9 and any(p["on_front"] for p in points)
+    assert len(list((tmp_path / "out" / "configs").glob("*.json"))) == 9
