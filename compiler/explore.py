@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class Point:
     sram: int | None = None
     arena: int | None = None
     on_front: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def axis(self, name: str) -> float | None:
         return getattr(self, name)
@@ -127,10 +126,6 @@ def apply_config(model: Module, config: Config, calib: Mapping[str, np.ndarray],
     return m
 
 
-def _weight_bytes(module: Module) -> int:
-    return sum(int(n.output.const_value.nbytes) for n in module.graph.nodes if n.op == "const")
-
-
 def measure(module: Module, config: Config, target: str, quality: float, feeds: Mapping[str, np.ndarray]) -> Point:
     import effc
     from effc.latency import LatencyMeter
@@ -140,7 +135,7 @@ def measure(module: Module, config: Config, target: str, quality: float, feeds: 
     cost = meter([module])[0]
     optimized = copy_module(module)
     run_pipeline(optimized, "O2")
-    point = Point(config, quality, cost, meter.unit, _weight_bytes(optimized))
+    point = Point(config, quality, cost, meter.unit, optimized.weight_bytes())
     if meter.unit == "instructions":  # a microcontroller: the ELF's memory
         built = effc.compile(copy_module(module), target=target, input_shapes={k: v.shape for k, v in feeds.items()},
                              flash=1 << 30, sram=1 << 30)._built

@@ -21,7 +21,7 @@ import hashlib
 import heapq
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from effc.ir.core import Graph, Module, Value, clone_module
 from effc.ir.errors import EffcError
@@ -41,8 +41,6 @@ class SearchResult:
     measure_seconds: float
     stopped: str
     """``done`` (nothing left to try), ``time`` or ``size``."""
-    tried: dict[str, int] = field(default_factory=dict)
-    """New graphs each rule made over the whole search."""
 
 
 def graph_hash(g: Graph, digests: dict[int, tuple] | None = None) -> str:
@@ -82,14 +80,12 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
     def elapsed() -> float:
         return time.perf_counter() - start - measure_seconds()
 
-    timed_cost = cost
-    cost0 = timed_cost(module)
+    cost0 = cost(module)
     best = (cost0, module, [])
     digests: dict[int, tuple] = {}
     seen = {graph_hash(module.graph, digests)}
     queue: list[tuple[float, int, Module, list[str]]] = [(cost0, 0, module, [])]
     counter, explored, stopped = 1, 1, "done"
-    tried: dict[str, int] = {}
     def consider(candidate: Module | None, path: list[str]) -> float | None:
         """Cost a new graph and queue it; None when it is not new (or did not build)."""
         nonlocal best, counter, explored
@@ -99,9 +95,8 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
         if h in seen:
             return None
         seen.add(h)
-        cc = timed_cost(candidate)
+        cc = cost(candidate)
         explored += 1
-        tried[path[-1]] = tried.get(path[-1], 0) + 1
         if cc < best[0]:
             best = (cc, candidate, path)
         if cc < alpha * best[0]:
@@ -131,7 +126,7 @@ def search(module: Module, rules: Sequence[Rule], cost: Callable[[Module], float
                 many = _apply_everywhere(current, rule, cleanup)
                 if many is not None:
                     consider(many[0], path + [rule.name] * many[1])
-    return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped, tried)
+    return SearchResult(best[1], cost0, best[0], best[2], explored, elapsed(), measure_seconds(), stopped)
 
 
 def _round_robin(rules: Sequence[Rule], module: Module) -> list[tuple[Rule, Match]]:
