@@ -181,16 +181,24 @@ def _matmul_to_float(m: Match, b: Builder) -> Value | None:
     outputs unquantized) -> ``qgemm`` without an output scale: the exact int32 sum times
     ``a_scale * w_scale`` per column, onnxruntime's MatMulIntegerToFloat; it differs from
     the float product of the dequantized operands only by float32 rounding. An ``a`` of
-    rank 3 or more is viewed as ``[M, K]`` around it. Not where a QuantizeLinear reads the
+    rank 3 or more is viewed as ``[M, K]`` around it; one of its dims may be symbolic (a
+    dynamic batch). Not where a QuantizeLinear reads the
     result (``qdq-matmul`` makes that a ``qlinear_mat_mul``)."""
     w, x = m["wq"].type, m["xq"].type
-    if (w.rank != 2 or not all(isinstance(d, int) for d in (*w.shape, *x.shape)) or x.rank < 2
+    if (w.rank != 2 or not all(isinstance(d, int) for d in (*w.shape, x.shape[-1])) or x.rank < 2
+            or sum(not isinstance(d, int) for d in x.shape) > 1
             or not (_float_result_ok(m, m.root.outputs[0]) and _weight_ok(m, w.shape[1], 1))):
         return None
     k, n = w.shape
     a = m["xq"] if x.rank == 2 else b.reshape(m["xq"], b.const(np.asarray([-1, k], np.int64)))
     y = b.qgemm(a, m.value("xs"), m.value("xz"), m["wq"], m.value("ws"), m.value("wz"))
-    return y if x.rank == 2 else b.reshape(y, b.const(np.asarray([*x.shape[:-1], n], np.int64)))
+    if x.rank == 2:
+        return y
+    # one symbolic dim (a dynamic batch) at most: it is the -1 the reshape infers, and the
+    # result keeps the product's type (its symbolic dim's name)
+    y = b.reshape(y, b.const(np.asarray([d if isinstance(d, int) else -1 for d in x.shape[:-1]] + [n], np.int64)))
+    y.type = m.root.outputs[0].type
+    return y
 
 
 def _float_result_ok(m: Match, out: Value) -> bool:
