@@ -105,7 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class index per evaluation sample; without it, top-1 agreement with the float model")
     p.add_argument("--output", dest="score_output", metavar="NAME", help="the model output scored (default: the first)")
     p.add_argument("-o", "--out-dir", required=True, metavar="DIR",
-                   help="where report.md, pareto.json and each configuration's figures go (a rerun reuses them)")
+                   help="where report.md, pareto.json, the pictures, each configuration's figures (a rerun reuses "
+                        "them) and the chosen artifact (chosen/) go")
+    p.add_argument("-j", "--jobs", type=int, metavar="N",
+                   help="configurations prepared at once in worker processes (default: the cores, at most 4); "
+                        "x86 latencies are then timed in one process, the builds taking turns")
+    p.add_argument("--max-latency", type=float, metavar="T",
+                   help="choose under this latency: ms (x86, --rpc) or instructions per inference (Cortex-M)")
+    p.add_argument("--max-size", type=_byte_size, metavar="BYTES", help="choose under these weight bytes, e.g. 64K")
+    p.add_argument("--max-flash", type=_byte_size, metavar="BYTES", help="choose under this flash (Cortex-M), e.g. 1M")
+    p.add_argument("--max-sram", type=_byte_size, metavar="BYTES", help="choose under this SRAM (Cortex-M), e.g. 256K")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="choose within this quality drop from the float model (points of top-1)")
+    _rpc_args(p, "latency is timed on a device registered under KEY (x86-built libraries)")
     p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("prune", help="structured channel pruning: coupled channels removed together, weights smaller")
@@ -308,17 +320,36 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """The sweep of ``effc.explore``; progress on stderr, the table on stdout."""
-    from effc.explore import explore
+    from effc.explore import Constraints, NothingFits, default_jobs, explore_and_choose
     from effc.models import load_model
     from effc.targets import get_target
     from effc.tensors import load_labels, load_npz
 
     get_target(args.target)  # an unknown target fails here, before any work
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    device = None
+    if args.rpc is not None or args.device_key is not None:
+        from effc.codegen.rpc import connect
+
+        device = connect(args.rpc, args.device_key)
+    constraints = Constraints(args.max_latency, args.max_size, args.max_flash, args.max_sram, args.max_drop)
     labels = load_labels(args.labels) if args.labels else None
-    explore(load_model(_resolve_model(args.model)), args.target, load_npz(args.calib), load_npz(args.eval),
-            args.out_dir, labels=labels, output=args.score_output, log=lambda line: print(line, file=sys.stderr))
-    print((Path(args.out_dir) / "report.md").read_text())
-    print(f"wrote {args.out_dir}/report.md, pareto.json", file=sys.stderr)
+    out = Path(args.out_dir)
+    model = _resolve_model(args.model)
+    with _progress("configurations") as progress:
+        try:
+            _, choice = explore_and_choose(
+                load_model(model),  args.target, load_npz(args.calib), load_npz(args.eval), out,
+                constraints, labels=labels, output=args.score_output, jobs=args.jobs or default_jobs(), rpc=device,
+                progress=progress, log=lambda line: print(line, file=sys.stderr), name=Path(model).stem)
+        except NothingFits as e:
+            print((out / "report.md").read_text())
+            print(f"effc: error: {e}", file=sys.stderr)
+            return 1
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/report.md, pareto.json and the pictures" + (f"; the chosen artifact: {choice.artifact}"
+                                                                      if choice else ""), file=sys.stderr)
     return 0
 
 
@@ -362,15 +393,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 class _progress:
-    """A rich progress bar on stderr per calibration pass: ``progress(label, total)`` gives
-    the function that advances it by one sample."""
+    """A rich progress bar on stderr per task (a calibration pass, a sweep):
+    ``progress(label, total)`` gives the function that advances it by one ``unit``."""
+
+    def __init__(self, unit: str = "samples"):
+        self.unit = unit
 
     def __enter__(self):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("samples"), TimeElapsedColumn(), console=Console(stderr=True))
+                            TextColumn(self.unit), TimeElapsedColumn(), console=Console(stderr=True))
         self.bar.start()
 
         def start(label: str, total: int):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class LatencyMeter:
 
     def __init__(self, target: str, feeds: Mapping[str, np.ndarray] | None = None, *, threads: int = 1,
                  reps: int = 200, max_seconds: float = 3.0, tuning_db: str | None = None, pipeline: str = "O2",
-                 rounds: int = 5):
+                 rounds: int = 5, device: Any = None):
         self.target = get_target(target)
         if self.target.runner == "inprocess":
             self.unit = "ms"
@@ -63,6 +63,9 @@ class LatencyMeter:
         """Blocks the builds' timed runs take turns in (``interleaved_ms``); as many as
         ``reps`` alternates single runs, which machine-speed drift cannot favour."""
         self.builds = 0
+        self.device = device
+        """An ``effc.codegen.rpc.RpcDevice``: the builds are made here and timed there, one
+        after another (``run_remote``), instead of here taking turns."""
 
     def _compile(self, module: Module, feeds: Mapping[str, np.ndarray]):
         import effc
@@ -72,16 +75,30 @@ class LatencyMeter:
         return effc.compile(copy_module(module), target=self.target.name, pipeline=self.pipeline, input_shapes=shapes,
                             tuning_db=self.tuning_db)._built
 
-    def __call__(self, modules: Sequence[Module], feeds: Sequence[Mapping[str, np.ndarray]] | None = None
-                 ) -> list[float]:
-        """The cost of each module, run on ``feeds[i]`` (default: the meter's feeds)."""
+    def __call__(self, modules: Sequence[Module], feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+                 built: Callable[[], None] | None = None) -> list[float]:
+        """The cost of each module, run on ``feeds[i]`` (default: the meter's feeds);
+        ``built()`` is called as each build is ready (progress)."""
         feeds = list(feeds) if feeds is not None else [self.feeds] * len(modules)
+        tick = built or (lambda: None)
         if self.unit == "instructions":
             costs = []
             for m, f in zip(modules, feeds):
-                built = self._compile(m, f)
-                built.run(f, count_instructions=True)
-                costs.append(float(built.last_run_instructions))
+                art = self._compile(m, f)
+                art.run(f, count_instructions=True)
+                costs.append(float(art.last_run_instructions))
+                tick()
+            return costs
+        if self.device is not None:
+            from effc.codegen.rpc import run_remote
+
+            costs = []
+            for m, f in zip(modules, feeds):
+                art = self._compile(m, f)
+                order = [n for n, _ in art.signature.inputs]
+                costs.append(run_remote(art.executable, f, order, self.device, reps=self.reps,
+                                        max_seconds=self.max_seconds).ms)
+                tick()
             return costs
         from effc.bench import interleaved_ms, set_threads
         from effc.codegen.baseline import vm_runner
@@ -89,8 +106,9 @@ class LatencyMeter:
         set_threads(self.threads)
         runs = {}
         for i, (m, f) in enumerate(zip(modules, feeds)):
-            built = self._compile(m, f)
-            runs[str(i)], _ = vm_runner(built.executable, f, [n for n, _ in built.signature.inputs])
+            art = self._compile(m, f)
+            runs[str(i)], _ = vm_runner(art.executable, f, [n for n, _ in art.signature.inputs])
+            tick()
         ms = interleaved_ms(runs, warmup=10, reps=self.reps, max_seconds=self.max_seconds, rounds=self.rounds)
         return [ms[str(i)][0] for i in range(len(modules))]
 

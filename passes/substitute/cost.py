@@ -200,15 +200,20 @@ def estimate(module: Module) -> float:
 
 
 class ArenaCost:
-    """Peak arena bytes of the microcontroller flow."""
+    """Peak arena bytes of the microcontroller flow; symbolic input dims (a dynamic batch)
+    count as 1, the batch of an embedded deployment, as ``effc compile`` builds them."""
 
     unit = "planned arena bytes"
 
     def __call__(self, module: Module) -> float:
+        from effc.ir.refine import bind_symbols
         from effc.passes.fuse import fuse_pools
         from effc.passes.memory_plan import plan_memory
 
         planned = clone_module(module)
+        symbols = {d for v in planned.graph.inputs for d in v.type.shape if not isinstance(d, int)}
+        if symbols:
+            bind_symbols(planned, {str(d): 1 for d in symbols})
         fuse_pools(planned)
         return float(plan_memory(planned).arena_bytes)
 
