@@ -412,28 +412,29 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
                          "; ".join(f"{k}: {v}" for k, v in failures.items()))
     untimed = [c.name for c in configs if points[c.name].latency is None]
     if untimed:
-        where = rpc.label if rpc else "here"
-        say(f"timing {len(untimed)} configuration{'s' * (len(untimed) != 1)} {where}, taking turns")
+        how = f"on {rpc.label}, one after another" if rpc else "here, the builds taking turns"
+        say(f"timing {len(untimed)} configuration{'s' * (len(untimed) != 1)} {how}")
         tick = progress("build and time", len(untimed)) if progress else (lambda: None)
         # configurations that came out as the same graph (a search that kept nothing, a
         # mixed precision that kept every layer int8) are one build, timed once
         first: dict[str, str] = {}
         timed_as: dict[str, str] = {}
         modules: dict[str, Module] = {}
-        for name in untimed:
-            module = load_model(folder / f"{name}.effc")
-            timed_as[name] = first.setdefault(graph_hash(module.graph), name)
-            if timed_as[name] == name:
-                modules[name] = module
+        for cname in untimed:
+            module = load_model(folder / f"{cname}.effc")
+            timed_as[cname] = first.setdefault(graph_hash(module.graph), cname)
+            if timed_as[cname] == cname:
+                modules[cname] = module
             else:
-                points[name].detail = "; ".join(filter(None, [points[name].detail, f"same graph as {timed_as[name]}"]))
+                same = f"same graph as {timed_as[cname]}"
+                points[cname].detail = "; ".join(filter(None, [points[cname].detail, same]))
                 tick()
         costs = dict(zip(modules, meter(list(modules.values()), built=tick)))
-        for name in untimed:
-            cost = costs[timed_as[name]]
-            points[name].latency, points[name].latency_unit = cost, meter.unit
-            _save(points[name], folder)
-            say(f"{name}: {cost:.4g} {meter.unit}")
+        for cname in untimed:
+            cost = costs[timed_as[cname]]
+            points[cname].latency, points[cname].latency_unit = cost, meter.unit
+            _save(points[cname], folder)
+            say(f"{cname}: {cost:.4g} {meter.unit}")
     result = [points[c.name] for c in configs]
     (out / "failures.json").write_text(json.dumps(failures, indent=1))
     write_outputs(result, target, out, float_quality=_float_quality(result, base, score), name=name)
@@ -458,7 +459,8 @@ def write_outputs(points: list[Point], target: str, out: Path, float_quality: fl
     """Mark the front; write ``pareto.json``, the pictures and ``report.md``; the axes used."""
     axes = [a for a in AXES if all(p.axis(a) is not None for p in points)]
     mark_front(points, axes)
-    doc = {"model": name, "target": target, "axes": axes, "float_quality": float_quality, "points": [p.to_json() for p in points]}
+    doc = {"model": name, "target": target, "axes": axes, "float_quality": float_quality,
+           "points": [p.to_json() for p in points]}
     if chosen is not None:
         doc["chosen"] = chosen.to_json()
     (out / "pareto.json").write_text(json.dumps(doc, indent=1))

@@ -201,3 +201,24 @@ def test_rpc_flag_mistakes_are_input_errors(args, message, capsys):
     assert main(["compile", str(MODEL), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("effc: error: ") and message in err, err
+
+
+def test_explore_times_its_configurations_on_a_server(farm, tmp_path):
+    """``effc explore --rpc``: each configuration is built here and timed on the device, one
+    session per distinct graph; quality and size do not depend on where it runs."""
+    from effc.codegen.rpc import connect
+    from effc.explore import Config, explore
+    from effc.models import load_model
+    from tests import labelled
+
+    d = labelled.digits(16)
+    configs = [Config("float"), Config("int8-per-channel", "per-channel"), Config("substitute-latency",
+                                                                                   substitute="latency")]
+    before = farm.sessions()
+    lines: list[str] = []
+    pts = explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": d.x[:40]}, tmp_path, labels=d.y[:40],
+                  configs=configs, rpc=connect(farm.address, KEY), log=lines.append)
+    assert sum(farm.sessions()) == sum(before) + 2  # float and int8; the search kept float's graph
+    assert all(p.latency > 0 and p.latency_unit == "ms" for p in pts)
+    assert pts[2].latency == pts[0].latency and "same graph as float" in pts[2].detail
+    assert f"timing 3 configurations on rpc {KEY}, one after another" in lines
