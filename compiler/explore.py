@@ -415,18 +415,19 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
         how = f"on {rpc.label}, one after another" if rpc else "here, the builds taking turns"
         say(f"timing {len(untimed)} configuration{'s' * (len(untimed) != 1)} {how}")
         tick = progress("build and time", len(untimed)) if progress else (lambda: None)
-        # configurations that came out as the same graph (a search that kept nothing, a
-        # mixed precision that kept every layer int8) are one build, timed once
+        # configurations that came out as the same kernels (a search that kept nothing, a
+        # mixed precision that kept every layer int8, DFQ's other weights) are timed once: a
+        # dense build's time does not depend on the values of its weights
         first: dict[str, str] = {}
         timed_as: dict[str, str] = {}
         modules: dict[str, Module] = {}
         for cname in untimed:
             module = load_model(folder / f"{cname}.effc")
-            timed_as[cname] = first.setdefault(graph_hash(module.graph), cname)
+            timed_as[cname] = first.setdefault(graph_hash(module.graph, weights=False), cname)
             if timed_as[cname] == cname:
                 modules[cname] = module
             else:
-                same = f"same graph as {timed_as[cname]}"
+                same = f"timed as {timed_as[cname]} (the same kernels)"
                 points[cname].detail = "; ".join(filter(None, [points[cname].detail, same]))
                 tick()
         costs = dict(zip(modules, meter(list(modules.values()), built=tick)))

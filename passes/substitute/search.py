@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from effc.ir.core import Graph, Module, Value, clone_module
 from effc.ir.errors import EffcError
 
@@ -43,15 +45,20 @@ class SearchResult:
     """``done`` (nothing left to try), ``time`` or ``size``."""
 
 
-def graph_hash(g: Graph, digests: dict[int, tuple] | None = None) -> str:
+def graph_hash(g: Graph, digests: dict[int, tuple] | None = None, weights: bool = True) -> str:
     """A hash of what ``g`` computes, blind to value names: each value is named by its op,
     attributes and inputs' names in this scheme (constants by dtype, shape and a digest).
     ``digests`` remembers the digests of arrays by identity (copies of a module share their
-    weight arrays; the entry keeps the array alive, so its identity stays its own)."""
+    weight arrays; the entry keeps the array alive, so its identity stays its own).
+    ``weights=False``: blind to the values of every constant but int64 ones (shapes, axes,
+    indices): graphs that run the same kernels on other weights hash alike."""
     digests = {} if digests is None else digests
     names: dict[int, str] = {id(v): f"in{i}" for i, v in enumerate(g.inputs)}
     for n in g.nodes:
-        if n.op == "const":
+        if n.op == "const" and not weights and n.output.const_value.dtype != np.int64:
+            arr = n.output.const_value
+            body = f"const {arr.dtype}{arr.shape}"
+        elif n.op == "const":
             arr = n.output.const_value
             known = digests.get(id(arr))
             if known is None:

@@ -220,5 +220,5 @@ def test_explore_times_its_configurations_on_a_server(farm, tmp_path):
                   configs=configs, rpc=connect(farm.address, KEY), log=lines.append)
     assert sum(farm.sessions()) == sum(before) + 2  # float and int8; the search kept float's graph
     assert all(p.latency > 0 and p.latency_unit == "ms" for p in pts)
-    assert pts[2].latency == pts[0].latency and "same graph as float" in pts[2].detail
+    assert pts[2].latency == pts[0].latency and "timed as float (the same kernels)" in pts[2].detail
     assert f"timing 3 configurations on rpc {KEY}, one after another" in lines

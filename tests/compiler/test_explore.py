@@ -64,11 +64,11 @@ def test_explore_digits_on_x86_measures_every_configuration_and_resumes(tmp_path
     configs = [Config("float"), Config("int8-per-channel", "per-channel"),
                Config("mixed-1", "per-tensor", max_drop=1.0),
                Config("prune-50+int8", "per-channel", prune=0.5), Config("substitute-latency", substitute="latency"),
-               Config("bad-ratio", prune=1.5)]
+               Config("no-dfq", "per-channel", dfq=False), Config("bad-ratio", prune=1.5)]
     lines: list[str] = []
     pts = explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": x}, tmp_path, labels=y, configs=configs,
                   log=lines.append, name="digits_cnn")
-    names = ["float", "int8-per-channel", "mixed-1", "prune-50+int8", "substitute-latency"]
+    names = ["float", "int8-per-channel", "mixed-1", "prune-50+int8", "substitute-latency", "no-dfq"]
     assert [p.config.name for p in pts] == names  # the one that cannot apply is reported, not measured
     axes = ["quality", "latency", "size"]
     assert all(p.latency > 0 and p.latency_unit == "ms" for p in pts)
@@ -79,9 +79,12 @@ def test_explore_digits_on_x86_measures_every_configuration_and_resumes(tmp_path
     assert pts[1].quality == _top1(apply_config(base, configs[1], {"x": d.calib}, "x86")[0], x, y)
     assert pts[1].size < 0.3 * pts[0].size and pts[3].size < 0.5 * pts[1].size
     assert pts[2].detail == "0 layers float" and pts[2].quality >= pts[0].quality - 1.0
-    # the search keeps nothing on this model: the same graph as float, built and timed once
-    sub = pts[4]
-    assert "same graph as float" in sub.detail and sub.latency == pts[0].latency and sub.size == pts[0].size
+    # the search keeps nothing on this model: the same graph as float, built and timed once;
+    # without DFQ, other weights in the same kernels
+    sub, no_dfq = pts[4], pts[5]
+    assert "timed as float (the same kernels)" in sub.detail and sub.latency == pts[0].latency
+    assert sub.size == pts[0].size
+    assert no_dfq.detail == "timed as int8-per-channel (the same kernels)" and no_dfq.latency == pts[1].latency
     assert pts[3].on_front  # the smallest
     saved = json.loads((tmp_path / "pareto.json").read_text())
     assert [p["on_front"] for p in saved["points"]] == [p.on_front for p in pts]
@@ -93,7 +96,7 @@ def test_explore_digits_on_x86_measures_every_configuration_and_resumes(tmp_path
         assert (tmp_path / picture).read_bytes()[:4] == PNG
     assert not (tmp_path / "quality-sram.png").exists()
     lines.clear()
-    again = explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": x}, tmp_path, labels=y, configs=configs[:5],
+    again = explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": x}, tmp_path, labels=y, configs=configs[:6],
                     log=lines.append, name="digits_cnn")
     assert all("reused" in line for line in lines) and [p.to_json() for p in again] == [p.to_json() for p in pts]
 

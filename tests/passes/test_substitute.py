@@ -235,6 +235,26 @@ def test_graph_hash_is_blind_to_names_but_not_to_weights():
     assert graph_hash(a.graph) != graph_hash(parse_module(FIRE.replace("[0.5, -0.5]", "[0.5, -0.25]")).graph)
 
 
+def test_weight_blind_graph_hash_sees_kernels_and_int64_constants_only():
+    """``weights=False`` (explore times such graphs once): other float weights hash alike;
+    another op, attribute or int64 constant (a reshape's target) does not."""
+    other = parse_module(FIRE.replace("[0.5, -0.5]", "[0.5, -0.25]"))
+    blind = graph_hash(parse_module(FIRE).graph, weights=False)
+    assert blind == graph_hash(other.graph, weights=False)
+    assert blind != graph_hash(parse_module(FIRE.replace("%ra = relu", "%ra = sigmoid")).graph, weights=False)
+    assert blind != graph_hash(parse_module(FIRE.replace("{axis=1}", "{axis=1, extra=1}")).graph, weights=False)
+    flat = """module {opset=17}
+
+graph @g(%x: f32[2,6]) -> (f32[3,4]) {
+  %s = const() {value=dense<i64[2] [3, 4]>} : i64[2]
+  %y = reshape(%x, %s) : f32[3,4]
+  return %y
+}
+"""
+    swapped = flat.replace("[3, 4]>", "[4, 3]>").replace("f32[3,4]", "f32[4,3]")
+    assert graph_hash(parse_module(flat).graph, weights=False) != graph_hash(parse_module(swapped).graph, weights=False)
+
+
 def test_search_finds_the_merged_fire_module_by_measured_costs_and_counts_each_kernel_once():
     measured = []
 
