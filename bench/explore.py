@@ -117,7 +117,8 @@ def table(rows: list[dict]) -> str:
              "`python bench/explore.py`: `effc explore` over the default grid (x86: 13 configurations; Cortex-M4: 15, "
              "with the memory-objective search), quality = top-1 on the 360 held-out digits, 64 calibration images, "
              "2 worker processes. The full reports with pictures are in `bench/explore/<model>-<target>/`.", ""]
-    lines += ["| run | configurations | on the front | float | chosen (constraints) | chosen, re-measured | sweep |",
+    lines += ["| run | configurations | on the front | float | chosen (constraints) | chosen, re-measured | "
+              "wall, this run (reused configurations cost nothing) |",
               "|---|---:|---|---|---|---|---:|"]
     for r in rows:
         doc = r["pareto"]

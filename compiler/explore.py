@@ -510,13 +510,22 @@ def plot(points: Sequence[Point], axes: Sequence[str], out: Path, chosen: str | 
         spots: dict[tuple[float, float], list[Point]] = {}
         for p in points:  # configurations with the same figures share one label
             spots.setdefault((p.axis(axis), p.quality), []).append(p)
-        span = (max(p.axis(axis) for p in points) - min(p.axis(axis) for p in points)) or 1.0
-        placed: list[tuple[float, float]] = []
+        low = min(p.axis(axis) for p in points)
+        span = (max(p.axis(axis) for p in points) - low) or 1.0
+        qs = [p.quality for p in points]
+        qspan = (max(qs) - min(qs)) or 1.0
+        placed: list[tuple[float, float, int]] = []
         for (x, y), group in sorted(spots.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-            near = sum(1 for px, py in placed if abs(px - x) < 0.12 * span and abs(py - y) < 1e-9 + 0.02 * abs(y))
-            placed.append((x, y))
-            ax.annotate(", ".join(p.config.name for p in group), (x, y), fontsize=7, xytext=(4, 3 - 9 * near),
-                        textcoords="offset points", color="black" if group[0].on_front else "0.45")
+            # the first text line free of the labels of points close by
+            used = {lv for px, py, lv in placed if abs(px - x) < 0.45 * span and abs(py - y) < 0.05 * qspan}
+            level = min(set(range(len(used) + 1)) - used)
+            placed.append((x, y, level))
+            right = x - low > 0.55 * span  # labels of the right part go to the left of their point
+            names = [p.config.name for p in group]
+            text = ", ".join(names[:2]) + (f" +{len(names) - 2} alike" if len(names) > 2 else "")
+            ax.annotate(text, (x, y), fontsize=7, ha="right" if right else "left",
+                        xytext=(-4 if right else 4, 3 - 9 * level), textcoords="offset points",
+                        color="black" if group[0].on_front else "0.45")
         for p in points:
             if p.config.name == chosen:
                 ax.scatter([p.axis(axis)], [p.quality], s=180, facecolors="none", edgecolors="tab:red",

@@ -159,8 +159,10 @@ def test_choose_meets_every_constraint_when_remeasured_and_exports_the_artifact(
 def test_explore_and_choose_writes_the_choice_into_the_report(tmp_path):
     d = labelled.digits(16)
     configs = [Config("float"), Config("prune-50", prune=0.5)]
+    # without labels, quality is top-1 agreement with the float model
     pts, choice = explore_and_choose(load_model(MODEL), "x86", {"x": d.calib}, {"x": d.x[:40]}, tmp_path,
-                                     Constraints(max_size=30_000), labels=d.y[:40], configs=configs)
+                                     Constraints(max_size=30_000), configs=configs)
+    assert pts[0].quality == 100.0 and pts[1].quality < 100.0
     assert choice.point.config.name == "prune-50" and choice.remeasured["size"] <= 30_000
     assert choice.remeasured["latency"] > 0
     assert json.loads((tmp_path / "pareto.json").read_text())["chosen"]["config"] == "prune-50"
