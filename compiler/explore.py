@@ -521,8 +521,8 @@ def plot(points: Sequence[Point], axes: Sequence[str], out: Path, chosen: str | 
             level = min(set(range(len(used) + 1)) - used)
             placed.append((x, y, level))
             right = x - low > 0.55 * span  # labels of the right part go to the left of their point
-            names = [p.config.name for p in group]
-            text = ", ".join(names[:2]) + (f" +{len(names) - 2} alike" if len(names) > 2 else "")
+            alike = [p.config.name for p in group]
+            text = ", ".join(alike[:2]) + (f" +{len(alike) - 2} alike" if len(alike) > 2 else "")
             ax.annotate(text, (x, y), fontsize=7, ha="right" if right else "left",
                         xytext=(-4 if right else 4, 3 - 9 * level), textcoords="offset points",
                         color="black" if group[0].on_front else "0.45")
