@@ -235,6 +235,7 @@ class _Job:
     score: Callable[[Module], float]
     folder: Path
     mcu: bool
+    fingerprint: str
 
 
 def _prepare(job: _Job) -> Point:
@@ -247,20 +248,44 @@ def _prepare(job: _Job) -> Point:
     if job.mcu:
         for k, v in _mcu_figures(module, job.target, job.one).items():
             setattr(point, k, v)
-    _save(point, job.folder)
+    _save(point, job.folder, job.fingerprint)
     return point
 
 
-def _save(point: Point, folder: Path) -> None:
-    (folder / f"{point.config.name}.json").write_text(json.dumps(point.to_json(), indent=1))
+def _save(point: Point, folder: Path, fingerprint: str) -> None:
+    doc = {"fingerprint": fingerprint, **point.to_json()}
+    (folder / f"{point.config.name}.json").write_text(json.dumps(doc, indent=1))
 
 
-def _reused(folder: Path, config: Config) -> Point | None:
+def _reused(folder: Path, config: Config, fingerprint: str) -> Point | None:
+    """The saved point of ``config``, if it was measured on the same model, target and data."""
     saved = folder / f"{config.name}.json"
     if not saved.exists() or not (folder / f"{config.name}.effc").exists():
         return None
-    point = Point.from_json(json.loads(saved.read_text()))
+    doc = json.loads(saved.read_text())
+    if doc.pop("fingerprint", None) != fingerprint:
+        return None
+    point = Point.from_json(doc)
     return point if point.config == config else None
+
+
+def fingerprint(base: Module, target: str, *arrays: Mapping[str, np.ndarray] | np.ndarray | None) -> str:
+    """What a saved configuration was measured on: the model (weights included), the target,
+    the calibration and evaluation samples and the labels. A metric callable cannot be
+    told apart: give another DIR when it changes."""
+    import hashlib
+
+    from effc.passes.substitute.search import graph_hash
+
+    h = hashlib.sha1(f"{graph_hash(base.graph)} {target}".encode())
+    for a in arrays:
+        items = sorted(a.items()) if isinstance(a, Mapping) else [("", a)]
+        for k, v in items:
+            if v is not None:
+                v = np.ascontiguousarray(v)
+                h.update(f"{k}{v.dtype}{v.shape}".encode())
+                h.update(v.tobytes())
+    return h.hexdigest()[:16]
 
 
 WORKER_MARK = "\x1eeffc-explore-worker:"
@@ -380,15 +405,16 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
     meter = LatencyMeter(target, one, reps=400, max_seconds=2.0, rounds=40, device=rpc) if rpc or not _mcu(target) \
         else None
     mcu = meter is None
+    fp = fingerprint(base, target, calib, evaluate, labels)
     points: dict[str, Point] = {}
     todo = []
     for config in configs:
-        point = _reused(folder, config)
+        point = _reused(folder, config, fp)
         if point is not None:
             points[config.name] = point
             say(f"{config.name}: reused {folder / (config.name + '.json')}")
         else:
-            todo.append(_Job(base, config, target, calib, one, score, folder, mcu))
+            todo.append(_Job(base, config, target, calib, one, score, folder, mcu, fp))
     advance = progress("prepare", len(todo)) if progress and todo else (lambda: None)
 
     def done(point: Point) -> None:
@@ -434,7 +460,7 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
         for cname in untimed:
             cost = costs[timed_as[cname]]
             points[cname].latency, points[cname].latency_unit = cost, meter.unit
-            _save(points[cname], folder)
+            _save(points[cname], folder, fp)
             say(f"{cname}: {cost:.4g} {meter.unit}")
     result = [points[c.name] for c in configs]
     (out / "failures.json").write_text(json.dumps(failures, indent=1))

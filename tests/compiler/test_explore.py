@@ -99,6 +99,10 @@ def test_explore_digits_on_x86_measures_every_configuration_and_resumes(tmp_path
     again = explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": x}, tmp_path, labels=y, configs=configs[:6],
                     log=lines.append, name="digits_cnn")
     assert all("reused" in line for line in lines) and [p.to_json() for p in again] == [p.to_json() for p in pts]
+    lines.clear()  # other evaluation samples: nothing saved applies
+    explore(load_model(MODEL), "x86", {"x": d.calib}, {"x": x[:100]}, tmp_path, labels=y[:100], configs=configs[:1],
+            log=lines.append)
+    assert lines and not any("reused" in line for line in lines)
 
 
 @pytest.fixture(scope="module")
