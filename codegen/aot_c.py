@@ -41,6 +41,9 @@ from .aot_inplace import BlockPermute, LrnRing, program_schedule
 from .aot_kernels import Kernels, build_kernels, kernel_flavor
 from .relax_emit import c_reserved, relax_dtype
 
+OWN_C = (own_kernels.Int8Conv, own_kernels.Int8Gemm)
+"""The ``schedule.own`` entries that call effc's own C kernels (``codegen/kernels``)."""
+
 HEADER = "model.h"
 DRIVER = "model.c"
 WEIGHTS = "model_weights.c"
@@ -295,6 +298,11 @@ class _Driver:
                     "input into its place */"]
         if t in self.schedule.own:
             own = self.schedule.own[t]
+            if isinstance(own, own_kernels.Int8Gemm):
+                ws, _, _ = self.workspace(t)
+                return own.c_lines(f"{t + 1}: -> %{_comment(step.writes)}", self.where(step.args[0])[0],
+                                   self.where(step.args[-1])[0],
+                                   lambda k: self.where(TensorArg(("weight", k), (), "int8"))[0], f"(effc_a + {ws})")
             if isinstance(own, own_kernels.Int8Conv):
                 ws, _, _ = self.workspace(t)
                 return own.c_lines(f"{t + 1}: -> %{_comment(step.writes)}", self.where(step.args[0])[0],
@@ -1023,7 +1031,7 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: MemoryP
                if schedule.io_in_arena else None,
                "in_place": sorted(split.source for split in schedule.splits.values()),
                "driver_in_place": sum(o.requires_in_place for o in schedule.own.values()),
-               "effc_kernels": sum(isinstance(o, own_kernels.Int8Conv) for o in schedule.own.values()),
+               "effc_kernels": sum(isinstance(o, OWN_C) for o in schedule.own.values()),
                "slices_in_place": len(schedule.slices),
                "tuned_kernels": len(kernels.tuned), "kernel_names": sorted(kernels.symbols),
                "output_copies": len(schedule.copies)})
@@ -1031,7 +1039,7 @@ def write_program(name: str, iface: Interface, schedule: Schedule, plan: MemoryP
 
 def own_kernel_files(schedule: Schedule) -> tuple[str, ...]:
     """The files of effc's own kernels (``codegen/kernels``) the program calls."""
-    return own_kernels.SOURCES if any(isinstance(o, own_kernels.Int8Conv) for o in schedule.own.values()) else ()
+    return own_kernels.SOURCES if any(isinstance(o, OWN_C) for o in schedule.own.values()) else ()
 
 
 # ----------------------------------------------------------------------------- emit and compile
@@ -1047,7 +1055,8 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
     ``cpu`` (a ``schedules.Cpu``; Linux CPUs): blocked layouts and effc's default
     schedules for it, as the Relax VM builds have (None: NCHW kernels made lean in
     memory, ``aot_kernels.fold_scratch``, as microcontrollers need).
-    ``int8_kernels``: ``effc`` runs the integer convolutions it can on effc's own C kernels
+    ``int8_kernels``: ``effc`` runs the integer convolutions and float-result integer matrix
+    products it can on effc's own C kernels
     (``codegen/kernels``, for microcontrollers; ``effc-mve``: on Helium where it can), ``tvm``
     all on TVM's. ``sparse_density``: effc's kernels store a one-group convolution's weights
     compressed when at most this share of them is nonzero (``kernels.conv_plan``)."""
@@ -1059,6 +1068,7 @@ def emit(module: Module, target: Mapping[str, Any], toolchain: CToolchain, name:
                                 int8_dot=cpu.int8_dot if cpu is not None else None)
     if int8_kernels in ("effc", "effc-mve"):
         own_kernels.int8_convolutions(schedule, module, mve=int8_kernels == "effc-mve", sparse_density=sparse_density)
+        own_kernels.int8_gemms(schedule, module)
         schedule.prune_kernels()
         schedule.prune_weights()
     kernels = build_kernels(schedule.prim_funcs, target, f"effc_{name}", database=database, cpu=cpu)

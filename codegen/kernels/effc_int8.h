@@ -53,6 +53,22 @@ void effc_conv_s8_sparse(const effc_conv_s8_params* p, const void* x, const uint
 void effc_dwconv_s8(const effc_conv_s8_params* p, const void* x, const int8_t* w, const int32_t* bias,
                     const int32_t* mult, const int8_t* shift, void* y, int16_t* scratch);
 
+/* An integer matrix product with a float result (qgemm without an output scale: a
+ * transformer's projections, onnxruntime's MatMulIntegerToFloat):
+ *   y[i][j] = (float)(bias[j] + sum_k (a[i][k] - a_zp) * w[j][k]) * scale[j]
+ * in float32 as effc's interpreter computes it, bit for bit. a: [rows][depth] int8 or
+ * uint8; w: [cols][k4] int8 (zero point 0), each row padded with zeros to k4 (depth rounded
+ * up to 4), every four bytes stored as (0, 2, 1, 3); y: [rows][cols] float32. */
+typedef struct {
+  uint16_t rows, cols, depth, k4;
+  uint8_t a_unsigned;
+  int32_t a_zp;
+} effc_gemm_s8_params;
+
+uint32_t effc_gemm_s8_scratch(const effc_gemm_s8_params* p); /* two int16 rows */
+void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t* w, const int32_t* bias,
+                      const float* scale, float* y, int16_t* scratch);
+
 #if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
 /* A one-group convolution on Helium (M55): VMLADAVA sums 16 int8 products per instruction
  * on x as signed bytes (uint8 shifted by -128). w: [out_c][k4] int8 in natural order, k4 =
