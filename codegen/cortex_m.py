@@ -564,8 +564,9 @@ def build_cortex_m(module: Module, target: Target | str | None = None, *, name: 
     ``io_in_arena``: the inputs and outputs live in the arena (False: buffers of their own).
     ``int8_kernels``: ``effc`` runs the integer convolutions, and the integer matrix
     products with a float result, on effc's own kernels (``codegen/kernels``: SMLAD/SXTB16
-    on cores with the DSP extension, Helium's VMLADAVA for convolutions on those with MVE), ``dsp`` on those kernels without Helium, ``tvm`` on TVM's C kernels
-    (the last two for comparison). ``sparse_weights`` (effc's kernels): store the weights of a
+    on cores with the DSP extension, Helium's VMLADAVA for convolutions on those with MVE),
+    ``dsp`` on those kernels without Helium, ``tvm`` on TVM's C kernels (the last two for
+    comparison). ``sparse_weights`` (effc's kernels): store the weights of a
     mostly-zero convolution compressed (``effc prune --sparsity``) where that is no slower
     (``speed``), wherever it saves flash (``flash``: slower below 75% zeros), or never (``off``)."""
     tgt = _target(target)
