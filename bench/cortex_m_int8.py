@@ -28,10 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SECTION = "## Int8 on Cortex-M: footprint, effc's DSP and Helium kernels vs TVM's C kernels"
-MODELS = ["digits_cnn", "mnist_conv", "mobilenet_tiny", "mobilenet_v2_mcu"]
+MODELS = ["digits_cnn", "digits_transformer", "mnist_conv", "mobilenet_tiny", "mobilenet_v2_mcu"]
 
 
 def _case(name: str, folder: Path):
+    if name == "digits_transformer":
+        from tests import labelled
+        from tests.fixtures import REPO
+
+        d = labelled.digits(32)
+        return REPO / "examples" / "digits_transformer.onnx", [{"x": d.calib[i:i + 1]} for i in range(32)], \
+            {"x": d.x[:1]}
     if name == "mobilenet_v2_mcu":
         from tests.fixtures import MOBILENET_V2_MCU, mobilenet_v2_mcu
 
@@ -67,7 +74,8 @@ def measure(name: str, folder: Path) -> dict:
     run_pipeline(module, "qdq-to-integer{rounding=fixed_point},dce,O2")
     row["tflm"] = tflm_style_bytes(copy_module(module))
     want = run_module(module, feeds)
-    convs = sum(n.op == "qlinear_conv" for top in module.graph.nodes
+    # what effc's kernels can take: convolutions, and products whose result stays float
+    convs = sum(n.op == "qlinear_conv" or (n.op == "qgemm" and n.input(7) is None) for top in module.graph.nodes
                 for n in (top.body.nodes if top.body is not None else [top]))
     for kernels in ("effc", "tvm"):
         built = build_cortex_m(module, "cortex-m4", int8_kernels=kernels)
@@ -117,7 +125,8 @@ def table(rows: list[dict]) -> str:
                      f"{e.arena / r['tflm']:.2f} |")
     lines += ["", "Work on the Cortex-M4, instructions per inference (millions); every int8 output checked against the "
               "interpreter (worst absolute difference of either build shown):",
-              "", "| model | convs on effc's kernels | float | int8, TVM's C kernels | int8, effc's kernels | "
+              "", "| model | convs and float-result products on effc's kernels | float | int8, TVM's C kernels | "
+              "int8, effc's kernels | "
               "TVM / effc | float / effc | flash int8 TVM | flash int8 effc | worst diff |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -561,7 +561,7 @@ def plot(points: Sequence[Point], axes: Sequence[str], out: Path, chosen: str | 
         ax.set_title(f"{title}: quality against {AXIS_LABELS[axis]}\n(filled: on the pareto front over "
                      f"{', '.join(axes)})", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         name = f"quality-{axis}.png"
         fig.savefig(out / name)
