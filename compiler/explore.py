@@ -551,7 +551,7 @@ def plot(points: Sequence[Point], axes: Sequence[str], out: Path, chosen: str | 
             text = ", ".join(alike[:2]) + (f" +{len(alike) - 2} alike" if len(alike) > 2 else "")
             ax.annotate(text, (x, y), fontsize=7, ha="right" if right else "left",
                         xytext=(-4 if right else 4, 3 - 9 * level), textcoords="offset points",
-                        color="black" if group[0].on_front else "0.45")
+                        color="black" if any(p.on_front for p in group) else "0.45")
         for p in points:
             if p.config.name == chosen:
                 ax.scatter([p.axis(axis)], [p.quality], s=180, facecolors="none", edgecolors="tab:red",
