@@ -22,7 +22,7 @@ Each configuration is run in two phases:
 2. **Time** (x86, or any target on a TVM RPC device): every configuration left without a
    latency is built and timed in one process, the builds taking turns
    (``LatencyMeter``: alternating blocks of runs, so the machine's drift falls on all
-   alike); on an RPC device, one after another there.
+   alike); on an RPC device, there, on as many of its servers at once as are free.
 
 Every configuration's figures are written to ``DIR/configs/<name>.json`` as they are
 known, so a rerun reuses them (resumable). ``DIR/pareto.json`` holds every configuration
@@ -438,7 +438,8 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
                          "; ".join(f"{k}: {v}" for k, v in failures.items()))
     untimed = [c.name for c in configs if points[c.name].latency is None]
     if untimed:
-        how = f"on {rpc.label}, one after another" if rpc else "here, the builds taking turns"
+        how = f"on {rpc.label}, on up to {rpc.free or rpc.servers} servers at once" if rpc else \
+            "here, the builds taking turns"
         say(f"timing {len(untimed)} configuration{'s' * (len(untimed) != 1)} {how}")
         tick = progress("build and time", len(untimed)) if progress else (lambda: None)
         # configurations that came out as the same kernels (a search that kept nothing, a

@@ -64,8 +64,9 @@ class LatencyMeter:
         ``reps`` alternates single runs, which machine-speed drift cannot favour."""
         self.builds = 0
         self.device = device
-        """An ``effc.codegen.rpc.RpcDevice``: the builds are made here and timed there, one
-        after another (``run_remote``), instead of here taking turns."""
+        """An ``effc.codegen.rpc.RpcDevice``: the builds are made here and timed there
+        (``run_remote``), on as many of its servers at once as are free, instead of here
+        taking turns."""
 
     def _compile(self, module: Module, feeds: Mapping[str, np.ndarray]):
         import effc
@@ -90,16 +91,7 @@ class LatencyMeter:
                 tick()
             return costs
         if self.device is not None:
-            from effc.codegen.rpc import run_remote
-
-            costs = []
-            for m, f in zip(modules, feeds):
-                art = self._compile(m, f)
-                order = [n for n, _ in art.signature.inputs]
-                costs.append(run_remote(art.executable, f, order, self.device, reps=self.reps,
-                                        max_seconds=self.max_seconds).ms)
-                tick()
-            return costs
+            return self._remote(modules, feeds, tick)
         from effc.bench import interleaved_ms, set_threads
         from effc.codegen.baseline import vm_runner
 
@@ -111,6 +103,26 @@ class LatencyMeter:
             tick()
         ms = interleaved_ms(runs, warmup=10, reps=self.reps, max_seconds=self.max_seconds, rounds=self.rounds)
         return [ms[str(i)][0] for i in range(len(modules))]
+
+
+    def _remote(self, modules: Sequence[Module], feeds: Sequence[Mapping[str, np.ndarray]],
+                tick: Callable[[], None]) -> list[float]:
+        """Built here one after another, then timed on the device's servers, as many at once
+        as are free (each run on a server of its own: they do not disturb each other)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from effc.codegen.rpc import run_remote
+
+        def timed(art: Any, f: Mapping[str, np.ndarray]) -> float:
+            order = [n for n, _ in art.signature.inputs]
+            ms = run_remote(art.executable, f, order, self.device, reps=self.reps, max_seconds=self.max_seconds).ms
+            tick()
+            return ms
+
+        arts = [self._compile(m, f) for m, f in zip(modules, feeds)]
+        workers = max(1, min(len(arts), self.device.free or self.device.servers))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(timed, arts, feeds))
 
 
 def random_feeds(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
