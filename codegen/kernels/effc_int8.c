@@ -219,24 +219,20 @@ static void effc_gemm_row(const effc_gemm_s8_params* p, const void* a, uint32_t 
 }
 
 /* Two rows by two columns at a time, four accumulators (as effc_conv_s8 does pixels and
- * channels): each weight word and each row word is loaded once for two products. */
+ * channels): each weight word and each row word is loaded once for two products. An odd
+ * last row (a classifier has one) goes two columns at a time on its own. */
 void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t* w, const int32_t* bias,
                       const float* scale, float* y, int16_t* scratch) {
   const uint32_t rows = p->rows, cols = p->cols, k4 = p->k4;
   int16_t* r0 = scratch;
   int16_t* r1 = scratch + k4;
   uint32_t i;
-  for (i = 0; i < rows; i += 2) {
-    const int two = i + 1 < rows;
-    const int16_t* s1 = r0;
+  for (i = 0; i + 1 < rows; i += 2) {
     float* y0 = y + i * cols;
     float* y1 = y0 + cols;
     uint32_t j;
     effc_gemm_row(p, a, i, r0);
-    if (two) {
-      effc_gemm_row(p, a, i + 1, r1);
-      s1 = r1;
-    }
+    effc_gemm_row(p, a, i + 1, r1);
     for (j = 0; j + 1 < cols; j += 2) {
       const int8_t* w0 = w + j * k4;
       const int8_t* w1 = w0 + k4;
@@ -247,7 +243,7 @@ void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t*
         const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
         const uint32_t wb0 = EFFC_SXTB16(wb), wb1 = EFFC_SXTB16_ROR8(wb);
         const uint32_t x00 = effc_load32(r0 + k), x01 = effc_load32(r0 + k + 2);
-        const uint32_t x10 = effc_load32(s1 + k), x11 = effc_load32(s1 + k + 2);
+        const uint32_t x10 = effc_load32(r1 + k), x11 = effc_load32(r1 + k + 2);
         a00 = EFFC_SMLAD(wa1, x01, EFFC_SMLAD(wa0, x00, a00));
         a01 = EFFC_SMLAD(wa1, x11, EFFC_SMLAD(wa0, x10, a01));
         a10 = EFFC_SMLAD(wb1, x01, EFFC_SMLAD(wb0, x00, a10));
@@ -255,10 +251,8 @@ void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t*
       }
       y0[j] = (float)a00 * scale[j];
       y0[j + 1] = (float)a10 * scale[j + 1];
-      if (two) {
-        y1[j] = (float)a01 * scale[j];
-        y1[j + 1] = (float)a11 * scale[j + 1];
-      }
+      y1[j] = (float)a01 * scale[j];
+      y1[j + 1] = (float)a11 * scale[j + 1];
     }
     if (j < cols) { /* an odd last column */
       const int8_t* w0 = w + j * k4;
@@ -268,10 +262,40 @@ void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t*
         const uint32_t wa = effc_load32(w0 + k);
         const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
         a00 = EFFC_SMLAD(wa1, effc_load32(r0 + k + 2), EFFC_SMLAD(wa0, effc_load32(r0 + k), a00));
-        a01 = EFFC_SMLAD(wa1, effc_load32(s1 + k + 2), EFFC_SMLAD(wa0, effc_load32(s1 + k), a01));
+        a01 = EFFC_SMLAD(wa1, effc_load32(r1 + k + 2), EFFC_SMLAD(wa0, effc_load32(r1 + k), a01));
       }
       y0[j] = (float)a00 * scale[j];
-      if (two) y1[j] = (float)a01 * scale[j];
+      y1[j] = (float)a01 * scale[j];
+    }
+  }
+  if (i < rows) { /* an odd last row (a classifier's one row): two columns at a time */
+    float* y0 = y + i * cols;
+    uint32_t j;
+    effc_gemm_row(p, a, i, r0);
+    for (j = 0; j + 1 < cols; j += 2) {
+      const int8_t* w0 = w + j * k4;
+      const int8_t* w1 = w0 + k4;
+      int32_t a00 = bias[j], a10 = bias[j + 1];
+      uint32_t k;
+      for (k = 0; k < k4; k += 4) {
+        const uint32_t wa = effc_load32(w0 + k), wb = effc_load32(w1 + k);
+        const uint32_t x00 = effc_load32(r0 + k), x01 = effc_load32(r0 + k + 2);
+        a00 = EFFC_SMLAD(EFFC_SXTB16_ROR8(wa), x01, EFFC_SMLAD(EFFC_SXTB16(wa), x00, a00));
+        a10 = EFFC_SMLAD(EFFC_SXTB16_ROR8(wb), x01, EFFC_SMLAD(EFFC_SXTB16(wb), x00, a10));
+      }
+      y0[j] = (float)a00 * scale[j];
+      y0[j + 1] = (float)a10 * scale[j + 1];
+    }
+    if (j < cols) {
+      const int8_t* w0 = w + j * k4;
+      int32_t a00 = bias[j];
+      uint32_t k;
+      for (k = 0; k < k4; k += 4) {
+        const uint32_t wa = effc_load32(w0 + k);
+        a00 = EFFC_SMLAD(EFFC_SXTB16_ROR8(wa), effc_load32(r0 + k + 2),
+                         EFFC_SMLAD(EFFC_SXTB16(wa), effc_load32(r0 + k), a00));
+      }
+      y0[j] = (float)a00 * scale[j];
     }
   }
 }
