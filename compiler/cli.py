@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out-dir", required=True, metavar="DIR",
                    help="where report.md, pareto.json, the pictures, each configuration's figures (a rerun reuses "
                         "them) and the chosen artifact (chosen/) go")
+    p.add_argument("--configs", metavar="NAME,...",
+                   help="only these configurations of the grid (default: all of it; an unknown name lists them)")
     p.add_argument("-j", "--jobs", type=int, metavar="N",
                    help="configurations prepared at once in worker processes (default: the cores, at most 4); "
                         "x86 latencies are then timed in one process, the builds taking turns")
@@ -320,7 +322,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """The sweep of ``effc.explore``; progress on stderr, the table on stdout."""
-    from effc.explore import Constraints, NothingFits, default_jobs, explore_and_choose
+    from effc.explore import Constraints, NothingFits, default_jobs, explore_and_choose, select_configs
     from effc.models import load_model
     from effc.targets import get_target
     from effc.tensors import load_labels, load_npz
@@ -333,6 +335,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         from effc.codegen.rpc import connect
 
         device = connect(args.rpc, args.device_key)
+    configs = select_configs(args.target, args.configs) if args.configs is not None else None
     constraints = Constraints(args.max_latency, args.max_size, args.max_flash, args.max_sram, args.max_drop)
     labels = load_labels(args.labels) if args.labels else None
     out = Path(args.out_dir)
@@ -340,8 +343,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     with _progress("configurations") as progress:
         try:
             _, choice = explore_and_choose(
-                load_model(model),  args.target, load_npz(args.calib), load_npz(args.eval), out,
-                constraints, labels=labels, output=args.score_output, jobs=args.jobs or default_jobs(), rpc=device,
+                load_model(model), args.target, load_npz(args.calib), load_npz(args.eval), out, constraints,
+                labels=labels, output=args.score_output, configs=configs, jobs=args.jobs or default_jobs(), rpc=device,
                 progress=progress, log=lambda line: print(line, file=sys.stderr), name=Path(model).stem)
         except NothingFits as e:
             print((out / "report.md").read_text())

@@ -107,6 +107,18 @@ def default_configs(target: str = "x86") -> list[Config]:
     return grid
 
 
+def select_configs(target: str, names: str | Sequence[str]) -> list[Config]:
+    """The configurations of ``default_configs(target)`` named (a list, or comma-separated),
+    in the order given; InputError naming the grid for an unknown name."""
+    grid = {c.name: c for c in default_configs(target)}
+    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in wanted if n not in grid]
+    if unknown or not wanted:
+        raise InputError(f"--configs: {', '.join(unknown) or 'none given'} is not in the grid for {target}; "
+                         f"it has {', '.join(grid)}")
+    return [grid[n] for n in dict.fromkeys(wanted)]
+
+
 @dataclass
 class Point:
     config: Config
@@ -810,7 +822,8 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-__all__ = ["Config", "Point", "Constraints", "Choice", "NothingFits", "default_configs", "apply_config", "dominates",
+__all__ = ["Config", "Point", "Constraints", "Choice", "NothingFits", "default_configs", "select_configs",
+           "apply_config", "dominates",
            "mark_front", "explore", "choose", "explore_and_choose", "why_nothing_fits", "report", "plot",
            "write_outputs", "default_jobs"]
 

@@ -186,6 +186,13 @@ def test_cli_explore_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
     assert "riscv" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert main(args + ["-j", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+    assert main(args + ["--configs", "float,int9"]) == 2
+    err = capsys.readouterr().err
+    assert "--configs: int9 is not in the grid for x86; it has float, int8-per-tensor" in err
+    assert main(args + ["--configs", "prune-50,float", "-o", str(tmp_path / "two")]) == 0
+    assert [p["config"]["name"] for p in json.loads((tmp_path / "two" / "pareto.json").read_text())["points"]] == \
+        ["prune-50", "float"]
+    capsys.readouterr()
     assert main(args + ["-j", "2", "--max-latency", "1e-6"]) == 1  # runs the whole grid; nothing is that fast
     out, err = capsys.readouterr()
     assert "| prune-50+int8 |" in out and "| float |" in out and "| mixed-0.5 |" in out
