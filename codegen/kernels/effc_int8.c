@@ -78,6 +78,42 @@ static inline void effc_finish(const effc_conv_s8_params* p, const void* r, void
   effc_store(y, i, v);
 }
 
+/* The sums of two weight rows (w0, w1: k4 int8 each, every four bytes in SXTB16's order)
+ * with two int16 columns (x0, x1), added to a[0] (w0.x0), a[1] (w0.x1), a[2] (w1.x0) and
+ * a[3] (w1.x1): each word is loaded once for two products. */
+static inline __attribute__((always_inline)) void effc_dot_2x2(const int8_t* w0, const int8_t* w1,
+                                                               const int16_t* x0, const int16_t* x1, uint32_t k4,
+                                                               int32_t a[4]) {
+  int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+  uint32_t k;
+  for (k = 0; k < k4; k += 4) {
+    const uint32_t wa = effc_load32(w0 + k), wb = effc_load32(w1 + k);
+    const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
+    const uint32_t wb0 = EFFC_SXTB16(wb), wb1 = EFFC_SXTB16_ROR8(wb);
+    const uint32_t x00 = effc_load32(x0 + k), x01 = effc_load32(x0 + k + 2);
+    const uint32_t x10 = effc_load32(x1 + k), x11 = effc_load32(x1 + k + 2);
+    a00 = EFFC_SMLAD(wa1, x01, EFFC_SMLAD(wa0, x00, a00));
+    a01 = EFFC_SMLAD(wa1, x11, EFFC_SMLAD(wa0, x10, a01));
+    a10 = EFFC_SMLAD(wb1, x01, EFFC_SMLAD(wb0, x00, a10));
+    a11 = EFFC_SMLAD(wb1, x11, EFFC_SMLAD(wb0, x10, a11));
+  }
+  a[0] = a00, a[1] = a01, a[2] = a10, a[3] = a11;
+}
+
+/* One weight row with two columns, added to a[0] (w0.x0) and a[1] (w0.x1). */
+static inline __attribute__((always_inline)) void effc_dot_1x2(const int8_t* w0, const int16_t* x0,
+                                                               const int16_t* x1, uint32_t k4, int32_t a[2]) {
+  int32_t a00 = a[0], a01 = a[1];
+  uint32_t k;
+  for (k = 0; k < k4; k += 4) {
+    const uint32_t wa = effc_load32(w0 + k);
+    const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
+    a00 = EFFC_SMLAD(wa1, effc_load32(x0 + k + 2), EFFC_SMLAD(wa0, effc_load32(x0 + k), a00));
+    a01 = EFFC_SMLAD(wa1, effc_load32(x1 + k + 2), EFFC_SMLAD(wa0, effc_load32(x1 + k), a01));
+  }
+  a[0] = a00, a[1] = a01;
+}
+
 /* ------------------------------------------------------------------ regular convolution */
 
 uint32_t effc_conv_s8_scratch(const effc_conv_s8_params* p) { return 2u * p->k4 * (uint32_t)sizeof(int16_t); }
@@ -153,40 +189,20 @@ static inline __attribute__((always_inline)) void effc_conv_body(const effc_conv
     const int16_t* c1 = effc_pixel_pair(p, x, pix, ohw, col0, col1);
     uint32_t m;
     for (m = 0; m + 1 < m_count; m += 2) {
-      const int8_t* w0 = w + m * k4;
-      const int8_t* w1 = w0 + k4;
-      int32_t a00 = bias[m], a01 = bias[m], a10 = bias[m + 1], a11 = bias[m + 1];
-      uint32_t k;
-      for (k = 0; k < k4; k += 4) {
-        const uint32_t wa = effc_load32(w0 + k), wb = effc_load32(w1 + k);
-        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
-        const uint32_t wb0 = EFFC_SXTB16(wb), wb1 = EFFC_SXTB16_ROR8(wb);
-        const uint32_t x00 = effc_load32(col0 + k), x01 = effc_load32(col0 + k + 2);
-        const uint32_t x10 = effc_load32(c1 + k), x11 = effc_load32(c1 + k + 2);
-        a00 = EFFC_SMLAD(wa1, x01, EFFC_SMLAD(wa0, x00, a00));
-        a01 = EFFC_SMLAD(wa1, x11, EFFC_SMLAD(wa0, x10, a01));
-        a10 = EFFC_SMLAD(wb1, x01, EFFC_SMLAD(wb0, x00, a10));
-        a11 = EFFC_SMLAD(wb1, x11, EFFC_SMLAD(wb0, x10, a11));
-      }
-      effc_finish(p, residual, y, m * ohw + pix, a00, mult[m], shift[m]);
-      effc_finish(p, residual, y, (m + 1) * ohw + pix, a10, mult[m + 1], shift[m + 1]);
+      int32_t a[4] = {bias[m], bias[m], bias[m + 1], bias[m + 1]};
+      effc_dot_2x2(w + m * k4, w + (m + 1) * k4, col0, c1, k4, a);
+      effc_finish(p, residual, y, m * ohw + pix, a[0], mult[m], shift[m]);
+      effc_finish(p, residual, y, (m + 1) * ohw + pix, a[2], mult[m + 1], shift[m + 1]);
       if (two) {
-        effc_finish(p, residual, y, m * ohw + pix + 1, a01, mult[m], shift[m]);
-        effc_finish(p, residual, y, (m + 1) * ohw + pix + 1, a11, mult[m + 1], shift[m + 1]);
+        effc_finish(p, residual, y, m * ohw + pix + 1, a[1], mult[m], shift[m]);
+        effc_finish(p, residual, y, (m + 1) * ohw + pix + 1, a[3], mult[m + 1], shift[m + 1]);
       }
     }
     if (m < m_count) { /* an odd last channel */
-      const int8_t* w0 = w + m * k4;
-      int32_t a00 = bias[m], a01 = bias[m];
-      uint32_t k;
-      for (k = 0; k < k4; k += 4) {
-        const uint32_t wa = effc_load32(w0 + k);
-        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
-        a00 = EFFC_SMLAD(wa1, effc_load32(col0 + k + 2), EFFC_SMLAD(wa0, effc_load32(col0 + k), a00));
-        a01 = EFFC_SMLAD(wa1, effc_load32(c1 + k + 2), EFFC_SMLAD(wa0, effc_load32(c1 + k), a01));
-      }
-      effc_finish(p, residual, y, m * ohw + pix, a00, mult[m], shift[m]);
-      if (two) effc_finish(p, residual, y, m * ohw + pix + 1, a01, mult[m], shift[m]);
+      int32_t a[2] = {bias[m], bias[m]};
+      effc_dot_1x2(w + m * k4, col0, c1, k4, a);
+      effc_finish(p, residual, y, m * ohw + pix, a[0], mult[m], shift[m]);
+      if (two) effc_finish(p, residual, y, m * ohw + pix + 1, a[1], mult[m], shift[m]);
     }
   }
 }
@@ -234,38 +250,18 @@ void effc_gemm_s8_f32(const effc_gemm_s8_params* p, const void* a, const int8_t*
     effc_gemm_row(p, a, i, r0);
     effc_gemm_row(p, a, i + 1, r1);
     for (j = 0; j + 1 < cols; j += 2) {
-      const int8_t* w0 = w + j * k4;
-      const int8_t* w1 = w0 + k4;
-      int32_t a00 = bias[j], a01 = bias[j], a10 = bias[j + 1], a11 = bias[j + 1];
-      uint32_t k;
-      for (k = 0; k < k4; k += 4) {
-        const uint32_t wa = effc_load32(w0 + k), wb = effc_load32(w1 + k);
-        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
-        const uint32_t wb0 = EFFC_SXTB16(wb), wb1 = EFFC_SXTB16_ROR8(wb);
-        const uint32_t x00 = effc_load32(r0 + k), x01 = effc_load32(r0 + k + 2);
-        const uint32_t x10 = effc_load32(r1 + k), x11 = effc_load32(r1 + k + 2);
-        a00 = EFFC_SMLAD(wa1, x01, EFFC_SMLAD(wa0, x00, a00));
-        a01 = EFFC_SMLAD(wa1, x11, EFFC_SMLAD(wa0, x10, a01));
-        a10 = EFFC_SMLAD(wb1, x01, EFFC_SMLAD(wb0, x00, a10));
-        a11 = EFFC_SMLAD(wb1, x11, EFFC_SMLAD(wb0, x10, a11));
-      }
-      y0[j] = (float)a00 * scale[j];
-      y0[j + 1] = (float)a10 * scale[j + 1];
-      y1[j] = (float)a01 * scale[j];
-      y1[j + 1] = (float)a11 * scale[j + 1];
+      int32_t acc[4] = {bias[j], bias[j], bias[j + 1], bias[j + 1]};
+      effc_dot_2x2(w + j * k4, w + (j + 1) * k4, r0, r1, k4, acc);
+      y0[j] = (float)acc[0] * scale[j];
+      y0[j + 1] = (float)acc[2] * scale[j + 1];
+      y1[j] = (float)acc[1] * scale[j];
+      y1[j + 1] = (float)acc[3] * scale[j + 1];
     }
     if (j < cols) { /* an odd last column */
-      const int8_t* w0 = w + j * k4;
-      int32_t a00 = bias[j], a01 = bias[j];
-      uint32_t k;
-      for (k = 0; k < k4; k += 4) {
-        const uint32_t wa = effc_load32(w0 + k);
-        const uint32_t wa0 = EFFC_SXTB16(wa), wa1 = EFFC_SXTB16_ROR8(wa);
-        a00 = EFFC_SMLAD(wa1, effc_load32(r0 + k + 2), EFFC_SMLAD(wa0, effc_load32(r0 + k), a00));
-        a01 = EFFC_SMLAD(wa1, effc_load32(r1 + k + 2), EFFC_SMLAD(wa0, effc_load32(r1 + k), a01));
-      }
-      y0[j] = (float)a00 * scale[j];
-      y1[j] = (float)a01 * scale[j];
+      int32_t acc[2] = {bias[j], bias[j]};
+      effc_dot_1x2(w + j * k4, r0, r1, k4, acc);
+      y0[j] = (float)acc[0] * scale[j];
+      y1[j] = (float)acc[1] * scale[j];
     }
   }
   if (i < rows) { /* an odd last row (a classifier's one row): two columns at a time */
