@@ -404,6 +404,9 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
     from effc.passes.substitute.search import graph_hash
 
     say = log or (lambda s: None)
+    if rpc is not None and _mcu(target):
+        raise InputError(f"--rpc times the libraries a device loads (x86 builds); {target} programs are measured "
+                         "under qemu here: leave out --rpc")
     configs = list(configs or default_configs(target))
     if len({c.name for c in configs}) != len(configs):
         raise InputError("configuration names must be unique")

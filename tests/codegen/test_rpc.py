@@ -225,3 +225,6 @@ def test_explore_times_its_configurations_on_a_server(farm, tmp_path):
     assert all(p.latency > 0 and p.latency_unit == "ms" for p in pts)
     assert pts[2].latency == pts[0].latency and "timed as float (the same kernels)" in pts[2].detail
     assert f"timing 3 configurations on rpc {KEY}, on up to 2 servers at once" in lines
+    with pytest.raises(InputError, match="cortex-m4 programs are measured under qemu here"):
+        explore(load_model(MODEL), "cortex-m4", {"x": d.calib}, {"x": d.x[:40]}, tmp_path / "m4", labels=d.y[:40],
+                configs=configs[:1], rpc=connect(farm.address, KEY))
