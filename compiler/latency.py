@@ -46,9 +46,10 @@ class LatencyMeter:
         elif self.target.runner == "qemu-system-arm" and self.target.qemu_machine:
             self.unit = "instructions"
         else:
-            raise InputError(f"--target {self.target.name}: effc cannot measure its builds here ({self.target.runner}"
-                             "); measured pruning runs on x86 targets (timed) and Cortex-M boards with a qemu machine "
-                             "(instruction counts), e.g. --target x86 or --target cortex-m4")
+            why = "qemu-user counts no instructions" if self.target.runner.startswith("qemu") else self.target.runner
+            raise InputError(f"--target {self.target.name}: effc cannot measure its builds here ({why}); it times "
+                             "x86 builds and counts the instructions of Cortex-M boards with a qemu machine: e.g. "
+                             "--target x86 or --target cortex-m4")
         self.block = 1
         """Channels per vector of the build's blocked layouts (x86: f32 lanes): channel counts
         that are not a multiple of it fall out of them and can run slower with fewer channels."""
