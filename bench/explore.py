@@ -77,7 +77,7 @@ def run(name: str, jobs: int, fresh: bool, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for f in ["report.md", "pareto.json", *sorted(p.name for p in work.glob("quality-*.png"))]:
         shutil.copy(work / f, out / f)
-    row = {"name": name, "model": model, "target": target, "seconds": seconds, "work": str(work),
+    row = {"name": name, "model": model, "target": target, "seconds": seconds,
            "pareto": json.loads((work / "pareto.json").read_text())}
     if target == "x86":
         row["peers"] = peers(model, work, choice.point.config.name, d, log)

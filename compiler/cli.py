@@ -351,7 +351,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
             print(f"effc: error: {e}", file=sys.stderr)
             return 1
     print((out / "report.md").read_text())
-    print(f"wrote {out}/report.md, pareto.json and the pictures" + (f"; the chosen artifact: {choice.artifact}"
+    print(f"wrote {out}/report.md, pareto.json and the pictures" + (f"; the chosen artifact: {out / choice.artifact}"
                                                                       if choice else ""), file=sys.stderr)
     return 0
 

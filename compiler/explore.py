@@ -83,9 +83,6 @@ def default_configs(target: str = "x86") -> list[Config]:
     """The grid: float; int8 per tensor and per channel, with and without DFQ; mixed
     precision at 0, 0.5 and 1 point; pruning at 25 and 50%, alone and with int8; the
     substitution search (latency; memory too on microcontrollers, with int8 after it)."""
-    from effc.targets import get_target
-
-    mcu = get_target(target).runner == "qemu-system-arm"
     grid = [
         Config("float"),
         Config("int8-per-tensor", "per-tensor"),
@@ -101,7 +98,7 @@ def default_configs(target: str = "x86") -> list[Config]:
         Config("prune-50+int8", "per-channel", prune=0.5),
         Config("substitute-latency", substitute="latency"),
     ]
-    if mcu:
+    if _mcu(target):
         grid += [Config("substitute-memory", substitute="memory"),
                  Config("substitute-memory+int8", "per-channel", substitute="memory")]
     return grid
@@ -169,12 +166,12 @@ def mark_front(points: list[Point], axes: Sequence[str]) -> None:
 
 
 def _target_ctx(target: str):
-    from effc.latency import substitute_costs
+    """What ``effc compile`` gives passes of the target: its rounding, how ``substitute``
+    measures on it."""
+    from effc.optimize import target_options
     from effc.passes.base import PassContext
-    from effc.targets import get_target
 
-    return PassContext(target=target, options={"quant_rounding": get_target(target).quant_rounding,
-                                               **substitute_costs(target)})
+    return PassContext(target=target, options=target_options(target))
 
 
 def apply_config(model: Module, config: Config, calib: Mapping[str, np.ndarray], target: str,
@@ -195,10 +192,7 @@ def apply_config(model: Module, config: Config, calib: Mapping[str, np.ndarray],
         ctx = _target_ctx(target)
         run_pipeline(m, f"substitute{{objective={config.substitute}}}", ctx)
         report = ctx.options.get("substitute_report")
-        counts: dict[str, int] = {}
-        for rule in (report.result.applied if report and report.kept else []):
-            counts[rule] = counts.get(rule, 0) + 1
-        applied = ", ".join(f"{r} x{n}" for r, n in counts.items())
+        applied = report.rules_applied if report and report.kept else ""
         notes.append(f"rules: {applied}" if applied else "no rule kept")
     if config.quantize is not None:
         options = QuantizeOptions(per_channel=config.quantize == "per-channel", equalize=config.dfq,
@@ -397,6 +391,19 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
     ``effc.codegen.rpc.RpcDevice`` running the target's libraries, where latency is timed.
     ``name``: the model's, in the pictures' titles and ``pareto.json``. Returns every
     configuration's point, the front marked."""
+    points, fq, _ = _sweep(model, target, calib, evaluate, out_dir, labels, output, metric, configs, jobs, rpc,
+                           progress, log)
+    write_outputs(points, target, Path(out_dir), fq, name=name)
+    return points
+
+
+def _sweep(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluate: Mapping[str, np.ndarray],
+           out_dir: str | Path, labels: np.ndarray | None, output: str | None,
+           metric: Callable[[Module], float] | None, configs: Sequence[Config] | None, jobs: int, rpc: Any,
+           progress: Progress | None, log: Callable[[str], None] | None
+           ) -> tuple[list[Point], float, Callable[[Module], float]]:
+    """``explore`` but for writing its outputs: the points (front not yet marked), the
+    float model's quality, and the score."""
     from effc.latency import LatencyMeter
     from effc.models import load_model
     from effc.passes.pipeline import run_pipeline
@@ -480,8 +487,7 @@ def explore(model: Module, target: str, calib: Mapping[str, np.ndarray], evaluat
             say(f"{cname}: {cost:.4g} {meter.unit}")
     result = [points[c.name] for c in configs]
     (out / "failures.json").write_text(json.dumps(failures, indent=1))
-    write_outputs(result, target, out, float_quality=_float_quality(result, base, score), name=name)
-    return result
+    return result, _float_quality(result, base, score), score
 
 
 def _mcu(target: str) -> bool:
@@ -679,6 +685,8 @@ class Choice:
     point: Point | None
     remeasured: dict[str, float | None] = field(default_factory=dict)
     artifact: str | None = None
+    """The exported artifact's folder, relative to the sweep's DIR (``chosen``): reports
+    that are moved or committed name no machine's paths."""
     set_aside: list[str] = field(default_factory=list)
     """Configurations within the constraints in the sweep that failed one when re-measured."""
     constraints: Constraints = field(default_factory=Constraints)
@@ -697,7 +705,7 @@ class Choice:
         r = self.remeasured
         lines = [f"Constraints: {limits}.", "",
                  f"Chosen: **{self.point.config.name}** (the best quality within them), re-measured from its "
-                 f"artifact `{self.artifact}`: quality {r['quality']:.2f}, latency {_fmt(r['latency'], self.unit)} "
+                 f"artifact `{self.artifact}/`: quality {r['quality']:.2f}, latency {_fmt(r['latency'], self.unit)} "
                  f"{self.unit}, {int(r['size']):,} weight bytes"
                  + (f", flash {int(r['flash']):,}, SRAM {int(r['sram']):,}" if r.get("flash") is not None else "")
                  + ": every constraint holds."]
@@ -774,7 +782,7 @@ def choose(points: list[Point], constraints: Constraints, model_dir: str | Path,
         artifact = out / "chosen"
         built.export(artifact)
         say(f"chosen: {p.config.name}, exported to {artifact}")
-        return Choice(p, figures, str(artifact), aside, constraints, unit)
+        return Choice(p, figures, artifact.name, aside, constraints, unit)
     message = why_nothing_fits(points, constraints, float_quality)
     if aside:
         message += "\n  set aside when re-measured: " + "; ".join(aside)
@@ -784,35 +792,34 @@ def choose(points: list[Point], constraints: Constraints, model_dir: str | Path,
 def explore_and_choose(model: Module, target: str, calib: Mapping[str, np.ndarray],
                        evaluate: Mapping[str, np.ndarray], out_dir: str | Path, constraints: Constraints, *,
                        labels: np.ndarray | None = None, output: str | None = None,
-                       metric: Callable[[Module], float] | None = None, **kwargs) -> tuple[list[Point], Choice | None]:
+                       metric: Callable[[Module], float] | None = None, configs: Sequence[Config] | None = None,
+                       jobs: int = 1, rpc: Any = None, progress: Progress | None = None,
+                       log: Callable[[str], None] | None = None, name: str = ""
+                       ) -> tuple[list[Point], Choice | None]:
     """``explore``, then ``choose`` under ``constraints`` (when any is given); the report and
     ``pareto.json`` say what was chosen. NothingFits (after writing them) when nothing does."""
-    from effc.passes.pipeline import run_pipeline
-    from effc.passes.quantize_search import top1_metric
-
-    points = explore(model, target, calib, evaluate, out_dir, labels=labels, output=output, metric=metric, **kwargs)
+    _check_constraints(constraints, target)
+    points, fq, score = _sweep(model, target, calib, evaluate, out_dir, labels, output, metric, configs, jobs, rpc,
+                               progress, log)
+    out = Path(out_dir)
     if not constraints.given():
+        write_outputs(points, target, out, fq, name=name)
         return points, None
-    _check_constraints(constraints, points)
-    base = copy_module(model)
-    run_pipeline(base, "fold")
-    score = metric or top1_metric(base, evaluate, output, labels)
-    fq = _float_quality(points, base, score)
     one = {k: np.ascontiguousarray(v[:1]) for k, v in evaluate.items()}
     try:
-        choice = choose(points, constraints, out_dir, target, score, one, fq, kwargs.get("rpc"), kwargs.get("log"))
+        choice = choose(points, constraints, out, target, score, one, fq, rpc, log)
     except NothingFits as e:
-        write_outputs(points, target, Path(out_dir), fq, Choice(None, constraints=constraints), kwargs.get("name", ""))
-        with open(Path(out_dir) / "report.md", "a") as f:
+        write_outputs(points, target, out, fq, Choice(None, constraints=constraints), name)
+        with open(out / "report.md", "a") as f:
             f.write("\n" + "\n".join("    " + line for line in str(e).splitlines()) + "\n")
         raise
-    write_outputs(points, target, Path(out_dir), fq, choice, kwargs.get("name", ""))
+    write_outputs(points, target, out, fq, choice, name)
     return points, choice
 
 
-def _check_constraints(c: Constraints, points: Sequence[Point]) -> None:
-    mcu = any(p.sram is not None for p in points)
-    if not mcu and (c.max_flash is not None or c.max_sram is not None):
+def _check_constraints(c: Constraints, target: str) -> None:
+    """Constraints the target can be held to (before any work)."""
+    if not _mcu(target) and (c.max_flash is not None or c.max_sram is not None):
         raise InputError("--max-flash and --max-sram apply to microcontroller targets (their ELF's flash and SRAM); "
                          "use --max-size for the weight bytes")
     for f in fields(c):

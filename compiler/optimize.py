@@ -58,7 +58,7 @@ def instruments_for(opts: OptimizeOptions) -> list[Instrument]:
     return out
 
 
-def _target_options(target: str | None) -> dict:
+def target_options(target: str | None) -> dict:
     """What passes read of the target: ``quant_rounding`` (``qdq-to-integer``), how
     ``substitute`` measures kernels and graphs on it (``effc.latency.substitute_costs``)."""
     if target is None:
@@ -72,7 +72,7 @@ def _target_options(target: str | None) -> dict:
 def optimize(module: Module, pipeline: str, opts: OptimizeOptions | None = None) -> PipelineRunner:
     """Run ``pipeline`` on ``module`` in place; returns the runner (its ``history`` lists the passes run)."""
     opts = opts or OptimizeOptions()
-    ctx = PassContext(target=opts.target, instruments=instruments_for(opts), options=_target_options(opts.target))
+    ctx = PassContext(target=opts.target, instruments=instruments_for(opts), options=target_options(opts.target))
     if opts.progress:
         stream = opts.stream or sys.stderr
         ctx.options["substitute_log"] = lambda line: print(line, file=stream, flush=True)

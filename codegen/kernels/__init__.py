@@ -437,7 +437,7 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False,
     sharing rules run in place channel by channel (``schedule.splits``) becomes one call
     of the depthwise kernel, in place as well. ``mve``: the core has Helium (M55), and the
     one-group convolutions take its kernel."""
-    from effc.codegen.aot import Storage, TensorArg
+    from effc.codegen.aot import TensorArg
     from effc.codegen.aot_inplace import Steps
 
     info = Steps(schedule, module)
@@ -459,12 +459,7 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False,
                 or len(data) != 1 + (plan.residual is not None):
             continue
         schedule.splits.pop(t, None)
-        numbers = []
-        for array in plan.weights:
-            k = len(schedule.weights)
-            schedule.weights.append(array)
-            schedule.storages[("weight", k)] = Storage("weight", k, array.nbytes)
-            numbers.append(k)
+        numbers = _add_weights(schedule, plan.weights)
         step.args = [x, *([r] if r is not None else []),
                      *(TensorArg(("weight", k), a.shape, str(a.dtype)) for k, a in zip(numbers, plan.weights)), y]
         schedule.own[t] = Int8Conv(plan.depthwise, plan.params, numbers,
@@ -477,11 +472,25 @@ def int8_convolutions(schedule: Any, module: Module, mve: bool = False,
     return count
 
 
+def _add_weights(schedule: Any, arrays: list[np.ndarray]) -> list[int]:
+    """Append a kernel's packed weights to ``schedule.weights`` (each its own storage);
+    their numbers."""
+    from effc.codegen.aot import Storage
+
+    numbers = []
+    for array in arrays:
+        k = len(schedule.weights)
+        schedule.weights.append(array)
+        schedule.storages[("weight", k)] = Storage("weight", k, array.nbytes)
+        numbers.append(k)
+    return numbers
+
+
 def int8_gemms(schedule: Any, module: Module) -> int:
     """Give each ``qgemm`` step with a float result that ``effc_gemm_s8_f32`` can compute an
     ``Int8Gemm`` (``schedule.own``), its weights appended to ``schedule.weights``; returns
     how many."""
-    from effc.codegen.aot import Storage, TensorArg
+    from effc.codegen.aot import TensorArg
     from effc.codegen.aot_inplace import Steps
 
     info = Steps(schedule, module)
@@ -501,12 +510,7 @@ def int8_gemms(schedule: Any, module: Module) -> int:
                 or int(np.prod(data[0].shape)) != params["rows"] * params["depth"] \
                 or int(np.prod(y.shape)) != params["rows"] * params["cols"]:
             continue
-        numbers = []
-        for array in arrays:
-            k = len(schedule.weights)
-            schedule.weights.append(array)
-            schedule.storages[("weight", k)] = Storage("weight", k, array.nbytes)
-            numbers.append(k)
+        numbers = _add_weights(schedule, arrays)
         step.args = [data[0], *(TensorArg(("weight", k), arr.shape, str(arr.dtype)) for k, arr in zip(numbers, arrays)),
                      y]
         schedule.own[t] = Int8Gemm(params, numbers, 2 * params["k4"] * 2)

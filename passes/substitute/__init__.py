@@ -29,7 +29,7 @@ The pass leaves its report (``SubstituteReport``: the rules on the chosen path, 
 and measured costs, the search's time) in ``ctx.options["substitute_report"]``."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from effc.ir.core import Module
@@ -59,6 +59,14 @@ class SubstituteReport:
     rules: int = 0
     measured_kernels: int = 0
 
+    @property
+    def rules_applied(self) -> str:
+        """The rules on the chosen path, each with its count (``merge-conv-conv x3, ...``)."""
+        counts: dict[str, int] = {}
+        for name in self.result.applied:
+            counts[name] = counts.get(name, 0) + 1
+        return ", ".join(f"{k} x{v}" for k, v in counts.items())
+
     def format(self) -> str:
         r = self.result
         gain = r.cost_before / r.cost if r.cost > 0 else float("inf")
@@ -69,10 +77,7 @@ class SubstituteReport:
             head += f", {self.measured_kernels} new kernels priced ({how})"
         lines = [head]
         if r.applied:
-            counts: dict[str, int] = {}
-            for name in r.applied:
-                counts[name] = counts.get(name, 0) + 1
-            lines.append("  rules applied: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+            lines.append("  rules applied: " + self.rules_applied)
         lines.append(f"  predicted: {fmt(r.cost_before, self.unit)} -> {fmt(r.cost, self.unit)} ({gain:.2f}x)")
         if self.measured is not None:
             a, b = self.measured

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from effc.ir.core import Graph, Module, Value
+from effc.ir.core import Graph, Module
 from effc.ir.errors import EffcError
 from effc.ir.interpreter import run_module, run_node
 from effc.ir.opdef import REGISTRY

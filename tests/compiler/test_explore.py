@@ -148,7 +148,7 @@ def test_choose_meets_every_constraint_when_remeasured_and_exports_the_artifact(
     r = choice.remeasured
     assert r["latency"] <= limits.max_latency and r["flash"] <= limits.max_flash
     assert f.quality - r["quality"] <= 10.0 and r["latency"] == best.latency and r["quality"] == best.quality
-    assert (out / "chosen" / "manifest.json").exists()
+    assert choice.artifact == "chosen" and (out / "chosen" / "manifest.json").exists()
     assert not limits.failures(r, f.quality)
     # nothing fits: each constraint no configuration meets, with the closest and by how much
     tight = Constraints(max_latency=pq.latency - 1000, max_drop=0.0)
@@ -200,7 +200,8 @@ def test_cli_explore_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
     assert "Traceback" not in err
     points = json.loads((tmp_path / "out" / "pareto.json").read_text())["points"]
     assert len(points) == len(default_configs("x86")) and any(p["on_front"] for p in points)
-    assert main(args + ["--max-flash", "64K"]) == 2  # reuses every configuration, then refuses
+    assert main(args + ["--max-flash", "64K", "-o", str(tmp_path / "none")]) == 2  # refused before any work
+    assert not (tmp_path / "none").exists()
     assert "--max-flash and --max-sram apply to microcontroller targets" in capsys.readouterr().err
     assert main(args + ["--max-drop", "100"]) == 0
     out, err = capsys.readouterr()
